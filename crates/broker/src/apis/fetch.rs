@@ -1,0 +1,138 @@
+//! Fetch: read every requested partition (filling the response across
+//! partitions up to the partition and response byte limits, always at least
+//! one whole batch), answer at once when `min_bytes` is met, otherwise park
+//! until a commit lands or `max_wait_ms` passes.
+//!
+//! Fetch sessions (KIP-227) are not kept: every answer has session id 0, which
+//! tells clients to send full fetch requests.
+
+use std::time::Duration;
+
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use kafka_protocol::ResponseError;
+use tokio::time::{sleep_until, Instant};
+use tributary_storage::ReadError;
+
+use crate::error::{meta_error_code, read_error_code};
+use crate::Broker;
+
+/// Longest a fetch is parked, whatever the client asks.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+pub async fn handle(broker: &Broker, req: FetchRequest, _version: i16) -> FetchResponse {
+    let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT);
+    let deadline = Instant::now() + wait;
+    let mut commits = broker.watermarks.subscribe();
+    loop {
+        commits.borrow_and_update();
+        let (resp, bytes, errors) = read_all(broker, &req).await;
+        if bytes >= i64::from(req.min_bytes.max(1)) || errors || Instant::now() >= deadline {
+            return resp;
+        }
+        tokio::select! {
+            changed = commits.changed() => {
+                if changed.is_err() {
+                    return resp;
+                }
+            }
+            _ = sleep_until(deadline) => {
+                // One last read so data committed just now is not missed.
+                return read_all(broker, &req).await.0;
+            }
+        }
+    }
+}
+
+/// Read all partitions once: the response, bytes of records in it, and
+/// whether any partition had an error.
+async fn read_all(broker: &Broker, req: &FetchRequest) -> (FetchResponse, i64, bool) {
+    let mut budget = if req.max_bytes > 0 {
+        req.max_bytes as i64
+    } else {
+        i64::MAX
+    };
+    let mut total = 0i64;
+    let mut errors = false;
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for t in &req.topics {
+        let name = t.topic.0.as_str();
+        let topic = broker.topics.get(name).await;
+        let mut parts = Vec::with_capacity(t.partitions.len());
+        for p in &t.partitions {
+            let base = PartitionData::default()
+                .with_partition_index(p.partition)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1)
+                .with_preferred_read_replica(BrokerId(-1));
+            let topic = match &topic {
+                Ok(Some(topic)) if p.partition >= 0 && p.partition < topic.partitions => topic,
+                Ok(_) => {
+                    errors = true;
+                    parts.push(base.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
+                    continue;
+                }
+                Err(e) => {
+                    errors = true;
+                    parts.push(base.with_error_code(meta_error_code(e)));
+                    continue;
+                }
+            };
+            let limit = (p.partition_max_bytes.max(0) as i64).min(budget);
+            if limit <= 0 && total > 0 {
+                parts.push(base.with_records(Some(Default::default())));
+                continue;
+            }
+            match broker
+                .fetcher
+                .read(topic.id, p.partition, p.fetch_offset, limit.max(1) as usize)
+                .await
+            {
+                Ok(read) => {
+                    let n = read.records.len() as i64;
+                    total += n;
+                    budget -= n;
+                    parts.push(
+                        base.with_high_watermark(read.offsets.next_offset)
+                            .with_last_stable_offset(read.offsets.next_offset)
+                            .with_log_start_offset(read.offsets.log_start_offset)
+                            .with_records(Some(read.records)),
+                    );
+                }
+                Err(e) => {
+                    errors = true;
+                    if !matches!(e, ReadError::OffsetOutOfRange { .. }) {
+                        tracing::warn!(topic = name, partition = p.partition, error = %e, "fetch read failed");
+                    }
+                    let mut part = base.with_error_code(read_error_code(&e));
+                    if let ReadError::OffsetOutOfRange {
+                        log_start,
+                        high_watermark,
+                        ..
+                    } = e
+                    {
+                        part = part
+                            .with_high_watermark(high_watermark)
+                            .with_last_stable_offset(high_watermark)
+                            .with_log_start_offset(log_start);
+                    }
+                    parts.push(part);
+                }
+            }
+        }
+        topics.push(
+            FetchableTopicResponse::default()
+                .with_topic(t.topic.clone())
+                .with_topic_id(t.topic_id)
+                .with_partitions(parts),
+        );
+    }
+    (
+        FetchResponse::default()
+            .with_session_id(0)
+            .with_responses(topics),
+        total,
+        errors,
+    )
+}

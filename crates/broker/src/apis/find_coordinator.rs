@@ -1,0 +1,48 @@
+//! FindCoordinator: with one broker, every group's coordinator is this
+//! broker. Transaction coordinators are not offered (no transactions).
+
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use super::str_bytes;
+use crate::Broker;
+
+/// Key type of consumer groups (1 is transactions).
+const GROUP_KEY: i8 = 0;
+
+pub fn handle(
+    broker: &Broker,
+    req: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    let cfg = &broker.config;
+    let answer = |key: StrBytes| {
+        if req.key_type != GROUP_KEY {
+            return Coordinator::default()
+                .with_key(key)
+                .with_node_id(BrokerId(-1))
+                .with_host(StrBytes::default())
+                .with_port(-1)
+                .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+                .with_error_message(Some(str_bytes("transactions are not supported")));
+        }
+        Coordinator::default()
+            .with_key(key)
+            .with_node_id(BrokerId(cfg.node_id))
+            .with_host(str_bytes(&cfg.advertised_host))
+            .with_port(cfg.advertised_port)
+    };
+    if version >= 4 {
+        let coordinators = req.coordinator_keys.iter().cloned().map(answer).collect();
+        return FindCoordinatorResponse::default().with_coordinators(coordinators);
+    }
+    let c = answer(req.key.clone());
+    FindCoordinatorResponse::default()
+        .with_error_code(c.error_code)
+        .with_error_message(c.error_message)
+        .with_node_id(c.node_id)
+        .with_host(c.host)
+        .with_port(c.port)
+}

@@ -1,0 +1,81 @@
+//! ListOffsets: earliest (-2), latest (-1), and the first offset at or after
+//! a timestamp (read from the records themselves, not just the index).
+
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+use kafka_protocol::ResponseError;
+
+use crate::error::{meta_error_code, read_error_code};
+use crate::Broker;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+
+pub async fn handle(broker: &Broker, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let topic = broker.topics.get(t.name.0.as_str()).await;
+        let mut parts = Vec::with_capacity(t.partitions.len());
+        for p in t.partitions {
+            let base = ListOffsetsPartitionResponse::default()
+                .with_partition_index(p.partition_index)
+                .with_timestamp(-1)
+                .with_offset(-1)
+                .with_leader_epoch(if version >= 4 {
+                    tributary_storage::reader::LEADER_EPOCH
+                } else {
+                    -1
+                });
+            let topic = match &topic {
+                Ok(Some(topic))
+                    if p.partition_index >= 0 && p.partition_index < topic.partitions =>
+                {
+                    topic
+                }
+                Ok(_) => {
+                    parts.push(base.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
+                    continue;
+                }
+                Err(e) => {
+                    parts.push(base.with_error_code(meta_error_code(e)));
+                    continue;
+                }
+            };
+            let part = match p.timestamp {
+                LATEST | EARLIEST => match broker
+                    .meta
+                    .partition_offsets(topic.id, p.partition_index)
+                    .await
+                {
+                    Ok(o) => base.with_offset(if p.timestamp == LATEST {
+                        o.next_offset
+                    } else {
+                        o.log_start_offset
+                    }),
+                    Err(e) => base.with_error_code(meta_error_code(&e)),
+                },
+                ts if ts >= 0 => match broker
+                    .fetcher
+                    .offset_for_timestamp(topic.id, p.partition_index, ts)
+                    .await
+                {
+                    Ok(Some((offset, batch_ts))) => {
+                        base.with_offset(offset).with_timestamp(batch_ts)
+                    }
+                    Ok(None) => base,
+                    Err(e) => base.with_error_code(read_error_code(&e)),
+                },
+                _ => base.with_error_code(ResponseError::InvalidRequest.code()),
+            };
+            parts.push(part);
+        }
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(parts),
+        );
+    }
+    ListOffsetsResponse::default().with_topics(topics)
+}

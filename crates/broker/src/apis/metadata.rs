@@ -1,0 +1,105 @@
+//! Metadata: the broker list (just this broker for now), and topics with
+//! their partitions, auto-creating requested topics when allowed.
+
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
+use kafka_protocol::ResponseError;
+use tributary_meta::TopicMeta;
+
+use super::{str_bytes, topic_name};
+use crate::error::meta_error_code;
+use crate::topics::invalid_topic_name;
+use crate::Broker;
+
+pub async fn handle(broker: &Broker, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let cfg = &broker.config;
+    let node = BrokerId(cfg.node_id);
+    let mut resp = MetadataResponse::default()
+        .with_brokers(vec![MetadataResponseBroker::default()
+            .with_node_id(node)
+            .with_host(str_bytes(&cfg.advertised_host))
+            .with_port(cfg.advertised_port)])
+        .with_cluster_id(Some(str_bytes(&cfg.cluster_id)))
+        .with_controller_id(node);
+    // v0: an empty list means all topics; v1+: null means all.
+    let requested = match req.topics {
+        None => None,
+        Some(t) if t.is_empty() && version == 0 => None,
+        Some(t) => Some(t),
+    };
+    let Some(requested) = requested else {
+        match broker.meta.list_topics().await {
+            Ok(all) => resp.topics = all.iter().map(|t| topic_entry(broker, t)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "metadata: listing topics failed");
+                resp.error_code = meta_error_code(&e);
+            }
+        }
+        return resp;
+    };
+    let auto_create = cfg.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+    for t in requested {
+        let Some(name) = t.name.as_ref().map(|n| n.0.to_string()) else {
+            // Lookup by topic id (v10+ clients may send only ids).
+            let entry = match broker.meta.get_topic_by_id(t.topic_id).await {
+                Ok(Some(topic)) => topic_entry(broker, &topic),
+                Ok(None) => MetadataResponseTopic::default()
+                    .with_topic_id(t.topic_id)
+                    .with_error_code(ResponseError::UnknownTopicId.code()),
+                Err(e) => MetadataResponseTopic::default()
+                    .with_topic_id(t.topic_id)
+                    .with_error_code(meta_error_code(&e)),
+            };
+            resp.topics.push(entry);
+            continue;
+        };
+        let error_entry = |code: i16| {
+            MetadataResponseTopic::default()
+                .with_name(Some(topic_name(&name)))
+                .with_error_code(code)
+        };
+        if invalid_topic_name(&name).is_some() {
+            resp.topics
+                .push(error_entry(ResponseError::InvalidTopicException.code()));
+            continue;
+        }
+        let found = if auto_create {
+            broker
+                .topics
+                .get_or_create(&name, cfg.num_partitions)
+                .await
+                .map(Some)
+        } else {
+            broker.topics.get(&name).await
+        };
+        match found {
+            Ok(Some(topic)) => resp.topics.push(topic_entry(broker, &topic)),
+            Ok(None) => resp
+                .topics
+                .push(error_entry(ResponseError::UnknownTopicOrPartition.code())),
+            Err(e) => resp.topics.push(error_entry(meta_error_code(&e))),
+        }
+    }
+    resp
+}
+
+fn topic_entry(broker: &Broker, topic: &TopicMeta) -> MetadataResponseTopic {
+    let node = BrokerId(broker.config.node_id);
+    MetadataResponseTopic::default()
+        .with_name(Some(topic_name(&topic.name)))
+        .with_topic_id(topic.id)
+        .with_partitions(
+            (0..topic.partitions)
+                .map(|p| {
+                    MetadataResponsePartition::default()
+                        .with_partition_index(p)
+                        .with_leader_id(node)
+                        .with_leader_epoch(tributary_storage::reader::LEADER_EPOCH)
+                        .with_replica_nodes(vec![node])
+                        .with_isr_nodes(vec![node])
+                })
+                .collect(),
+        )
+}

@@ -1,0 +1,24 @@
+//! One module per Kafka API (the group APIs live in [`crate::groups`]).
+//! Handlers never fail as a whole: problems become per-topic or
+//! per-partition error codes.
+
+pub mod admin;
+pub mod fetch;
+pub mod find_coordinator;
+pub mod init_producer_id;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+
+use kafka_protocol::messages::TopicName;
+use kafka_protocol::protocol::StrBytes;
+
+/// A `TopicName` from a string.
+pub(crate) fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}
+
+/// A `StrBytes` from a string.
+pub(crate) fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}

@@ -1,0 +1,233 @@
+//! Produce: validate each partition's record batches (RecordBatch v2 only,
+//! CRC32C, record counts, `max.message.bytes`), hand them to the segment
+//! writer, and answer with the base offsets once the segment is uploaded and
+//! committed. One bad partition never fails the others. acks=0 gets no answer.
+
+use futures::future::join_all;
+use kafka_protocol::messages::produce_request::PartitionProduceData;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use tributary_meta::{BatchOutcome, ProducerBatch, TopicMeta};
+use tributary_protocol::batch::{split_batches, BatchError, BatchView};
+use tributary_storage::AppendBatch;
+
+use super::str_bytes;
+use crate::error::{meta_error_code, rejection_code, write_error_code};
+use crate::topics::invalid_topic_name;
+use crate::Broker;
+
+pub async fn handle(
+    broker: &Broker,
+    req: ProduceRequest,
+    _version: i16,
+) -> Option<ProduceResponse> {
+    let acks = req.acks;
+    let transactional = req.transactional_id.is_some();
+    let topics = req.topic_data.into_iter().map(|t| async move {
+        let name = t.name.0.to_string();
+        let fail_all = |code: i16, msg: &str| {
+            t.partition_data
+                .iter()
+                .map(|p| error_response(p.index, code, msg))
+                .collect::<Vec<_>>()
+        };
+        let partitions = if !matches!(acks, -1..=1) {
+            fail_all(
+                ResponseError::InvalidRequiredAcks.code(),
+                "acks must be -1, 0 or 1",
+            )
+        } else if transactional {
+            fail_all(
+                ResponseError::TransactionalIdAuthorizationFailed.code(),
+                "transactions are not supported",
+            )
+        } else if let Some(why) = invalid_topic_name(&name) {
+            fail_all(ResponseError::InvalidTopicException.code(), why)
+        } else {
+            let topic = if broker.config.auto_create_topics {
+                broker
+                    .topics
+                    .get_or_create(&name, broker.config.num_partitions)
+                    .await
+                    .map(Some)
+            } else {
+                broker.topics.get(&name).await
+            };
+            match topic {
+                Ok(Some(topic)) => {
+                    join_all(
+                        t.partition_data
+                            .into_iter()
+                            .map(|p| produce_partition(broker, &topic, p, acks)),
+                    )
+                    .await
+                }
+                Ok(None) => fail_all(
+                    ResponseError::UnknownTopicOrPartition.code(),
+                    "unknown topic and auto-creation is off",
+                ),
+                Err(e) => fail_all(meta_error_code(&e), &e.to_string()),
+            }
+        };
+        TopicProduceResponse::default()
+            .with_name(t.name)
+            .with_partition_responses(partitions)
+    });
+    let responses = join_all(topics).await;
+    if acks == 0 {
+        return None;
+    }
+    Some(ProduceResponse::default().with_responses(responses))
+}
+
+fn error_response(index: i32, code: i16, message: &str) -> PartitionProduceResponse {
+    PartitionProduceResponse::default()
+        .with_index(index)
+        .with_error_code(code)
+        .with_base_offset(-1)
+        .with_log_append_time_ms(-1)
+        .with_log_start_offset(-1)
+        .with_error_message(Some(str_bytes(message)))
+}
+
+async fn produce_partition(
+    broker: &Broker,
+    topic: &TopicMeta,
+    data: PartitionProduceData,
+    acks: i16,
+) -> PartitionProduceResponse {
+    let index = data.index;
+    if index < 0 || index >= topic.partitions {
+        return error_response(
+            index,
+            ResponseError::UnknownTopicOrPartition.code(),
+            "unknown partition",
+        );
+    }
+    let records = data.records.unwrap_or_default();
+    let batches = match split_batches(&records) {
+        Ok(b) if b.is_empty() => {
+            return error_response(
+                index,
+                ResponseError::CorruptMessage.code(),
+                "no record batch in request",
+            )
+        }
+        Ok(b) => b,
+        Err(e) => {
+            let code = match e {
+                BatchError::UnsupportedMagic(_) => {
+                    ResponseError::UnsupportedForMessageFormat.code()
+                }
+                BatchError::UnsupportedCompression(_) => {
+                    ResponseError::UnsupportedCompressionType.code()
+                }
+                BatchError::Truncated
+                | BatchError::CorruptCrc { .. }
+                | BatchError::InvalidRecordCount { .. }
+                | BatchError::InvalidLength(_)
+                | BatchError::Decode(_) => ResponseError::CorruptMessage.code(),
+            };
+            tracing::debug!(topic = %topic.name, partition = index, error = %e, "rejected record batch");
+            return error_response(index, code, &e.to_string());
+        }
+    };
+    let max_bytes = topic
+        .configs
+        .get("max.message.bytes")
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(broker.config.max_message_bytes);
+    if let Some(big) = batches.iter().find(|b| b.bytes.len() as i64 > max_bytes) {
+        return error_response(
+            index,
+            ResponseError::MessageTooLarge.code(),
+            &format!(
+                "record batch of {} bytes exceeds max.message.bytes={max_bytes}",
+                big.bytes.len()
+            ),
+        );
+    }
+    if batches
+        .iter()
+        .any(|b| b.header.is_transactional() || b.header.is_control())
+    {
+        return error_response(
+            index,
+            ResponseError::InvalidRecord.code(),
+            "transactional and control batches are not supported",
+        );
+    }
+    let append: Vec<AppendBatch> = batches.iter().map(append_batch).collect();
+    if acks == 0 {
+        if let Err(e) = broker.writer.append_no_ack(topic.id, index, append).await {
+            tracing::warn!(error = %e, "acks=0 append dropped");
+        }
+        return error_response(index, 0, "");
+    }
+    match broker.writer.append(topic.id, index, append).await {
+        Ok(outcomes) => outcome_response(index, &outcomes),
+        Err(e) => error_response(index, write_error_code(&e), &e.to_string()),
+    }
+}
+
+fn outcome_response(index: i32, outcomes: &[BatchOutcome]) -> PartitionProduceResponse {
+    let mut base = None;
+    for o in outcomes {
+        match *o {
+            BatchOutcome::Appended { base_offset } | BatchOutcome::Duplicate { base_offset } => {
+                base.get_or_insert(base_offset);
+            }
+            BatchOutcome::Rejected(r) => {
+                return error_response(index, rejection_code(r), &format!("batch rejected: {r:?}"));
+            }
+        }
+    }
+    PartitionProduceResponse::default()
+        .with_index(index)
+        .with_base_offset(base.unwrap_or(-1))
+        .with_log_append_time_ms(-1)
+        .with_log_start_offset(-1)
+        .with_error_message(None::<StrBytes>)
+}
+
+fn append_batch(b: &BatchView) -> AppendBatch {
+    let h = &b.header;
+    let producer = (h.producer_id >= 0).then(|| ProducerBatch {
+        producer_id: h.producer_id,
+        producer_epoch: h.producer_epoch,
+        base_sequence: h.base_sequence,
+        last_sequence: last_sequence(h.base_sequence, h.last_offset_delta),
+    });
+    AppendBatch {
+        bytes: b.bytes.clone(),
+        record_count: i64::from(h.record_count),
+        offset_count: h.offset_count(),
+        first_timestamp: h.base_timestamp,
+        max_timestamp: h.max_timestamp,
+        producer,
+    }
+}
+
+/// Kafka's sequence arithmetic: sequences wrap from i32::MAX to 0.
+fn last_sequence(base: i32, delta: i32) -> i32 {
+    if base > i32::MAX - delta {
+        delta - (i32::MAX - base) - 1
+    } else {
+        base + delta
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_wrap_like_kafka() {
+        assert_eq!(last_sequence(0, 4), 4);
+        assert_eq!(last_sequence(i32::MAX, 0), i32::MAX);
+        assert_eq!(last_sequence(i32::MAX, 1), 0);
+        assert_eq!(last_sequence(i32::MAX - 1, 3), 1);
+    }
+}

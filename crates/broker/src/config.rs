@@ -1,0 +1,87 @@
+//! Broker settings (plain data; the CLI layers defaults, file, env and flags).
+
+use std::collections::BTreeMap;
+
+use crate::groups::GroupConfig;
+
+/// Settings of one broker.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// This broker's id in Metadata responses.
+    pub node_id: i32,
+    /// Host clients should connect to.
+    pub advertised_host: String,
+    /// Port clients should connect to.
+    pub advertised_port: i32,
+    /// Cluster id reported to clients.
+    pub cluster_id: String,
+    /// Create unknown topics on Metadata/Produce.
+    pub auto_create_topics: bool,
+    /// Partitions of auto-created topics and CreateTopics with -1.
+    pub num_partitions: i32,
+    /// Largest record batch accepted (topic config `max.message.bytes` overrides).
+    pub max_message_bytes: i64,
+    /// Largest request frame accepted; bigger frames close the connection.
+    pub max_request_bytes: usize,
+    /// Concurrent connections accepted.
+    pub max_connections: usize,
+    /// Requests of one connection processed at once (answers stay in order).
+    pub max_inflight_per_connection: usize,
+    /// Consumer-group coordinator settings.
+    pub groups: GroupConfig,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 0,
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            cluster_id: "tributary".into(),
+            auto_create_topics: true,
+            num_partitions: 1,
+            max_message_bytes: 1_048_588,
+            max_request_bytes: 100 * 1024 * 1024,
+            max_connections: 10_000,
+            max_inflight_per_connection: 32,
+            groups: GroupConfig::default(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Topic configs with their defaults, as DescribeConfigs reports them.
+    pub fn topic_defaults(&self) -> BTreeMap<&'static str, String> {
+        let mut m = BTreeMap::new();
+        m.insert("cleanup.policy", "delete".to_string());
+        m.insert("compression.type", "producer".to_string());
+        m.insert("max.message.bytes", self.max_message_bytes.to_string());
+        m.insert("message.timestamp.type", "CreateTime".to_string());
+        m.insert("min.insync.replicas", "1".to_string());
+        m.insert("retention.bytes", "-1".to_string());
+        m.insert("retention.ms", "604800000".to_string());
+        m.insert("segment.bytes", "1073741824".to_string());
+        m.insert("segment.ms", "604800000".to_string());
+        m
+    }
+
+    /// Broker configs clients read through DescribeConfigs.
+    pub fn broker_configs(&self) -> BTreeMap<&'static str, String> {
+        let mut m = BTreeMap::new();
+        m.insert(
+            "auto.create.topics.enable",
+            self.auto_create_topics.to_string(),
+        );
+        m.insert("broker.id", self.node_id.to_string());
+        m.insert("default.replication.factor", "1".to_string());
+        m.insert("log.retention.ms", "604800000".to_string());
+        m.insert("message.max.bytes", self.max_message_bytes.to_string());
+        m.insert("num.partitions", self.num_partitions.to_string());
+        m.insert("offsets.topic.replication.factor", "1".to_string());
+        m.insert(
+            "socket.request.max.bytes",
+            self.max_request_bytes.to_string(),
+        );
+        m
+    }
+}

@@ -1,0 +1,209 @@
+//! One client connection: reads length-prefixed request frames, runs each
+//! request in its own task (so a slow produce does not hold up the next
+//! request, and a panicking handler fails alone), and writes the answers back
+//! in request order, as Kafka clients require.
+//!
+//! Frames that cannot be a Kafka request (negative or oversized length,
+//! truncated header, unknown API key, unsupported version other than
+//! ApiVersions) close the connection, as Apache Kafka does.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info_span, warn, Instrument};
+
+use crate::{router, Broker};
+
+/// Who sent a request.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub client_id: String,
+    pub peer: SocketAddr,
+    pub correlation_id: i32,
+}
+
+type Pending = oneshot::Receiver<Option<Bytes>>;
+
+/// Serve one connection until the client closes it, it misbehaves, or
+/// `shutdown` fires (then in-flight requests are still answered).
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<Pending>(broker.config.max_inflight_per_connection.max(1));
+    let writer = tokio::spawn(write_responses(wr, rx, peer));
+    let mut reader = BufReader::with_capacity(64 * 1024, rd);
+    loop {
+        let len = tokio::select! {
+            r = reader.read_i32() => match r {
+                Ok(len) => len,
+                Err(_) => break, // closed by the client
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        if len < 8 || len as usize > broker.config.max_request_bytes {
+            warn!(%peer, len, max = broker.config.max_request_bytes, "bad request frame length; closing connection");
+            break;
+        }
+        let mut buf = vec![0u8; len as usize];
+        if let Err(e) = reader.read_exact(&mut buf).await {
+            debug!(%peer, error = %e, "truncated request frame; closing connection");
+            break;
+        }
+        let frame = Bytes::from(buf);
+        match prepare(&broker, frame, peer) {
+            Ok(Prepared::Immediate(bytes)) => {
+                let (otx, orx) = oneshot::channel();
+                let _ = otx.send(Some(bytes));
+                if tx.send(orx).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Prepared::Run {
+                api_key,
+                version,
+                header,
+                request,
+            }) => {
+                let (otx, orx) = oneshot::channel();
+                let broker = broker.clone();
+                let ctx = RequestContext {
+                    client_id: header
+                        .client_id
+                        .as_ref()
+                        .map(|s| s.to_string())
+                        .unwrap_or_default(),
+                    peer,
+                    correlation_id: header.correlation_id,
+                };
+                let span = info_span!("request", api = ?api_key, version, correlation_id = header.correlation_id, client = %ctx.client_id);
+                tokio::spawn(
+                    async move {
+                        let answer = router::handle(&broker, &ctx, *request, version).await;
+                        let bytes = match answer {
+                            Some(resp) => match encode_response(api_key, version, ctx.correlation_id, &resp) {
+                                Ok(b) => Some(b),
+                                Err(e) => {
+                                    error!(error = %e, "cannot encode response; closing connection");
+                                    return; // dropping otx closes the connection
+                                }
+                            },
+                            None => None,
+                        };
+                        let _ = otx.send(bytes);
+                    }
+                    .instrument(span),
+                );
+                if tx.send(orx).await.is_err() {
+                    break;
+                }
+            }
+            Err(reason) => {
+                warn!(%peer, %reason, "bad request; closing connection");
+                break;
+            }
+        }
+    }
+    drop(tx);
+    if let Err(e) = writer.await {
+        warn!(%peer, error = %e, "connection writer ended abnormally");
+    }
+}
+
+enum Prepared {
+    /// Answer already known (ApiVersions with an unsupported version).
+    Immediate(Bytes),
+    Run {
+        api_key: ApiKey,
+        version: i16,
+        header: RequestHeader,
+        request: Box<RequestKind>,
+    },
+}
+
+fn prepare(broker: &Broker, mut frame: Bytes, peer: SocketAddr) -> Result<Prepared, String> {
+    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let api_key = ApiKey::try_from(raw_key).map_err(|_| format!("unknown api key {raw_key}"))?;
+    if !router::is_supported(api_key, version) {
+        if api_key == ApiKey::ApiVersions {
+            debug!(%peer, version, "unsupported ApiVersions version; answering with v0");
+            let resp = router::api_versions_unsupported();
+            return encode_response(api_key, 0, correlation_id, &ResponseKind::ApiVersions(resp))
+                .map(Prepared::Immediate);
+        }
+        return Err(format!(
+            "unsupported version api={api_key:?} version={version}"
+        ));
+    }
+    let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version))
+        .map_err(|e| format!("bad request header api={api_key:?} version={version}: {e}"))?;
+    let request = RequestKind::decode(api_key, &mut frame, version)
+        .map_err(|e| format!("bad request body api={api_key:?} version={version}: {e}"))?;
+    let _ = broker;
+    Ok(Prepared::Run {
+        api_key,
+        version,
+        header,
+        request: Box::new(request),
+    })
+}
+
+/// Frame a response: length, header, body.
+pub fn encode_response(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    resp: &ResponseKind,
+) -> Result<Bytes, String> {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    header
+        .encode(&mut buf, api_key.response_header_version(version))
+        .map_err(|e| e.to_string())?;
+    resp.encode(&mut buf, version).map_err(|e| e.to_string())?;
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+async fn write_responses(
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Pending>,
+    peer: SocketAddr,
+) {
+    let mut out = BufWriter::with_capacity(64 * 1024, wr);
+    while let Some(pending) = rx.recv().await {
+        match pending.await {
+            Ok(Some(bytes)) => {
+                if out.write_all(bytes.chunk()).await.is_err() {
+                    break;
+                }
+                // Flush when nothing else is ready to go out.
+                if rx.is_empty() && out.flush().await.is_err() {
+                    break;
+                }
+            }
+            Ok(None) => {} // acks=0: no answer
+            Err(_) => {
+                warn!(%peer, "request failed without an answer; closing connection");
+                break;
+            }
+        }
+    }
+    let _ = out.flush().await;
+    let _ = out.shutdown().await;
+}

@@ -1,0 +1,640 @@
+//! The classic Kafka consumer-group coordinator.
+//!
+//! Owns group membership (JoinGroup, SyncGroup, Heartbeat, LeaveGroup),
+//! group listing/description/deletion and committed offsets (OffsetCommit,
+//! OffsetFetch, OffsetDelete). Membership lives only in memory on the broker
+//! that coordinates the group; committed offsets are durable in the
+//! [`MetadataStore`] before a commit is acknowledged, so another broker can
+//! take over the group after a failure (members then simply rejoin).
+//!
+//! Contract: every handler takes the decoded request and its API version and
+//! returns the response struct for that version. Handlers never panic and
+//! never fail; problems become Kafka error codes in the response. The
+//! versions really handled are listed in [`SUPPORTED`].
+//!
+//! Each group is a [`group::Group`] state machine behind its own
+//! `std::sync::Mutex` (never held across `.await`, poisoning recovered) plus
+//! one timer task that evicts members whose session expired and finishes a
+//! join phase whose rebalance timeout passed. Timers use `tokio::time`, so
+//! tests can pause time.
+
+mod group;
+mod offsets;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::{
+    ApiKey, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
+    DescribeGroupsResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, SyncGroupRequest, SyncGroupResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tributary_meta::{MetaError, MetadataStore};
+
+use group::{
+    code, Group, GroupState, JoinOutcome, JoinParams, Reply, SyncOutcome, SyncParams, NONE,
+};
+
+/// `(api key, min version, max version)` of every API this module handles.
+pub const SUPPORTED: &[(i16, i16, i16)] = &[
+    (ApiKey::OffsetCommit as i16, 2, 9),
+    (ApiKey::OffsetFetch as i16, 1, 9),
+    (ApiKey::JoinGroup as i16, 0, 9),
+    (ApiKey::Heartbeat as i16, 0, 4),
+    (ApiKey::LeaveGroup as i16, 0, 5),
+    (ApiKey::SyncGroup as i16, 0, 5),
+    (ApiKey::DescribeGroups as i16, 0, 5),
+    (ApiKey::ListGroups as i16, 0, 5),
+    (ApiKey::DeleteGroups as i16, 0, 2),
+    (ApiKey::OffsetDelete as i16, 0, 0),
+];
+
+/// Coordinator settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// Smallest accepted session timeout (Kafka `group.min.session.timeout.ms`, default 6000).
+    pub min_session_timeout_ms: i32,
+    /// Largest accepted session timeout (Kafka `group.max.session.timeout.ms`, default 1800000).
+    pub max_session_timeout_ms: i32,
+    /// How long a brand-new group's first rebalance waits for more members
+    /// (Kafka `group.initial.rebalance.delay.ms`). Default 0: the first join
+    /// completes as soon as every known member has joined.
+    pub initial_rebalance_delay_ms: u64,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            min_session_timeout_ms: 6000,
+            max_session_timeout_ms: 1_800_000,
+            initial_rebalance_delay_ms: 0,
+        }
+    }
+}
+
+/// One group and the wake-up of its timer task.
+struct Slot {
+    group: Mutex<Group>,
+    wake: Notify,
+}
+
+/// The classic group coordinator. Share it as `Arc<GroupCoordinator>`.
+pub struct GroupCoordinator {
+    store: Arc<dyn MetadataStore>,
+    config: GroupConfig,
+    groups: Mutex<HashMap<String, Arc<Slot>>>,
+    cancel: CancellationToken,
+}
+
+/// Lock a mutex, recovering from poisoning (a panicked request must not
+/// take the coordinator down for everyone else).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn str_bytes(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+fn opt_str(s: &Option<StrBytes>) -> Option<String> {
+    s.as_ref().map(|s| s.to_string())
+}
+
+/// Kafka error code for a metadata-store failure.
+fn meta_error_code(e: &MetaError) -> i16 {
+    match e {
+        MetaError::UnknownTopic(_) | MetaError::UnknownPartition { .. } => {
+            code(ResponseError::UnknownTopicOrPartition)
+        }
+        MetaError::Backend { .. } => code(ResponseError::CoordinatorNotAvailable),
+        MetaError::TopicExists(_)
+        | MetaError::InvalidPartitions { .. }
+        | MetaError::OffsetOutOfRange { .. }
+        | MetaError::SegmentExists(_)
+        | MetaError::InvalidArgument(_) => code(ResponseError::UnknownServerError),
+    }
+}
+
+impl GroupCoordinator {
+    /// A coordinator with no groups; offsets go to `store`.
+    pub fn new(store: Arc<dyn MetadataStore>, config: GroupConfig) -> Arc<Self> {
+        Arc::new(GroupCoordinator {
+            store,
+            config,
+            groups: Mutex::new(HashMap::new()),
+            cancel: CancellationToken::new(),
+        })
+    }
+
+    /// Stop every timer task and answer parked requests with NOT_COORDINATOR
+    /// so clients look for the group's new coordinator.
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+        let slots: Vec<Arc<Slot>> = lock(&self.groups).values().cloned().collect();
+        for slot in slots {
+            lock(&slot.group).abort_parked(code(ResponseError::NotCoordinator));
+        }
+    }
+
+    fn get(&self, group_id: &str) -> Option<Arc<Slot>> {
+        lock(&self.groups).get(group_id).cloned()
+    }
+
+    fn get_or_create(&self, group_id: &str) -> Arc<Slot> {
+        let mut groups = lock(&self.groups);
+        if let Some(slot) = groups.get(group_id) {
+            return slot.clone();
+        }
+        let slot = Arc::new(Slot {
+            group: Mutex::new(Group::new(
+                group_id.to_string(),
+                Duration::from_millis(self.config.initial_rebalance_delay_ms),
+            )),
+            wake: Notify::new(),
+        });
+        groups.insert(group_id.to_string(), slot.clone());
+        if !self.cancel.is_cancelled() {
+            tokio::spawn(run_timers(slot.clone(), self.cancel.clone()));
+        }
+        slot
+    }
+
+    /// JoinGroup (v0-9). Parks until the join phase completes.
+    pub async fn join_group(
+        &self,
+        req: JoinGroupRequest,
+        version: i16,
+        client_id: &str,
+        client_host: &str,
+    ) -> JoinGroupResponse {
+        let group_id = req.group_id.0.to_string();
+        let member_id = req.member_id.to_string();
+        if group_id.is_empty() {
+            let o = JoinOutcome::error(code(ResponseError::InvalidGroupId), member_id);
+            return join_response(version, o);
+        }
+        if req.session_timeout_ms < self.config.min_session_timeout_ms
+            || req.session_timeout_ms > self.config.max_session_timeout_ms
+        {
+            let o = JoinOutcome::error(code(ResponseError::InvalidSessionTimeout), member_id);
+            return join_response(version, o);
+        }
+        let session = Duration::from_millis(u64::try_from(req.session_timeout_ms).unwrap_or(0));
+        let rebalance = if version >= 1 && req.rebalance_timeout_ms > 0 {
+            Duration::from_millis(u64::try_from(req.rebalance_timeout_ms).unwrap_or(0))
+        } else {
+            session
+        };
+        let params = JoinParams {
+            member_id: member_id.clone(),
+            instance_id: if version >= 5 {
+                opt_str(&req.group_instance_id)
+            } else {
+                None
+            },
+            require_known_member_id: version >= 4,
+            client_id: client_id.to_string(),
+            client_host: client_host.to_string(),
+            session_timeout: session,
+            rebalance_timeout: rebalance,
+            protocol_type: req.protocol_type.to_string(),
+            protocols: req
+                .protocols
+                .iter()
+                .map(|p| (p.name.to_string(), p.metadata.clone()))
+                .collect(),
+        };
+        let slot = if member_id.is_empty() {
+            self.get_or_create(&group_id)
+        } else {
+            match self.get(&group_id) {
+                Some(slot) => slot,
+                None => {
+                    let o = JoinOutcome::error(code(ResponseError::UnknownMemberId), member_id);
+                    return join_response(version, o);
+                }
+            }
+        };
+        let reply = lock(&slot.group).join(params, Instant::now());
+        slot.wake.notify_one();
+        let outcome = match reply {
+            Reply::Now(o) => o,
+            Reply::Wait(rx) => rx.await.unwrap_or_else(|_| {
+                JoinOutcome::error(code(ResponseError::RebalanceInProgress), member_id)
+            }),
+        };
+        join_response(version, outcome)
+    }
+
+    /// SyncGroup (v0-5). A follower parks until the leader's assignment arrives.
+    pub async fn sync_group(&self, req: SyncGroupRequest, version: i16) -> SyncGroupResponse {
+        let group_id = req.group_id.0.to_string();
+        if group_id.is_empty() {
+            return sync_response(
+                version,
+                SyncOutcome::error(code(ResponseError::InvalidGroupId)),
+            );
+        }
+        let Some(slot) = self.get(&group_id) else {
+            return sync_response(
+                version,
+                SyncOutcome::error(code(ResponseError::UnknownMemberId)),
+            );
+        };
+        let params = SyncParams {
+            member_id: req.member_id.to_string(),
+            instance_id: if version >= 3 {
+                opt_str(&req.group_instance_id)
+            } else {
+                None
+            },
+            generation_id: req.generation_id,
+            protocol_type: if version >= 5 {
+                opt_str(&req.protocol_type)
+            } else {
+                None
+            },
+            protocol_name: if version >= 5 {
+                opt_str(&req.protocol_name)
+            } else {
+                None
+            },
+            assignments: req
+                .assignments
+                .iter()
+                .map(|a| (a.member_id.to_string(), a.assignment.clone()))
+                .collect(),
+        };
+        let reply = lock(&slot.group).sync(params, Instant::now());
+        slot.wake.notify_one();
+        let outcome = match reply {
+            Reply::Now(o) => o,
+            Reply::Wait(rx) => rx
+                .await
+                .unwrap_or_else(|_| SyncOutcome::error(code(ResponseError::RebalanceInProgress))),
+        };
+        sync_response(version, outcome)
+    }
+
+    /// Heartbeat (v0-4).
+    pub async fn heartbeat(&self, req: HeartbeatRequest, version: i16) -> HeartbeatResponse {
+        let group_id = req.group_id.0.to_string();
+        let error = if group_id.is_empty() {
+            code(ResponseError::InvalidGroupId)
+        } else if let Some(slot) = self.get(&group_id) {
+            let instance = if version >= 3 {
+                opt_str(&req.group_instance_id)
+            } else {
+                None
+            };
+            let e = lock(&slot.group).heartbeat(
+                req.member_id.as_str(),
+                instance.as_deref(),
+                req.generation_id,
+                Instant::now(),
+            );
+            slot.wake.notify_one();
+            e
+        } else {
+            code(ResponseError::UnknownMemberId)
+        };
+        HeartbeatResponse::default().with_error_code(error)
+    }
+
+    /// LeaveGroup (v0-2 one member, v3+ a list with per-member errors).
+    pub async fn leave_group(&self, req: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+        let group_id = req.group_id.0.to_string();
+        let leaving: Vec<(String, Option<String>)> = if version >= 3 {
+            req.members
+                .iter()
+                .map(|m| (m.member_id.to_string(), opt_str(&m.group_instance_id)))
+                .collect()
+        } else {
+            vec![(req.member_id.to_string(), None)]
+        };
+        let (top, errors): (i16, Vec<i16>) = if group_id.is_empty() {
+            (code(ResponseError::InvalidGroupId), Vec::new())
+        } else if let Some(slot) = self.get(&group_id) {
+            let mut g = lock(&slot.group);
+            if g.state == GroupState::Dead {
+                (code(ResponseError::CoordinatorNotAvailable), Vec::new())
+            } else {
+                let now = Instant::now();
+                let errs = leaving
+                    .iter()
+                    .map(|(m, i)| g.leave(m, i.as_deref(), now))
+                    .collect();
+                drop(g);
+                slot.wake.notify_one();
+                (NONE, errs)
+            }
+        } else {
+            let unknown = code(ResponseError::UnknownMemberId);
+            (NONE, vec![unknown; leaving.len()])
+        };
+        let mut resp = LeaveGroupResponse::default();
+        if version >= 3 {
+            resp.error_code = top;
+            if top == NONE {
+                resp.members = leaving
+                    .into_iter()
+                    .zip(errors)
+                    .map(|((member_id, instance), error_code)| {
+                        MemberResponse::default()
+                            .with_member_id(str_bytes(member_id))
+                            .with_group_instance_id(instance.map(str_bytes))
+                            .with_error_code(error_code)
+                    })
+                    .collect();
+            }
+        } else {
+            resp.error_code = if top != NONE {
+                top
+            } else {
+                errors.first().copied().unwrap_or(NONE)
+            };
+        }
+        resp
+    }
+
+    /// ListGroups (v0-5): in-memory groups plus groups that only have
+    /// committed offsets (listed as Empty "consumer" groups).
+    pub async fn list_groups(&self, req: ListGroupsRequest, version: i16) -> ListGroupsResponse {
+        let mut listed: Vec<(String, String, &'static str)> = Vec::new();
+        let mut seen = BTreeSet::new();
+        for slot in self.slots() {
+            let g = lock(&slot.group);
+            if g.state == GroupState::Dead
+                || (g.state == GroupState::Empty && g.protocol_type.is_none())
+            {
+                continue;
+            }
+            seen.insert(g.id.clone());
+            listed.push((
+                g.id.clone(),
+                g.protocol_type.clone().unwrap_or_default(),
+                g.state.as_str(),
+            ));
+        }
+        let mut error = NONE;
+        match self.store.list_groups().await {
+            Ok(stored) => {
+                for id in stored {
+                    if !seen.contains(&id) {
+                        listed.push((id, "consumer".to_string(), GroupState::Empty.as_str()));
+                    }
+                }
+            }
+            Err(e) => error = meta_error_code(&e),
+        }
+        listed.sort();
+        let states: Vec<String> = if version >= 4 {
+            req.states_filter
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let types: Vec<String> = if version >= 5 {
+            req.types_filter
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let classic_ok = types.is_empty() || types.iter().any(|t| t == "classic");
+        let groups = listed
+            .into_iter()
+            .filter(|_| classic_ok)
+            .filter(|(_, _, state)| {
+                states.is_empty() || states.contains(&state.to_ascii_lowercase())
+            })
+            .map(|(id, ptype, state)| {
+                let mut g = ListedGroup::default()
+                    .with_group_id(GroupId(str_bytes(id)))
+                    .with_protocol_type(str_bytes(ptype));
+                if version >= 4 {
+                    g.group_state = StrBytes::from_static_str(state);
+                }
+                if version >= 5 {
+                    g.group_type = StrBytes::from_static_str("classic");
+                }
+                g
+            })
+            .collect();
+        ListGroupsResponse::default()
+            .with_error_code(error)
+            .with_groups(groups)
+    }
+
+    /// DescribeGroups (v0-5). Unknown groups are "Dead" with no error, as in Kafka.
+    pub async fn describe_groups(
+        &self,
+        req: DescribeGroupsRequest,
+        version: i16,
+    ) -> DescribeGroupsResponse {
+        let mut stored: Option<Result<Vec<String>, i16>> = None;
+        let mut out = Vec::with_capacity(req.groups.len());
+        for gid in &req.groups {
+            let id = gid.0.to_string();
+            let mut d = DescribedGroup::default().with_group_id(gid.clone());
+            if let Some(slot) = self.get(&id) {
+                let g = lock(&slot.group);
+                d.group_state = StrBytes::from_static_str(g.state.as_str());
+                d.protocol_type = str_bytes(g.protocol_type.clone().unwrap_or_default());
+                let stable = g.state == GroupState::Stable;
+                if stable {
+                    d.protocol_data = str_bytes(g.protocol_name.clone().unwrap_or_default());
+                }
+                d.members = g
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let mut dm = DescribedGroupMember::default()
+                            .with_member_id(str_bytes(m.id.clone()))
+                            .with_client_id(str_bytes(m.client_id.clone()))
+                            .with_client_host(str_bytes(m.client_host.clone()));
+                        if version >= 4 {
+                            dm.group_instance_id = m.instance_id.clone().map(str_bytes);
+                        }
+                        if stable {
+                            dm.member_metadata = m.metadata(g.protocol_name.as_deref());
+                            dm.member_assignment = m.assignment.clone();
+                        }
+                        dm
+                    })
+                    .collect();
+                out.push(d);
+                continue;
+            }
+            if stored.is_none() {
+                stored = Some(
+                    self.store
+                        .list_groups()
+                        .await
+                        .map_err(|e| meta_error_code(&e)),
+                );
+            }
+            match &stored {
+                Some(Ok(ids)) if ids.contains(&id) => {
+                    d.group_state = StrBytes::from_static_str(GroupState::Empty.as_str());
+                    d.protocol_type = StrBytes::from_static_str("consumer");
+                }
+                Some(Err(e)) => d.error_code = *e,
+                Some(Ok(_)) | None => {
+                    d.group_state = StrBytes::from_static_str(GroupState::Dead.as_str());
+                }
+            }
+            out.push(d);
+        }
+        DescribeGroupsResponse::default().with_groups(out)
+    }
+
+    /// DeleteGroups (v0-2): only Empty (or offsets-only) groups; removes
+    /// their committed offsets.
+    pub async fn delete_groups(
+        &self,
+        req: DeleteGroupsRequest,
+        _version: i16,
+    ) -> DeleteGroupsResponse {
+        let mut results = Vec::with_capacity(req.groups_names.len());
+        for gid in &req.groups_names {
+            let id = gid.0.to_string();
+            let error = self.delete_group(&id).await;
+            results.push(
+                DeletableGroupResult::default()
+                    .with_group_id(gid.clone())
+                    .with_error_code(error),
+            );
+        }
+        DeleteGroupsResponse::default().with_results(results)
+    }
+
+    async fn delete_group(&self, id: &str) -> i16 {
+        let in_memory = {
+            let mut groups = lock(&self.groups);
+            match groups.get(id).cloned() {
+                Some(slot) => {
+                    let mut g = lock(&slot.group);
+                    if g.state == GroupState::Dead {
+                        Some(code(ResponseError::GroupIdNotFound))
+                    } else if g.is_empty() {
+                        g.mark_dead();
+                        drop(g);
+                        groups.remove(id);
+                        slot.wake.notify_one();
+                        Some(NONE)
+                    } else {
+                        Some(code(ResponseError::NonEmptyGroup))
+                    }
+                }
+                None => None,
+            }
+        };
+        match in_memory {
+            Some(NONE) => {}
+            Some(err) => return err,
+            None => match self.store.list_groups().await {
+                Ok(ids) if ids.iter().any(|g| g == id) => {}
+                Ok(_) => return code(ResponseError::GroupIdNotFound),
+                Err(e) => return meta_error_code(&e),
+            },
+        }
+        match self.store.delete_group(id).await {
+            Ok(()) => NONE,
+            Err(e) => meta_error_code(&e),
+        }
+    }
+
+    fn slots(&self) -> Vec<Arc<Slot>> {
+        lock(&self.groups).values().cloned().collect()
+    }
+}
+
+/// Per-group timer: evict silent members, finish overdue join phases.
+async fn run_timers(slot: Arc<Slot>, cancel: CancellationToken) {
+    loop {
+        let next = {
+            let mut g = lock(&slot.group);
+            if g.state == GroupState::Dead {
+                return;
+            }
+            g.tick(Instant::now());
+            g.next_deadline()
+        };
+        let sleep = async {
+            match next {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = slot.wake.notified() => {}
+            () = sleep => {}
+        }
+    }
+}
+
+fn join_response(version: i16, o: JoinOutcome) -> JoinGroupResponse {
+    let protocol_name = match o.protocol_name {
+        None if version < 7 => Some(StrBytes::default()),
+        other => other.map(str_bytes),
+    };
+    let members = o
+        .members
+        .into_iter()
+        .map(|m| {
+            let mut r = JoinGroupResponseMember::default()
+                .with_member_id(str_bytes(m.member_id))
+                .with_metadata(m.metadata);
+            if version >= 5 {
+                r.group_instance_id = m.group_instance_id.map(str_bytes);
+            }
+            r
+        })
+        .collect();
+    let mut r = JoinGroupResponse::default()
+        .with_error_code(o.error)
+        .with_generation_id(o.generation_id)
+        .with_protocol_name(protocol_name)
+        .with_leader(str_bytes(o.leader))
+        .with_member_id(str_bytes(o.member_id))
+        .with_members(members);
+    if version >= 7 {
+        r.protocol_type = o.protocol_type.map(str_bytes);
+    }
+    r
+}
+
+fn sync_response(version: i16, o: SyncOutcome) -> SyncGroupResponse {
+    let mut r = SyncGroupResponse::default()
+        .with_error_code(o.error)
+        .with_assignment(if o.error == NONE {
+            o.assignment
+        } else {
+            Bytes::new()
+        });
+    if version >= 5 {
+        r.protocol_type = o.protocol_type.map(str_bytes);
+        r.protocol_name = o.protocol_name.map(str_bytes);
+    }
+    r
+}

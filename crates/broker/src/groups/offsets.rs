@@ -1,0 +1,461 @@
+//! Committed offsets: OffsetCommit, OffsetFetch and OffsetDelete.
+//!
+//! Offsets live only in the metadata store; a commit is answered after the
+//! store call returns. Group validation (member, generation, state) happens
+//! under the group's lock before the store is called; a commit with a
+//! negative generation and no member is a "simple" commit, allowed while the
+//! group is Empty or not known in memory.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Buf;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{
+    ConsumerProtocolSubscription, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest,
+    OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, TopicName,
+};
+use kafka_protocol::protocol::Decodable;
+use kafka_protocol::ResponseError;
+use tokio::time::Instant;
+use tributary_meta::{CommittedOffset, TopicMeta};
+
+use super::group::{code, Group, GroupState, NONE};
+use super::{lock, meta_error_code, opt_str, str_bytes, GroupCoordinator};
+
+/// Kafka's `offset.metadata.max.bytes` default.
+const MAX_METADATA_BYTES: usize = 4096;
+
+/// One partition of an OffsetFetch answer.
+struct FetchedPartition {
+    partition: i32,
+    offset: i64,
+    leader_epoch: i32,
+    metadata: Option<String>,
+    error: i16,
+}
+
+/// One group of an OffsetFetch answer.
+struct FetchedGroup {
+    error: i16,
+    topics: Vec<(String, Vec<FetchedPartition>)>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl GroupCoordinator {
+    /// Look up topics once per request; `Err(code)` if the store failed.
+    async fn topics_of(
+        &self,
+        names: impl Iterator<Item = String>,
+    ) -> HashMap<String, Result<Option<TopicMeta>, i16>> {
+        let mut out = HashMap::new();
+        for name in names {
+            if out.contains_key(&name) {
+                continue;
+            }
+            let t = self
+                .store
+                .get_topic(&name)
+                .await
+                .map_err(|e| meta_error_code(&e));
+            out.insert(name, t);
+        }
+        out
+    }
+
+    /// OffsetCommit (v2-9).
+    pub async fn offset_commit(
+        &self,
+        req: OffsetCommitRequest,
+        version: i16,
+    ) -> OffsetCommitResponse {
+        let group_id = req.group_id.0.to_string();
+        let instance = if version >= 7 {
+            opt_str(&req.group_instance_id)
+        } else {
+            None
+        };
+        let generation = req.generation_id_or_member_epoch;
+        let group_error = match self.get(&group_id) {
+            Some(slot) => {
+                let r = lock(&slot.group).validate_commit(
+                    req.member_id.as_str(),
+                    instance.as_deref(),
+                    generation,
+                    Instant::now(),
+                );
+                r.err()
+            }
+            None if generation < 0 => None,
+            None => Some(code(ResponseError::IllegalGeneration)),
+        };
+
+        // errors[topic index][partition index]
+        let mut errors: Vec<Vec<i16>> = req
+            .topics
+            .iter()
+            .map(|t| vec![group_error.unwrap_or(NONE); t.partitions.len()])
+            .collect();
+        if group_error.is_none() {
+            let topics = self
+                .topics_of(req.topics.iter().map(|t| t.name.0.to_string()))
+                .await;
+            let commit_ts = now_ms();
+            let mut batch = Vec::new();
+            let mut slots = Vec::new();
+            for (ti, t) in req.topics.iter().enumerate() {
+                let name = t.name.0.to_string();
+                for (pi, p) in t.partitions.iter().enumerate() {
+                    let error = match topics.get(&name) {
+                        Some(Ok(Some(meta)))
+                            if p.partition_index >= 0 && p.partition_index < meta.partitions =>
+                        {
+                            if p.committed_metadata
+                                .as_ref()
+                                .is_some_and(|m| m.len() > MAX_METADATA_BYTES)
+                            {
+                                code(ResponseError::OffsetMetadataTooLarge)
+                            } else {
+                                NONE
+                            }
+                        }
+                        Some(Err(e)) => *e,
+                        Some(Ok(_)) | None => code(ResponseError::UnknownTopicOrPartition),
+                    };
+                    if error == NONE {
+                        batch.push(CommittedOffset {
+                            topic: name.clone(),
+                            partition: p.partition_index,
+                            offset: p.committed_offset,
+                            leader_epoch: if version >= 6 {
+                                p.committed_leader_epoch
+                            } else {
+                                -1
+                            },
+                            metadata: opt_str(&p.committed_metadata),
+                            commit_timestamp_ms: commit_ts,
+                        });
+                        slots.push((ti, pi));
+                    } else {
+                        errors[ti][pi] = error;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                if let Err(e) = self.store.commit_offsets(&group_id, &batch).await {
+                    tracing::warn!(group = %group_id, error = %e, "offset commit failed");
+                    let c = meta_error_code(&e);
+                    for (ti, pi) in slots {
+                        errors[ti][pi] = c;
+                    }
+                }
+            }
+        }
+        let topics = req
+            .topics
+            .iter()
+            .zip(errors)
+            .map(|(t, errs)| {
+                OffsetCommitResponseTopic::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(
+                        t.partitions
+                            .iter()
+                            .zip(errs)
+                            .map(|(p, e)| {
+                                OffsetCommitResponsePartition::default()
+                                    .with_partition_index(p.partition_index)
+                                    .with_error_code(e)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        OffsetCommitResponse::default().with_topics(topics)
+    }
+
+    /// Committed offsets of one group. `topics = None` means all.
+    async fn fetch_group(
+        &self,
+        group_id: &str,
+        topics: Option<Vec<(String, Vec<i32>)>>,
+    ) -> FetchedGroup {
+        let names: Option<Vec<String>> = topics
+            .as_ref()
+            .map(|ts| ts.iter().map(|(n, _)| n.clone()).collect());
+        match self.store.fetch_offsets(group_id, names.as_deref()).await {
+            Ok(committed) => {
+                let mut by_tp: BTreeMap<(String, i32), CommittedOffset> = BTreeMap::new();
+                for c in committed {
+                    by_tp.insert((c.topic.clone(), c.partition), c);
+                }
+                let found = |c: &CommittedOffset| FetchedPartition {
+                    partition: c.partition,
+                    offset: c.offset,
+                    leader_epoch: c.leader_epoch,
+                    metadata: Some(c.metadata.clone().unwrap_or_default()),
+                    error: NONE,
+                };
+                let out = match topics {
+                    Some(ts) => ts
+                        .into_iter()
+                        .map(|(name, parts)| {
+                            let ps = parts
+                                .into_iter()
+                                .map(|p| match by_tp.get(&(name.clone(), p)) {
+                                    Some(c) => found(c),
+                                    None => FetchedPartition {
+                                        partition: p,
+                                        offset: -1,
+                                        leader_epoch: -1,
+                                        metadata: Some(String::new()),
+                                        error: NONE,
+                                    },
+                                })
+                                .collect();
+                            (name, ps)
+                        })
+                        .collect(),
+                    None => {
+                        let mut grouped: Vec<(String, Vec<FetchedPartition>)> = Vec::new();
+                        for ((topic, _), c) in &by_tp {
+                            match grouped.last_mut() {
+                                Some((t, ps)) if t == topic => ps.push(found(c)),
+                                _ => grouped.push((topic.clone(), vec![found(c)])),
+                            }
+                        }
+                        grouped
+                    }
+                };
+                FetchedGroup {
+                    error: NONE,
+                    topics: out,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(group = %group_id, error = %e, "offset fetch failed");
+                let c = meta_error_code(&e);
+                let topics = topics
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(name, parts)| {
+                        let ps = parts
+                            .into_iter()
+                            .map(|p| FetchedPartition {
+                                partition: p,
+                                offset: -1,
+                                leader_epoch: -1,
+                                metadata: Some(String::new()),
+                                error: c,
+                            })
+                            .collect();
+                        (name, ps)
+                    })
+                    .collect();
+                FetchedGroup { error: c, topics }
+            }
+        }
+    }
+
+    /// OffsetFetch (v1-9; v8+ is the multi-group form). Partitions without a
+    /// commit answer offset -1.
+    pub async fn offset_fetch(&self, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+        if version >= 8 {
+            let mut groups = Vec::with_capacity(req.groups.len());
+            for g in &req.groups {
+                let topics = g.topics.as_ref().map(|ts| {
+                    ts.iter()
+                        .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
+                        .collect()
+                });
+                let fetched = self.fetch_group(g.group_id.0.as_str(), topics).await;
+                let topics = fetched
+                    .topics
+                    .into_iter()
+                    .map(|(name, ps)| {
+                        OffsetFetchResponseTopics::default()
+                            .with_name(TopicName(str_bytes(name)))
+                            .with_partitions(
+                                ps.into_iter()
+                                    .map(|p| {
+                                        OffsetFetchResponsePartitions::default()
+                                            .with_partition_index(p.partition)
+                                            .with_committed_offset(p.offset)
+                                            .with_committed_leader_epoch(p.leader_epoch)
+                                            .with_metadata(p.metadata.map(str_bytes))
+                                            .with_error_code(p.error)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect();
+                groups.push(
+                    OffsetFetchResponseGroup::default()
+                        .with_group_id(g.group_id.clone())
+                        .with_topics(topics)
+                        .with_error_code(fetched.error),
+                );
+            }
+            return OffsetFetchResponse::default().with_groups(groups);
+        }
+        let topics = req.topics.as_ref().map(|ts| {
+            ts.iter()
+                .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
+                .collect()
+        });
+        let fetched = self.fetch_group(req.group_id.0.as_str(), topics).await;
+        let topics = fetched
+            .topics
+            .into_iter()
+            .map(|(name, ps)| {
+                OffsetFetchResponseTopic::default()
+                    .with_name(TopicName(str_bytes(name)))
+                    .with_partitions(
+                        ps.into_iter()
+                            .map(|p| {
+                                let mut r = OffsetFetchResponsePartition::default()
+                                    .with_partition_index(p.partition)
+                                    .with_committed_offset(p.offset)
+                                    .with_metadata(p.metadata.map(str_bytes))
+                                    .with_error_code(p.error);
+                                if version >= 5 {
+                                    r.committed_leader_epoch = p.leader_epoch;
+                                }
+                                r
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        let mut resp = OffsetFetchResponse::default().with_topics(topics);
+        if version >= 2 {
+            resp.error_code = fetched.error;
+        }
+        resp
+    }
+
+    /// OffsetDelete (v0). Partitions of topics a live consumer group is
+    /// subscribed to answer GROUP_SUBSCRIBED_TO_TOPIC.
+    pub async fn offset_delete(
+        &self,
+        req: OffsetDeleteRequest,
+        _version: i16,
+    ) -> OffsetDeleteResponse {
+        let group_id = req.group_id.0.to_string();
+        let fail = |error: i16| OffsetDeleteResponse::default().with_error_code(error);
+        if group_id.is_empty() {
+            return fail(code(ResponseError::InvalidGroupId));
+        }
+        let subscribed: HashSet<String> = match self.get(&group_id) {
+            Some(slot) => {
+                let g = lock(&slot.group);
+                match g.state {
+                    GroupState::Dead => return fail(code(ResponseError::GroupIdNotFound)),
+                    GroupState::Empty => HashSet::new(),
+                    GroupState::PreparingRebalance
+                    | GroupState::CompletingRebalance
+                    | GroupState::Stable => {
+                        if g.protocol_type.as_deref() != Some("consumer") {
+                            return fail(code(ResponseError::NonEmptyGroup));
+                        }
+                        subscribed_topics(&g)
+                    }
+                }
+            }
+            None => match self.store.list_groups().await {
+                Ok(ids) if ids.contains(&group_id) => HashSet::new(),
+                Ok(_) => return fail(code(ResponseError::GroupIdNotFound)),
+                Err(e) => return fail(meta_error_code(&e)),
+            },
+        };
+        let topics = self
+            .topics_of(req.topics.iter().map(|t| t.name.0.to_string()))
+            .await;
+        let mut errors: Vec<Vec<i16>> = Vec::with_capacity(req.topics.len());
+        let mut to_delete = Vec::new();
+        let mut slots = Vec::new();
+        for (ti, t) in req.topics.iter().enumerate() {
+            let name = t.name.0.to_string();
+            let mut errs = Vec::with_capacity(t.partitions.len());
+            for (pi, p) in t.partitions.iter().enumerate() {
+                let i = p.partition_index;
+                let e = match topics.get(&name) {
+                    Some(Ok(Some(meta))) if i >= 0 && i < meta.partitions => {
+                        if subscribed.contains(&name) {
+                            code(ResponseError::GroupSubscribedToTopic)
+                        } else {
+                            to_delete.push((name.clone(), i));
+                            slots.push((ti, pi));
+                            NONE
+                        }
+                    }
+                    Some(Err(e)) => *e,
+                    Some(Ok(_)) | None => code(ResponseError::UnknownTopicOrPartition),
+                };
+                errs.push(e);
+            }
+            errors.push(errs);
+        }
+        if !to_delete.is_empty() {
+            if let Err(e) = self.store.delete_offsets(&group_id, &to_delete).await {
+                let c = meta_error_code(&e);
+                for (ti, pi) in slots {
+                    errors[ti][pi] = c;
+                }
+            }
+        }
+        let topics = req
+            .topics
+            .iter()
+            .zip(errors)
+            .map(|(t, errs)| {
+                OffsetDeleteResponseTopic::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(
+                        t.partitions
+                            .iter()
+                            .zip(errs)
+                            .map(|(p, e)| {
+                                OffsetDeleteResponsePartition::default()
+                                    .with_partition_index(p.partition_index)
+                                    .with_error_code(e)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        OffsetDeleteResponse::default().with_topics(topics)
+    }
+}
+
+/// Topics the members subscribe to, read from their consumer-protocol
+/// metadata. Members whose metadata cannot be decoded add nothing.
+fn subscribed_topics(g: &Group) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for m in &g.members {
+        let mut buf = m.metadata(g.protocol_name.as_deref());
+        if buf.remaining() < 2 {
+            continue;
+        }
+        let version = buf.get_i16().clamp(0, 3);
+        if let Ok(sub) = ConsumerProtocolSubscription::decode(&mut buf, version) {
+            out.extend(sub.topics.iter().map(|t| t.to_string()));
+        }
+    }
+    out
+}

@@ -1,0 +1,57 @@
+//! The Tributary broker: speaks the Kafka protocol over TCP and serves every
+//! partition from the shared object store and metadata store. It owns no
+//! state of its own beyond caches and the in-memory group coordinator.
+//!
+//! [`server::run`] accepts connections; [`connection`] frames requests and
+//! answers them in order; [`router`] maps each API key to its module in
+//! [`apis`] and is also the source of the ApiVersions answer.
+
+pub mod apis;
+pub mod config;
+pub mod connection;
+mod error;
+pub mod groups;
+pub mod router;
+pub mod server;
+pub mod topics;
+
+use std::sync::Arc;
+
+use tributary_meta::MetadataStore;
+use tributary_storage::{Fetcher, SegmentWriter, Watermarks};
+
+pub use config::BrokerConfig;
+
+/// Everything a request handler needs. Shared by all connections.
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub meta: Arc<dyn MetadataStore>,
+    pub writer: SegmentWriter,
+    pub fetcher: Fetcher,
+    pub watermarks: Watermarks,
+    pub groups: Arc<groups::GroupCoordinator>,
+    pub topics: topics::TopicCache,
+}
+
+impl Broker {
+    /// Assemble a broker from its parts.
+    pub fn new(
+        config: BrokerConfig,
+        meta: Arc<dyn MetadataStore>,
+        writer: SegmentWriter,
+        fetcher: Fetcher,
+        watermarks: Watermarks,
+    ) -> Arc<Self> {
+        let groups = groups::GroupCoordinator::new(meta.clone(), config.groups.clone());
+        let topics = topics::TopicCache::new(meta.clone());
+        Arc::new(Self {
+            config,
+            meta,
+            writer,
+            fetcher,
+            watermarks,
+            groups,
+            topics,
+        })
+    }
+}

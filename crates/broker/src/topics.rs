@@ -1,0 +1,117 @@
+//! Topic lookups for request handlers: name validation, a short-lived cache in
+//! front of the metadata store, and auto-creation.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+use tributary_meta::{MetaError, MetadataStore, TopicMeta};
+
+/// Longest topic name Kafka accepts.
+pub const MAX_TOPIC_NAME_LEN: usize = 249;
+
+/// Why a topic name is invalid, or `None` if it is valid (Kafka's rules).
+pub fn invalid_topic_name(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("topic name is empty");
+    }
+    if name == "." || name == ".." {
+        return Some("topic name cannot be '.' or '..'");
+    }
+    if name.len() > MAX_TOPIC_NAME_LEN {
+        return Some("topic name is longer than 249 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return Some("topic name may only contain ASCII letters, digits, '.', '_' and '-'");
+    }
+    None
+}
+
+/// Cache of topic metadata by name. Entries live briefly so that topics
+/// created or deleted elsewhere show up soon.
+#[derive(Clone)]
+pub struct TopicCache {
+    meta: Arc<dyn MetadataStore>,
+    by_name: Cache<String, Arc<TopicMeta>>,
+}
+
+impl TopicCache {
+    pub fn new(meta: Arc<dyn MetadataStore>) -> Self {
+        Self {
+            meta,
+            by_name: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(2))
+                .build(),
+        }
+    }
+
+    /// Look a topic up (cached).
+    pub async fn get(&self, name: &str) -> Result<Option<Arc<TopicMeta>>, MetaError> {
+        if let Some(t) = self.by_name.get(name).await {
+            return Ok(Some(t));
+        }
+        match self.meta.get_topic(name).await? {
+            Some(t) => {
+                let t = Arc::new(t);
+                self.by_name.insert(name.to_string(), t.clone()).await;
+                Ok(Some(t))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Look a topic up, creating it with `partitions` partitions if missing.
+    pub async fn get_or_create(
+        &self,
+        name: &str,
+        partitions: i32,
+    ) -> Result<Arc<TopicMeta>, MetaError> {
+        if let Some(t) = self.get(name).await? {
+            return Ok(t);
+        }
+        match self
+            .meta
+            .create_topic(name, partitions, BTreeMap::new())
+            .await
+        {
+            Ok(t) => {
+                tracing::info!(topic = name, partitions, "auto-created topic");
+                let t = Arc::new(t);
+                self.by_name.insert(name.to_string(), t.clone()).await;
+                Ok(t)
+            }
+            // Someone else created it first.
+            Err(MetaError::TopicExists(_)) => self
+                .get(name)
+                .await?
+                .ok_or_else(|| MetaError::UnknownTopic(name.to_string())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Forget a cached topic (after create, delete or alter).
+    pub async fn invalidate(&self, name: &str) {
+        self.by_name.invalidate(name).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_name_rules() {
+        assert_eq!(invalid_topic_name("orders.v1_x-2"), None);
+        assert!(invalid_topic_name("").is_some());
+        assert!(invalid_topic_name("..").is_some());
+        assert!(invalid_topic_name("a b").is_some());
+        assert!(invalid_topic_name("a/b").is_some());
+        assert!(invalid_topic_name(&"x".repeat(250)).is_some());
+        assert_eq!(invalid_topic_name(&"x".repeat(249)), None);
+    }
+}

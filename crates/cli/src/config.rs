@@ -1,0 +1,232 @@
+//! `serve` settings, layered: built-in defaults → `--config FILE` (TOML) →
+//! `TRIBUTARY_*` environment variables → command-line flags. Every key is
+//! documented here and in the README with its default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Deserialize;
+use tributary_broker::BrokerConfig;
+use tributary_storage::WriterConfig;
+
+/// Flags of `tributary serve`. Each also reads `TRIBUTARY_<NAME>`.
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML file with any of the keys below (snake_case, e.g. `data_dir`).
+    #[arg(long, env = "TRIBUTARY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to accept Kafka clients on [default: 127.0.0.1:9092].
+    #[arg(long, env = "TRIBUTARY_LISTEN")]
+    pub listen: Option<String>,
+    /// HOST:PORT clients are told to connect to [default: the listen address].
+    #[arg(long, env = "TRIBUTARY_ADVERTISED_LISTENER")]
+    pub advertised_listener: Option<String>,
+    /// Directory for the default object store and metadata [default: ./data].
+    #[arg(long, env = "TRIBUTARY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Object store URL: file:///dir, memory://, s3://bucket/prefix [default: file://<data-dir>/objects].
+    #[arg(long, env = "TRIBUTARY_OBJECT_STORE")]
+    pub object_store: Option<String>,
+    /// Metadata store URL: sqlite://path.db or sqlite::memory: [default: sqlite://<data-dir>/metadata.db].
+    #[arg(long, env = "TRIBUTARY_METADATA")]
+    pub metadata: Option<String>,
+    /// Create topics on first use [default: true].
+    #[arg(long, env = "TRIBUTARY_AUTO_CREATE_TOPICS")]
+    pub auto_create_topics: Option<bool>,
+    /// Partitions of auto-created topics [default: 1].
+    #[arg(long, env = "TRIBUTARY_NUM_PARTITIONS")]
+    pub num_partitions: Option<i32>,
+    /// Seal a segment after its oldest batch waited this long [default: 50 for file://, 250 for s3://].
+    #[arg(long, env = "TRIBUTARY_FLUSH_INTERVAL_MS")]
+    pub flush_interval_ms: Option<u64>,
+    /// Seal a segment once it is this big [default: 8388608].
+    #[arg(long, env = "TRIBUTARY_MAX_SEGMENT_BYTES")]
+    pub max_segment_bytes: Option<usize>,
+    /// Largest record batch accepted [default: 1048588].
+    #[arg(long, env = "TRIBUTARY_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<i64>,
+    /// Largest request frame accepted [default: 104857600].
+    #[arg(long, env = "TRIBUTARY_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Read cache size in bytes [default: 268435456].
+    #[arg(long, env = "TRIBUTARY_CACHE_BYTES")]
+    pub cache_bytes: Option<u64>,
+    /// Broker id reported to clients [default: 0].
+    #[arg(long, env = "TRIBUTARY_NODE_ID")]
+    pub node_id: Option<i32>,
+}
+
+/// The same keys, from a TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    advertised_listener: Option<String>,
+    data_dir: Option<PathBuf>,
+    object_store: Option<String>,
+    metadata: Option<String>,
+    auto_create_topics: Option<bool>,
+    num_partitions: Option<i32>,
+    flush_interval_ms: Option<u64>,
+    max_segment_bytes: Option<usize>,
+    max_message_bytes: Option<i64>,
+    max_request_bytes: Option<usize>,
+    cache_bytes: Option<u64>,
+    node_id: Option<i32>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: String,
+    pub advertised: Option<(String, i32)>,
+    pub data_dir: PathBuf,
+    pub object_store: String,
+    pub metadata: String,
+    pub cache_bytes: u64,
+    pub cache_block_bytes: u64,
+    pub writer: WriterConfig,
+    pub broker: BrokerConfig,
+}
+
+impl Settings {
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:9092".into());
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| "data".into());
+        let abs_data = if data_dir.is_absolute() {
+            data_dir.clone()
+        } else {
+            std::env::current_dir()
+                .context("cannot read the current directory")?
+                .join(&data_dir)
+        };
+        let object_store = args
+            .object_store
+            .or(file.object_store)
+            .unwrap_or_else(|| format!("file://{}", abs_data.join("objects").display()));
+        let metadata = args
+            .metadata
+            .or(file.metadata)
+            .unwrap_or_else(|| format!("sqlite://{}", abs_data.join("metadata.db").display()));
+        let advertised = match args.advertised_listener.or(file.advertised_listener) {
+            Some(a) => Some(
+                parse_host_port(&a).with_context(|| format!("bad --advertised-listener {a}"))?,
+            ),
+            None => None,
+        };
+        let default_flush = if object_store.starts_with("s3://") {
+            250
+        } else {
+            50
+        };
+        let flush_ms = args
+            .flush_interval_ms
+            .or(file.flush_interval_ms)
+            .unwrap_or(default_flush);
+        let writer = WriterConfig {
+            max_segment_bytes: args
+                .max_segment_bytes
+                .or(file.max_segment_bytes)
+                .unwrap_or(8 << 20),
+            flush_interval: Duration::from_millis(flush_ms),
+            ..WriterConfig::default()
+        };
+        let mut broker = BrokerConfig::default();
+        if let Some((host, port)) = &advertised {
+            broker.advertised_host = host.clone();
+            broker.advertised_port = *port;
+        }
+        if let Some(v) = args.auto_create_topics.or(file.auto_create_topics) {
+            broker.auto_create_topics = v;
+        }
+        if let Some(v) = args.num_partitions.or(file.num_partitions) {
+            if v <= 0 {
+                bail!("num_partitions must be positive, got {v}");
+            }
+            broker.num_partitions = v;
+        }
+        if let Some(v) = args.max_message_bytes.or(file.max_message_bytes) {
+            broker.max_message_bytes = v;
+        }
+        if let Some(v) = args.max_request_bytes.or(file.max_request_bytes) {
+            broker.max_request_bytes = v;
+        }
+        if let Some(v) = args.node_id.or(file.node_id) {
+            broker.node_id = v;
+        }
+        Ok(Self {
+            listen,
+            advertised,
+            data_dir,
+            object_store,
+            metadata,
+            cache_bytes: args.cache_bytes.or(file.cache_bytes).unwrap_or(256 << 20),
+            cache_block_bytes: 1 << 20,
+            writer,
+            broker,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("bad config file {}", path.display()))
+}
+
+fn parse_host_port(s: &str) -> anyhow::Result<(String, i32)> {
+    let (host, port) = s.rsplit_once(':').context("expected HOST:PORT")?;
+    let port: u16 = port.parse().context("port must be a number 0-65535")?;
+    if host.is_empty() {
+        bail!("host is empty");
+    }
+    Ok((host.to_string(), i32::from(port)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_flags_over_file_over_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, "num_partitions = 3\nlisten = \"127.0.0.1:1\"\n").expect("write");
+        let s = Settings::resolve(ServeArgs {
+            config: Some(file),
+            listen: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        })
+        .expect("resolve");
+        assert_eq!(s.listen, "127.0.0.1:2");
+        assert_eq!(s.broker.num_partitions, 3);
+        assert!(s.object_store.starts_with("file://"));
+        assert!(s.metadata.starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn rejects_unknown_file_keys_and_bad_listener() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, "bogus = 1\n").expect("write");
+        assert!(Settings::resolve(ServeArgs {
+            config: Some(file),
+            ..Default::default()
+        })
+        .is_err());
+        assert!(parse_host_port("nohost").is_err());
+        assert_eq!(parse_host_port("h:9").expect("ok"), ("h".into(), 9));
+    }
+}

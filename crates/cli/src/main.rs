@@ -1,0 +1,121 @@
+//! The `tributary` binary: `serve` runs a broker. This is the only place that
+//! sets up logging and reads configuration (defaults → config file →
+//! `TRIBUTARY_*` environment → flags).
+
+mod config;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+use tributary_broker::Broker;
+use tributary_meta::{MetadataStore, SqliteStore};
+use tributary_storage::{open_object_store, Fetcher, ReadCache, SegmentWriter, Watermarks};
+
+#[derive(Parser)]
+#[command(
+    name = "tributary",
+    version,
+    about = "Kafka-compatible streaming on object storage"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker.
+    Serve(config::ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+    }
+}
+
+async fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
+    let settings = config::Settings::resolve(args)?;
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+    let meta: Arc<dyn MetadataStore> = Arc::new(
+        SqliteStore::open_url(&settings.metadata)
+            .await
+            .with_context(|| format!("cannot open metadata store {}", settings.metadata))?,
+    );
+    let store = open_object_store(&settings.object_store)
+        .with_context(|| format!("cannot open object store {}", settings.object_store))?;
+    let cache = ReadCache::new(
+        store.clone(),
+        settings.cache_bytes,
+        settings.cache_block_bytes,
+    );
+    let watermarks = Watermarks::new();
+    let writer = SegmentWriter::start(
+        store,
+        meta.clone(),
+        cache.clone(),
+        watermarks.clone(),
+        settings.writer.clone(),
+    );
+    let fetcher = Fetcher::new(meta.clone(), cache);
+    let listener = TcpListener::bind(&settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let local = listener.local_addr().context("listener has no address")?;
+    let mut broker_config = settings.broker.clone();
+    if settings.advertised.is_none() {
+        broker_config.advertised_host = local.ip().to_string();
+        broker_config.advertised_port = i32::from(local.port());
+    }
+    tracing::info!(
+        listen = %local,
+        advertised = %format!("{}:{}", broker_config.advertised_host, broker_config.advertised_port),
+        object_store = %settings.object_store,
+        metadata = %settings.metadata,
+        flush_interval_ms = settings.writer.flush_interval.as_millis() as u64,
+        "tributary broker started"
+    );
+    let broker = Broker::new(broker_config, meta, writer, fetcher, watermarks);
+    tributary_broker::server::run(listener, broker, shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown signal received");
+}

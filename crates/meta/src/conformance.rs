@@ -1,0 +1,1337 @@
+//! Conformance suite every [`crate::MetadataStore`] backend must pass.
+//!
+//! Each check is a `pub async fn` taking a fresh, empty store and panicking
+//! with a message naming what broke. [`run_all`] runs every check, each on
+//! its own store from a factory:
+//!
+//! ```ignore
+//! #[tokio::test]
+//! async fn conformance() {
+//!     tributary_meta::conformance::run_all(|| async {
+//!         Arc::new(MyStore::new().await) as Arc<dyn MetadataStore>
+//!     })
+//!     .await;
+//! }
+//! ```
+//!
+//! Behaviour pinned here beyond the trait docs (every backend must agree):
+//! - `index_entries`, `entry_for_timestamp`, `partition_offsets` and
+//!   `advance_log_start` on a missing topic id fail with
+//!   [`MetaError::UnknownTopic`], on a missing partition of an existing topic
+//!   with [`MetaError::UnknownPartition`].
+//! - `advance_log_start` to an offset at or below the current log start is a
+//!   no-op that returns the current offsets (as Kafka's DeleteRecords);
+//!   negative offsets and offsets past `next_offset` are
+//!   [`MetaError::OffsetOutOfRange`].
+//! - `create_topic` with fewer than one partition is
+//!   [`MetaError::InvalidPartitions`] with `current = 0`.
+//! - Producer sequences wrap from `i32::MAX` to 0.
+//!
+//! Persistence across restarts is backend-specific and tested by each
+//! backend itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::{
+    BatchOutcome, BatchRejection, CommittedOffset, IndexEntry, MetaError, MetadataStore,
+    PartitionOffsets, PendingBatch, ProducerBatch, SegmentCommit, TopicMeta,
+};
+
+/// Run every check, each on a fresh store from `make`.
+pub async fn run_all<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn MetadataStore>>,
+{
+    topic_lifecycle(&*make().await).await;
+    create_partitions_and_configs(&*make().await).await;
+    dense_offsets(&*make().await).await;
+    index_merges_adjacent_batches(&*make().await).await;
+    index_entries_lookup(&*make().await).await;
+    entry_for_timestamp(&*make().await).await;
+    duplicate_segment_rejected(&*make().await).await;
+    idempotent_producer(&*make().await).await;
+    producer_sequence_wraps(&*make().await).await;
+    producer_ids_unique(&*make().await).await;
+    rejects_unknown_topic_or_partition(&*make().await).await;
+    delete_topic_returns_orphaned_segments(&*make().await).await;
+    advance_log_start(&*make().await).await;
+    unknown_partition_errors(&*make().await).await;
+    concurrent_commits(&*make().await).await;
+    group_offsets(&*make().await).await;
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn configs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+async fn create(store: &dyn MetadataStore, name: &str, partitions: i32) -> TopicMeta {
+    store
+        .create_topic(name, partitions, BTreeMap::new())
+        .await
+        .unwrap_or_else(|e| panic!("create_topic {name} failed: {e}"))
+}
+
+/// A non-idempotent batch.
+fn batch(
+    topic_id: Uuid,
+    partition: i32,
+    byte_start: u64,
+    byte_len: u64,
+    offset_count: i64,
+    max_timestamp: i64,
+) -> PendingBatch {
+    PendingBatch {
+        topic_id,
+        partition,
+        byte_start,
+        byte_len,
+        offset_count,
+        max_timestamp,
+        producer: None,
+    }
+}
+
+/// An idempotent batch of `count` records starting at `base_sequence`.
+fn pbatch(
+    topic_id: Uuid,
+    partition: i32,
+    byte_start: u64,
+    producer: (i64, i16),
+    base_sequence: i32,
+    count: i32,
+) -> PendingBatch {
+    PendingBatch {
+        producer: Some(ProducerBatch {
+            producer_id: producer.0,
+            producer_epoch: producer.1,
+            base_sequence,
+            last_sequence: kafka_sequence_add(base_sequence, count - 1),
+        }),
+        ..batch(topic_id, partition, byte_start, 50, i64::from(count), 0)
+    }
+}
+
+/// `seq + n` wrapping from `i32::MAX` to 0, as Kafka does.
+fn kafka_sequence_add(seq: i32, n: i32) -> i32 {
+    let modulus = i64::from(i32::MAX) + 1;
+    i32::try_from((i64::from(seq) + i64::from(n)) % modulus).expect("below modulus")
+}
+
+fn segment(key: &str, batches: Vec<PendingBatch>) -> SegmentCommit {
+    let size = batches
+        .iter()
+        .map(|b| b.byte_start + b.byte_len)
+        .max()
+        .unwrap_or(0);
+    SegmentCommit {
+        key: key.to_owned(),
+        size,
+        batches,
+    }
+}
+
+async fn commit(store: &dyn MetadataStore, seg: SegmentCommit) -> Vec<BatchOutcome> {
+    let outcomes = store
+        .commit_segment(&seg)
+        .await
+        .unwrap_or_else(|e| panic!("commit_segment {} failed: {e}", seg.key));
+    assert_eq!(
+        outcomes.len(),
+        seg.batches.len(),
+        "one outcome per batch for segment {}",
+        seg.key
+    );
+    outcomes
+}
+
+fn appended(outcome: BatchOutcome) -> i64 {
+    match outcome {
+        BatchOutcome::Appended { base_offset } => base_offset,
+        other => panic!("expected Appended, got {other:?}"),
+    }
+}
+
+async fn offsets(store: &dyn MetadataStore, topic_id: Uuid, partition: i32) -> PartitionOffsets {
+    store
+        .partition_offsets(topic_id, partition)
+        .await
+        .unwrap_or_else(|e| panic!("partition_offsets {topic_id}/{partition} failed: {e}"))
+}
+
+async fn entries(
+    store: &dyn MetadataStore,
+    topic_id: Uuid,
+    partition: i32,
+    from: i64,
+) -> Vec<IndexEntry> {
+    store
+        .index_entries(topic_id, partition, from, usize::MAX)
+        .await
+        .unwrap_or_else(|e| panic!("index_entries {topic_id}/{partition} failed: {e}"))
+}
+
+fn offset(topic: &str, partition: i32, offset: i64, metadata: Option<&str>) -> CommittedOffset {
+    CommittedOffset {
+        topic: topic.to_owned(),
+        partition,
+        offset,
+        leader_epoch: 3,
+        metadata: metadata.map(str::to_owned),
+        commit_timestamp_ms: 1_700_000_000_000 + offset,
+    }
+}
+
+// ---------------------------------------------------------------- topics
+
+/// Create, duplicate, get, get by id, list order, delete.
+pub async fn topic_lifecycle(store: &dyn MetadataStore) {
+    assert!(store.list_topics().await.expect("list").is_empty());
+    let b = store
+        .create_topic("beta", 3, configs(&[("retention.ms", "60000")]))
+        .await
+        .expect("create beta");
+    assert_eq!(b.name, "beta");
+    assert_eq!(b.partitions, 3);
+    assert_eq!(b.configs, configs(&[("retention.ms", "60000")]));
+    let a = create(store, "alpha", 1).await;
+    assert_ne!(a.id, b.id, "topic ids are unique");
+
+    let dup = store.create_topic("beta", 5, BTreeMap::new()).await;
+    assert!(
+        matches!(dup, Err(MetaError::TopicExists(ref n)) if n == "beta"),
+        "duplicate create must be TopicExists, got {dup:?}"
+    );
+    assert_eq!(
+        store.get_topic("beta").await.expect("get"),
+        Some(b.clone()),
+        "failed duplicate create must not change the topic"
+    );
+
+    for bad in [0, -1] {
+        let r = store.create_topic("bad", bad, BTreeMap::new()).await;
+        assert!(
+            matches!(r, Err(MetaError::InvalidPartitions { requested, current: 0 }) if requested == bad),
+            "create with {bad} partitions must be InvalidPartitions, got {r:?}"
+        );
+    }
+    assert_eq!(store.get_topic("bad").await.expect("get"), None);
+
+    assert_eq!(
+        store.get_topic_by_id(b.id).await.expect("by id"),
+        Some(b.clone())
+    );
+    assert_eq!(
+        store.get_topic_by_id(Uuid::new_v4()).await.expect("by id"),
+        None
+    );
+    assert_eq!(store.get_topic("missing").await.expect("get"), None);
+    assert_eq!(
+        store.list_topics().await.expect("list"),
+        vec![a.clone(), b.clone()],
+        "list_topics is ordered by name"
+    );
+    for p in 0..3 {
+        assert_eq!(
+            offsets(store, b.id, p).await,
+            PartitionOffsets {
+                log_start_offset: 0,
+                next_offset: 0
+            }
+        );
+    }
+
+    store.delete_topic("beta").await.expect("delete");
+    assert_eq!(store.get_topic("beta").await.expect("get"), None);
+    assert_eq!(store.get_topic_by_id(b.id).await.expect("by id"), None);
+    assert_eq!(store.list_topics().await.expect("list"), vec![a]);
+    let again = store.delete_topic("beta").await;
+    assert!(
+        matches!(again, Err(MetaError::UnknownTopic(_))),
+        "deleting a missing topic must be UnknownTopic, got {again:?}"
+    );
+
+    // The name is free again and gets a new id.
+    let b2 = create(store, "beta", 1).await;
+    assert_ne!(b2.id, b.id, "a recreated topic gets a new id");
+    assert!(
+        b2.configs.is_empty(),
+        "configs of the deleted topic are gone"
+    );
+}
+
+/// Growing partitions and altering configs.
+pub async fn create_partitions_and_configs(store: &dyn MetadataStore) {
+    let t = create(store, "t", 2).await;
+    let grown = store.create_partitions("t", 5).await.expect("grow");
+    assert_eq!(grown.partitions, 5);
+    assert_eq!(grown.id, t.id);
+    assert_eq!(
+        store.get_topic("t").await.expect("get"),
+        Some(grown.clone())
+    );
+    for p in 0..5 {
+        assert_eq!(offsets(store, t.id, p).await.next_offset, 0);
+    }
+    for bad in [5, 3] {
+        let r = store.create_partitions("t", bad).await;
+        assert!(
+            matches!(r, Err(MetaError::InvalidPartitions { requested, current: 5 }) if requested == bad),
+            "create_partitions to {bad} must be InvalidPartitions, got {r:?}"
+        );
+    }
+    let r = store.create_partitions("missing", 3).await;
+    assert!(
+        matches!(r, Err(MetaError::UnknownTopic(_))),
+        "create_partitions on a missing topic must be UnknownTopic, got {r:?}"
+    );
+
+    let changed = store
+        .alter_topic_configs(
+            "t",
+            BTreeMap::from([
+                ("retention.ms".to_owned(), Some("1000".to_owned())),
+                ("cleanup.policy".to_owned(), Some("delete".to_owned())),
+            ]),
+        )
+        .await
+        .expect("alter");
+    assert_eq!(
+        changed.configs,
+        configs(&[("cleanup.policy", "delete"), ("retention.ms", "1000")])
+    );
+    let changed = store
+        .alter_topic_configs(
+            "t",
+            BTreeMap::from([
+                ("retention.ms".to_owned(), Some("2000".to_owned())),
+                ("cleanup.policy".to_owned(), None),
+                ("never.set".to_owned(), None),
+            ]),
+        )
+        .await
+        .expect("alter again");
+    assert_eq!(changed.configs, configs(&[("retention.ms", "2000")]));
+    assert_eq!(
+        store.get_topic("t").await.expect("get"),
+        Some(changed.clone()),
+        "altered configs are stored"
+    );
+    assert_eq!(
+        store.get_topic_by_id(t.id).await.expect("get by id"),
+        Some(changed)
+    );
+    let r = store.alter_topic_configs("missing", BTreeMap::new()).await;
+    assert!(
+        matches!(r, Err(MetaError::UnknownTopic(_))),
+        "alter on a missing topic must be UnknownTopic, got {r:?}"
+    );
+}
+
+// ---------------------------------------------------------------- offsets and index
+
+/// Offsets are dense per partition across commits, partitions and topics.
+pub async fn dense_offsets(store: &dyn MetadataStore) {
+    let a = create(store, "a", 3).await;
+    let b = create(store, "b", 1).await;
+    let mut expected: BTreeMap<(Uuid, i32), i64> = BTreeMap::new();
+    for i in 0..6u64 {
+        let batches = vec![
+            batch(a.id, 0, 0, 10, 3, 0),
+            batch(b.id, 0, 10, 10, 1, 0),
+            batch(a.id, (i % 3) as i32, 20, 10, 5, 0),
+            batch(a.id, 2, 30, 10, 2, 0),
+        ];
+        let outcomes = commit(store, segment(&format!("dense-{i}"), batches.clone())).await;
+        for (bt, out) in batches.iter().zip(outcomes) {
+            let next = expected.entry((bt.topic_id, bt.partition)).or_insert(0);
+            assert_eq!(
+                appended(out),
+                *next,
+                "batch of {}/{} in dense-{i} must start at the partition's next offset",
+                bt.topic_id,
+                bt.partition
+            );
+            *next += bt.offset_count;
+        }
+    }
+    for ((topic_id, partition), next) in &expected {
+        assert_eq!(
+            offsets(store, *topic_id, *partition).await,
+            PartitionOffsets {
+                log_start_offset: 0,
+                next_offset: *next
+            }
+        );
+        // The index covers [0, next) exactly, with no gap and no overlap.
+        let mut cursor = 0;
+        for e in entries(store, *topic_id, *partition, 0).await {
+            assert_eq!(e.base_offset, cursor, "index entries are contiguous");
+            assert!(e.last_offset >= e.base_offset);
+            cursor = e.last_offset + 1;
+        }
+        assert_eq!(cursor, *next, "index entries end at next_offset");
+    }
+    let segments = store.list_segments().await.expect("list segments");
+    let want: Vec<String> = (0..6).map(|i| format!("dense-{i}")).collect();
+    assert_eq!(segments, want, "list_segments is ordered");
+}
+
+/// Byte-adjacent consecutive batches of one partition share one entry;
+/// anything else starts a new one.
+pub async fn index_merges_adjacent_batches(store: &dyn MetadataStore) {
+    let t = create(store, "t", 2).await;
+    let outcomes = commit(
+        store,
+        segment(
+            "merge",
+            vec![
+                // p0: three adjacent batches -> one entry [0, 9]
+                batch(t.id, 0, 0, 100, 2, 50),
+                batch(t.id, 0, 100, 50, 3, 70),
+                batch(t.id, 0, 150, 25, 5, 60),
+                // p1: two adjacent batches -> one entry
+                batch(t.id, 1, 175, 10, 1, 5),
+                batch(t.id, 1, 185, 10, 1, 6),
+                // p0 again after p1's bytes: not adjacent -> new entry
+                batch(t.id, 0, 195, 40, 4, 10),
+                // p1 with a gap in the bytes: new entry
+                batch(t.id, 1, 300, 10, 2, 7),
+            ],
+        ),
+    )
+    .await;
+    let bases: Vec<i64> = outcomes.into_iter().map(appended).collect();
+    assert_eq!(bases, vec![0, 2, 5, 0, 1, 10, 2]);
+
+    let p0 = entries(store, t.id, 0, 0).await;
+    assert_eq!(
+        p0,
+        vec![
+            IndexEntry {
+                topic_id: t.id,
+                partition: 0,
+                base_offset: 0,
+                last_offset: 9,
+                segment_key: "merge".into(),
+                byte_start: 0,
+                byte_len: 175,
+                max_timestamp: 70,
+            },
+            IndexEntry {
+                topic_id: t.id,
+                partition: 0,
+                base_offset: 10,
+                last_offset: 13,
+                segment_key: "merge".into(),
+                byte_start: 195,
+                byte_len: 40,
+                max_timestamp: 10,
+            },
+        ],
+        "adjacent p0 batches merge, the later non-adjacent one does not"
+    );
+    let p1 = entries(store, t.id, 1, 0).await;
+    assert_eq!(
+        p1.iter()
+            .map(|e| (
+                e.base_offset,
+                e.last_offset,
+                e.byte_start,
+                e.byte_len,
+                e.max_timestamp
+            ))
+            .collect::<Vec<_>>(),
+        vec![(0, 1, 175, 20, 6), (2, 3, 300, 10, 7)]
+    );
+
+    // A new segment never extends an entry of an earlier one, even if the
+    // byte ranges happen to line up.
+    commit(
+        store,
+        segment("merge-2", vec![batch(t.id, 0, 235, 10, 1, 1)]),
+    )
+    .await;
+    let p0 = entries(store, t.id, 0, 0).await;
+    assert_eq!(p0.len(), 3);
+    assert_eq!(p0[2].segment_key, "merge-2");
+    assert_eq!((p0[2].base_offset, p0[2].last_offset), (14, 14));
+}
+
+/// Lookups from the middle of an entry, limits, and past the end.
+pub async fn index_entries_lookup(store: &dyn MetadataStore) {
+    let t = create(store, "t", 1).await;
+    // Entries: [0,9] [10,14] [15,15] [16,35], one segment each.
+    for (i, count) in [10, 5, 1, 20].into_iter().enumerate() {
+        commit(
+            store,
+            segment(&format!("s{i}"), vec![batch(t.id, 0, 0, 100, count, 0)]),
+        )
+        .await;
+    }
+    let all = entries(store, t.id, 0, 0).await;
+    assert_eq!(
+        all.iter()
+            .map(|e| (e.base_offset, e.last_offset))
+            .collect::<Vec<_>>(),
+        vec![(0, 9), (10, 14), (15, 15), (16, 35)]
+    );
+    let mid = entries(store, t.id, 0, 12).await;
+    assert_eq!(
+        mid.first().map(|e| e.base_offset),
+        Some(10),
+        "a lookup inside an entry returns the whole entry that holds the offset"
+    );
+    assert_eq!(mid.len(), 3);
+    assert_eq!(entries(store, t.id, 0, 14).await[0].base_offset, 10);
+    assert_eq!(entries(store, t.id, 0, 15).await[0].base_offset, 15);
+    assert_eq!(entries(store, t.id, 0, 35).await.len(), 1);
+    assert!(entries(store, t.id, 0, 36).await.is_empty(), "past the end");
+    assert!(entries(store, t.id, 0, 1_000).await.is_empty());
+    let limited = store
+        .index_entries(t.id, 0, 3, 2)
+        .await
+        .expect("limited lookup");
+    assert_eq!(
+        limited.iter().map(|e| e.base_offset).collect::<Vec<_>>(),
+        vec![0, 10],
+        "limit caps the number of entries"
+    );
+    assert!(store
+        .index_entries(t.id, 0, 0, 0)
+        .await
+        .expect("limit 0")
+        .is_empty());
+}
+
+/// First entry whose max timestamp reaches the target, in offset order.
+pub async fn entry_for_timestamp(store: &dyn MetadataStore) {
+    let t = create(store, "t", 2).await;
+    // Timestamps not monotone: 100, 300, 200, 400.
+    for (i, ts) in [100, 300, 200, 400].into_iter().enumerate() {
+        commit(
+            store,
+            segment(&format!("ts{i}"), vec![batch(t.id, 0, 0, 10, 10, ts)]),
+        )
+        .await;
+    }
+    let at = |ts: i64| async move {
+        store
+            .entry_for_timestamp(t.id, 0, ts)
+            .await
+            .expect("entry_for_timestamp")
+            .map(|e| e.base_offset)
+    };
+    assert_eq!(at(i64::MIN).await, Some(0));
+    assert_eq!(at(0).await, Some(0));
+    assert_eq!(at(100).await, Some(0));
+    assert_eq!(at(101).await, Some(10));
+    assert_eq!(
+        at(250).await,
+        Some(10),
+        "first in offset order, not closest"
+    );
+    assert_eq!(at(300).await, Some(10));
+    assert_eq!(at(301).await, Some(30));
+    assert_eq!(at(400).await, Some(30));
+    assert_eq!(at(401).await, None, "no entry reaches the timestamp");
+    assert_eq!(
+        store
+            .entry_for_timestamp(t.id, 1, 0)
+            .await
+            .expect("empty partition"),
+        None
+    );
+    let e = store
+        .entry_for_timestamp(t.id, 0, 250)
+        .await
+        .expect("lookup")
+        .expect("entry");
+    assert_eq!((e.segment_key.as_str(), e.max_timestamp), ("ts1", 300));
+
+    // Entries entirely below the log start are ignored; one straddling it
+    // is still returned.
+    store.advance_log_start(t.id, 0, 15).await.expect("advance");
+    assert_eq!(at(0).await, Some(10));
+    assert_eq!(at(100).await, Some(10));
+    store.advance_log_start(t.id, 0, 20).await.expect("advance");
+    assert_eq!(at(0).await, Some(20));
+    assert_eq!(at(250).await, Some(30), "hidden entries do not answer");
+    assert_eq!(at(200).await, Some(20));
+}
+
+/// Committing a key twice fails and changes nothing.
+pub async fn duplicate_segment_rejected(store: &dyn MetadataStore) {
+    let t = create(store, "t", 1).await;
+    assert!(!store.segment_committed("seg").await.expect("committed"));
+    commit(store, segment("seg", vec![batch(t.id, 0, 0, 10, 4, 0)])).await;
+    assert!(store.segment_committed("seg").await.expect("committed"));
+    let before = entries(store, t.id, 0, 0).await;
+
+    let again = segment(
+        "seg",
+        vec![batch(t.id, 0, 0, 10, 4, 0), batch(t.id, 0, 10, 10, 4, 0)],
+    );
+    let r = store.commit_segment(&again).await;
+    assert!(
+        matches!(r, Err(MetaError::SegmentExists(ref k)) if k == "seg"),
+        "second commit of a key must be SegmentExists, got {r:?}"
+    );
+    assert!(
+        r.as_ref().map_err(MetaError::is_retryable).err() == Some(false),
+        "SegmentExists is not retryable"
+    );
+    assert_eq!(
+        offsets(store, t.id, 0).await.next_offset,
+        4,
+        "no offsets assigned"
+    );
+    assert_eq!(entries(store, t.id, 0, 0).await, before, "no entries added");
+    assert_eq!(
+        store.list_segments().await.expect("list"),
+        vec!["seg".to_owned()]
+    );
+    assert!(!store.segment_committed("other").await.expect("committed"));
+
+    // A segment whose every batch is rejected is still recorded, so an
+    // unknown-outcome retry can tell it landed.
+    let outcomes = commit(
+        store,
+        segment("all-rejected", vec![batch(Uuid::new_v4(), 0, 0, 10, 1, 0)]),
+    )
+    .await;
+    assert_eq!(
+        outcomes,
+        vec![BatchOutcome::Rejected(
+            BatchRejection::UnknownTopicOrPartition
+        )]
+    );
+    assert!(store
+        .segment_committed("all-rejected")
+        .await
+        .expect("committed"));
+    let empty = commit(store, segment("empty", vec![])).await;
+    assert!(empty.is_empty());
+    assert!(store.segment_committed("empty").await.expect("committed"));
+}
+
+// ---------------------------------------------------------------- producers
+
+/// Duplicate retries, gaps, fencing and epoch bumps.
+pub async fn idempotent_producer(store: &dyn MetadataStore) {
+    let t = create(store, "t", 2).await;
+    let (pid, epoch) = store.allocate_producer_id().await.expect("pid");
+    assert_eq!(epoch, 0);
+    let p = (pid, epoch);
+
+    // First batch: any sequence is accepted when nothing is known.
+    let out = commit(store, segment("p1", vec![pbatch(t.id, 0, 0, p, 7, 3)])).await;
+    assert_eq!(out, vec![BatchOutcome::Appended { base_offset: 0 }]);
+    // Next in sequence, several batches in one segment (adjacent -> merged).
+    let out = commit(
+        store,
+        segment(
+            "p2",
+            vec![
+                pbatch(t.id, 0, 0, p, 10, 2),
+                pbatch(t.id, 0, 50, p, 12, 4),
+                pbatch(t.id, 1, 100, p, 0, 1),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![
+            BatchOutcome::Appended { base_offset: 3 },
+            BatchOutcome::Appended { base_offset: 5 },
+            BatchOutcome::Appended { base_offset: 0 },
+        ]
+    );
+
+    // A retry of the last batch and of an older remembered batch.
+    let out = commit(
+        store,
+        segment(
+            "p3",
+            vec![pbatch(t.id, 0, 0, p, 12, 4), pbatch(t.id, 0, 50, p, 7, 3)],
+        ),
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![
+            BatchOutcome::Duplicate { base_offset: 5 },
+            BatchOutcome::Duplicate { base_offset: 0 },
+        ],
+        "retries answer with the original offsets"
+    );
+    assert_eq!(
+        offsets(store, t.id, 0).await.next_offset,
+        9,
+        "duplicates assign nothing"
+    );
+    assert_eq!(
+        entries(store, t.id, 0, 0)
+            .await
+            .last()
+            .map(|e| e.last_offset),
+        Some(8),
+        "duplicates add no index entry"
+    );
+
+    // Gap (16 expected), and a batch overlapping the last one.
+    let out = commit(
+        store,
+        segment(
+            "p4",
+            vec![pbatch(t.id, 0, 0, p, 17, 1), pbatch(t.id, 0, 50, p, 14, 4)],
+        ),
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![
+            BatchOutcome::Rejected(BatchRejection::OutOfOrderSequence),
+            BatchOutcome::Rejected(BatchRejection::OutOfOrderSequence),
+        ]
+    );
+    assert_eq!(offsets(store, t.id, 0).await.next_offset, 9);
+
+    // Remembering covers the last 5 batches: after 5 more, the first is
+    // forgotten and its retry is out of order.
+    for seq in 16..21 {
+        let out = commit(
+            store,
+            segment(&format!("p5-{seq}"), vec![pbatch(t.id, 0, 0, p, seq, 1)]),
+        )
+        .await;
+        assert_eq!(
+            out,
+            vec![BatchOutcome::Appended {
+                base_offset: i64::from(seq) - 7
+            }]
+        );
+    }
+    let out = commit(
+        store,
+        segment(
+            "p6",
+            vec![pbatch(t.id, 0, 0, p, 16, 1), pbatch(t.id, 0, 50, p, 12, 4)],
+        ),
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![
+            BatchOutcome::Duplicate { base_offset: 9 },
+            BatchOutcome::Rejected(BatchRejection::OutOfOrderSequence),
+        ],
+        "the 5 most recent batches are remembered, older ones are not"
+    );
+
+    // Bump the epoch: sequences restart at 0, anything else is out of order.
+    let bumped = (pid, epoch + 1);
+    let out = commit(
+        store,
+        segment("e1", vec![pbatch(t.id, 0, 0, bumped, 21, 1)]),
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![BatchOutcome::Rejected(BatchRejection::OutOfOrderSequence)]
+    );
+    let out = commit(store, segment("e2", vec![pbatch(t.id, 0, 0, bumped, 0, 2)])).await;
+    assert_eq!(out, vec![BatchOutcome::Appended { base_offset: 14 }]);
+    // The old epoch is now fenced, even for what would be a duplicate.
+    let out = commit(
+        store,
+        segment(
+            "e3",
+            vec![pbatch(t.id, 0, 0, p, 20, 1), pbatch(t.id, 0, 50, p, 21, 1)],
+        ),
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![
+            BatchOutcome::Rejected(BatchRejection::InvalidProducerEpoch),
+            BatchOutcome::Rejected(BatchRejection::InvalidProducerEpoch),
+        ]
+    );
+    // The new epoch continues; its first batch is a duplicate now.
+    let out = commit(
+        store,
+        segment(
+            "e4",
+            vec![
+                pbatch(t.id, 0, 0, bumped, 0, 2),
+                pbatch(t.id, 0, 50, bumped, 2, 1),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![
+            BatchOutcome::Duplicate { base_offset: 14 },
+            BatchOutcome::Appended { base_offset: 16 },
+        ]
+    );
+
+    // Partition 1 kept its own sequence (last was 0).
+    let out = commit(store, segment("q1", vec![pbatch(t.id, 1, 0, p, 1, 1)])).await;
+    assert_eq!(out, vec![BatchOutcome::Appended { base_offset: 1 }]);
+
+    // A retry of a batch inside the same segment is a duplicate too.
+    let (pid2, e2) = store.allocate_producer_id().await.expect("pid");
+    let out = commit(
+        store,
+        segment(
+            "same",
+            vec![
+                pbatch(t.id, 1, 0, (pid2, e2), 0, 2),
+                pbatch(t.id, 1, 50, (pid2, e2), 0, 2),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![
+            BatchOutcome::Appended { base_offset: 2 },
+            BatchOutcome::Duplicate { base_offset: 2 },
+        ]
+    );
+
+    // Non-idempotent batches never interfere.
+    let out = commit(store, segment("plain", vec![batch(t.id, 1, 0, 10, 3, 0)])).await;
+    assert_eq!(out, vec![BatchOutcome::Appended { base_offset: 4 }]);
+    let out = commit(
+        store,
+        segment("after-plain", vec![pbatch(t.id, 1, 0, (pid2, e2), 2, 1)]),
+    )
+    .await;
+    assert_eq!(out, vec![BatchOutcome::Appended { base_offset: 7 }]);
+}
+
+/// Sequences wrap from `i32::MAX` to 0 as in Kafka.
+pub async fn producer_sequence_wraps(store: &dyn MetadataStore) {
+    let t = create(store, "t", 1).await;
+    let p = store.allocate_producer_id().await.expect("pid");
+    let out = commit(
+        store,
+        segment("w1", vec![pbatch(t.id, 0, 0, p, i32::MAX - 1, 2)]),
+    )
+    .await;
+    assert_eq!(appended(out[0]), 0);
+    let out = commit(store, segment("w2", vec![pbatch(t.id, 0, 0, p, 0, 3)])).await;
+    assert_eq!(
+        out,
+        vec![BatchOutcome::Appended { base_offset: 2 }],
+        "after i32::MAX the next sequence is 0"
+    );
+    // A batch that itself wraps.
+    let q = store.allocate_producer_id().await.expect("pid");
+    commit(
+        store,
+        segment("w3", vec![pbatch(t.id, 0, 0, q, i32::MAX - 2, 1)]),
+    )
+    .await;
+    let wrapping = pbatch(t.id, 0, 0, q, i32::MAX - 1, 4);
+    assert_eq!(
+        wrapping.producer.map(|p| p.last_sequence),
+        Some(1),
+        "test helper wraps"
+    );
+    let out = commit(store, segment("w4", vec![wrapping.clone()])).await;
+    assert_eq!(out, vec![BatchOutcome::Appended { base_offset: 6 }]);
+    let out = commit(
+        store,
+        segment("w5", vec![wrapping, pbatch(t.id, 0, 50, q, 2, 1)]),
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![
+            BatchOutcome::Duplicate { base_offset: 6 },
+            BatchOutcome::Appended { base_offset: 10 },
+        ]
+    );
+}
+
+/// Producer ids are unique and start at epoch 0.
+pub async fn producer_ids_unique(store: &dyn MetadataStore) {
+    let mut seen = BTreeSet::new();
+    for _ in 0..20 {
+        let (id, epoch) = store.allocate_producer_id().await.expect("pid");
+        assert!(id >= 0, "producer ids are non-negative, got {id}");
+        assert_eq!(epoch, 0);
+        assert!(seen.insert(id), "producer id {id} allocated twice");
+    }
+}
+
+// ---------------------------------------------------------------- deletion
+
+/// Batches for deleted topics or missing partitions are rejected alone.
+pub async fn rejects_unknown_topic_or_partition(store: &dyn MetadataStore) {
+    let keep = create(store, "keep", 1).await;
+    let gone = create(store, "gone", 1).await;
+    commit(
+        store,
+        segment("before", vec![batch(gone.id, 0, 0, 10, 2, 0)]),
+    )
+    .await;
+    store.delete_topic("gone").await.expect("delete");
+    let p = store.allocate_producer_id().await.expect("pid");
+    let out = commit(
+        store,
+        segment(
+            "after",
+            vec![
+                batch(gone.id, 0, 0, 10, 2, 0),
+                batch(keep.id, 0, 10, 10, 2, 0),
+                batch(keep.id, 1, 20, 10, 2, 0),
+                pbatch(gone.id, 0, 30, p, 0, 1),
+                batch(keep.id, 0, 30, 10, 1, 0),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![
+            BatchOutcome::Rejected(BatchRejection::UnknownTopicOrPartition),
+            BatchOutcome::Appended { base_offset: 0 },
+            BatchOutcome::Rejected(BatchRejection::UnknownTopicOrPartition),
+            BatchOutcome::Rejected(BatchRejection::UnknownTopicOrPartition),
+            BatchOutcome::Appended { base_offset: 2 },
+        ]
+    );
+    // Rejected batches in between break byte adjacency: two entries.
+    let e = entries(store, keep.id, 0, 0).await;
+    assert_eq!(
+        e.iter()
+            .map(|e| (e.base_offset, e.last_offset, e.byte_start))
+            .collect::<Vec<_>>(),
+        vec![(0, 1, 10), (2, 2, 30)]
+    );
+
+    // A recreated topic with the same name is a different topic.
+    let reborn = create(store, "gone", 1).await;
+    let out = commit(
+        store,
+        segment(
+            "reborn",
+            vec![
+                batch(gone.id, 0, 0, 10, 2, 0),
+                batch(reborn.id, 0, 10, 10, 2, 0),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![
+            BatchOutcome::Rejected(BatchRejection::UnknownTopicOrPartition),
+            BatchOutcome::Appended { base_offset: 0 },
+        ],
+        "a recreated topic starts at offset 0 and the old id stays dead"
+    );
+}
+
+/// delete_topic returns exactly the segments no other topic still uses.
+pub async fn delete_topic_returns_orphaned_segments(store: &dyn MetadataStore) {
+    let a = create(store, "a", 2).await;
+    let b = create(store, "b", 1).await;
+    let p = store.allocate_producer_id().await.expect("pid");
+    commit(
+        store,
+        segment(
+            "only-a",
+            vec![batch(a.id, 0, 0, 10, 1, 0), pbatch(a.id, 1, 10, p, 0, 1)],
+        ),
+    )
+    .await;
+    commit(
+        store,
+        segment(
+            "shared",
+            vec![batch(a.id, 0, 0, 10, 1, 0), batch(b.id, 0, 10, 10, 1, 0)],
+        ),
+    )
+    .await;
+    commit(store, segment("only-b", vec![batch(b.id, 0, 0, 10, 1, 0)])).await;
+    commit(store, segment("a-again", vec![batch(a.id, 1, 0, 10, 1, 0)])).await;
+
+    let mut freed = store.delete_topic("a").await.expect("delete a");
+    freed.sort();
+    assert_eq!(freed, vec!["a-again".to_owned(), "only-a".to_owned()]);
+    assert_eq!(
+        store.list_segments().await.expect("list"),
+        vec!["only-b".to_owned(), "shared".to_owned()],
+        "freed segments are no longer listed"
+    );
+    assert!(!store.segment_committed("only-a").await.expect("committed"));
+    let r = store.partition_offsets(a.id, 0).await;
+    assert!(
+        matches!(r, Err(MetaError::UnknownTopic(_))),
+        "partitions of a deleted topic are gone, got {r:?}"
+    );
+    assert_eq!(entries(store, b.id, 0, 0).await.len(), 2, "b is untouched");
+
+    let mut freed = store.delete_topic("b").await.expect("delete b");
+    freed.sort();
+    assert_eq!(freed, vec!["only-b".to_owned(), "shared".to_owned()]);
+    assert!(store.list_segments().await.expect("list").is_empty());
+
+    // Producer state went with the topic: a recreated topic accepts the
+    // same producer from any sequence.
+    let a2 = create(store, "a", 2).await;
+    let out = commit(store, segment("fresh", vec![pbatch(a2.id, 1, 0, p, 9, 1)])).await;
+    assert_eq!(out, vec![BatchOutcome::Appended { base_offset: 0 }]);
+}
+
+// ---------------------------------------------------------------- log start
+
+/// Moving the log start: forward only, never past next, hides entries.
+pub async fn advance_log_start(store: &dyn MetadataStore) {
+    let t = create(store, "t", 2).await;
+    for i in 0..3 {
+        commit(
+            store,
+            segment(
+                &format!("s{i}"),
+                vec![batch(t.id, 0, 0, 10, 10, 100 * (i + 1))],
+            ),
+        )
+        .await;
+    }
+    // Entries [0,9] [10,19] [20,29]; next = 30.
+    let moved = store.advance_log_start(t.id, 0, 12).await.expect("advance");
+    assert_eq!(
+        moved,
+        PartitionOffsets {
+            log_start_offset: 12,
+            next_offset: 30
+        }
+    );
+    assert_eq!(offsets(store, t.id, 0).await, moved);
+    let back = store
+        .advance_log_start(t.id, 0, 5)
+        .await
+        .expect("backwards");
+    assert_eq!(back, moved, "moving backwards is a no-op");
+    let same = store.advance_log_start(t.id, 0, 12).await.expect("same");
+    assert_eq!(same, moved);
+    for bad in [31, -1, i64::MAX] {
+        let r = store.advance_log_start(t.id, 0, bad).await;
+        assert!(
+            matches!(r, Err(MetaError::OffsetOutOfRange { offset, log_start: 12, next: 30 }) if offset == bad),
+            "advance to {bad} must be OffsetOutOfRange, got {r:?}"
+        );
+    }
+    assert_eq!(
+        offsets(store, t.id, 0).await,
+        moved,
+        "failed advances change nothing"
+    );
+
+    let visible = entries(store, t.id, 0, 0).await;
+    assert_eq!(
+        visible.iter().map(|e| e.base_offset).collect::<Vec<_>>(),
+        vec![10, 20],
+        "the entry below the log start is hidden, the straddling one is not"
+    );
+    let e = store
+        .entry_for_timestamp(t.id, 0, 0)
+        .await
+        .expect("lookup")
+        .expect("entry");
+    assert_eq!(e.base_offset, 10);
+
+    // Up to next_offset: everything hidden, appends continue densely.
+    let end = store.advance_log_start(t.id, 0, 30).await.expect("to end");
+    assert_eq!(
+        end,
+        PartitionOffsets {
+            log_start_offset: 30,
+            next_offset: 30
+        }
+    );
+    assert!(entries(store, t.id, 0, 0).await.is_empty());
+    assert_eq!(
+        store.entry_for_timestamp(t.id, 0, 0).await.expect("lookup"),
+        None
+    );
+    let out = commit(store, segment("s3", vec![batch(t.id, 0, 0, 10, 5, 1)])).await;
+    assert_eq!(out, vec![BatchOutcome::Appended { base_offset: 30 }]);
+    assert_eq!(entries(store, t.id, 0, 0).await.len(), 1);
+    assert_eq!(
+        offsets(store, t.id, 0).await,
+        PartitionOffsets {
+            log_start_offset: 30,
+            next_offset: 35
+        }
+    );
+    // Other partitions are untouched.
+    assert_eq!(
+        offsets(store, t.id, 1).await,
+        PartitionOffsets {
+            log_start_offset: 0,
+            next_offset: 0
+        }
+    );
+    assert_eq!(
+        store.advance_log_start(t.id, 1, 0).await.expect("empty"),
+        PartitionOffsets {
+            log_start_offset: 0,
+            next_offset: 0
+        }
+    );
+}
+
+/// Per-partition calls on missing topics or partitions.
+pub async fn unknown_partition_errors(store: &dyn MetadataStore) {
+    let t = create(store, "t", 1).await;
+    let missing = Uuid::new_v4();
+    let unknown_topic = |r: &Result<(), MetaError>| matches!(r, Err(MetaError::UnknownTopic(_)));
+    let unknown_partition = |r: &Result<(), MetaError>| matches!(r, Err(MetaError::UnknownPartition { topic, partition: 1 }) if topic == "t");
+    let calls: Vec<(Uuid, i32, &str)> = vec![(missing, 0, "topic"), (t.id, 1, "partition")];
+    for (id, partition, what) in calls {
+        let check = |r: Result<(), MetaError>, call: &str| {
+            let ok = if what == "topic" {
+                unknown_topic(&r)
+            } else {
+                unknown_partition(&r)
+            };
+            assert!(ok, "{call} on unknown {what} gave {r:?}");
+        };
+        check(
+            store.partition_offsets(id, partition).await.map(|_| ()),
+            "partition_offsets",
+        );
+        check(
+            store.advance_log_start(id, partition, 0).await.map(|_| ()),
+            "advance_log_start",
+        );
+        check(
+            store.index_entries(id, partition, 0, 10).await.map(|_| ()),
+            "index_entries",
+        );
+        check(
+            store
+                .entry_for_timestamp(id, partition, 0)
+                .await
+                .map(|_| ()),
+            "entry_for_timestamp",
+        );
+    }
+    let r = store.partition_offsets(t.id, -1).await;
+    assert!(
+        matches!(r, Err(MetaError::UnknownPartition { .. })),
+        "negative partition gave {r:?}"
+    );
+}
+
+// ---------------------------------------------------------------- concurrency
+
+/// 8 writers x 50 segments on the same partitions: offsets stay dense and
+/// unique, the index covers them exactly.
+pub async fn concurrent_commits(store: &dyn MetadataStore) {
+    const TASKS: u64 = 8;
+    const SEGMENTS: u64 = 50;
+    let t = create(store, "t", 2).await;
+    let writers = (0..TASKS).map(|task| {
+        let topic_id = t.id;
+        async move {
+            let mut got: Vec<(i32, i64, i64)> = Vec::new();
+            for i in 0..SEGMENTS {
+                let count0 = i64::try_from(1 + (task + i) % 3).expect("small");
+                let batches = vec![
+                    batch(topic_id, 0, 0, 10, count0, 0),
+                    batch(topic_id, 1, 10, 10, 2, 0),
+                    batch(topic_id, 0, 20, 10, 1, 0),
+                ];
+                let seg = segment(&format!("c-{task:02}-{i:03}"), batches.clone());
+                let outcomes = store
+                    .commit_segment(&seg)
+                    .await
+                    .unwrap_or_else(|e| panic!("concurrent commit {} failed: {e}", seg.key));
+                let bases: Vec<i64> = outcomes.into_iter().map(appended).collect();
+                assert_eq!(
+                    bases[2],
+                    bases[0] + count0,
+                    "batches of one partition in one segment get consecutive offsets"
+                );
+                for (b, base) in batches.iter().zip(bases) {
+                    got.push((b.partition, base, b.offset_count));
+                }
+            }
+            got
+        }
+    });
+    let results = futures::future::join_all(writers).await;
+
+    for partition in 0..2 {
+        let mut ranges: Vec<(i64, i64)> = results
+            .iter()
+            .flatten()
+            .filter(|(p, _, _)| *p == partition)
+            .map(|(_, base, count)| (*base, *count))
+            .collect();
+        ranges.sort();
+        let mut cursor = 0;
+        for (base, count) in &ranges {
+            assert_eq!(
+                *base, cursor,
+                "partition {partition}: offsets must be dense and unique"
+            );
+            cursor += count;
+        }
+        assert_eq!(offsets(store, t.id, partition).await.next_offset, cursor);
+        let mut covered = 0;
+        let all = entries(store, t.id, partition, 0).await;
+        for e in &all {
+            assert_eq!(
+                e.base_offset, covered,
+                "partition {partition}: index has no gaps"
+            );
+            covered = e.last_offset + 1;
+        }
+        assert_eq!(covered, cursor);
+        let per_entry = if partition == 0 { 2 } else { 1 };
+        assert_eq!(
+            all.len(),
+            usize::try_from(TASKS * SEGMENTS).expect("small") * per_entry,
+            "partition {partition}: one entry per contiguous run per segment"
+        );
+    }
+    assert_eq!(
+        store.list_segments().await.expect("list").len(),
+        usize::try_from(TASKS * SEGMENTS).expect("small")
+    );
+}
+
+// ---------------------------------------------------------------- groups
+
+/// Commit, fetch (all and filtered), metadata, list, delete.
+pub async fn group_offsets(store: &dyn MetadataStore) {
+    assert!(store.list_groups().await.expect("list").is_empty());
+    assert!(store
+        .fetch_offsets("nobody", None)
+        .await
+        .expect("fetch")
+        .is_empty());
+
+    store
+        .commit_offsets(
+            "g1",
+            &[
+                offset("orders", 1, 10, Some("consumer-1 state")),
+                offset("orders", 0, 5, None),
+                offset("audit", 0, 7, Some("")),
+            ],
+        )
+        .await
+        .expect("commit g1");
+    store
+        .commit_offsets("g0", &[offset("orders", 0, 99, None)])
+        .await
+        .expect("commit g0");
+    store.commit_offsets("g2", &[]).await.expect("empty commit");
+
+    let all = store.fetch_offsets("g1", None).await.expect("fetch all");
+    assert_eq!(
+        all,
+        vec![
+            offset("audit", 0, 7, Some("")),
+            offset("orders", 0, 5, None),
+            offset("orders", 1, 10, Some("consumer-1 state")),
+        ],
+        "fetch returns every field, ordered by topic and partition; \
+         empty and missing metadata stay distinct"
+    );
+    let orders = store
+        .fetch_offsets("g1", Some(&["orders".to_owned(), "missing".to_owned()]))
+        .await
+        .expect("fetch filtered");
+    assert_eq!(
+        orders,
+        vec![
+            offset("orders", 0, 5, None),
+            offset("orders", 1, 10, Some("consumer-1 state"))
+        ]
+    );
+    assert!(store
+        .fetch_offsets("g1", Some(&[]))
+        .await
+        .expect("fetch none")
+        .is_empty());
+
+    // Upsert.
+    let mut newer = offset("orders", 0, 6, Some("m2"));
+    newer.leader_epoch = 4;
+    store
+        .commit_offsets("g1", &[newer.clone()])
+        .await
+        .expect("recommit");
+    let orders = store
+        .fetch_offsets("g1", Some(&["orders".to_owned()]))
+        .await
+        .expect("fetch");
+    assert_eq!(orders[0], newer, "a commit replaces the previous offset");
+    assert_eq!(orders.len(), 2);
+    assert_eq!(
+        store.fetch_offsets("g0", None).await.expect("fetch g0"),
+        vec![offset("orders", 0, 99, None)],
+        "groups are independent"
+    );
+
+    assert_eq!(
+        store.list_groups().await.expect("list"),
+        vec!["g0".to_owned(), "g1".to_owned()],
+        "groups with offsets, ordered, each once"
+    );
+
+    store
+        .delete_offsets("g1", &[("orders".to_owned(), 1), ("audit".to_owned(), 9)])
+        .await
+        .expect("delete offsets");
+    assert_eq!(
+        store.fetch_offsets("g1", None).await.expect("fetch"),
+        vec![offset("audit", 0, 7, Some("")), newer]
+    );
+
+    store.delete_group("g1").await.expect("delete group");
+    assert!(store
+        .fetch_offsets("g1", None)
+        .await
+        .expect("fetch")
+        .is_empty());
+    assert_eq!(
+        store.list_groups().await.expect("list"),
+        vec!["g0".to_owned()]
+    );
+    store
+        .delete_group("never")
+        .await
+        .expect("delete missing group");
+    assert_eq!(
+        store
+            .fetch_offsets("g0", None)
+            .await
+            .expect("fetch g0")
+            .len(),
+        1
+    );
+}

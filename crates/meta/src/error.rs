@@ -1,0 +1,43 @@
+//! Errors of the metadata store, shared by every backend.
+
+use thiserror::Error;
+
+/// Errors of the metadata store.
+#[derive(Debug, Error)]
+pub enum MetaError {
+    #[error("topic already exists name={0}")]
+    TopicExists(String),
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+    #[error("unknown partition topic={topic} partition={partition}")]
+    UnknownPartition { topic: String, partition: i32 },
+    #[error("invalid partition count requested={requested} current={current}")]
+    InvalidPartitions { requested: i32, current: i32 },
+    #[error("offset out of range offset={offset} log_start={log_start} next={next}")]
+    OffsetOutOfRange {
+        offset: i64,
+        log_start: i64,
+        next: i64,
+    },
+    #[error("segment already committed key={0}")]
+    SegmentExists(String),
+    /// The caller passed something the store cannot accept (malformed URL,
+    /// negative batch length, ...). Retrying the same call fails again.
+    #[error("invalid argument {0}")]
+    InvalidArgument(String),
+    /// The backend failed (I/O, connection, constraint); retryable unless
+    /// the backend says otherwise.
+    #[error("metadata backend failed op={op}")]
+    Backend {
+        op: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl MetaError {
+    /// Whether retrying the same call may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, MetaError::Backend { .. })
+    }
+}

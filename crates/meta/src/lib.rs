@@ -1,0 +1,252 @@
+//! The metadata store: the single source of truth for topics, partitions,
+//! offsets, the segment index, consumer-group offsets and producer state.
+//!
+//! The contract is split by plane into three narrow traits ([`TopicStore`],
+//! [`LogStore`], [`GroupStore`]); [`MetadataStore`] is their union, which a
+//! backend implements by implementing all three. Every backend must pass the
+//! conformance suite in [`conformance`].
+//!
+//! Offsets are assigned here, inside [`LogStore::commit_segment`], in one
+//! transaction per segment, so offsets stay dense and idempotent-producer
+//! sequence checks hold no matter which broker commits.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+pub mod conformance;
+mod error;
+pub mod sqlite;
+
+pub use error::MetaError;
+pub use sqlite::SqliteStore;
+
+/// Result alias for metadata operations.
+pub type Result<T, E = MetaError> = std::result::Result<T, E>;
+
+/// A topic as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMeta {
+    pub id: Uuid,
+    pub name: String,
+    pub partitions: i32,
+    /// Explicitly set topic configs (`retention.ms`, `max.message.bytes`, ...).
+    /// Keys not present take the broker default.
+    pub configs: BTreeMap<String, String>,
+}
+
+/// Log boundaries of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    /// First offset still readable.
+    pub log_start_offset: i64,
+    /// Offset the next appended record gets (the high watermark).
+    pub next_offset: i64,
+}
+
+/// Identity and sequence range of an idempotent producer's batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerBatch {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    /// `base_sequence + record_count - 1` (wrapping at i32::MAX as Kafka does).
+    pub last_sequence: i32,
+}
+
+/// One record batch inside an uploaded segment object, waiting for offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingBatch {
+    pub topic_id: Uuid,
+    pub partition: i32,
+    /// Byte offset of the batch inside the segment object.
+    pub byte_start: u64,
+    /// Length of the whole batch in bytes.
+    pub byte_len: u64,
+    /// Number of offsets the batch occupies (`lastOffsetDelta + 1`).
+    pub offset_count: i64,
+    /// Max timestamp of the batch (ms since epoch).
+    pub max_timestamp: i64,
+    /// Set for idempotent producers (producer id >= 0).
+    pub producer: Option<ProducerBatch>,
+}
+
+/// A segment object that has been durably written and now needs offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentCommit {
+    /// Object key of the segment (unique, never reused).
+    pub key: String,
+    /// Total size of the object in bytes.
+    pub size: u64,
+    /// Batches in object order. Batches of one partition appear in the
+    /// order their offsets must be assigned.
+    pub batches: Vec<PendingBatch>,
+}
+
+/// What happened to one [`PendingBatch`] in a commit, same order as the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// Offsets `base_offset ..= base_offset + offset_count - 1` were assigned.
+    Appended { base_offset: i64 },
+    /// An idempotent retry of a batch already committed at `base_offset`;
+    /// nothing new was assigned.
+    Duplicate { base_offset: i64 },
+    /// The batch was refused; nothing was assigned.
+    Rejected(BatchRejection),
+}
+
+/// Why a batch got no offsets. Maps to a Kafka error code in the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchRejection {
+    /// Topic or partition does not exist (e.g. deleted while in flight).
+    UnknownTopicOrPartition,
+    /// Sequence gap for an idempotent producer.
+    OutOfOrderSequence,
+    /// Producer epoch older than the one already seen.
+    InvalidProducerEpoch,
+}
+
+/// One index row: a run of consecutive batches of one partition stored
+/// contiguously in one segment object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub base_offset: i64,
+    /// Inclusive.
+    pub last_offset: i64,
+    pub segment_key: String,
+    pub byte_start: u64,
+    pub byte_len: u64,
+    pub max_timestamp: i64,
+}
+
+/// A committed consumer offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+    pub commit_timestamp_ms: i64,
+}
+
+/// Topics, partitions and their configs.
+#[async_trait]
+pub trait TopicStore: Send + Sync {
+    /// Create a topic with `partitions` partitions, all starting at offset 0.
+    /// Fails with [`MetaError::TopicExists`] if the name is taken.
+    async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<TopicMeta>;
+
+    /// Delete a topic, its partitions, index entries and producer state.
+    /// Returns the segment keys that no longer hold any live chunk (the
+    /// caller may delete those objects). [`MetaError::UnknownTopic`] if absent.
+    async fn delete_topic(&self, name: &str) -> Result<Vec<String>>;
+
+    async fn get_topic(&self, name: &str) -> Result<Option<TopicMeta>>;
+
+    async fn get_topic_by_id(&self, id: Uuid) -> Result<Option<TopicMeta>>;
+
+    /// All topics, ordered by name.
+    async fn list_topics(&self) -> Result<Vec<TopicMeta>>;
+
+    /// Grow a topic to `total` partitions. [`MetaError::InvalidPartitions`]
+    /// if `total` is not larger than the current count.
+    async fn create_partitions(&self, name: &str, total: i32) -> Result<TopicMeta>;
+
+    /// Set (Some) or remove (None) topic config keys.
+    async fn alter_topic_configs(
+        &self,
+        name: &str,
+        changes: BTreeMap<String, Option<String>>,
+    ) -> Result<TopicMeta>;
+}
+
+/// Offsets, the segment index and idempotent-producer state.
+#[async_trait]
+pub trait LogStore: Send + Sync {
+    /// Assign offsets to every batch of an uploaded segment in one
+    /// transaction, insert index entries (contiguous accepted batches of one
+    /// partition merge into one entry) and record the segment. Idempotent
+    /// producer checks happen here. Committing the same key twice is an error
+    /// ([`MetaError::SegmentExists`]) and changes nothing.
+    async fn commit_segment(&self, commit: &SegmentCommit) -> Result<Vec<BatchOutcome>>;
+
+    /// Whether a segment key was committed (resolves commits whose outcome
+    /// was unknown).
+    async fn segment_committed(&self, key: &str) -> Result<bool>;
+
+    async fn partition_offsets(&self, topic_id: Uuid, partition: i32) -> Result<PartitionOffsets>;
+
+    /// Index entries with `last_offset >= from_offset`, in offset order, at
+    /// most `limit` of them. Entries entirely below the log start offset are
+    /// never returned. [`MetaError::UnknownTopic`] /
+    /// [`MetaError::UnknownPartition`] if the partition does not exist.
+    async fn index_entries(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        from_offset: i64,
+        limit: usize,
+    ) -> Result<Vec<IndexEntry>>;
+
+    /// The first index entry (in offset order, at or after the log start
+    /// offset) whose `max_timestamp >= timestamp`, if any.
+    async fn entry_for_timestamp(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<Option<IndexEntry>>;
+
+    /// Move the log start offset forward (DeleteRecords, retention). Never
+    /// moves it backwards or past `next_offset`
+    /// ([`MetaError::OffsetOutOfRange`]); an offset at or below the current
+    /// log start is a no-op. Returns the new offsets.
+    async fn advance_log_start(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        offset: i64,
+    ) -> Result<PartitionOffsets>;
+
+    /// Allocate a fresh producer id with epoch 0.
+    async fn allocate_producer_id(&self) -> Result<(i64, i16)>;
+
+    /// All committed segment keys (for the janitor), ordered.
+    async fn list_segments(&self) -> Result<Vec<String>>;
+}
+
+/// Consumer-group committed offsets. Membership lives in the coordinator.
+#[async_trait]
+pub trait GroupStore: Send + Sync {
+    async fn commit_offsets(&self, group: &str, offsets: &[CommittedOffset]) -> Result<()>;
+
+    /// Committed offsets of a group; `topics = None` means all.
+    async fn fetch_offsets(
+        &self,
+        group: &str,
+        topics: Option<&[String]>,
+    ) -> Result<Vec<CommittedOffset>>;
+
+    /// Groups that have committed offsets, ordered.
+    async fn list_groups(&self) -> Result<Vec<String>>;
+
+    /// Remove all offsets of a group.
+    async fn delete_group(&self, group: &str) -> Result<()>;
+
+    /// Remove the offsets of some partitions of a group.
+    async fn delete_offsets(&self, group: &str, partitions: &[(String, i32)]) -> Result<()>;
+}
+
+/// Everything a broker needs from the metadata store.
+pub trait MetadataStore: TopicStore + LogStore + GroupStore {}
+
+impl<T: TopicStore + LogStore + GroupStore> MetadataStore for T {}

@@ -1,0 +1,13 @@
+//! Kafka wire-format helpers for Tributary: RecordBatch v2 header parsing,
+//! validation, splitting and base-offset patching, plus CRC32C.
+//!
+//! This crate owns everything Tributary needs to know about the bytes of a
+//! Kafka record batch. Request/response framing is delegated to the
+//! `kafka-protocol` crate. No I/O and no async runtime here.
+
+pub mod batch;
+
+pub use batch::{
+    crc32c, first_offset_at_or_after_timestamp, parse_header, set_base_offset, split_batches,
+    split_stored_batches, BatchError, BatchHeader, BatchView,
+};

@@ -1,0 +1,46 @@
+//! Object keys. Every key the broker writes is built here.
+//!
+//! Segment keys are `segments/<ms since epoch, 15 digits>-<uuid>.seg`: unique
+//! (a fresh v4 uuid per segment, never reused, written create-only) and
+//! sortable by creation time, which the janitor relies on.
+
+use object_store::path::Path;
+use uuid::Uuid;
+
+/// Folder of all segment objects.
+pub const SEGMENTS_PREFIX: &str = "segments";
+
+/// A fresh, never-reused segment key.
+pub fn new_segment_key(now_ms: i64) -> String {
+    format!(
+        "{SEGMENTS_PREFIX}/{:015}-{}.seg",
+        now_ms.max(0),
+        Uuid::new_v4().simple()
+    )
+}
+
+/// The creation time encoded in a segment key, if it is one.
+pub fn segment_key_time_ms(key: &str) -> Option<i64> {
+    let name = key.strip_prefix(SEGMENTS_PREFIX)?.strip_prefix('/')?;
+    name.get(..15)?.parse().ok()
+}
+
+/// The object-store path of a key.
+pub fn path(key: &str) -> Path {
+    Path::from(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_unique_sortable_and_carry_time() {
+        let a = new_segment_key(1_700_000_000_000);
+        let b = new_segment_key(1_700_000_000_001);
+        assert!(a < b);
+        assert_ne!(new_segment_key(5), new_segment_key(5));
+        assert_eq!(segment_key_time_ms(&a), Some(1_700_000_000_000));
+        assert_eq!(segment_key_time_ms("other/x"), None);
+    }
+}

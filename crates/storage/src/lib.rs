@@ -1,0 +1,23 @@
+//! Data-path storage: the object store chosen by URL, the read cache, the
+//! segment writer (batch → PUT → commit → ack) and the fetcher (index lookup →
+//! ranged reads → patched batches).
+//!
+//! Business logic here only sees `Arc<dyn ObjectStore>`; which wrappers sit
+//! around the backend is decided in [`open`].
+
+pub use object_store;
+
+pub mod cache;
+mod error;
+pub mod keys;
+pub mod open;
+pub mod reader;
+pub mod watermarks;
+pub mod writer;
+
+pub use cache::{CacheStats, ReadCache};
+pub use error::{ReadError, StorageError, WriteError};
+pub use open::{open_object_store, ObjectStoreUrl};
+pub use reader::{FetchedPartition, Fetcher};
+pub use watermarks::Watermarks;
+pub use writer::{AppendBatch, SegmentWriter, WriterConfig};

@@ -1,0 +1,12 @@
+//! Test helpers shared by Tributary's end-to-end tests.
+//!
+//! Owns starting and stopping a real `tributary` broker process
+//! ([`BrokerProcess`]) on a free loopback port with its own data directory, so
+//! tests with real Kafka clients (rdkafka, confluent-kafka, kcat) can run
+//! against it, crash it (`SIGKILL`), stop it cleanly (`SIGTERM`) and restart it
+//! on the same data. Nothing here depends on the broker crates: the binary is
+//! found by path (`env!("CARGO_BIN_EXE_tributary")` in the cli package's tests).
+
+mod broker;
+
+pub use broker::{free_port, BrokerBuilder, BrokerProcess, DEFAULT_READY_TIMEOUT};

@@ -1,0 +1,353 @@
+//! Helpers shared by the end-to-end tests in `tests/rust/`: start a
+//! `tributary` broker process, build rdkafka clients against it, produce and
+//! consume with bounded waits, and print the broker's log when a test fails.
+//!
+//! Each test file includes this with `mod common;` and uses a subset of it.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::future_producer::Delivery;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::Message;
+pub use tributary_testkit::BrokerProcess;
+
+/// Upper bound for one whole test body; a hang becomes a failure with logs.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Bound for waits on a single client operation (admin call, commit, ...).
+pub const OP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Flags every test broker gets. A short flush interval keeps tests that
+/// produce one record at a time fast; it changes no semantics.
+const DEFAULT_ARGS: &[&str] = &["--flush-interval-ms", "10"];
+
+pub fn broker_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tributary")
+}
+
+/// Starts the broker under test on a free port with a fresh data dir.
+pub fn start_broker(extra_args: &[&str]) -> Result<BrokerProcess> {
+    BrokerProcess::builder(broker_bin())
+        .args(DEFAULT_ARGS.iter().copied())
+        .args(extra_args.iter().copied())
+        .start()
+}
+
+/// Runs a test body under [`TEST_TIMEOUT`]; on failure or timeout prints the
+/// tail of the broker log to stderr (shown by the test harness) and fails.
+pub async fn run_test<'a, F>(broker: &BrokerProcess, body: F) -> Result<()>
+where
+    F: Future<Output = Result<()>> + 'a,
+{
+    let outcome = match tokio::time::timeout(TEST_TIMEOUT, body).await {
+        Ok(result) => result,
+        Err(_) => Err(anyhow!("test timed out after {TEST_TIMEOUT:?}")),
+    };
+    if outcome.is_err() {
+        eprintln!(
+            "----- broker log (tail) {} -----\n{}\n----- end of broker log -----",
+            broker.data_dir().display(),
+            broker.logs_tail(200)
+        );
+    }
+    outcome
+}
+
+/// Base client config: bootstrap plus settings that make failures quick.
+pub fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("client.id", "tributary-e2e")
+        .set("broker.address.family", "v4");
+    config
+}
+
+fn apply(config: &mut ClientConfig, extra: &[(&str, &str)]) {
+    for (key, value) in extra {
+        config.set(*key, *value);
+    }
+}
+
+pub fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> Result<FutureProducer> {
+    let mut config = client_config(bootstrap);
+    config
+        .set("message.timeout.ms", "60000")
+        .set("linger.ms", "5");
+    apply(&mut config, extra);
+    config.create().context("create producer")
+}
+
+/// A group consumer that starts at the earliest offset and commits nothing
+/// automatically unless `extra` says so.
+pub fn consumer(bootstrap: &str, group: &str, extra: &[(&str, &str)]) -> Result<StreamConsumer> {
+    let mut config = client_config(bootstrap);
+    config
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000");
+    apply(&mut config, extra);
+    config.create().context("create consumer")
+}
+
+pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap)
+        .create()
+        .context("create admin client")?;
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(OP_TIMEOUT));
+    let results = tokio::time::timeout(OP_TIMEOUT, admin.create_topics([&topic], &opts))
+        .await
+        .context("create_topics timed out")?
+        .context("create_topics")?;
+    for result in results {
+        if let Err((topic, code)) = result {
+            bail!("create topic {topic} failed: {code:?}");
+        }
+    }
+    Ok(())
+}
+
+/// A record to produce.
+#[derive(Clone, Debug, Default)]
+pub struct Out {
+    pub partition: Option<i32>,
+    pub key: String,
+    pub value: String,
+    pub headers: Vec<(String, String)>,
+    pub timestamp: Option<i64>,
+}
+
+/// A consumed record, copied out of the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rec {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub value: String,
+    pub headers: Vec<(String, String)>,
+    pub timestamp: Option<i64>,
+}
+
+impl Rec {
+    pub fn from_message<M: Message>(msg: &M) -> Self {
+        let text = |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
+        let headers = msg
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_owned(), text(h.value)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Rec {
+            partition: msg.partition(),
+            offset: msg.offset(),
+            key: text(msg.key()),
+            value: text(msg.payload()),
+            headers,
+            timestamp: msg.timestamp().to_millis(),
+        }
+    }
+
+    pub fn header(&self, key: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn headers_of(out: &Out) -> OwnedHeaders {
+    out.headers
+        .iter()
+        .fold(OwnedHeaders::new(), |hs, (key, value)| {
+            hs.insert(Header {
+                key,
+                value: Some(value.as_str()),
+            })
+        })
+}
+
+async fn settle(future: DeliveryFuture, index: usize) -> Result<Delivery> {
+    match future.await {
+        Ok(Ok(delivery)) => Ok(delivery),
+        Ok(Err((err, _msg))) => Err(anyhow!("record {index} not delivered: {err}")),
+        Err(_canceled) => Err(anyhow!("record {index}: delivery future canceled")),
+    }
+}
+
+/// Enqueues `records` strictly in order (so per-partition order is the
+/// iteration order) with at most `MAX_IN_FLIGHT` awaiting acknowledgement,
+/// and returns every delivery in input order. Any failed delivery fails.
+pub async fn produce_all(
+    producer: &FutureProducer,
+    topic: &str,
+    records: impl IntoIterator<Item = Out>,
+) -> Result<Vec<Delivery>> {
+    const MAX_IN_FLIGHT: usize = 20_000;
+    let mut pending: VecDeque<(usize, DeliveryFuture)> = VecDeque::new();
+    let mut done = Vec::new();
+    for (index, out) in records.into_iter().enumerate() {
+        let headers = headers_of(&out);
+        loop {
+            let mut record = FutureRecord::to(topic)
+                .key(&out.key)
+                .payload(&out.value)
+                .headers(headers.clone());
+            if let Some(partition) = out.partition {
+                record = record.partition(partition);
+            }
+            if let Some(ts) = out.timestamp {
+                record = record.timestamp(ts);
+            }
+            match producer.send_result(record) {
+                Ok(future) => {
+                    pending.push_back((index, future));
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    let Some((i, future)) = pending.pop_front() else {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    done.push(settle(future, i).await?);
+                }
+                Err((err, _)) => bail!("enqueue record {index}: {err}"),
+            }
+        }
+        while pending.len() > MAX_IN_FLIGHT {
+            if let Some((i, future)) = pending.pop_front() {
+                done.push(settle(future, i).await?);
+            }
+        }
+    }
+    while let Some((i, future)) = pending.pop_front() {
+        done.push(settle(future, i).await?);
+    }
+    Ok(done)
+}
+
+/// Receives one record, or `None` if nothing arrives within `wait`.
+/// Client-reported errors are returned as `Err` so callers can decide.
+pub async fn recv(consumer: &StreamConsumer, wait: Duration) -> Result<Option<Rec>> {
+    match tokio::time::timeout(wait, consumer.recv()).await {
+        Err(_) => Ok(None),
+        Ok(Ok(msg)) => Ok(Some(Rec::from_message(&msg))),
+        Ok(Err(err)) => Err(anyhow!(err)),
+    }
+}
+
+/// Receives until `n` records arrived (then returns them) or `deadline`
+/// passes (then fails, saying how many came). Up to 50 transient client
+/// errors are tolerated and printed.
+pub async fn consume_n(
+    consumer: &StreamConsumer,
+    n: usize,
+    deadline: Duration,
+) -> Result<Vec<Rec>> {
+    let end = Instant::now() + deadline;
+    let mut out = Vec::with_capacity(n);
+    let mut errors = 0;
+    while out.len() < n {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("consumed {} of {n} records within {deadline:?}", out.len());
+        }
+        match recv(consumer, left.min(Duration::from_secs(1))).await {
+            Ok(Some(rec)) => out.push(rec),
+            Ok(None) => {}
+            Err(err) => {
+                errors += 1;
+                eprintln!("consumer error (tolerated {errors}/50): {err:#}");
+                if errors > 50 {
+                    bail!("too many consumer errors, last: {err:#}");
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Receives whatever else arrives until the consumer has been quiet for
+/// `quiet` (bounded by 10 × `quiet` overall). Used to catch duplicates after
+/// the expected records were all seen.
+pub async fn drain_quiet(consumer: &StreamConsumer, quiet: Duration) -> Result<Vec<Rec>> {
+    let end = Instant::now() + quiet * 10;
+    let mut out = Vec::new();
+    while Instant::now() < end {
+        match recv(consumer, quiet).await {
+            Ok(Some(rec)) => out.push(rec),
+            Ok(None) => break,
+            Err(err) => eprintln!("consumer error while draining: {err:#}"),
+        }
+    }
+    Ok(out)
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, failing after
+/// `deadline` with `what` and the last state seen.
+pub async fn wait_for<T, S: std::fmt::Debug>(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> Result<std::result::Result<T, S>>,
+) -> Result<T> {
+    let end = Instant::now() + deadline;
+    loop {
+        let last = match check()? {
+            Ok(value) => return Ok(value),
+            Err(state) => state,
+        };
+        if Instant::now() >= end {
+            bail!("timed out after {deadline:?} waiting for {what}; last state: {last:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Partitions of `topic` currently assigned to `consumer`, sorted.
+pub fn assigned(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i32>> {
+    let tpl = consumer.assignment().context("assignment")?;
+    let mut parts: Vec<i32> = tpl
+        .elements_for_topic(topic)
+        .iter()
+        .map(|e| e.partition())
+        .collect();
+    parts.sort_unstable();
+    Ok(parts)
+}
+
+/// Checks that, per partition, offsets are dense and strictly increasing by
+/// one starting at `first(partition)`.
+pub fn check_dense(records: &[Rec], first: impl Fn(i32) -> i64) -> Result<()> {
+    let mut next: std::collections::HashMap<i32, i64> = Default::default();
+    for rec in records {
+        let expected = *next
+            .entry(rec.partition)
+            .or_insert_with(|| first(rec.partition));
+        if rec.offset != expected {
+            bail!(
+                "partition {} offset {} but expected {expected} (key={} value={})",
+                rec.partition,
+                rec.offset,
+                rec.key,
+                rec.value
+            );
+        }
+        next.insert(rec.partition, expected + 1);
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! 100k records with keys and headers from four producers (one per
+//! compression codec) into a 6-partition topic, consumed by a group: every
+//! record arrives exactly once, offsets are dense per partition and each key's
+//! sequence numbers arrive in order (DESIGN.md invariants 2 and 3).
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use common::*;
+use rdkafka::consumer::Consumer;
+
+const TOPIC: &str = "produce-consume";
+const PARTITIONS: i32 = 6;
+const CODECS: [&str; 4] = ["gzip", "snappy", "lz4", "zstd"];
+const PER_PRODUCER: usize = 25_000;
+const KEYS_PER_PRODUCER: usize = 50;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn produce_consume() -> Result<()> {
+    let broker = start_broker(&[])?;
+    run_test(&broker, body(&broker)).await
+}
+
+/// Key `"<codec>-k<n>"`, value `"<codec>:k<n>:<seq>:<padding>"` where `seq`
+/// counts that key's records from 0.
+fn records_for(codec: &'static str) -> impl Iterator<Item = Out> {
+    (0..PER_PRODUCER).map(move |i| {
+        let key = format!("{codec}-k{}", i % KEYS_PER_PRODUCER);
+        let seq = i / KEYS_PER_PRODUCER;
+        Out {
+            partition: None,
+            value: format!("{codec}:{key}:{seq}:{}", "x".repeat(i % 97)),
+            headers: vec![
+                ("codec".to_owned(), codec.to_owned()),
+                ("seq".to_owned(), seq.to_string()),
+            ],
+            key,
+            timestamp: None,
+        }
+    })
+}
+
+async fn body(broker: &BrokerProcess) -> Result<()> {
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, TOPIC, PARTITIONS).await?;
+
+    let mut tasks = Vec::new();
+    for codec in CODECS {
+        let producer = producer(&bootstrap, &[("compression.type", codec), ("acks", "all")])?;
+        tasks.push(tokio::spawn(async move {
+            produce_all(&producer, TOPIC, records_for(codec))
+                .await
+                .with_context(|| format!("producer {codec}"))
+        }));
+    }
+    let mut acked = 0;
+    for task in tasks {
+        let deliveries = task.await.context("producer task panicked")??;
+        acked += deliveries.len();
+    }
+    let total = CODECS.len() * PER_PRODUCER;
+    ensure!(acked == total, "acked {acked} of {total}");
+
+    let consumer = consumer(&bootstrap, "produce-consume-group", &[])?;
+    consumer.subscribe(&[TOPIC]).context("subscribe")?;
+    let mut records = consume_n(&consumer, total, Duration::from_secs(180)).await?;
+    records.extend(drain_quiet(&consumer, Duration::from_secs(3)).await?);
+
+    // Every partition starts at 0 and is dense (no gaps, no repeats).
+    check_dense(&records, |_| 0)?;
+
+    // Exactly once, per-key order, headers intact.
+    let mut seen = HashSet::new();
+    let mut next_seq: HashMap<String, usize> = HashMap::new();
+    let mut key_partition: HashMap<String, i32> = HashMap::new();
+    for rec in &records {
+        let mut parts = rec.value.splitn(4, ':');
+        let (codec, key, seq) = (parts.next(), parts.next(), parts.next());
+        let (Some(codec), Some(key), Some(seq)) = (codec, key, seq) else {
+            anyhow::bail!("malformed value {:?}", rec.value);
+        };
+        let seq: usize = seq.parse().context("seq")?;
+        ensure!(key == rec.key, "key {:?} but value says {key}", rec.key);
+        ensure!(
+            seen.insert((rec.key.clone(), seq)),
+            "duplicate record key={} seq={seq} at {}/{}",
+            rec.key,
+            rec.partition,
+            rec.offset
+        );
+        let expected = next_seq.entry(rec.key.clone()).or_insert(0);
+        ensure!(
+            seq == *expected,
+            "key {} seq {seq} arrived when {} was expected",
+            rec.key,
+            expected
+        );
+        *expected += 1;
+        let partition = *key_partition
+            .entry(rec.key.clone())
+            .or_insert(rec.partition);
+        ensure!(
+            partition == rec.partition,
+            "key {} in partitions {partition} and {}",
+            rec.key,
+            rec.partition
+        );
+        ensure!(
+            rec.header("codec") == Some(codec),
+            "codec header of {rec:?}"
+        );
+        let seq_text = seq.to_string();
+        ensure!(
+            rec.header("seq") == Some(seq_text.as_str()),
+            "seq header of {rec:?}"
+        );
+    }
+    ensure!(
+        records.len() == total && seen.len() == total,
+        "consumed {} records, {} distinct, expected {total}",
+        records.len(),
+        seen.len()
+    );
+    let used: HashSet<i32> = records.iter().map(|r| r.partition).collect();
+    ensure!(used.len() > 1, "all keys landed in one partition: {used:?}");
+    Ok(())
+}
