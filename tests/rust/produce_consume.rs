@@ -94,8 +94,11 @@ async fn body(broker: &BrokerProcess) -> Result<()> {
         let expected = next_seq.entry(rec.key.clone()).or_insert(0);
         ensure!(
             seq == *expected,
-            "key {} seq {seq} arrived when {} was expected",
+            "key {} seq {seq} arrived (at {}/{}) when {} was expected: records of one \
+             producer and key must keep their order in the partition",
             rec.key,
+            rec.partition,
+            rec.offset,
             expected
         );
         *expected += 1;

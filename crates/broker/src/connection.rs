@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info_span, warn, Instrument};
 
-use crate::{router, Broker};
+use crate::{apis, router, Broker};
 
 /// Who sent a request.
 #[derive(Debug, Clone)]
@@ -77,7 +77,10 @@ pub async fn serve(
                 request,
             }) => {
                 let (otx, orx) = oneshot::channel();
-                let broker = broker.clone();
+                // Reserve this request's place in the answer order first.
+                if tx.send(orx).await.is_err() {
+                    break;
+                }
                 let ctx = RequestContext {
                     client_id: header
                         .client_id
@@ -88,24 +91,7 @@ pub async fn serve(
                     correlation_id: header.correlation_id,
                 };
                 let span = info_span!("request", api = ?api_key, version, correlation_id = header.correlation_id, client = %ctx.client_id);
-                tokio::spawn(
-                    async move {
-                        let answer = router::handle(&broker, &ctx, *request, version).await;
-                        let bytes = match answer {
-                            Some(resp) => match encode_response(api_key, version, ctx.correlation_id, &resp) {
-                                Ok(b) => Some(b),
-                                Err(e) => {
-                                    error!(error = %e, "cannot encode response; closing connection");
-                                    return; // dropping otx closes the connection
-                                }
-                            },
-                            None => None,
-                        };
-                        let _ = otx.send(bytes);
-                    }
-                    .instrument(span),
-                );
-                if tx.send(orx).await.is_err() {
+                if !run_request(&broker, ctx, api_key, version, *request, otx, span).await {
                     break;
                 }
             }
@@ -118,6 +104,72 @@ pub async fn serve(
     drop(tx);
     if let Err(e) = writer.await {
         warn!(%peer, error = %e, "connection writer ended abnormally");
+    }
+}
+
+/// Run one request. Produce is split: its batches are queued here, in request
+/// order (so pipelined produces keep their order), and only the wait for the
+/// commit runs concurrently with later requests. Every other request runs to
+/// completion before the next is read, as Apache Kafka does per connection.
+/// Handlers run in their own task, so a panic fails only that request (and
+/// closes this connection). Returns false when the connection must close.
+async fn run_request(
+    broker: &Arc<Broker>,
+    ctx: RequestContext,
+    api_key: ApiKey,
+    version: i16,
+    request: RequestKind,
+    answer: oneshot::Sender<Option<Bytes>>,
+    span: tracing::Span,
+) -> bool {
+    let correlation_id = ctx.correlation_id;
+    let reply = move |resp: Option<ResponseKind>| {
+        let bytes = match resp {
+            Some(resp) => match encode_response(api_key, version, correlation_id, &resp) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    error!(error = %e, "cannot encode response; closing connection");
+                    return; // dropping `answer` closes the connection
+                }
+            },
+            None => None,
+        };
+        let _ = answer.send(bytes);
+    };
+    let broker = broker.clone();
+    match request {
+        RequestKind::Produce(req) => {
+            let queued = tokio::spawn(
+                async move { apis::produce::submit(&broker, req, version).await }
+                    .instrument(span.clone()),
+            )
+            .await;
+            match queued {
+                Ok(pending) => {
+                    tokio::spawn(
+                        async move { reply(pending.await.map(ResponseKind::Produce)) }
+                            .instrument(span),
+                    );
+                    true
+                }
+                Err(e) => {
+                    error!(error = %e, "produce handler failed");
+                    false
+                }
+            }
+        }
+        other => {
+            let done = tokio::spawn(
+                async move { reply(router::handle(&broker, &ctx, other, version).await) }
+                    .instrument(span),
+            )
+            .await;
+            if let Err(e) = done {
+                error!(error = %e, "request handler failed");
+                return false;
+            }
+            true
+        }
     }
 }
 

@@ -90,7 +90,8 @@ pub async fn handle(
             ResponseKind::Metadata(apis::metadata::handle(broker, r, version).await)
         }
         RequestKind::Produce(r) => {
-            return apis::produce::handle(broker, r, version)
+            return apis::produce::submit(broker, r, version)
+                .await
                 .await
                 .map(ResponseKind::Produce)
         }

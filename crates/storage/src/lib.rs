@@ -20,4 +20,4 @@ pub use error::{ReadError, StorageError, WriteError};
 pub use open::{open_object_store, ObjectStoreUrl};
 pub use reader::{FetchedPartition, Fetcher};
 pub use watermarks::Watermarks;
-pub use writer::{AppendBatch, SegmentWriter, WriterConfig};
+pub use writer::{AppendBatch, AppendReceiver, SegmentWriter, WriterConfig};

@@ -65,6 +65,10 @@ pub struct AppendBatch {
 
 type Reply = oneshot::Sender<Result<Vec<BatchOutcome>, WriteError>>;
 
+/// Outcome of a [`SegmentWriter::submit`]; a closed channel means the writer
+/// shut down before answering.
+pub type AppendReceiver = oneshot::Receiver<Result<Vec<BatchOutcome>, WriteError>>;
+
 enum Msg {
     Append(Append),
     Close,
@@ -142,6 +146,22 @@ impl SegmentWriter {
         partition: i32,
         batches: Vec<AppendBatch>,
     ) -> Result<Vec<BatchOutcome>, WriteError> {
+        self.submit(topic_id, partition, batches)
+            .await?
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?
+    }
+
+    /// Queue batches of one partition and return at once with a receiver of
+    /// the outcome. Batches are laid out (and get offsets) in the order
+    /// `submit` calls complete, so a caller that must keep order awaits each
+    /// `submit` before the next.
+    pub async fn submit(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        batches: Vec<AppendBatch>,
+    ) -> Result<AppendReceiver, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Append(Append {
@@ -152,7 +172,7 @@ impl SegmentWriter {
             }))
             .await
             .map_err(|_| WriteError::ShuttingDown)?;
-        rx.await.map_err(|_| WriteError::ShuttingDown)?
+        Ok(rx)
     }
 
     /// Append without waiting for the outcome (acks=0).

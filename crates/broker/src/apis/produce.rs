@@ -3,37 +3,49 @@
 //! writer, and answer with the base offsets once the segment is uploaded and
 //! committed. One bad partition never fails the others. acks=0 gets no answer.
 
-use futures::future::join_all;
+use std::future::Future;
+use std::pin::Pin;
+
 use kafka_protocol::messages::produce_request::PartitionProduceData;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use tributary_meta::{BatchOutcome, ProducerBatch, TopicMeta};
 use tributary_protocol::batch::{split_batches, BatchError, BatchView};
-use tributary_storage::AppendBatch;
+use tributary_storage::{AppendBatch, AppendReceiver, WriteError};
 
 use super::str_bytes;
 use crate::error::{meta_error_code, rejection_code, write_error_code};
 use crate::topics::invalid_topic_name;
 use crate::Broker;
 
-pub async fn handle(
-    broker: &Broker,
-    req: ProduceRequest,
-    _version: i16,
-) -> Option<ProduceResponse> {
+/// A produce whose batches are queued; awaiting it yields the response
+/// (`None` for acks=0).
+pub type PendingProduce = Pin<Box<dyn Future<Output = Option<ProduceResponse>> + Send>>;
+
+enum Slot {
+    Ready(PartitionProduceResponse),
+    Waiting { index: i32, rx: AppendReceiver },
+}
+
+/// Phase one of a produce, run in request order on the connection: validate
+/// every partition and queue its batches with the segment writer. Phase two
+/// (the returned future) waits for the commits and may run concurrently with
+/// later requests, because the order of batches is already fixed.
+pub async fn submit(broker: &Broker, req: ProduceRequest, _version: i16) -> PendingProduce {
     let acks = req.acks;
     let transactional = req.transactional_id.is_some();
-    let topics = req.topic_data.into_iter().map(|t| async move {
+    let mut topics: Vec<(TopicName, Vec<Slot>)> = Vec::with_capacity(req.topic_data.len());
+    for t in req.topic_data {
         let name = t.name.0.to_string();
         let fail_all = |code: i16, msg: &str| {
             t.partition_data
                 .iter()
-                .map(|p| error_response(p.index, code, msg))
+                .map(|p| Slot::Ready(error_response(p.index, code, msg)))
                 .collect::<Vec<_>>()
         };
-        let partitions = if !matches!(acks, -1..=1) {
+        let slots = if !matches!(acks, -1..=1) {
             fail_all(
                 ResponseError::InvalidRequiredAcks.code(),
                 "acks must be -1, 0 or 1",
@@ -57,12 +69,11 @@ pub async fn handle(
             };
             match topic {
                 Ok(Some(topic)) => {
-                    join_all(
-                        t.partition_data
-                            .into_iter()
-                            .map(|p| produce_partition(broker, &topic, p, acks)),
-                    )
-                    .await
+                    let mut slots = Vec::with_capacity(t.partition_data.len());
+                    for p in t.partition_data {
+                        slots.push(submit_partition(broker, &topic, p, acks).await);
+                    }
+                    slots
                 }
                 Ok(None) => fail_all(
                     ResponseError::UnknownTopicOrPartition.code(),
@@ -71,15 +82,36 @@ pub async fn handle(
                 Err(e) => fail_all(meta_error_code(&e), &e.to_string()),
             }
         };
-        TopicProduceResponse::default()
-            .with_name(t.name)
-            .with_partition_responses(partitions)
-    });
-    let responses = join_all(topics).await;
-    if acks == 0 {
-        return None;
+        topics.push((t.name, slots));
     }
-    Some(ProduceResponse::default().with_responses(responses))
+    Box::pin(async move {
+        let mut responses = Vec::with_capacity(topics.len());
+        for (name, slots) in topics {
+            let mut parts = Vec::with_capacity(slots.len());
+            for slot in slots {
+                parts.push(match slot {
+                    Slot::Ready(r) => r,
+                    Slot::Waiting { index, rx } => match rx.await {
+                        Ok(Ok(outcomes)) => outcome_response(index, &outcomes),
+                        Ok(Err(e)) => error_response(index, write_error_code(&e), &e.to_string()),
+                        Err(_) => {
+                            let e = WriteError::ShuttingDown;
+                            error_response(index, write_error_code(&e), &e.to_string())
+                        }
+                    },
+                });
+            }
+            responses.push(
+                TopicProduceResponse::default()
+                    .with_name(name)
+                    .with_partition_responses(parts),
+            );
+        }
+        if acks == 0 {
+            return None;
+        }
+        Some(ProduceResponse::default().with_responses(responses))
+    })
 }
 
 fn error_response(index: i32, code: i16, message: &str) -> PartitionProduceResponse {
@@ -92,28 +124,52 @@ fn error_response(index: i32, code: i16, message: &str) -> PartitionProduceRespo
         .with_error_message(Some(str_bytes(message)))
 }
 
-async fn produce_partition(
+async fn submit_partition(
     broker: &Broker,
     topic: &TopicMeta,
     data: PartitionProduceData,
     acks: i16,
-) -> PartitionProduceResponse {
+) -> Slot {
+    match validate_partition(broker, topic, data) {
+        Err(resp) => Slot::Ready(resp),
+        Ok((index, append)) => {
+            if acks == 0 {
+                if let Err(e) = broker.writer.append_no_ack(topic.id, index, append).await {
+                    tracing::warn!(error = %e, "acks=0 append dropped");
+                }
+                return Slot::Ready(error_response(index, 0, ""));
+            }
+            match broker.writer.submit(topic.id, index, append).await {
+                Ok(rx) => Slot::Waiting { index, rx },
+                Err(e) => Slot::Ready(error_response(index, write_error_code(&e), &e.to_string())),
+            }
+        }
+    }
+}
+
+/// Check one partition's batches; `Err` is the error answer.
+#[allow(clippy::result_large_err)]
+fn validate_partition(
+    broker: &Broker,
+    topic: &TopicMeta,
+    data: PartitionProduceData,
+) -> Result<(i32, Vec<AppendBatch>), PartitionProduceResponse> {
     let index = data.index;
     if index < 0 || index >= topic.partitions {
-        return error_response(
+        return Err(error_response(
             index,
             ResponseError::UnknownTopicOrPartition.code(),
             "unknown partition",
-        );
+        ));
     }
     let records = data.records.unwrap_or_default();
     let batches = match split_batches(&records) {
         Ok(b) if b.is_empty() => {
-            return error_response(
+            return Err(error_response(
                 index,
                 ResponseError::CorruptMessage.code(),
                 "no record batch in request",
-            )
+            ))
         }
         Ok(b) => b,
         Err(e) => {
@@ -131,7 +187,7 @@ async fn produce_partition(
                 | BatchError::Decode(_) => ResponseError::CorruptMessage.code(),
             };
             tracing::debug!(topic = %topic.name, partition = index, error = %e, "rejected record batch");
-            return error_response(index, code, &e.to_string());
+            return Err(error_response(index, code, &e.to_string()));
         }
     };
     let max_bytes = topic
@@ -140,36 +196,26 @@ async fn produce_partition(
         .and_then(|v| v.parse::<i64>().ok())
         .unwrap_or(broker.config.max_message_bytes);
     if let Some(big) = batches.iter().find(|b| b.bytes.len() as i64 > max_bytes) {
-        return error_response(
+        return Err(error_response(
             index,
             ResponseError::MessageTooLarge.code(),
             &format!(
                 "record batch of {} bytes exceeds max.message.bytes={max_bytes}",
                 big.bytes.len()
             ),
-        );
+        ));
     }
     if batches
         .iter()
         .any(|b| b.header.is_transactional() || b.header.is_control())
     {
-        return error_response(
+        return Err(error_response(
             index,
             ResponseError::InvalidRecord.code(),
             "transactional and control batches are not supported",
-        );
+        ));
     }
-    let append: Vec<AppendBatch> = batches.iter().map(append_batch).collect();
-    if acks == 0 {
-        if let Err(e) = broker.writer.append_no_ack(topic.id, index, append).await {
-            tracing::warn!(error = %e, "acks=0 append dropped");
-        }
-        return error_response(index, 0, "");
-    }
-    match broker.writer.append(topic.id, index, append).await {
-        Ok(outcomes) => outcome_response(index, &outcomes),
-        Err(e) => error_response(index, write_error_code(&e), &e.to_string()),
-    }
+    Ok((index, batches.iter().map(append_batch).collect()))
 }
 
 fn outcome_response(index: i32, outcomes: &[BatchOutcome]) -> PartitionProduceResponse {

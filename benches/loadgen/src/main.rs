@@ -1,0 +1,268 @@
+//! Load generator for Tributary (or any Kafka-compatible broker), using
+//! librdkafka through the `rdkafka` crate.
+//!
+//! Phases: (1) produce `--records` records of `--record-size` bytes as fast as
+//! possible and report MB/s; (2) consume them back from the beginning and
+//! report MB/s; (3) produce at a moderate fixed `--rate` for `--latency-secs`
+//! and report delivery latency percentiles (send → acknowledgement, acks=all).
+//! If `--objects-dir` is given, the segment objects written during the
+//! produce phase are counted to report objects per GiB.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+#[derive(Parser, Debug)]
+#[command(about = "Produce/consume throughput and latency against a Kafka-compatible broker")]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    #[arg(long, default_value = "bench")]
+    topic: String,
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    #[arg(long, default_value_t = 500_000)]
+    records: usize,
+    #[arg(long, default_value_t = 1024)]
+    record_size: usize,
+    /// Records per second in the latency phase.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    #[arg(long, default_value_t = 10)]
+    latency_secs: u64,
+    /// compression.type for the producer.
+    #[arg(long, default_value = "none")]
+    compression: String,
+    /// Directory holding the broker's segment objects (file:// store).
+    #[arg(long)]
+    objects_dir: Option<PathBuf>,
+}
+
+/// Records delivery latencies (µs) and failures.
+#[derive(Default)]
+struct Stats {
+    latencies_us: Mutex<Vec<u64>>,
+    failures: Mutex<u64>,
+}
+
+struct LatencyContext(Arc<Stats>);
+
+impl ClientContext for LatencyContext {}
+
+impl ProducerContext for LatencyContext {
+    type DeliveryOpaque = Box<Instant>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
+        match result {
+            Ok(_) => {
+                let us = sent.elapsed().as_micros() as u64;
+                if let Ok(mut l) = self.0.latencies_us.lock() {
+                    l.push(us);
+                }
+            }
+            Err(_) => {
+                if let Ok(mut f) = self.0.failures.lock() {
+                    *f += 1;
+                }
+            }
+        }
+    }
+}
+
+fn producer(args: &Args, stats: Arc<Stats>) -> Result<ThreadedProducer<LatencyContext>> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("compression.type", &args.compression)
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("queue.buffering.max.messages", "1000000")
+        .create_with_context(LatencyContext(stats))
+        .context("create producer")
+}
+
+fn count_objects(dir: &Path) -> (u64, u64) {
+    let mut n = 0;
+    let mut bytes = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else if e.path().extension().is_some_and(|x| x == "seg") {
+                n += 1;
+                bytes += meta.len();
+            }
+        }
+    }
+    (n, bytes)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx] as f64 / 1000.0
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let runtime_admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .create()
+        .context("create admin client")?;
+    let topic = NewTopic::new(&args.topic, args.partitions, TopicReplication::Fixed(1));
+    let results =
+        futures::executor::block_on(runtime_admin.create_topics([&topic], &AdminOptions::new()))
+            .context("create topic")?;
+    for r in results {
+        if let Err((name, code)) = r {
+            if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
+                bail!("create topic {name}: {code}");
+            }
+        }
+    }
+    let payload = vec![b'x'; args.record_size];
+    let before = args.objects_dir.as_deref().map(count_objects);
+
+    // Phase 1: produce throughput.
+    let stats = Arc::new(Stats::default());
+    let p = producer(&args, stats.clone())?;
+    let start = Instant::now();
+    for i in 0..args.records {
+        let key = (i % 1024).to_string();
+        let mut record = BaseRecord::with_opaque_to(&args.topic, Box::new(Instant::now()))
+            .key(&key)
+            .payload(&payload);
+        loop {
+            match p.send(record) {
+                Ok(()) => break,
+                Err((e, r)) => {
+                    if !matches!(
+                        e.rdkafka_error_code(),
+                        Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                    ) {
+                        bail!("produce failed: {e}");
+                    }
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(120)).context("flush")?;
+    let produce_secs = start.elapsed().as_secs_f64();
+    let failures = *stats
+        .failures
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let produced_mb = (args.records * args.record_size) as f64 / 1e6;
+    let after = args.objects_dir.as_deref().map(count_objects);
+    drop(p);
+
+    // Phase 2: consume throughput from the beginning.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .set("group.id", format!("bench-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .context("create consumer")?;
+    let mut tpl = TopicPartitionList::new();
+    for part in 0..args.partitions {
+        tpl.add_partition_offset(&args.topic, part, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let start = Instant::now();
+    let mut consumed = 0usize;
+    let mut bytes = 0usize;
+    let target = args.records;
+    while consumed < target {
+        if start.elapsed() > Duration::from_secs(300) {
+            bail!("consume timed out after {consumed} records");
+        }
+        if let Some(m) = consumer.poll(Duration::from_millis(500)) {
+            let m = m.context("consume")?;
+            bytes += m.payload().map_or(0, |p| p.len());
+            consumed += 1;
+        }
+    }
+    let consume_secs = start.elapsed().as_secs_f64();
+
+    // Phase 3: latency at a fixed moderate rate.
+    let lat_stats = Arc::new(Stats::default());
+    let p = producer(&args, lat_stats.clone())?;
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    let start = Instant::now();
+    let mut next = start;
+    let mut sent = 0u64;
+    while start.elapsed() < Duration::from_secs(args.latency_secs) {
+        let record = BaseRecord::with_opaque_to(&args.topic, Box::new(Instant::now()))
+            .key("lat")
+            .payload(&payload);
+        if p.send(record).is_ok() {
+            sent += 1;
+        }
+        next += interval;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    p.flush(Duration::from_secs(60)).context("flush")?;
+    let mut lat = lat_stats
+        .latencies_us
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    lat.sort_unstable();
+
+    println!("| metric | value |");
+    println!("|---|---|");
+    println!("| records | {} x {} B |", args.records, args.record_size);
+    println!(
+        "| produce throughput (acks=all) | {:.1} MB/s ({:.0} records/s), {} failed |",
+        produced_mb / produce_secs,
+        args.records as f64 / produce_secs,
+        failures
+    );
+    println!(
+        "| consume throughput | {:.1} MB/s ({:.0} records/s) |",
+        bytes as f64 / 1e6 / consume_secs,
+        consumed as f64 / consume_secs
+    );
+    println!(
+        "| produce latency at {} records/s | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} sent) |",
+        args.rate,
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0),
+        sent
+    );
+    if let (Some((n0, b0)), Some((n1, b1))) = (before, after) {
+        let gib = (args.records * args.record_size) as f64 / (1u64 << 30) as f64;
+        println!(
+            "| segment objects written in produce phase | {} objects, {:.1} MiB, {:.0} objects/GiB, avg {:.2} MiB/object |",
+            n1 - n0,
+            (b1 - b0) as f64 / (1 << 20) as f64,
+            (n1 - n0) as f64 / gib,
+            (b1 - b0) as f64 / (1 << 20) as f64 / ((n1 - n0).max(1)) as f64
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The project's test command (README: ./scripts/test.sh). Idempotent; works
+# as root on a fresh Debian machine:
+#   1. installs kcat (apt) if missing and a cached Python venv with
+#      tests/python/requirements.txt,
+#   2. cargo fmt --check, clippy -D warnings, release build of the broker,
+#   3. cargo test --workspace (Rust unit + end-to-end tests with rdkafka),
+#   4. pytest tests/python (confluent-kafka and kcat against the release binary).
+# Every step runs even if an earlier one failed (except those that need its
+# output); the exit code is non-zero if any step failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tributary/target}
+CACHE_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/tributary
+REQUIREMENTS=tests/python/requirements.txt
+PYTHON=${PYTHON:-python3}
+
+SUMMARY=()
+FAILED=0
+
+log() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+# step NAME CMD...: runs CMD, records PASS/FAIL with its duration.
+step() {
+    local name=$1
+    shift
+    log "$name"
+    local start=$SECONDS
+    if "$@"; then
+        SUMMARY+=("PASS  $name ($((SECONDS - start))s)")
+        return 0
+    else
+        local rc=$?
+        SUMMARY+=("FAIL  $name (exit $rc, $((SECONDS - start))s)")
+        FAILED=1
+        return $rc
+    fi
+}
+
+skip() {
+    SUMMARY+=("SKIP  $1 ($2)")
+    FAILED=1
+}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+APT_UPDATED=0
+apt_install() {
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        as_root apt-get update -qq || return 1
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@"
+}
+
+install_kcat() {
+    if command -v kcat >/dev/null 2>&1; then
+        echo "kcat present: $(kcat -V 2>&1 | grep -m1 -i 'librdkafka' || echo unknown version)"
+        return 0
+    fi
+    apt_install kcat && kcat -V >/dev/null
+}
+
+# A venv per requirements file content, reused across runs.
+VENV=""
+setup_venv() {
+    if ! command -v "$PYTHON" >/dev/null 2>&1 || ! "$PYTHON" -m venv --help >/dev/null 2>&1; then
+        apt_install python3 python3-venv python3-pip || return 1
+        PYTHON=python3
+    fi
+    local sha
+    sha=$(sha256sum "$REQUIREMENTS" | cut -c1-16)
+    VENV=$CACHE_DIR/venv-$sha
+    if [ -f "$VENV/.complete" ] &&
+        "$VENV/bin/python" -c 'import confluent_kafka, pytest' >/dev/null 2>&1; then
+        echo "venv cached: $VENV"
+        return 0
+    fi
+    rm -rf "$VENV"
+    mkdir -p "$CACHE_DIR"
+    "$PYTHON" -m venv "$VENV" &&
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQUIREMENTS" &&
+        "$VENV/bin/python" -c 'import confluent_kafka, pytest' &&
+        touch "$VENV/.complete"
+}
+
+cargo_tests() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        # nextest does not run doctests; run them separately.
+        cargo nextest run --workspace --no-fail-fast && cargo test --workspace --doc
+    else
+        cargo test --workspace --no-fail-fast
+    fi
+}
+
+python_tests() {
+    TRIBUTARY_BIN="$CARGO_TARGET_DIR/release/tributary" \
+        "$VENV/bin/python" -m pytest "$ROOT/tests/python" -v
+}
+
+step "install kcat" install_kcat
+VENV_OK=0
+step "python venv ($REQUIREMENTS)" setup_venv && VENV_OK=1
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
+BUILD_OK=0
+step "cargo build --release -p tributary-cli" cargo build --release -p tributary-cli && BUILD_OK=1
+step "cargo test --workspace" cargo_tests
+if [ "$BUILD_OK" -eq 1 ] && [ "$VENV_OK" -eq 1 ]; then
+    step "pytest tests/python" python_tests
+else
+    skip "pytest tests/python" "needs the release build and the venv"
+fi
+
+printf '\n\033[1m==> summary\033[0m\n'
+printf '%s\n' "${SUMMARY[@]}"
+if [ "$FAILED" -ne 0 ]; then
+    echo "RESULT: FAILED"
+    exit 1
+fi
+echo "RESULT: all steps passed"

@@ -1,0 +1,189 @@
+"""Fixtures for end-to-end tests with real Kafka clients (confluent-kafka, kcat).
+
+Each test gets its own `tributary serve` process on a free 127.0.0.1 port
+with a temporary data directory; it is stopped with SIGTERM afterwards. The
+binary is $TRIBUTARY_BIN, else $CARGO_TARGET_DIR/{release,debug}/tributary
+(CARGO_TARGET_DIR defaults to ~/.cache/tributary/target). The broker's
+stderr goes to a file in the data dir and is printed when a test fails.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+READY_TIMEOUT_S = 30.0
+EXAMPLES_PORT = 9092
+
+
+def broker_bin() -> Path:
+    explicit = os.environ.get("TRIBUTARY_BIN")
+    if explicit:
+        return Path(explicit)
+    target = Path(
+        os.environ.get("CARGO_TARGET_DIR")
+        or Path.home() / ".cache" / "tributary" / "target"
+    )
+    for profile in ("release", "debug"):
+        candidate = target / profile / "tributary"
+        if candidate.exists():
+            return candidate
+    return target / "release" / "tributary"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    # Also nothing may answer on localhost's IPv6 address: the examples use
+    # "localhost", and librdkafka may try ::1 first.
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        try:
+            s.connect(("::1", port))
+        except OSError:
+            return True
+    return False
+
+
+class Broker:
+    """A running `tributary serve` process."""
+
+    def __init__(self, data_dir: Path, port: int, extra_args=()):
+        self.bin = broker_bin()
+        if not self.bin.exists():
+            pytest.fail(
+                f"broker binary {self.bin} not found: build it "
+                "(cargo build --release -p tributary-cli) or set TRIBUTARY_BIN"
+            )
+        self.data_dir = data_dir
+        self.port = port
+        self.extra_args = list(extra_args)
+        self.log_path = data_dir / "broker-stderr.log"
+        self.proc = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self):
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.setdefault("RUST_LOG", "info")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    str(self.bin),
+                    "serve",
+                    "--listen",
+                    self.bootstrap,
+                    "--data-dir",
+                    str(self.data_dir),
+                    *self.extra_args,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+            )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(
+                    f"broker exited with {self.proc.returncode} before accepting "
+                    f"connections\n{self.logs()}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(
+                    f"broker did not listen on {self.bootstrap} within "
+                    f"{READY_TIMEOUT_S}s\n{self.logs()}"
+                )
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        """SIGTERM, wait up to 30 s (then SIGKILL); returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=READY_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"broker ignored SIGTERM for {READY_TIMEOUT_S}s\n{self.logs()}")
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def logs(self, tail: int = 200) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError as e:
+            return f"<cannot read {self.log_path}: {e}>"
+        return "\n".join(lines[-tail:])
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    # Lets fixtures see whether the test failed (to print broker logs).
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def _run_broker(request, data_dir: Path, port: int, extra_args=()):
+    broker = Broker(data_dir, port, extra_args).start()
+    try:
+        yield broker
+    finally:
+        code = broker.stop()
+        failed = any(
+            getattr(getattr(request.node, f"rep_{when}", None), "failed", False)
+            for when in ("setup", "call")
+        )
+        if failed or code not in (0, None):
+            print(f"\n----- broker log (exit {code}) -----\n{broker.logs()}\n-----")
+
+
+@pytest.fixture
+def broker(request, tmp_path):
+    """A broker on a free port, auto-creating topics (the default)."""
+    yield from _run_broker(request, tmp_path / "data", free_port())
+
+
+@pytest.fixture
+def broker_no_autocreate(request, tmp_path):
+    """A broker on a free port with topic auto-creation switched off."""
+    yield from _run_broker(
+        request, tmp_path / "data", free_port(), ["--auto-create-topics", "false"]
+    )
+
+
+@pytest.fixture
+def broker_9092(request, tmp_path):
+    """A broker on 127.0.0.1:9092, for examples that hard-code localhost:9092."""
+    if not port_is_free(EXAMPLES_PORT):
+        pytest.fail(
+            f"port {EXAMPLES_PORT} is in use: the README examples need it "
+            "(stop whatever listens there)"
+        )
+    yield from _run_broker(request, tmp_path / "data", EXAMPLES_PORT)
