@@ -139,6 +139,8 @@ async fn run_request(
     let broker = broker.clone();
     match request {
         RequestKind::Produce(req) => {
+            // The task yields the still-pending second phase on purpose.
+            #[allow(clippy::async_yields_async)]
             let queued = tokio::spawn(
                 async move { apis::produce::submit(&broker, req, version).await }
                     .instrument(span.clone()),
