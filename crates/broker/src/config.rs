@@ -85,3 +85,34 @@ impl BrokerConfig {
         m
     }
 }
+
+/// Check a topic config value; `Err` names the problem.
+pub fn validate_topic_config(key: &str, value: &str) -> Result<(), String> {
+    let number = |min: i64| match value.parse::<i64>() {
+        Ok(v) if v >= min => Ok(()),
+        _ => Err(format!("{key} must be an integer >= {min}, got {value:?}")),
+    };
+    match key {
+        "retention.ms" | "retention.bytes" => number(-1),
+        "max.message.bytes" => number(0),
+        "segment.bytes" | "segment.ms" => number(1),
+        "min.insync.replicas" => number(1),
+        "cleanup.policy" => match value {
+            "delete" | "compact" | "compact,delete" | "delete,compact" => Ok(()),
+            _ => Err(format!(
+                "cleanup.policy must be delete and/or compact, got {value:?}"
+            )),
+        },
+        "compression.type" => match value {
+            "producer" | "uncompressed" | "none" | "gzip" | "snappy" | "lz4" | "zstd" => Ok(()),
+            _ => Err(format!("unknown compression.type {value:?}")),
+        },
+        "message.timestamp.type" => match value {
+            "CreateTime" | "LogAppendTime" => Ok(()),
+            _ => Err(format!(
+                "message.timestamp.type must be CreateTime or LogAppendTime, got {value:?}"
+            )),
+        },
+        other => Err(format!("unknown topic config {other}")),
+    }
+}

@@ -34,6 +34,9 @@ pub const BROKER_APIS: &[ApiSpec] = &[
     spec(ApiKey::DescribeConfigs, 1, 4),
     spec(ApiKey::CreatePartitions, 0, 3),
     spec(ApiKey::DescribeCluster, 0, 1),
+    spec(ApiKey::DeleteRecords, 0, 2),
+    spec(ApiKey::AlterConfigs, 0, 2),
+    spec(ApiKey::IncrementalAlterConfigs, 0, 1),
 ];
 
 /// Every supported API: the broker's and the group coordinator's.
@@ -120,6 +123,15 @@ pub async fn handle(
         RequestKind::InitProducerId(r) => {
             ResponseKind::InitProducerId(apis::init_producer_id::handle(broker, r, version).await)
         }
+        RequestKind::DeleteRecords(r) => {
+            ResponseKind::DeleteRecords(apis::delete_records::handle(broker, r, version).await)
+        }
+        RequestKind::AlterConfigs(r) => {
+            ResponseKind::AlterConfigs(apis::alter_configs::alter_configs(broker, r, version).await)
+        }
+        RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
+            apis::alter_configs::incremental_alter_configs(broker, r, version).await,
+        ),
         RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(
             g.join_group(r, version, &ctx.client_id, &ctx.peer.ip().to_string())
                 .await,

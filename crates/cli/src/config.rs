@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde::Deserialize;
 use tributary_broker::BrokerConfig;
-use tributary_storage::WriterConfig;
+use tributary_storage::{MaintenanceConfig, WriterConfig};
 
 /// Flags of `tributary serve`. Each also reads `TRIBUTARY_<NAME>`.
 #[derive(Args, Debug, Default)]
@@ -56,6 +56,18 @@ pub struct ServeArgs {
     /// Broker id reported to clients [default: 0].
     #[arg(long, env = "TRIBUTARY_NODE_ID")]
     pub node_id: Option<i32>,
+    /// Time between retention/compaction/janitor passes [default: 30000].
+    #[arg(long, env = "TRIBUTARY_MAINTENANCE_INTERVAL_MS")]
+    pub maintenance_interval_ms: Option<u64>,
+    /// How long unreferenced segments and orphan uploads are kept before deletion [default: 600000].
+    #[arg(long, env = "TRIBUTARY_SEGMENT_GRACE_MS")]
+    pub segment_grace_ms: Option<u64>,
+    /// Merge small segments into per-partition objects [default: true].
+    #[arg(long, env = "TRIBUTARY_COMPACTION")]
+    pub compaction: Option<bool>,
+    /// Only compact data older than this [default: 60000].
+    #[arg(long, env = "TRIBUTARY_COMPACTION_MIN_AGE_MS")]
+    pub compaction_min_age_ms: Option<u64>,
 }
 
 /// The same keys, from a TOML file.
@@ -75,6 +87,10 @@ struct FileConfig {
     max_request_bytes: Option<usize>,
     cache_bytes: Option<u64>,
     node_id: Option<i32>,
+    maintenance_interval_ms: Option<u64>,
+    segment_grace_ms: Option<u64>,
+    compaction: Option<bool>,
+    compaction_min_age_ms: Option<u64>,
 }
 
 /// Resolved settings.
@@ -89,6 +105,7 @@ pub struct Settings {
     pub cache_block_bytes: u64,
     pub writer: WriterConfig,
     pub broker: BrokerConfig,
+    pub maintenance: MaintenanceConfig,
 }
 
 impl Settings {
@@ -166,7 +183,28 @@ impl Settings {
         if let Some(v) = args.node_id.or(file.node_id) {
             broker.node_id = v;
         }
+        let defaults = MaintenanceConfig::default();
+        let maintenance = MaintenanceConfig {
+            interval: args
+                .maintenance_interval_ms
+                .or(file.maintenance_interval_ms)
+                .map_or(defaults.interval, Duration::from_millis),
+            grace: args
+                .segment_grace_ms
+                .or(file.segment_grace_ms)
+                .map_or(defaults.grace, Duration::from_millis),
+            compaction: args
+                .compaction
+                .or(file.compaction)
+                .unwrap_or(defaults.compaction),
+            min_age: args
+                .compaction_min_age_ms
+                .or(file.compaction_min_age_ms)
+                .map_or(defaults.min_age, Duration::from_millis),
+            ..defaults
+        };
         Ok(Self {
+            maintenance,
             listen,
             advertised,
             data_dir,

@@ -9,10 +9,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use tributary_broker::Broker;
 use tributary_meta::{MetadataStore, SqliteStore};
-use tributary_storage::{open_object_store, Fetcher, ReadCache, SegmentWriter, Watermarks};
+use tributary_storage::{
+    open_object_store, Fetcher, Maintenance, ReadCache, SegmentWriter, Watermarks,
+};
 
 #[derive(Parser)]
 #[command(
@@ -66,13 +69,21 @@ async fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
     );
     let watermarks = Watermarks::new();
     let writer = SegmentWriter::start(
-        store,
+        store.clone(),
         meta.clone(),
         cache.clone(),
         watermarks.clone(),
         settings.writer.clone(),
     );
-    let fetcher = Fetcher::new(meta.clone(), cache);
+    let fetcher = Fetcher::new(meta.clone(), cache.clone());
+    let maintenance_stop = CancellationToken::new();
+    let maintenance = Maintenance::new(
+        meta.clone(),
+        store.clone(),
+        cache,
+        settings.maintenance.clone(),
+    )
+    .spawn(maintenance_stop.clone());
     let listener = TcpListener::bind(&settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -92,6 +103,10 @@ async fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
     );
     let broker = Broker::new(broker_config, meta, writer, fetcher, watermarks);
     tributary_broker::server::run(listener, broker, shutdown_signal()).await;
+    maintenance_stop.cancel();
+    if let Err(e) = maintenance.await {
+        tracing::warn!(error = %e, "maintenance task ended abnormally");
+    }
     Ok(())
 }
 

@@ -49,14 +49,17 @@ impl Fetcher {
         &self.cache
     }
 
-    /// Read batches of one partition starting at the batch containing
-    /// `offset`, up to about `max_bytes` (at least one batch).
+    /// Read whole batches of one partition starting at the batch containing
+    /// `offset`, at most `max_bytes` of them — except that with
+    /// `at_least_one` the first batch is returned even if it is bigger (Kafka
+    /// lets only the first batch of a response exceed the limits).
     pub async fn read(
         &self,
         topic_id: Uuid,
         partition: i32,
         offset: i64,
         max_bytes: usize,
+        at_least_one: bool,
     ) -> Result<FetchedPartition, ReadError> {
         let offsets = self.meta.partition_offsets(topic_id, partition).await?;
         if offset < offsets.log_start_offset || offset > offsets.next_offset {
@@ -78,7 +81,7 @@ impl Fetcher {
             }
             for entry in entries {
                 let done = self
-                    .append_entry(&entry, &mut cursor, &mut out, max_bytes)
+                    .append_entry(&entry, &mut cursor, &mut out, max_bytes, at_least_one)
                     .await?;
                 if done {
                     break 'pages;
@@ -164,6 +167,7 @@ impl Fetcher {
         cursor: &mut i64,
         out: &mut BytesMut,
         max_bytes: usize,
+        at_least_one: bool,
     ) -> Result<bool, ReadError> {
         let corrupt = |reason: String| ReadError::Corrupt {
             key: entry.segment_key.clone(),
@@ -176,7 +180,7 @@ impl Fetcher {
             let count = batch.header.offset_count();
             let last = base + count - 1;
             if last >= *cursor {
-                if !out.is_empty() && out.len() + batch.bytes.len() > max_bytes {
+                if (!out.is_empty() || !at_least_one) && out.len() + batch.bytes.len() > max_bytes {
                     return Ok(true);
                 }
                 let start = out.len();

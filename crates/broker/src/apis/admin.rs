@@ -2,7 +2,6 @@
 //! DescribeCluster.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::{
@@ -21,22 +20,18 @@ use kafka_protocol::messages::{
 use kafka_protocol::ResponseError;
 
 use super::{str_bytes, topic_name};
+use crate::config::validate_topic_config;
 use crate::error::meta_error_code;
 use crate::topics::invalid_topic_name;
 use crate::Broker;
 
-const RESOURCE_TOPIC: i8 = 2;
-const RESOURCE_BROKER: i8 = 4;
+pub(crate) const RESOURCE_TOPIC: i8 = 2;
+pub(crate) const RESOURCE_BROKER: i8 = 4;
 const SOURCE_DYNAMIC_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 /// Largest partition count one request may ask for.
 const MAX_PARTITIONS: i32 = 10_000;
-
-/// Topic config keys accepted by CreateTopics and AlterConfigs.
-fn known_topic_config(broker: &Broker, key: &str) -> bool {
-    broker.config.topic_defaults().contains_key(key)
-}
 
 pub async fn create_topics(
     broker: &Broker,
@@ -88,12 +83,13 @@ pub async fn create_topics(
         let mut bad = None;
         for c in &t.configs {
             let key = c.name.to_string();
-            match &c.value {
-                Some(v) if known_topic_config(broker, &key) => {
-                    configs.insert(key, v.to_string());
+            if let Some(v) = &c.value {
+                match validate_topic_config(&key, v.as_str()) {
+                    Ok(()) => {
+                        configs.insert(key, v.to_string());
+                    }
+                    Err(msg) => bad = Some(msg),
                 }
-                Some(_) => bad = Some(format!("unknown topic config {key}")),
-                None => {}
             }
         }
         if let Some(msg) = bad {
@@ -170,8 +166,9 @@ pub async fn delete_topics(
         match broker.meta.delete_topic(&name).await {
             Ok(orphans) => {
                 broker.topics.invalidate(&name).await;
+                // The segments are now dead; the janitor deletes their objects
+                // after the grace period (readers may be mid-GET).
                 tracing::info!(topic = %name, segments = orphans.len(), "deleted topic");
-                delete_objects(broker.fetcher.cache().store(), orphans);
                 responses.push(result);
             }
             Err(e) => responses.push(
@@ -182,24 +179,6 @@ pub async fn delete_topics(
         }
     }
     DeleteTopicsResponse::default().with_responses(responses)
-}
-
-/// Delete segment objects no index entry points to any more, in the
-/// background. Failures are only logged: the janitor retries later.
-fn delete_objects(store: Arc<dyn tributary_storage::object_store::ObjectStore>, keys: Vec<String>) {
-    if keys.is_empty() {
-        return;
-    }
-    tokio::spawn(async move {
-        for key in keys {
-            let path = tributary_storage::keys::path(&key);
-            if let Err(e) =
-                tributary_storage::object_store::ObjectStoreExt::delete(store.as_ref(), &path).await
-            {
-                tracing::warn!(segment = %key, error = %e, "deleting segment of deleted topic failed");
-            }
-        }
-    });
 }
 
 pub async fn create_partitions(

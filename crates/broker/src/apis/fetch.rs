@@ -80,13 +80,20 @@ async fn read_all(broker: &Broker, req: &FetchRequest) -> (FetchResponse, i64, b
                 }
             };
             let limit = (p.partition_max_bytes.max(0) as i64).min(budget);
+            // Only the response's first batch may exceed the limits.
             if limit <= 0 && total > 0 {
                 parts.push(base.with_records(Some(Default::default())));
                 continue;
             }
             match broker
                 .fetcher
-                .read(topic.id, p.partition, p.fetch_offset, limit.max(1) as usize)
+                .read(
+                    topic.id,
+                    p.partition,
+                    p.fetch_offset,
+                    limit.max(0) as usize,
+                    total == 0,
+                )
                 .await
             {
                 Ok(read) => {

@@ -3,6 +3,8 @@
 //! per-partition error codes.
 
 pub mod admin;
+pub mod alter_configs;
+pub mod delete_records;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod init_producer_id;
