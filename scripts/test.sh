@@ -89,6 +89,8 @@ setup_venv() {
 }
 
 cargo_tests() {
+    # The s3:// tests (tests/rust/s3_*.rs) start moto_server from this venv.
+    if [ -n "$VENV" ]; then export TRIBUTARY_VENV=$VENV; fi
     if cargo nextest --version >/dev/null 2>&1; then
         # nextest does not run doctests; run them separately.
         cargo nextest run --workspace --no-fail-fast && cargo test --workspace --doc

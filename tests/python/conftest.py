@@ -187,3 +187,23 @@ def broker_9092(request, tmp_path):
             "(stop whatever listens there)"
         )
     yield from _run_broker(request, tmp_path / "data", EXAMPLES_PORT)
+
+
+@pytest.fixture
+def broker_with_args(request, tmp_path):
+    """Factory: `broker_with_args("--max-message-bytes", "5000")` starts a
+    broker on a free port with extra `serve` arguments (stopped after the
+    test). At most one broker per test."""
+    gens = []
+
+    def start(*extra_args):
+        assert not gens, "broker_with_args supports one broker per test"
+        gen = _run_broker(request, tmp_path / "data", free_port(), extra_args)
+        gens.append(gen)
+        return next(gen)
+
+    yield start
+    for gen in gens:
+        # Runs _run_broker's finally: stop + print logs on failure.
+        for _ in gen:
+            pass

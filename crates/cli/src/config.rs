@@ -9,7 +9,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde::Deserialize;
 use tributary_broker::BrokerConfig;
-use tributary_storage::{MaintenanceConfig, WriterConfig};
+use tributary_storage::wrappers::FaultConfig;
+use tributary_storage::{parse_fault_spec, MaintenanceConfig, WriterConfig};
 
 /// Flags of `tributary serve`. Each also reads `TRIBUTARY_<NAME>`.
 #[derive(Args, Debug, Default)]
@@ -68,6 +69,10 @@ pub struct ServeArgs {
     /// Only compact data older than this [default: 60000].
     #[arg(long, env = "TRIBUTARY_COMPACTION_MIN_AGE_MS")]
     pub compaction_min_age_ms: Option<u64>,
+    /// TESTING ONLY: inject object-store faults, e.g.
+    /// `put_fail=0.1,get_fail=0.1,put_lost=0.05,latency_ms=5-50,seed=7`.
+    #[arg(long, env = "TRIBUTARY_INJECT_FAULTS", hide = true)]
+    pub inject_faults: Option<String>,
 }
 
 /// The same keys, from a TOML file.
@@ -106,6 +111,7 @@ pub struct Settings {
     pub writer: WriterConfig,
     pub broker: BrokerConfig,
     pub maintenance: MaintenanceConfig,
+    pub faults: Option<FaultConfig>,
 }
 
 impl Settings {
@@ -203,7 +209,14 @@ impl Settings {
                 .map_or(defaults.min_age, Duration::from_millis),
             ..defaults
         };
+        let faults = match &args.inject_faults {
+            Some(spec) => Some(
+                parse_fault_spec(spec).map_err(|e| anyhow::anyhow!("bad --inject-faults: {e}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
+            faults,
             maintenance,
             listen,
             advertised,

@@ -3,6 +3,7 @@
 //! `TRIBUTARY_*` environment → flags).
 
 mod config;
+mod init;
 
 use std::sync::Arc;
 
@@ -14,7 +15,8 @@ use tracing_subscriber::EnvFilter;
 use tributary_broker::Broker;
 use tributary_meta::{MetadataStore, SqliteStore};
 use tributary_storage::{
-    open_object_store, Fetcher, Maintenance, ReadCache, SegmentWriter, Watermarks,
+    open_object_store_with, wrappers::RetryPolicy, Fetcher, Maintenance, ReadCache, SegmentWriter,
+    Watermarks,
 };
 
 #[derive(Parser)]
@@ -31,7 +33,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a broker.
-    Serve(config::ServeArgs),
+    Serve(init::CheckedArgs),
+    /// Check (and with --create-bucket prepare) the object store, then exit.
+    Init(init::CheckedArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,12 +51,14 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(args.serve, args.create_bucket)),
+        Command::Init(args) => runtime.block_on(init::run(args)),
     }
 }
 
-async fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<()> {
     let settings = config::Settings::resolve(args)?;
+    init::check_serve(&settings.object_store, create_bucket).await?;
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
     let meta: Arc<dyn MetadataStore> = Arc::new(
@@ -60,8 +66,16 @@ async fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot open metadata store {}", settings.metadata))?,
     );
-    let store = open_object_store(&settings.object_store)
-        .with_context(|| format!("cannot open object store {}", settings.object_store))?;
+    let opened = open_object_store_with(
+        &settings.object_store,
+        settings.faults.clone(),
+        RetryPolicy::default(),
+    )
+    .with_context(|| format!("cannot open object store {}", settings.object_store))?;
+    if let Some(faults) = &settings.faults {
+        tracing::warn!(?faults, "object-store fault injection is ON (testing only)");
+    }
+    let store = opened.store.clone();
     let cache = ReadCache::new(
         store.clone(),
         settings.cache_bytes,

@@ -26,6 +26,18 @@
 //! - `create_topic` with fewer than one partition is
 //!   [`MetaError::InvalidPartitions`] with `current = 0`.
 //! - Producer sequences wrap from `i32::MAX` to 0.
+//! - Segments are alive while an index entry points into them and dead from
+//!   the call that removed their last entry (at its `now_ms`; at the wall
+//!   clock for `delete_topic` and for commits that produced no entry) until
+//!   forgotten. `segment_committed` is true for dead segments,
+//!   `list_segments` lists live ones only, `forget_segments` ignores live
+//!   ones, `unknown_segments` answers in input order.
+//! - Time retention drops leading entries only, stopping at the first one
+//!   that is not expired (as Kafka does); a straddling first entry counts
+//!   whole toward `retention.bytes`; both limits are strict ("older than",
+//!   "exceed").
+//! - `compaction_candidates` skips large entries and lone small entries and
+//!   returns the lowest run of at least two.
 //!
 //! Persistence across restarts is backend-specific and tested by each
 //! backend itself.
@@ -33,6 +45,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
@@ -63,6 +76,16 @@ where
     unknown_partition_errors(&*make().await).await;
     concurrent_commits(&*make().await).await;
     group_offsets(&*make().await).await;
+    entryless_commit_is_dead(&*make().await).await;
+    retention_by_time(&*make().await).await;
+    retention_by_bytes(&*make().await).await;
+    retention_keeps_newest_and_never_moves_back(&*make().await).await;
+    delete_records_then_drop_expired(&*make().await).await;
+    dead_segments_grace_and_forget(&*make().await).await;
+    unknown_segments(&*make().await).await;
+    compaction_candidates(&*make().await).await;
+    replace_entries_swaps(&*make().await).await;
+    replace_entries_refuses_stale(&*make().await).await;
 }
 
 // ---------------------------------------------------------------- helpers
@@ -178,6 +201,52 @@ async fn entries(
         .index_entries(topic_id, partition, from, usize::MAX)
         .await
         .unwrap_or_else(|e| panic!("index_entries {topic_id}/{partition} failed: {e}"))
+}
+
+/// Wall-clock milliseconds since the epoch.
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).expect("wall clock fits in i64"))
+        .expect("wall clock after 1970")
+}
+
+/// Keys of the segments dead at or before `before_ms`.
+async fn dead_keys(store: &dyn MetadataStore, before_ms: i64) -> BTreeSet<String> {
+    store
+        .dead_segments(before_ms, usize::MAX)
+        .await
+        .unwrap_or_else(|e| panic!("dead_segments {before_ms} failed: {e}"))
+        .into_iter()
+        .map(|d| d.key)
+        .collect()
+}
+
+fn keys(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|k| (*k).to_owned()).collect()
+}
+
+/// `(base_offset, last_offset, segment_key)` of each entry.
+fn spans(entries: &[IndexEntry]) -> Vec<(i64, i64, String)> {
+    entries
+        .iter()
+        .map(|e| (e.base_offset, e.last_offset, e.segment_key.clone()))
+        .collect()
+}
+
+/// One segment per entry: `(key, byte_len, offset_count, max_timestamp)`.
+async fn commit_entries(
+    store: &dyn MetadataStore,
+    topic_id: Uuid,
+    specs: &[(&str, u64, i64, i64)],
+) {
+    for (key, len, count, ts) in specs {
+        commit(
+            store,
+            segment(key, vec![batch(topic_id, 0, 0, *len, *count, *ts)]),
+        )
+        .await;
+    }
 }
 
 fn offset(topic: &str, partition: i32, offset: i64, metadata: Option<&str>) -> CommittedOffset {
@@ -624,6 +693,65 @@ pub async fn duplicate_segment_rejected(store: &dyn MetadataStore) {
     assert!(store.segment_committed("empty").await.expect("committed"));
 }
 
+/// A commit that left no index entry (every batch rejected or a duplicate,
+/// or no batch at all) is dead from its commit time, so the janitor removes
+/// the object; one accepted batch keeps it alive.
+pub async fn entryless_commit_is_dead(store: &dyn MetadataStore) {
+    let t = create(store, "t", 1).await;
+    let p = store.allocate_producer_id().await.expect("pid");
+    let before = wall_ms();
+    commit(
+        store,
+        segment("rejected", vec![batch(Uuid::new_v4(), 0, 0, 10, 1, 0)]),
+    )
+    .await;
+    commit(store, segment("empty", vec![])).await;
+    commit(store, segment("first", vec![pbatch(t.id, 0, 0, p, 0, 2)])).await;
+    let dup = commit(store, segment("retry", vec![pbatch(t.id, 0, 0, p, 0, 2)])).await;
+    assert_eq!(dup, vec![BatchOutcome::Duplicate { base_offset: 0 }]);
+    let mixed = commit(
+        store,
+        segment(
+            "mixed",
+            vec![
+                batch(Uuid::new_v4(), 0, 0, 10, 1, 0),
+                batch(t.id, 0, 10, 10, 1, 0),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(mixed[1], BatchOutcome::Appended { base_offset: 2 });
+    let after = wall_ms();
+
+    let dead = store.dead_segments(i64::MAX, 100).await.expect("dead");
+    assert_eq!(
+        dead.iter().map(|d| d.key.clone()).collect::<BTreeSet<_>>(),
+        keys(&["empty", "rejected", "retry"]),
+        "entry-less commits are dead, the others alive"
+    );
+    for d in &dead {
+        assert!(
+            (before..=after).contains(&d.dead_since_ms),
+            "{} dead at {} outside its commit [{before}, {after}]",
+            d.key,
+            d.dead_since_ms
+        );
+        assert!(store.segment_committed(&d.key).await.expect("committed"));
+    }
+    assert_eq!(
+        store.list_segments().await.expect("list"),
+        vec!["first".to_owned(), "mixed".to_owned()]
+    );
+    assert!(
+        store
+            .unknown_segments(&["rejected".to_owned()])
+            .await
+            .expect("unknown")
+            .is_empty(),
+        "a dead segment is not an orphan"
+    );
+}
+
 // ---------------------------------------------------------------- producers
 
 /// Duplicate retries, gaps, fencing and epoch bumps.
@@ -973,14 +1101,45 @@ pub async fn delete_topic_returns_orphaned_segments(store: &dyn MetadataStore) {
     commit(store, segment("only-b", vec![batch(b.id, 0, 0, 10, 1, 0)])).await;
     commit(store, segment("a-again", vec![batch(a.id, 1, 0, 10, 1, 0)])).await;
 
+    let before = wall_ms();
     let mut freed = store.delete_topic("a").await.expect("delete a");
+    let after = wall_ms();
     freed.sort();
     assert_eq!(freed, vec!["a-again".to_owned(), "only-a".to_owned()]);
     assert_eq!(
         store.list_segments().await.expect("list"),
         vec!["only-b".to_owned(), "shared".to_owned()],
-        "freed segments are no longer listed"
+        "freed segments are no longer listed as live"
     );
+    // Freed segments are dead (at the wall clock), not forgotten: readers
+    // may be mid-GET, the janitor deletes them after its grace period.
+    let dead = store.dead_segments(i64::MAX, 100).await.expect("dead");
+    assert_eq!(
+        dead.iter().map(|d| d.key.as_str()).collect::<BTreeSet<_>>(),
+        BTreeSet::from(["a-again", "only-a"]),
+        "delete_topic marks exactly the freed segments dead"
+    );
+    for d in &dead {
+        assert!(
+            (before..=after).contains(&d.dead_since_ms),
+            "{} dead at {} outside the delete call [{before}, {after}]",
+            d.key,
+            d.dead_since_ms
+        );
+    }
+    assert_eq!(
+        dead.iter().find(|d| d.key == "only-a").map(|d| d.size),
+        Some(60),
+        "dead segments keep their size"
+    );
+    assert!(
+        store.segment_committed("only-a").await.expect("committed"),
+        "a dead segment still counts as committed until forgotten"
+    );
+    store
+        .forget_segments(&["only-a".to_owned()])
+        .await
+        .expect("forget");
     assert!(!store.segment_committed("only-a").await.expect("committed"));
     let r = store.partition_offsets(a.id, 0).await;
     assert!(
@@ -993,6 +1152,13 @@ pub async fn delete_topic_returns_orphaned_segments(store: &dyn MetadataStore) {
     freed.sort();
     assert_eq!(freed, vec!["only-b".to_owned(), "shared".to_owned()]);
     assert!(store.list_segments().await.expect("list").is_empty());
+    assert_eq!(
+        dead_keys(store, i64::MAX).await,
+        vec!["a-again", "only-b", "shared"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<BTreeSet<_>>()
+    );
 
     // Producer state went with the topic: a recreated topic accepts the
     // same producer from any sequence.
@@ -1219,6 +1385,774 @@ pub async fn concurrent_commits(store: &dyn MetadataStore) {
     assert_eq!(
         store.list_segments().await.expect("list").len(),
         usize::try_from(TASKS * SEGMENTS).expect("small")
+    );
+}
+
+// ---------------------------------------------------------------- maintenance
+
+/// Time retention drops leading entries whose max timestamp is older than
+/// `now - retention.ms` (stopping at the first younger one, as Kafka does),
+/// moves the log start to the first kept entry and kills freed segments.
+pub async fn retention_by_time(store: &dyn MetadataStore) {
+    let t = create(store, "t", 2).await;
+    commit_entries(store, t.id, &[("r0", 100, 10, 100)]).await;
+    // r1 is shared with p1, so it outlives p0's entry.
+    commit(
+        store,
+        segment(
+            "r1",
+            vec![
+                batch(t.id, 0, 0, 100, 10, 200),
+                batch(t.id, 1, 100, 10, 3, 0),
+            ],
+        ),
+    )
+    .await;
+    commit_entries(
+        store,
+        t.id,
+        &[
+            ("r2", 100, 10, 900),
+            ("r3", 100, 10, 300),
+            ("r4", 100, 10, 950),
+        ],
+    )
+    .await;
+
+    let moved = store
+        .apply_retention(t.id, 0, 1_000, 750, -1)
+        .await
+        .expect("retention");
+    assert_eq!(
+        moved,
+        PartitionOffsets {
+            log_start_offset: 20,
+            next_offset: 50
+        },
+        "entries older than 250 are dropped up to the first younger one"
+    );
+    assert_eq!(offsets(store, t.id, 0).await, moved);
+    assert_eq!(
+        entries(store, t.id, 0, 0)
+            .await
+            .iter()
+            .map(|e| e.base_offset)
+            .collect::<Vec<_>>(),
+        vec![20, 30, 40],
+        "r3 is expired but sits behind the younger r2, so it stays"
+    );
+    let at = |ts: i64| async move {
+        store
+            .entry_for_timestamp(t.id, 0, ts)
+            .await
+            .expect("entry_for_timestamp")
+            .map(|e| e.base_offset)
+    };
+    assert_eq!(at(0).await, Some(20), "dropped entries do not answer");
+    assert_eq!(at(150).await, Some(20));
+    let dead = store.dead_segments(i64::MAX, 10).await.expect("dead");
+    assert_eq!(
+        dead.iter()
+            .map(|d| (d.key.as_str(), d.dead_since_ms))
+            .collect::<Vec<_>>(),
+        vec![("r0", 1_000)],
+        "r0 is dead at now_ms; r1 still holds p1's chunk"
+    );
+    assert!(dead_keys(store, 999).await.is_empty());
+    assert_eq!(
+        store.list_segments().await.expect("list"),
+        vec!["r1", "r2", "r3", "r4"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    );
+
+    // -1 disables both limits.
+    let same = store
+        .apply_retention(t.id, 0, i64::MAX, -1, -1)
+        .await
+        .expect("disabled");
+    assert_eq!(same, moved);
+
+    // Later, everything but the newest is old enough.
+    let moved = store
+        .apply_retention(t.id, 0, 2_000, 750, -1)
+        .await
+        .expect("retention");
+    assert_eq!(moved.log_start_offset, 40);
+    assert_eq!(
+        dead_keys(store, 2_000).await,
+        keys(&["r0", "r2", "r3"]),
+        "r1 stays alive for p1"
+    );
+    assert_eq!(
+        offsets(store, t.id, 1).await,
+        PartitionOffsets {
+            log_start_offset: 0,
+            next_offset: 3
+        },
+        "other partitions are untouched"
+    );
+    assert_eq!(entries(store, t.id, 1, 0).await.len(), 1);
+
+    let r = store.apply_retention(Uuid::new_v4(), 0, 0, 1, 1).await;
+    assert!(
+        matches!(r, Err(MetaError::UnknownTopic(_))),
+        "apply_retention on an unknown topic gave {r:?}"
+    );
+    let r = store.apply_retention(t.id, 2, 0, 1, 1).await;
+    assert!(
+        matches!(r, Err(MetaError::UnknownPartition { partition: 2, .. })),
+        "apply_retention on an unknown partition gave {r:?}"
+    );
+}
+
+/// Size retention drops leading entries while the entries after them still
+/// exceed `retention.bytes`; a straddling first entry counts whole.
+pub async fn retention_by_bytes(store: &dyn MetadataStore) {
+    let t = create(store, "t", 1).await;
+    commit_entries(
+        store,
+        t.id,
+        &[
+            ("b0", 100, 5, 1_000),
+            ("b1", 100, 5, 1_000),
+            ("b2", 100, 5, 1_000),
+            ("b3", 100, 5, 1_000),
+        ],
+    )
+    .await;
+    let start = |retention_bytes: i64| async move {
+        store
+            .apply_retention(t.id, 0, 1_000, -1, retention_bytes)
+            .await
+            .expect("retention")
+            .log_start_offset
+    };
+    assert_eq!(start(250).await, 5, "300 bytes after b0 exceed 250");
+    assert_eq!(start(200).await, 5, "200 bytes after b1 do not exceed 200");
+    assert_eq!(start(199).await, 10);
+    assert_eq!(dead_keys(store, 1_000).await, keys(&["b0", "b1"]));
+    assert_eq!(start(0).await, 15, "only the newest entry is left");
+    assert_eq!(
+        spans(&entries(store, t.id, 0, 0).await),
+        vec![(15, 19, "b3".to_owned())]
+    );
+
+    commit_entries(store, t.id, &[("b4", 100, 5, 1_000)]).await;
+    store.advance_log_start(t.id, 0, 17).await.expect("advance");
+    assert_eq!(
+        start(150).await,
+        17,
+        "the straddling b3 counts whole: 100 bytes after it do not exceed 150"
+    );
+    assert_eq!(start(99).await, 20);
+    assert_eq!(
+        dead_keys(store, i64::MAX).await,
+        keys(&["b0", "b1", "b2", "b3"])
+    );
+}
+
+/// The newest entry survives any retention; the log start never moves
+/// backwards; empty partitions are left alone.
+pub async fn retention_keeps_newest_and_never_moves_back(store: &dyn MetadataStore) {
+    let t = create(store, "t", 2).await;
+    commit_entries(
+        store,
+        t.id,
+        &[
+            ("n0", 10, 10, 100),
+            ("n1", 10, 10, 100),
+            ("n2", 10, 10, 100),
+        ],
+    )
+    .await;
+    let now = 1_000_000;
+    // A log start inside a kept entry stays there: retention never moves it
+    // back to the entry's base offset.
+    store.advance_log_start(t.id, 0, 5).await.expect("advance");
+    for (retention_ms, retention_bytes) in [(-1, 10_000), (now - 50, -1), (now - 50, 25)] {
+        assert_eq!(
+            store
+                .apply_retention(t.id, 0, now, retention_ms, retention_bytes)
+                .await
+                .expect("retention")
+                .log_start_offset,
+            5,
+            "nothing to drop with retention.ms={retention_ms} retention.bytes={retention_bytes}"
+        );
+    }
+    let moved = store
+        .apply_retention(t.id, 0, now, 1, 0)
+        .await
+        .expect("retention");
+    assert_eq!(
+        moved,
+        PartitionOffsets {
+            log_start_offset: 20,
+            next_offset: 30
+        },
+        "the newest entry is kept even though it is expired"
+    );
+    assert_eq!(
+        spans(&entries(store, t.id, 0, 0).await),
+        vec![(20, 29, "n2".to_owned())]
+    );
+    assert_eq!(
+        store
+            .entry_for_timestamp(t.id, 0, 0)
+            .await
+            .expect("lookup")
+            .map(|e| e.base_offset),
+        Some(20)
+    );
+
+    store.advance_log_start(t.id, 0, 25).await.expect("advance");
+    let kept = store
+        .apply_retention(t.id, 0, now, 1, 0)
+        .await
+        .expect("retention");
+    assert_eq!(
+        kept.log_start_offset, 25,
+        "retention never moves the log start backwards"
+    );
+    assert_eq!(offsets(store, t.id, 0).await, kept);
+
+    assert_eq!(
+        store
+            .apply_retention(t.id, 1, now, 1, 0)
+            .await
+            .expect("empty partition"),
+        PartitionOffsets {
+            log_start_offset: 0,
+            next_offset: 0
+        }
+    );
+
+    // Everything hidden by DeleteRecords: retention drops the rows and the
+    // log start stays at next_offset.
+    store.advance_log_start(t.id, 0, 30).await.expect("to end");
+    let end = store
+        .apply_retention(t.id, 0, now, 1, 0)
+        .await
+        .expect("retention");
+    assert_eq!(
+        end,
+        PartitionOffsets {
+            log_start_offset: 30,
+            next_offset: 30
+        }
+    );
+    assert_eq!(dead_keys(store, now).await, keys(&["n0", "n1", "n2"]));
+    commit_entries(store, t.id, &[("n3", 10, 5, 100)]).await;
+    assert_eq!(
+        store
+            .apply_retention(t.id, 0, now, 1, 0)
+            .await
+            .expect("retention")
+            .log_start_offset,
+        30
+    );
+    assert_eq!(entries(store, t.id, 0, 0).await.len(), 1);
+}
+
+/// DeleteRecords only moves the log start; drop_expired_entries then removes
+/// the rows wholly below it in every partition and kills freed segments.
+pub async fn delete_records_then_drop_expired(store: &dyn MetadataStore) {
+    let a = create(store, "a", 2).await;
+    let b = create(store, "b", 1).await;
+    commit(
+        store,
+        segment(
+            "d0",
+            vec![batch(a.id, 0, 0, 10, 10, 0), batch(b.id, 0, 10, 10, 5, 0)],
+        ),
+    )
+    .await;
+    commit(store, segment("d1", vec![batch(a.id, 0, 0, 10, 10, 0)])).await;
+    commit(store, segment("d2", vec![batch(a.id, 0, 0, 10, 10, 0)])).await;
+    commit(store, segment("d3", vec![batch(a.id, 1, 0, 10, 10, 0)])).await;
+
+    assert_eq!(
+        store.drop_expired_entries(100).await.expect("drop"),
+        0,
+        "nothing below any log start yet"
+    );
+    store.advance_log_start(a.id, 0, 15).await.expect("advance");
+    store.advance_log_start(a.id, 1, 10).await.expect("advance");
+    assert!(
+        dead_keys(store, i64::MAX).await.is_empty(),
+        "advance_log_start alone kills nothing"
+    );
+    assert_eq!(store.drop_expired_entries(500).await.expect("drop"), 2);
+    let dead = store.dead_segments(i64::MAX, 10).await.expect("dead");
+    assert_eq!(
+        dead.iter()
+            .map(|d| (d.key.as_str(), d.dead_since_ms))
+            .collect::<Vec<_>>(),
+        vec![("d3", 500)],
+        "d0 still holds b's chunk, d1 straddles the log start"
+    );
+    assert_eq!(
+        spans(&entries(store, a.id, 0, 0).await),
+        vec![(10, 19, "d1".to_owned()), (20, 29, "d2".to_owned())]
+    );
+    assert_eq!(store.drop_expired_entries(550).await.expect("again"), 0);
+
+    store
+        .advance_log_start(b.id, 0, 5)
+        .await
+        .expect("advance b");
+    assert_eq!(store.drop_expired_entries(600).await.expect("drop"), 1);
+    let dead = store.dead_segments(i64::MAX, 10).await.expect("dead");
+    assert_eq!(
+        dead.iter()
+            .map(|d| (d.key.as_str(), d.dead_since_ms))
+            .collect::<Vec<_>>(),
+        vec![("d3", 500), ("d0", 600)]
+    );
+    assert!(store.segment_committed("d0").await.expect("committed"));
+    assert_eq!(
+        store.list_segments().await.expect("list"),
+        vec!["d1".to_owned(), "d2".to_owned()]
+    );
+    assert_eq!(
+        offsets(store, b.id, 0).await,
+        PartitionOffsets {
+            log_start_offset: 5,
+            next_offset: 5
+        }
+    );
+}
+
+/// dead_segments filters by the grace cutoff, oldest first, with a limit;
+/// forget_segments removes dead rows and ignores unknown and live keys.
+pub async fn dead_segments_grace_and_forget(store: &dyn MetadataStore) {
+    let t = create(store, "t", 1).await;
+    commit_entries(
+        store,
+        t.id,
+        &[
+            ("g0", 10, 1, 0),
+            ("g1", 20, 1, 0),
+            ("g2", 30, 1, 0),
+            ("g3", 40, 1, 0),
+        ],
+    )
+    .await;
+    for (offset, now) in [(1, 100), (2, 300), (3, 200)] {
+        store
+            .advance_log_start(t.id, 0, offset)
+            .await
+            .expect("advance");
+        store.drop_expired_entries(now).await.expect("drop");
+    }
+    let dead = |before: i64, limit: usize| async move {
+        store
+            .dead_segments(before, limit)
+            .await
+            .expect("dead_segments")
+            .into_iter()
+            .map(|d| (d.key, d.size, d.dead_since_ms))
+            .collect::<Vec<_>>()
+    };
+    let d = |k: &str, size: u64, at: i64| (k.to_owned(), size, at);
+    assert!(dead(99, 10).await.is_empty(), "nothing dead before 100");
+    assert_eq!(dead(100, 10).await, vec![d("g0", 10, 100)]);
+    assert_eq!(
+        dead(250, 10).await,
+        vec![d("g0", 10, 100), d("g2", 30, 200)]
+    );
+    assert_eq!(
+        dead(i64::MAX, 10).await,
+        vec![d("g0", 10, 100), d("g2", 30, 200), d("g1", 20, 300)],
+        "oldest first"
+    );
+    assert_eq!(
+        dead(i64::MAX, 2).await,
+        vec![d("g0", 10, 100), d("g2", 30, 200)]
+    );
+    assert!(dead(i64::MAX, 0).await.is_empty());
+
+    store
+        .forget_segments(&["g0".to_owned(), "never-seen".to_owned(), "g3".to_owned()])
+        .await
+        .expect("forget");
+    assert_eq!(
+        dead(i64::MAX, 10).await,
+        vec![d("g2", 30, 200), d("g1", 20, 300)]
+    );
+    assert!(!store.segment_committed("g0").await.expect("committed"));
+    assert_eq!(
+        store
+            .unknown_segments(&["g0".to_owned(), "g1".to_owned()])
+            .await
+            .expect("unknown"),
+        vec!["g0".to_owned()],
+        "a forgotten segment is unknown again"
+    );
+    assert!(
+        store.segment_committed("g3").await.expect("committed"),
+        "a live segment is never forgotten"
+    );
+    assert_eq!(
+        spans(&entries(store, t.id, 0, 0).await),
+        vec![(3, 3, "g3".to_owned())]
+    );
+    store.forget_segments(&[]).await.expect("forget nothing");
+    store
+        .forget_segments(&["g0".to_owned()])
+        .await
+        .expect("forget twice");
+}
+
+/// unknown_segments answers for thousands of keys at once, in input order.
+pub async fn unknown_segments(store: &dyn MetadataStore) {
+    let t = create(store, "t", 1).await;
+    commit_entries(
+        store,
+        t.id,
+        &[
+            ("k-0007", 10, 1, 0),
+            ("k-1234", 10, 1, 0),
+            ("k-2999", 10, 1, 0),
+        ],
+    )
+    .await;
+    // k-1234 dead but not forgotten: still known.
+    store.advance_log_start(t.id, 0, 2).await.expect("advance");
+    store.drop_expired_entries(1).await.expect("drop");
+    assert_eq!(dead_keys(store, 1).await, keys(&["k-0007", "k-1234"]));
+
+    let all: Vec<String> = (0..3_000).map(|i| format!("k-{i:04}")).collect();
+    let unknown = store.unknown_segments(&all).await.expect("unknown");
+    let want: Vec<String> = all
+        .iter()
+        .filter(|k| !["k-0007", "k-1234", "k-2999"].contains(&k.as_str()))
+        .cloned()
+        .collect();
+    assert_eq!(unknown.len(), 2_997);
+    assert_eq!(unknown, want, "exactly the never-committed keys, in order");
+    assert!(store
+        .unknown_segments(&[])
+        .await
+        .expect("no keys")
+        .is_empty());
+}
+
+/// The lowest run of two or more consecutive small entries, bounded by
+/// total bytes and count; a lone small entry is skipped.
+pub async fn compaction_candidates(store: &dyn MetadataStore) {
+    let t = create(store, "t", 2).await;
+    // c0 [0,1] c1 [2,4] c2 [5,5] C3 [6,10] c4 [11,11] C5 [12,12]
+    // c6 [13,14] c7 [15,16] c8 [17,18]; capitals are large.
+    commit_entries(
+        store,
+        t.id,
+        &[
+            ("c0", 10, 2, 0),
+            ("c1", 10, 3, 0),
+            ("c2", 10, 1, 0),
+            ("c3", 1_000, 5, 0),
+            ("c4", 10, 1, 0),
+            ("c5", 1_000, 1, 0),
+            ("c6", 10, 2, 0),
+            ("c7", 10, 2, 0),
+            ("c8", 10, 2, 0),
+        ],
+    )
+    .await;
+    let run = |small: u64, max_total: u64, limit: usize| async move {
+        store
+            .compaction_candidates(t.id, 0, small, max_total, limit)
+            .await
+            .expect("compaction_candidates")
+            .into_iter()
+            .map(|e| e.segment_key)
+            .collect::<Vec<_>>()
+    };
+    let all = entries(store, t.id, 0, 0).await;
+    let got = store
+        .compaction_candidates(t.id, 0, 100, 10_000, 100)
+        .await
+        .expect("candidates");
+    assert_eq!(got, all[..3].to_vec(), "whole entries, in offset order");
+    assert_eq!(run(100, 10_000, 2).await, vec!["c0", "c1"], "limit");
+    assert_eq!(run(100, 25, 100).await, vec!["c0", "c1"], "max total bytes");
+    assert_eq!(run(100, 30, 100).await, vec!["c0", "c1", "c2"]);
+    assert!(run(10, 10_000, 100).await.is_empty(), "byte_len < small");
+    assert!(run(100, 10_000, 1).await.is_empty());
+    assert!(
+        run(100, 15, 100).await.is_empty(),
+        "no two entries fit max_total_bytes"
+    );
+
+    store.advance_log_start(t.id, 0, 2).await.expect("advance");
+    assert_eq!(
+        run(100, 10_000, 100).await,
+        vec!["c1", "c2"],
+        "entries below the log start are not candidates"
+    );
+    store.advance_log_start(t.id, 0, 6).await.expect("advance");
+    assert_eq!(
+        run(100, 10_000, 100).await,
+        vec!["c6", "c7", "c8"],
+        "large entries and a lone small one are skipped"
+    );
+    assert!(store
+        .compaction_candidates(t.id, 1, 100, 10_000, 100)
+        .await
+        .expect("empty partition")
+        .is_empty());
+    let r = store.compaction_candidates(t.id, 2, 100, 10_000, 100).await;
+    assert!(
+        matches!(r, Err(MetaError::UnknownPartition { partition: 2, .. })),
+        "compaction_candidates on an unknown partition gave {r:?}"
+    );
+}
+
+/// A compaction swap: the index points into the new segment, every offset
+/// is still covered exactly once, timestamp lookups stay right (the running
+/// max continues from the preceding entry), and freed segments are dead.
+pub async fn replace_entries_swaps(store: &dyn MetadataStore) {
+    let t = create(store, "t", 2).await;
+    commit_entries(store, t.id, &[("big", 1_000, 5, 500)]).await;
+    // m1 is shared with p1 and outlives the swap.
+    commit(
+        store,
+        segment(
+            "m1",
+            vec![batch(t.id, 0, 0, 10, 2, 100), batch(t.id, 1, 10, 10, 1, 0)],
+        ),
+    )
+    .await;
+    commit_entries(
+        store,
+        t.id,
+        &[
+            ("m2", 10, 3, 300),
+            ("m3", 10, 1, 200),
+            ("tail", 1_000, 4, 600),
+        ],
+    )
+    .await;
+    let old = store
+        .compaction_candidates(t.id, 0, 100, 10_000, 100)
+        .await
+        .expect("candidates");
+    assert_eq!(
+        spans(&old),
+        vec![
+            (5, 6, "m1".to_owned()),
+            (7, 9, "m2".to_owned()),
+            (10, 10, "m3".to_owned())
+        ]
+    );
+    let new_entry = |base: i64, last: i64, start: u64, len: u64, ts: i64| IndexEntry {
+        topic_id: t.id,
+        partition: 0,
+        base_offset: base,
+        last_offset: last,
+        segment_key: "compacted".to_owned(),
+        byte_start: start,
+        byte_len: len,
+        max_timestamp: ts,
+    };
+    let new = vec![new_entry(5, 8, 0, 20, 100), new_entry(9, 10, 20, 10, 300)];
+    assert!(store
+        .replace_entries(&old, "compacted", 30, &new, 5_000)
+        .await
+        .expect("replace"));
+
+    let after = entries(store, t.id, 0, 0).await;
+    assert_eq!(
+        spans(&after),
+        vec![
+            (0, 4, "big".to_owned()),
+            (5, 8, "compacted".to_owned()),
+            (9, 10, "compacted".to_owned()),
+            (11, 14, "tail".to_owned())
+        ],
+        "every offset covered once, the middle now in the new segment"
+    );
+    assert_eq!(&after[1..3], &new[..]);
+    for offset in 0..15 {
+        let e = entries(store, t.id, 0, offset).await;
+        let first = e.first().expect("an entry holds every offset");
+        assert!(
+            first.base_offset <= offset && offset <= first.last_offset,
+            "offset {offset} not in the first entry returned"
+        );
+    }
+    assert_eq!(
+        offsets(store, t.id, 0).await,
+        PartitionOffsets {
+            log_start_offset: 0,
+            next_offset: 15
+        }
+    );
+    let at = |ts: i64| async move {
+        store
+            .entry_for_timestamp(t.id, 0, ts)
+            .await
+            .expect("entry_for_timestamp")
+            .map(|e| e.base_offset)
+    };
+    assert_eq!(
+        at(150).await,
+        Some(0),
+        "big (500) comes first in offset order: the new entries' running max \
+         includes the entries before them"
+    );
+    assert_eq!(at(550).await, Some(11));
+    assert_eq!(at(601).await, None);
+    store.advance_log_start(t.id, 0, 5).await.expect("advance");
+    assert_eq!(at(50).await, Some(5));
+    assert_eq!(at(150).await, Some(9));
+    assert_eq!(at(300).await, Some(9));
+    assert_eq!(at(301).await, Some(11));
+
+    let dead = store.dead_segments(i64::MAX, 10).await.expect("dead");
+    assert_eq!(
+        dead.iter()
+            .map(|d| (d.key.as_str(), d.dead_since_ms))
+            .collect::<Vec<_>>(),
+        vec![("m2", 5_000), ("m3", 5_000)],
+        "m1 still holds p1's chunk"
+    );
+    assert!(store
+        .segment_committed("compacted")
+        .await
+        .expect("committed"));
+    assert_eq!(
+        store.list_segments().await.expect("list"),
+        vec!["big", "compacted", "m1", "tail"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(entries(store, t.id, 1, 0).await[0].segment_key, "m1");
+
+    // Appends continue after the swap with a correct running max.
+    commit_entries(store, t.id, &[("later", 10, 1, 700)]).await;
+    assert_eq!(at(650).await, Some(15));
+}
+
+/// A swap whose `old` no longer matches the index (or whose `new` does not
+/// cover the same offsets) returns false and changes nothing.
+pub async fn replace_entries_refuses_stale(store: &dyn MetadataStore) {
+    let t = create(store, "t", 1).await;
+    commit_entries(
+        store,
+        t.id,
+        &[
+            ("s0", 10, 2, 0),
+            ("s1", 10, 2, 0),
+            ("s2", 10, 2, 0),
+            ("s3", 10, 2, 0),
+        ],
+    )
+    .await;
+    let old = entries(store, t.id, 0, 0).await;
+    let into = |key: &str, base: i64, last: i64| IndexEntry {
+        topic_id: t.id,
+        partition: 0,
+        base_offset: base,
+        last_offset: last,
+        segment_key: key.to_owned(),
+        byte_start: 0,
+        byte_len: 10,
+        max_timestamp: 0,
+    };
+    let unchanged = |before: Vec<IndexEntry>, key: &'static str, why: &'static str| async move {
+        assert_eq!(entries(store, t.id, 0, 0).await, before, "{why}: index");
+        assert!(dead_keys(store, i64::MAX).await.is_empty(), "{why}: dead");
+        assert_eq!(
+            store
+                .unknown_segments(&[key.to_owned()])
+                .await
+                .expect("unknown"),
+            vec![key.to_owned()],
+            "{why}: the new segment is not recorded"
+        );
+    };
+
+    let mut changed = old.clone();
+    changed[1].byte_len = 11;
+    assert!(!store
+        .replace_entries(&changed, "x1", 10, &[into("x1", 0, 7)], 1)
+        .await
+        .expect("replace"));
+    unchanged(old.clone(), "x1", "an old entry differs").await;
+
+    assert!(!store
+        .replace_entries(&old, "x2", 10, &[into("x2", 0, 6)], 1)
+        .await
+        .expect("replace"));
+    unchanged(old.clone(), "x2", "new ends early").await;
+    assert!(!store
+        .replace_entries(&old, "x3", 10, &[into("x3", 0, 2), into("x3", 4, 7)], 1)
+        .await
+        .expect("replace"));
+    unchanged(old.clone(), "x3", "new has a gap").await;
+    let gappy = vec![old[0].clone(), old[2].clone()];
+    assert!(!store
+        .replace_entries(&gappy, "x4", 10, &[into("x4", 0, 5)], 1)
+        .await
+        .expect("replace"));
+    unchanged(old.clone(), "x4", "old is not consecutive").await;
+
+    let r = store
+        .replace_entries(&old[3..], "s0", 10, &[into("s0", 6, 7)], 1)
+        .await;
+    assert!(
+        matches!(r, Err(MetaError::SegmentExists(ref k)) if k == "s0"),
+        "replacing into a known key gave {r:?}"
+    );
+    assert_eq!(entries(store, t.id, 0, 0).await, old);
+    let r = store
+        .replace_entries(&[], "x5", 10, &[into("x5", 0, 7)], 1)
+        .await;
+    assert!(
+        matches!(r, Err(MetaError::InvalidArgument(_))),
+        "replacing nothing gave {r:?}"
+    );
+
+    // A real swap, then the same swap again from a stale view.
+    assert!(store
+        .replace_entries(&old[..2], "y", 10, &[into("y", 0, 3)], 7)
+        .await
+        .expect("replace"));
+    let swapped = entries(store, t.id, 0, 0).await;
+    assert_eq!(swapped[0].segment_key, "y");
+    assert_eq!(dead_keys(store, 7).await, keys(&["s0", "s1"]));
+    assert!(!store
+        .replace_entries(&old[..2], "y2", 10, &[into("y2", 0, 3)], 8)
+        .await
+        .expect("stale replace"));
+    assert_eq!(entries(store, t.id, 0, 0).await, swapped);
+    assert_eq!(
+        store
+            .unknown_segments(&["y2".to_owned()])
+            .await
+            .expect("unknown"),
+        vec!["y2".to_owned()]
+    );
+
+    // Retention got there first.
+    store.advance_log_start(t.id, 0, 6).await.expect("advance");
+    store.drop_expired_entries(9).await.expect("drop");
+    assert!(!store
+        .replace_entries(&old[2..], "z", 10, &[into("z", 4, 7)], 10)
+        .await
+        .expect("replace after retention"));
+    assert_eq!(
+        spans(&entries(store, t.id, 0, 0).await),
+        vec![(6, 7, "s3".to_owned())]
+    );
+    assert_eq!(
+        dead_keys(store, i64::MAX).await,
+        keys(&["s0", "s1", "s2", "y"])
     );
 }
 

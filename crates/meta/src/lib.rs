@@ -18,6 +18,7 @@ use uuid::Uuid;
 pub mod conformance;
 mod error;
 pub mod sqlite;
+mod sqlite_maintenance;
 
 pub use error::MetaError;
 pub use sqlite::SqliteStore;
@@ -146,8 +147,10 @@ pub trait TopicStore: Send + Sync {
     ) -> Result<TopicMeta>;
 
     /// Delete a topic, its partitions, index entries and producer state.
-    /// Returns the segment keys that no longer hold any live chunk (the
-    /// caller may delete those objects). [`MetaError::UnknownTopic`] if absent.
+    /// Returns the segment keys that no longer hold any live chunk; they are
+    /// now dead (at the wall-clock time of the call) and listed by
+    /// [`MaintenanceStore::dead_segments`], so the janitor deletes their
+    /// objects after its grace period. [`MetaError::UnknownTopic`] if absent.
     async fn delete_topic(&self, name: &str) -> Result<Vec<String>>;
 
     async fn get_topic(&self, name: &str) -> Result<Option<TopicMeta>>;
@@ -180,7 +183,8 @@ pub trait LogStore: Send + Sync {
     async fn commit_segment(&self, commit: &SegmentCommit) -> Result<Vec<BatchOutcome>>;
 
     /// Whether a segment key was committed (resolves commits whose outcome
-    /// was unknown).
+    /// was unknown). True for dead segments until they are forgotten
+    /// ([`MaintenanceStore::forget_segments`]).
     async fn segment_committed(&self, key: &str) -> Result<bool>;
 
     async fn partition_offsets(&self, topic_id: Uuid, partition: i32) -> Result<PartitionOffsets>;
@@ -220,7 +224,9 @@ pub trait LogStore: Send + Sync {
     /// Allocate a fresh producer id with epoch 0.
     async fn allocate_producer_id(&self) -> Result<(i64, i16)>;
 
-    /// All committed segment keys (for the janitor), ordered.
+    /// All live committed segment keys (at least one index entry points into
+    /// them), ordered. Dead segments are listed by
+    /// [`MaintenanceStore::dead_segments`] instead.
     async fn list_segments(&self) -> Result<Vec<String>>;
 }
 
@@ -246,7 +252,90 @@ pub trait GroupStore: Send + Sync {
     async fn delete_offsets(&self, group: &str, partitions: &[(String, i32)]) -> Result<()>;
 }
 
-/// Everything a broker needs from the metadata store.
-pub trait MetadataStore: TopicStore + LogStore + GroupStore {}
+/// A segment object no index entry points to any more, waiting out its grace
+/// period before the object is deleted (readers may still be mid-GET).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadSegment {
+    pub key: String,
+    pub size: u64,
+    /// When the last index entry pointing into it went away.
+    pub dead_since_ms: i64,
+}
 
-impl<T: TopicStore + LogStore + GroupStore> MetadataStore for T {}
+/// Background maintenance: retention, compaction swaps and the janitor.
+#[async_trait]
+pub trait MaintenanceStore: Send + Sync {
+    /// Apply time and size retention to one partition by moving its log
+    /// start offset forward over whole index entries (as Kafka deletes whole
+    /// segments): an entry is dropped when its `max_timestamp` is older than
+    /// `now_ms - retention_ms`, or while the bytes of the entries after it
+    /// already exceed `retention_bytes`. `-1` disables a limit. The newest
+    /// entry is always kept. Never moves the log start backwards. Index rows
+    /// wholly below the new log start are removed, and segments left without
+    /// any index entry become dead at `now_ms`. Returns the new offsets.
+    async fn apply_retention(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        now_ms: i64,
+        retention_ms: i64,
+        retention_bytes: i64,
+    ) -> Result<PartitionOffsets>;
+
+    /// Remove index rows wholly below each partition's log start offset (after
+    /// DeleteRecords) and mark segments left without entries dead at `now_ms`.
+    /// Returns the number of rows removed.
+    async fn drop_expired_entries(&self, now_ms: i64) -> Result<u64>;
+
+    /// Dead segments whose `dead_since_ms <= before_ms`, oldest first.
+    async fn dead_segments(&self, before_ms: i64, limit: usize) -> Result<Vec<DeadSegment>>;
+
+    /// Forget segments whose objects have been deleted. Unknown keys are
+    /// ignored, and so are live segments (only dead ones can be forgotten).
+    async fn forget_segments(&self, keys: &[String]) -> Result<()>;
+
+    /// The keys among `keys` that the store has never recorded as committed
+    /// (alive or dead): uploads whose commit never happened.
+    async fn unknown_segments(&self, keys: &[String]) -> Result<Vec<String>>;
+
+    /// Consecutive index entries of one partition (in offset order, starting
+    /// from the lowest at or above the log start) that each have
+    /// `byte_len < small_entry_bytes`, stopping before `max_total_bytes` would
+    /// be exceeded or `limit` entries. Fewer than two means nothing to merge.
+    /// A run of one small entry (between large ones) merges with nothing, so
+    /// the search goes on past it: the answer is the lowest run of at least
+    /// two, or empty.
+    async fn compaction_candidates(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        small_entry_bytes: u64,
+        max_total_bytes: u64,
+        limit: usize,
+    ) -> Result<Vec<IndexEntry>>;
+
+    /// Atomically replace the index entries `old` (consecutive, same
+    /// partition) by `new` entries pointing into the already-uploaded segment
+    /// `new_key` (recorded as committed with `new_size`). `new` must cover
+    /// exactly the same offsets as `old`. Returns false and changes nothing if
+    /// any of `old` is no longer present unchanged (retention or another
+    /// compactor got there first), or if `old` or `new` do not each cover
+    /// `old[0].base_offset ..= old.last().last_offset` contiguously.
+    /// Segments left without entries become dead at `now_ms`.
+    /// [`MetaError::InvalidArgument`] for an empty `old`, entries of another
+    /// partition, `new` entries not pointing into `new_key` or past
+    /// `new_size`; [`MetaError::SegmentExists`] if `new_key` is already known.
+    async fn replace_entries(
+        &self,
+        old: &[IndexEntry],
+        new_key: &str,
+        new_size: u64,
+        new: &[IndexEntry],
+        now_ms: i64,
+    ) -> Result<bool>;
+}
+
+/// Everything a broker needs from the metadata store.
+pub trait MetadataStore: TopicStore + LogStore + GroupStore + MaintenanceStore {}
+
+impl<T: TopicStore + LogStore + GroupStore + MaintenanceStore> MetadataStore for T {}

@@ -19,6 +19,9 @@
 //! - Cancellation: dropping a call's future does not stop its transaction;
 //!   it commits or rolls back on its own, and the caller learns which with
 //!   [`crate::LogStore::segment_committed`].
+//! - Segments: a `segments` row is alive while an index entry points into
+//!   it and dead (`dead_since_ms` set) from the transaction that removed its
+//!   last entry until the janitor forgets it; see `sqlite_maintenance`.
 //! - Schema: versioned migrations (`MIGRATIONS`) applied in order at open,
 //!   tracked in the `schema_version` table.
 //! - Lookups by offset and by timestamp walk indexes, never the whole table:
@@ -42,6 +45,7 @@ use rusqlite::{
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use crate::sqlite_maintenance::mark_dead_if_unused;
 use crate::{
     BatchOutcome, BatchRejection, CommittedOffset, GroupStore, IndexEntry, LogStore, MetaError,
     PartitionOffsets, ProducerBatch, Result, SegmentCommit, TopicMeta, TopicStore,
@@ -60,7 +64,7 @@ const PRODUCER_BATCH_MEMORY: i64 = 5;
 
 /// Schema migrations, applied in order. Entry `i` brings the schema from
 /// version `i` to version `i + 1`. Never edit an entry once released; append.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // v1: initial schema.
     r#"
 CREATE TABLE topics (
@@ -155,12 +159,26 @@ CREATE TABLE group_offsets (
     PRIMARY KEY (group_id, topic, partition_index)
 ) WITHOUT ROWID;
 "#,
+    // v2: dead segments (no index entry points into them any more; the
+    // janitor deletes their objects after a grace period). NULL = alive.
+    // Segments committed before v2 without any index entry (every batch was
+    // rejected) are dead since their commit.
+    r#"
+ALTER TABLE segments ADD COLUMN dead_since_ms INTEGER NULL;
+
+CREATE INDEX segments_by_dead
+    ON segments (dead_since_ms) WHERE dead_since_ms IS NOT NULL;
+
+UPDATE segments SET dead_since_ms = committed_at_ms
+    WHERE NOT EXISTS (SELECT 1 FROM index_entries WHERE segment_key = segments.key);
+"#,
 ];
 
 /// Index entries from an offset: a range seek on `index_entries_by_last`.
 /// Entries of one partition never overlap, so `last_offset` order is offset
 /// order.
-const SQL_ENTRIES_FROM: &str = "SELECT topic_id, partition_index, base_offset, last_offset, \
+pub(crate) const SQL_ENTRIES_FROM: &str =
+    "SELECT topic_id, partition_index, base_offset, last_offset, \
      segment_key, byte_start, byte_len, max_timestamp \
      FROM index_entries INDEXED BY index_entries_by_last \
      WHERE topic_id = ?1 AND partition_index = ?2 AND last_offset >= ?3 \
@@ -205,7 +223,7 @@ impl std::fmt::Debug for SqliteStore {
 
 /// Failure inside a blocking call: either a store-level error or an SQLite
 /// error that becomes [`MetaError::Backend`] with the call's `op`.
-enum Fail {
+pub(crate) enum Fail {
     Meta(MetaError),
     Sql(rusqlite::Error),
 }
@@ -222,7 +240,7 @@ impl From<MetaError> for Fail {
     }
 }
 
-type Step<T> = std::result::Result<T, Fail>;
+pub(crate) type Step<T> = std::result::Result<T, Fail>;
 
 impl Fail {
     fn into_meta(self, op: &'static str) -> MetaError {
@@ -265,6 +283,12 @@ impl SqliteStore {
         }
     }
 
+    /// The writer connection, locked (tests inspect the schema with it).
+    #[cfg(test)]
+    pub(crate) fn writer_for_tests(&self) -> MutexGuard<'_, Connection> {
+        lock(&self.inner.writer)
+    }
+
     fn from_parts(writer: Connection, readers: Vec<Connection>, location: String) -> Self {
         SqliteStore {
             inner: Arc::new(Inner {
@@ -278,7 +302,7 @@ impl SqliteStore {
 
     /// Run `f` in a `BEGIN IMMEDIATE` transaction on the writer; commit if it
     /// returns `Ok`, roll back otherwise.
-    async fn write<T, F>(&self, op: &'static str, f: F) -> Result<T>
+    pub(crate) async fn write<T, F>(&self, op: &'static str, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Step<T> + Send + 'static,
@@ -296,7 +320,7 @@ impl SqliteStore {
 
     /// Run `f` in a read transaction (one consistent snapshot) on a reader
     /// connection, or on the writer for in-memory databases.
-    async fn read<T, F>(&self, op: &'static str, f: F) -> Result<T>
+    pub(crate) async fn read<T, F>(&self, op: &'static str, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Step<T> + Send + 'static,
@@ -471,7 +495,7 @@ fn topic_id_from_row(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Uu
     Ok(Uuid::from_bytes(row.get::<_, [u8; 16]>(idx)?))
 }
 
-fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<IndexEntry> {
+pub(crate) fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<IndexEntry> {
     Ok(IndexEntry {
         topic_id: topic_id_from_row(row, 0)?,
         partition: row.get(1)?,
@@ -530,10 +554,10 @@ fn topic_by_id(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<TopicMeta
 
 /// Log boundaries and running max timestamp of a partition.
 #[derive(Debug, Clone, Copy)]
-struct PartitionRow {
-    log_start_offset: i64,
-    next_offset: i64,
-    max_timestamp: i64,
+pub(crate) struct PartitionRow {
+    pub(crate) log_start_offset: i64,
+    pub(crate) next_offset: i64,
+    pub(crate) max_timestamp: i64,
 }
 
 fn load_partition(
@@ -556,7 +580,11 @@ fn load_partition(
 }
 
 /// The partition, or [`MetaError::UnknownTopic`] / [`MetaError::UnknownPartition`].
-fn require_partition(conn: &Connection, topic_id: Uuid, partition: i32) -> Step<PartitionRow> {
+pub(crate) fn require_partition(
+    conn: &Connection,
+    topic_id: Uuid,
+    partition: i32,
+) -> Step<PartitionRow> {
     if let Some(row) = load_partition(conn, topic_id, partition)? {
         return Ok(row);
     }
@@ -751,12 +779,13 @@ struct NewEntry {
 }
 
 fn commit_segment_tx(tx: &Transaction<'_>, commit: &SegmentCommit) -> Step<Vec<BatchOutcome>> {
+    let committed_at = now_ms();
     let inserted = tx
         .prepare_cached(
             "INSERT INTO segments (key, size, committed_at_ms) VALUES (?1, ?2, ?3) \
              ON CONFLICT (key) DO NOTHING",
         )?
-        .execute(params![commit.key, commit.size, now_ms()])?;
+        .execute(params![commit.key, commit.size, committed_at])?;
     if inserted == 0 {
         return Err(MetaError::SegmentExists(commit.key.clone()).into());
     }
@@ -882,6 +911,11 @@ fn commit_segment_tx(tx: &Transaction<'_>, commit: &SegmentCommit) -> Step<Vec<B
             running_max_timestamp
         ])?;
     }
+    if entries.is_empty() {
+        // Nothing of it is readable (every batch rejected or a duplicate):
+        // dead from the start, so the janitor removes the object.
+        mark_dead_if_unused(tx, [commit.key.as_str()], committed_at)?;
+    }
     Ok(outcomes)
 }
 
@@ -902,18 +936,13 @@ fn delete_topic_tx(tx: &Transaction<'_>, name: &str) -> Step<Vec<String>> {
     ] {
         tx.prepare_cached(sql)?.execute([id])?;
     }
-    let mut orphaned = Vec::new();
-    for key in keys {
-        let still_used = tx
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM index_entries WHERE segment_key = ?1)")?
-            .query_row([&key], |r| r.get::<_, bool>(0))?;
-        if !still_used {
-            tx.prepare_cached("DELETE FROM segments WHERE key = ?1")?
-                .execute([&key])?;
-            orphaned.push(key);
-        }
-    }
-    Ok(orphaned)
+    // The segment rows stay (dead) until the janitor has deleted the objects
+    // and forgets them: readers may still be mid-GET.
+    Ok(mark_dead_if_unused(
+        tx,
+        keys.iter().map(String::as_str),
+        now_ms(),
+    )?)
 }
 
 #[async_trait]
@@ -1187,7 +1216,9 @@ impl LogStore for SqliteStore {
     async fn list_segments(&self) -> Result<Vec<String>> {
         self.read("list_segments", |tx| {
             Ok(tx
-                .prepare_cached("SELECT key FROM segments ORDER BY key")?
+                .prepare_cached(
+                    "SELECT key FROM segments WHERE dead_since_ms IS NULL ORDER BY key",
+                )?
                 .query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -1510,6 +1541,11 @@ mod tests {
              ORDER BY base_offset DESC LIMIT ?4",
             "SELECT EXISTS (SELECT 1 FROM index_entries WHERE segment_key = ?1)",
             "SELECT segment_key FROM index_entries WHERE topic_id = ?1",
+            crate::sqlite_maintenance::SQL_DEAD_SEGMENTS,
+            "SELECT key FROM segments WHERE key IN (?1, ?2)",
+            "SELECT running_max_timestamp FROM index_entries \
+             WHERE topic_id = ?1 AND partition_index = ?2 AND base_offset < ?3 \
+             ORDER BY base_offset DESC LIMIT 1",
         ] {
             let mut stmt = conn
                 .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))

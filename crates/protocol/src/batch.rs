@@ -390,6 +390,21 @@ fn decompress_records(buf: &mut Bytes, compression: Compression) -> anyhow::Resu
     }
 }
 
+/// Turn a batch into a LogAppendTime batch stamped `now_ms`, as Kafka does
+/// for topics with `message.timestamp.type=LogAppendTime`: set the timestamp
+/// type attribute, write `now_ms` as the max timestamp, recompute the CRC.
+/// Slices shorter than a batch header are left unchanged.
+pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
+    if batch.len() < HEADER_LEN {
+        return;
+    }
+    let attributes = i16::from_be_bytes([batch[21], batch[22]]) | 0x08;
+    batch[21..23].copy_from_slice(&attributes.to_be_bytes());
+    batch[35..43].copy_from_slice(&now_ms.to_be_bytes());
+    let crc = crc32c(&batch[CRC_START..]);
+    batch[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,6 +470,22 @@ mod tests {
     fn fix_crc(batch: &mut [u8]) {
         let crc = crc32c(&batch[CRC_START..]);
         batch[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    #[test]
+    fn log_append_time_rewrite_keeps_batch_valid() {
+        let batch = encode(0, &[1000, 1001, 1002], Compression::None);
+        let mut bytes = BytesMut::from(&batch[..]);
+        set_log_append_time(&mut bytes, 99_000);
+        let bytes = bytes.freeze();
+        let views = split_batches(&bytes).expect("still a valid batch");
+        assert!(views[0].header.is_log_append_time());
+        assert_eq!(views[0].header.max_timestamp, 99_000);
+        assert_eq!(views[0].header.base_timestamp, 1000);
+        assert_eq!(
+            first_offset_at_or_after_timestamp(&bytes, 0, 50_000).expect("lookup"),
+            Some(0)
+        );
     }
 
     #[test]

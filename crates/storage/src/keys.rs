@@ -19,6 +19,22 @@ pub fn new_segment_key(now_ms: i64) -> String {
     )
 }
 
+/// A fresh key for a per-partition object written by compaction. It differs
+/// from a writer segment's key only by its `-c.seg` suffix, so compaction
+/// can tell what it has already merged.
+pub fn new_compacted_segment_key(now_ms: i64) -> String {
+    format!(
+        "{SEGMENTS_PREFIX}/{:015}-{}-c.seg",
+        now_ms.max(0),
+        Uuid::new_v4().simple()
+    )
+}
+
+/// Whether a key names an object written by compaction.
+pub fn is_compacted(key: &str) -> bool {
+    key.ends_with("-c.seg")
+}
+
 /// The creation time encoded in a segment key, if it is one.
 pub fn segment_key_time_ms(key: &str) -> Option<i64> {
     let name = key.strip_prefix(SEGMENTS_PREFIX)?.strip_prefix('/')?;
@@ -42,5 +58,8 @@ mod tests {
         assert_ne!(new_segment_key(5), new_segment_key(5));
         assert_eq!(segment_key_time_ms(&a), Some(1_700_000_000_000));
         assert_eq!(segment_key_time_ms("other/x"), None);
+        let c = new_compacted_segment_key(7);
+        assert!(is_compacted(&c) && !is_compacted(&a));
+        assert_eq!(segment_key_time_ms(&c), Some(7));
     }
 }

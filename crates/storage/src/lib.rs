@@ -10,14 +10,20 @@ pub use object_store;
 pub mod cache;
 mod error;
 pub mod keys;
+pub mod maintenance;
 pub mod open;
 pub mod reader;
 pub mod watermarks;
+pub mod wrappers;
 pub mod writer;
 
 pub use cache::{CacheStats, ReadCache};
 pub use error::{ReadError, StorageError, WriteError};
-pub use open::{open_object_store, ObjectStoreUrl};
+pub use maintenance::{Maintenance, MaintenanceConfig, PassReport};
+pub use open::{
+    open_object_store, open_object_store_with, parse_fault_spec, ObjectStoreUrl, OpenedStore,
+};
 pub use reader::{FetchedPartition, Fetcher};
 pub use watermarks::Watermarks;
+pub use wrappers::{FaultyStore, MetricsHandle, MetricsStore, RetryPolicy, RetryingStore};
 pub use writer::{AppendBatch, AppendReceiver, SegmentWriter, WriterConfig};

@@ -14,6 +14,11 @@ use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
 use object_store::ObjectStore;
 
+use std::time::Duration;
+
+use crate::wrappers::{
+    FaultConfig, FaultyStore, MetricsHandle, MetricsStore, RetryPolicy, RetryingStore,
+};
 use crate::StorageError;
 
 /// A parsed object-store location.
@@ -84,8 +89,89 @@ impl ObjectStoreUrl {
     }
 }
 
-/// Open the object store a URL names.
+/// An opened object store: the wrapped store the broker uses, plus handles
+/// to read its request metrics and steer its fault injection (tests only).
+#[derive(Clone)]
+pub struct OpenedStore {
+    pub store: Arc<dyn ObjectStore>,
+    pub metrics: MetricsHandle,
+    pub faults: Option<FaultyStore>,
+}
+
+/// Open the object store a URL names, wrapped as
+/// `RetryingStore(MetricsStore([FaultyStore](backend)))`: metrics count every
+/// attempt, retries included; faults (if asked for) hit below the retries,
+/// like a flaky network would.
+pub fn open_object_store_with(
+    raw: &str,
+    faults: Option<FaultConfig>,
+    retry: RetryPolicy,
+) -> Result<OpenedStore, StorageError> {
+    let backend = open_backend(raw)?;
+    let (below_metrics, faulty): (Arc<dyn ObjectStore>, Option<FaultyStore>) = match faults {
+        Some(config) => {
+            let faulty = FaultyStore::new(backend, config);
+            (Arc::new(faulty.clone()), Some(faulty))
+        }
+        None => (backend, None),
+    };
+    let metrics = MetricsStore::new(below_metrics);
+    let handle = metrics.handle();
+    let store: Arc<dyn ObjectStore> = Arc::new(RetryingStore::new(Arc::new(metrics), retry));
+    Ok(OpenedStore {
+        store,
+        metrics: handle,
+        faults: faulty,
+    })
+}
+
+/// Open the object store a URL names with default retries and no faults.
 pub fn open_object_store(raw: &str) -> Result<Arc<dyn ObjectStore>, StorageError> {
+    Ok(open_object_store_with(raw, None, RetryPolicy::default())?.store)
+}
+
+/// Parse a fault-injection spec (testing only), e.g.
+/// `put_fail=0.1,get_fail=0.1,put_lost=0.05,latency_ms=5-50,seed=7`.
+pub fn parse_fault_spec(spec: &str) -> Result<FaultConfig, String> {
+    let mut config = FaultConfig::default();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("fault spec item {part:?} is not key=value"))?;
+        let ratio = |v: &str| -> Result<f64, String> {
+            match v.parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                _ => Err(format!("{k} must be a ratio between 0 and 1, got {v:?}")),
+            }
+        };
+        match k {
+            "put_fail" => config.fail_put_ratio = ratio(v)?,
+            "get_fail" => config.fail_get_ratio = ratio(v)?,
+            "put_lost" => config.put_succeeds_then_errors_ratio = ratio(v)?,
+            "first_puts" => {
+                config.fail_first_n_puts = v.parse().map_err(|_| format!("bad first_puts {v:?}"))?
+            }
+            "first_gets" => {
+                config.fail_first_n_gets = v.parse().map_err(|_| format!("bad first_gets {v:?}"))?
+            }
+            "seed" => config.seed = v.parse().map_err(|_| format!("bad seed {v:?}"))?,
+            "latency_ms" => {
+                let (lo, hi) = v.split_once('-').unwrap_or((v, v));
+                let lo: u64 = lo.parse().map_err(|_| format!("bad latency_ms {v:?}"))?;
+                let hi: u64 = hi.parse().map_err(|_| format!("bad latency_ms {v:?}"))?;
+                if lo > hi {
+                    return Err(format!("latency_ms range is reversed: {v:?}"));
+                }
+                config.latency = Some((Duration::from_millis(lo), Duration::from_millis(hi)));
+            }
+            other => return Err(format!("unknown fault spec key {other}")),
+        }
+    }
+    Ok(config)
+}
+
+/// The bare backend a URL names.
+fn open_backend(raw: &str) -> Result<Arc<dyn ObjectStore>, StorageError> {
     let setup = |source| StorageError::Setup {
         url: raw.to_string(),
         source,
@@ -161,5 +247,22 @@ mod tests {
         );
         assert!(ObjectStoreUrl::parse("gs://x").is_err());
         assert!(ObjectStoreUrl::parse("s3://b?bogus=1").is_err());
+    }
+
+    #[test]
+    fn parses_fault_specs() {
+        let c = parse_fault_spec("put_fail=0.1,get_fail=0.2,put_lost=0.05,latency_ms=5-50,seed=7")
+            .expect("spec");
+        assert_eq!(c.fail_put_ratio, 0.1);
+        assert_eq!(c.fail_get_ratio, 0.2);
+        assert_eq!(c.put_succeeds_then_errors_ratio, 0.05);
+        assert_eq!(c.seed, 7);
+        assert_eq!(
+            c.latency,
+            Some((Duration::from_millis(5), Duration::from_millis(50)))
+        );
+        assert!(parse_fault_spec("put_fail=2").is_err());
+        assert!(parse_fault_spec("bogus=1").is_err());
+        assert!(parse_fault_spec("latency_ms=9-1").is_err());
     }
 }

@@ -340,8 +340,9 @@ async fn upload(
             .await;
         match result {
             Ok(_) => break,
-            Err(object_store::Error::AlreadyExists { .. }) if attempt > 1 => {
-                // An earlier attempt landed but its answer was lost.
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                // Segment keys are unique, so only an earlier attempt of ours
+                // (here or in a retrying wrapper) can have written it.
                 match object_store::ObjectStoreExt::head(store.as_ref(), &path).await {
                     Ok(meta) if meta.size == bytes.len() as u64 => break,
                     Ok(meta) => {

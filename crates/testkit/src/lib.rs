@@ -6,7 +6,11 @@
 //! against it, crash it (`SIGKILL`), stop it cleanly (`SIGTERM`) and restart it
 //! on the same data. Nothing here depends on the broker crates: the binary is
 //! found by path (`env!("CARGO_BIN_EXE_tributary")` in the cli package's tests).
+//!
+//! [`S3Server`] runs a local S3 endpoint (`moto_server`) for `s3://` tests.
 
 mod broker;
+mod s3;
 
 pub use broker::{free_port, BrokerBuilder, BrokerProcess, DEFAULT_READY_TIMEOUT};
+pub use s3::{moto_server_bin, S3Server, S3_READY_TIMEOUT, S3_TEST_ENV, S3_TEST_REGION};

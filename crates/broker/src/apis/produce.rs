@@ -12,7 +12,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use tributary_meta::{BatchOutcome, ProducerBatch, TopicMeta};
-use tributary_protocol::batch::{split_batches, BatchError, BatchView};
+use tributary_protocol::batch::{set_log_append_time, split_batches, BatchError, BatchView};
 use tributary_storage::{AppendBatch, AppendReceiver, WriteError};
 
 use super::str_bytes;
@@ -26,7 +26,11 @@ pub type PendingProduce = Pin<Box<dyn Future<Output = Option<ProduceResponse>> +
 
 enum Slot {
     Ready(PartitionProduceResponse),
-    Waiting { index: i32, rx: AppendReceiver },
+    Waiting {
+        index: i32,
+        rx: AppendReceiver,
+        log_append_time: Option<i64>,
+    },
 }
 
 /// Phase one of a produce, run in request order on the connection: validate
@@ -91,8 +95,13 @@ pub async fn submit(broker: &Broker, req: ProduceRequest, _version: i16) -> Pend
             for slot in slots {
                 parts.push(match slot {
                     Slot::Ready(r) => r,
-                    Slot::Waiting { index, rx } => match rx.await {
-                        Ok(Ok(outcomes)) => outcome_response(index, &outcomes),
+                    Slot::Waiting {
+                        index,
+                        rx,
+                        log_append_time,
+                    } => match rx.await {
+                        Ok(Ok(outcomes)) => outcome_response(index, &outcomes)
+                            .with_log_append_time_ms(log_append_time.unwrap_or(-1)),
                         Ok(Err(e)) => error_response(index, write_error_code(&e), &e.to_string()),
                         Err(_) => {
                             let e = WriteError::ShuttingDown;
@@ -132,7 +141,7 @@ async fn submit_partition(
 ) -> Slot {
     match validate_partition(broker, topic, data) {
         Err(resp) => Slot::Ready(resp),
-        Ok((index, append)) => {
+        Ok((index, append, log_append_time)) => {
             if acks == 0 {
                 if let Err(e) = broker.writer.append_no_ack(topic.id, index, append).await {
                     tracing::warn!(error = %e, "acks=0 append dropped");
@@ -140,7 +149,11 @@ async fn submit_partition(
                 return Slot::Ready(error_response(index, 0, ""));
             }
             match broker.writer.submit(topic.id, index, append).await {
-                Ok(rx) => Slot::Waiting { index, rx },
+                Ok(rx) => Slot::Waiting {
+                    index,
+                    rx,
+                    log_append_time,
+                },
                 Err(e) => Slot::Ready(error_response(index, write_error_code(&e), &e.to_string())),
             }
         }
@@ -153,7 +166,7 @@ fn validate_partition(
     broker: &Broker,
     topic: &TopicMeta,
     data: PartitionProduceData,
-) -> Result<(i32, Vec<AppendBatch>), PartitionProduceResponse> {
+) -> Result<(i32, Vec<AppendBatch>, Option<i64>), PartitionProduceResponse> {
     let index = data.index;
     if index < 0 || index >= topic.partitions {
         return Err(error_response(
@@ -215,7 +228,22 @@ fn validate_partition(
             "transactional and control batches are not supported",
         ));
     }
-    Ok((index, batches.iter().map(append_batch).collect()))
+    let mut append: Vec<AppendBatch> = batches.iter().map(append_batch).collect();
+    let log_append_time = topic
+        .configs
+        .get("message.timestamp.type")
+        .is_some_and(|t| t == "LogAppendTime")
+        .then(tributary_storage::writer::now_ms);
+    if let Some(now) = log_append_time {
+        for a in &mut append {
+            let mut bytes = bytes::BytesMut::from(&a.bytes[..]);
+            set_log_append_time(&mut bytes, now);
+            a.bytes = bytes.freeze();
+            a.max_timestamp = now;
+            a.first_timestamp = now;
+        }
+    }
+    Ok((index, append, log_append_time))
 }
 
 fn outcome_response(index: i32, outcomes: &[BatchOutcome]) -> PartitionProduceResponse {

@@ -1,0 +1,397 @@
+//! Background maintenance: retention, compaction and the janitor.
+//!
+//! - **Retention** moves each partition's log start offset forward according
+//!   to its `retention.ms` / `retention.bytes` (whole index entries at a time,
+//!   as Kafka deletes whole segments) and drops index rows below it.
+//! - **Compaction** merges runs of small index entries of one partition (the
+//!   per-flush chunks of multi-partition segments) into one per-partition
+//!   object, split into entries of about `compacted_entry_bytes` so reads stay
+//!   small, then swaps the index rows atomically. If the swap loses a race, the
+//!   new object is never referenced and the janitor removes it.
+//! - **Janitor** deletes objects of dead segments (no index row points into
+//!   them) once they have been dead for `grace`, longer than any read in
+//!   flight, and deletes orphan uploads (objects the metadata store never
+//!   recorded, e.g. after a crash between PUT and commit) older than `grace`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use tributary_meta::{IndexEntry, MetaError, MetadataStore, TopicMeta};
+use tributary_protocol::batch::split_stored_batches;
+use tributary_segment::{PushBatch, SegmentBuilder};
+
+use crate::writer::now_ms;
+use crate::{keys, ReadCache};
+
+/// Kafka's default `retention.ms` (7 days).
+pub const DEFAULT_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// Tuning of background maintenance.
+#[derive(Debug, Clone)]
+pub struct MaintenanceConfig {
+    /// Time between passes.
+    pub interval: Duration,
+    /// How long a dead segment or an orphan upload is kept before deletion.
+    pub grace: Duration,
+    /// Entries smaller than this are compaction candidates.
+    pub small_entry_bytes: u64,
+    /// Largest object a compaction writes.
+    pub max_compacted_bytes: u64,
+    /// Target size of one index entry in a compacted object.
+    pub compacted_entry_bytes: u64,
+    /// Leave entries younger than this alone (tail readers are on them).
+    pub min_age: Duration,
+    /// Run compaction at all.
+    pub compaction: bool,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            grace: Duration::from_secs(600),
+            small_entry_bytes: 1 << 20,
+            max_compacted_bytes: 64 << 20,
+            compacted_entry_bytes: 1 << 20,
+            min_age: Duration::from_secs(60),
+            compaction: true,
+        }
+    }
+}
+
+/// What one pass did (for logs and tests).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PassReport {
+    pub partitions_trimmed: u64,
+    pub entries_dropped: u64,
+    pub compactions: u64,
+    pub compaction_conflicts: u64,
+    pub dead_deleted: u64,
+    pub orphans_deleted: u64,
+}
+
+/// Runs maintenance passes.
+#[derive(Clone)]
+pub struct Maintenance {
+    meta: Arc<dyn MetadataStore>,
+    store: Arc<dyn ObjectStore>,
+    cache: ReadCache,
+    config: MaintenanceConfig,
+}
+
+impl Maintenance {
+    pub fn new(
+        meta: Arc<dyn MetadataStore>,
+        store: Arc<dyn ObjectStore>,
+        cache: ReadCache,
+        config: MaintenanceConfig,
+    ) -> Self {
+        Self {
+            meta,
+            store,
+            cache,
+            config,
+        }
+    }
+
+    /// Run a pass every `interval` until `shutdown` fires.
+    pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.config.interval) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                match self.run_pass().await {
+                    Ok(report) if report != PassReport::default() => {
+                        info!(?report, "maintenance pass")
+                    }
+                    Ok(_) => debug!("maintenance pass: nothing to do"),
+                    Err(e) => warn!(error = %e, "maintenance pass failed"),
+                }
+            }
+        })
+    }
+
+    /// One full pass: retention, compaction, janitor.
+    pub async fn run_pass(&self) -> Result<PassReport, MetaError> {
+        let mut report = PassReport::default();
+        let now = now_ms();
+        let topics = self.meta.list_topics().await?;
+        for topic in &topics {
+            let (retention_ms, retention_bytes) = retention_of(topic);
+            for partition in 0..topic.partitions {
+                let before = self.meta.partition_offsets(topic.id, partition).await?;
+                let after = self
+                    .meta
+                    .apply_retention(topic.id, partition, now, retention_ms, retention_bytes)
+                    .await?;
+                if after.log_start_offset > before.log_start_offset {
+                    report.partitions_trimmed += 1;
+                    debug!(topic = %topic.name, partition, log_start = after.log_start_offset, "retention moved log start");
+                }
+            }
+        }
+        report.entries_dropped = self.meta.drop_expired_entries(now).await?;
+        if self.config.compaction {
+            for topic in &topics {
+                for partition in 0..topic.partitions {
+                    match self.compact_partition(topic, partition).await {
+                        Ok(Some(true)) => report.compactions += 1,
+                        Ok(Some(false)) => report.compaction_conflicts += 1,
+                        Ok(None) => {}
+                        Err(e) => {
+                            warn!(topic = %topic.name, partition, error = %e, "compaction failed")
+                        }
+                    }
+                }
+            }
+        }
+        report.dead_deleted = self.delete_dead_segments().await?;
+        report.orphans_deleted = self.delete_orphans().await?;
+        Ok(report)
+    }
+
+    /// Merge one run of small entries of a partition. `None`: nothing to do;
+    /// `Some(false)`: the index changed underneath and the swap was refused.
+    pub async fn compact_partition(
+        &self,
+        topic: &TopicMeta,
+        partition: i32,
+    ) -> Result<Option<bool>, CompactionError> {
+        let candidates = self
+            .meta
+            .compaction_candidates(
+                topic.id,
+                partition,
+                self.config.small_entry_bytes,
+                self.config.max_compacted_bytes,
+                10_000,
+            )
+            .await?;
+        // Leave the newest entries alone: tail readers and the writer's
+        // in-cache segments are there.
+        let min_age_ms = self.config.min_age.as_millis() as i64;
+        let cutoff = now_ms() - min_age_ms;
+        // Never re-merge what compaction already wrote: start after the last
+        // entry that lives in a compacted object.
+        let fresh = match candidates
+            .iter()
+            .rposition(|e| keys::is_compacted(&e.segment_key))
+        {
+            Some(i) => &candidates[i + 1..],
+            None => &candidates[..],
+        };
+        let old: Vec<IndexEntry> = fresh
+            .iter()
+            .take_while(|e| keys::segment_key_time_ms(&e.segment_key).is_some_and(|t| t <= cutoff))
+            .cloned()
+            .collect();
+        if old.len() < 2 {
+            return Ok(None);
+        }
+        // Small runs wait: merging a trickle into many tiny per-partition
+        // objects would make more objects, not fewer. A run goes once it is
+        // big enough, or once its oldest entry is ten times `min_age` old.
+        let run_bytes: u64 = old.iter().map(|e| e.byte_len).sum();
+        let oldest = keys::segment_key_time_ms(&old[0].segment_key).unwrap_or(0);
+        if run_bytes < self.config.max_compacted_bytes / 8 && now_ms() - oldest < min_age_ms * 10 {
+            return Ok(None);
+        }
+        let mut builder = SegmentBuilder::new();
+        // (first offset, handles) of each new entry
+        let mut groups: Vec<(i64, Vec<usize>, i64)> = Vec::new();
+        let mut group_bytes = 0u64;
+        for entry in &old {
+            let bytes = self
+                .cache
+                .read(
+                    &entry.segment_key,
+                    entry.byte_start..entry.byte_start + entry.byte_len,
+                )
+                .await
+                .map_err(|e| CompactionError::Read(entry.segment_key.clone(), e.to_string()))?;
+            let batches = split_stored_batches(&bytes)
+                .map_err(|e| CompactionError::Read(entry.segment_key.clone(), e.to_string()))?;
+            let mut base = entry.base_offset;
+            for batch in batches {
+                let count = batch.header.offset_count();
+                if groups.is_empty() || group_bytes >= self.config.compacted_entry_bytes {
+                    groups.push((base, Vec::new(), i64::MIN));
+                    group_bytes = 0;
+                }
+                let handle = builder.push_batch(
+                    topic.id,
+                    partition,
+                    PushBatch {
+                        record_count: i64::from(batch.header.record_count),
+                        offset_count: count,
+                        first_timestamp: batch.header.base_timestamp,
+                        max_timestamp: batch.header.max_timestamp,
+                        bytes: batch.bytes.clone(),
+                    },
+                );
+                group_bytes += batch.bytes.len() as u64;
+                if let Some(g) = groups.last_mut() {
+                    g.1.push(handle.index());
+                    g.2 = g.2.max(batch.header.max_timestamp);
+                }
+                base += count;
+            }
+            if base != entry.last_offset + 1 {
+                return Err(CompactionError::Read(
+                    entry.segment_key.clone(),
+                    format!(
+                        "entry {}..={} has batches up to {}",
+                        entry.base_offset,
+                        entry.last_offset,
+                        base - 1
+                    ),
+                ));
+            }
+        }
+        let built = builder.finish();
+        let key = keys::new_compacted_segment_key(now_ms());
+        let mut new_entries = Vec::with_capacity(groups.len());
+        for (i, (first, handles, max_ts)) in groups.iter().enumerate() {
+            let start = built.batches[handles[0]].byte_start;
+            let last_handle = handles[handles.len() - 1];
+            let end = built.batches[last_handle].byte_start + built.batches[last_handle].byte_len;
+            let last_offset = match groups.get(i + 1) {
+                Some(next) => next.0 - 1,
+                None => old[old.len() - 1].last_offset,
+            };
+            new_entries.push(IndexEntry {
+                topic_id: topic.id,
+                partition,
+                base_offset: *first,
+                last_offset,
+                segment_key: key.clone(),
+                byte_start: start,
+                byte_len: end - start,
+                max_timestamp: *max_ts,
+            });
+        }
+        let size = built.bytes.len() as u64;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        self.store
+            .put_opts(
+                &keys::path(&key),
+                PutPayload::from_bytes(built.bytes.clone()),
+                opts,
+            )
+            .await
+            .map_err(|e| CompactionError::Upload(key.clone(), e.to_string()))?;
+        self.cache.insert_object(&key, &built.bytes).await;
+        let swapped = self
+            .meta
+            .replace_entries(&old, &key, size, &new_entries, now_ms())
+            .await?;
+        if swapped {
+            info!(topic = %topic.name, partition, merged = old.len(), entries = new_entries.len(), segment = %key, size, "compacted");
+        } else {
+            debug!(topic = %topic.name, partition, segment = %key, "compaction lost a race; the janitor removes the object");
+        }
+        Ok(Some(swapped))
+    }
+
+    /// Delete objects of segments dead for longer than the grace period.
+    pub async fn delete_dead_segments(&self) -> Result<u64, MetaError> {
+        let before = now_ms() - self.config.grace.as_millis() as i64;
+        let mut deleted = 0;
+        loop {
+            let dead = self.meta.dead_segments(before, 500).await?;
+            if dead.is_empty() {
+                return Ok(deleted);
+            }
+            let mut gone = Vec::with_capacity(dead.len());
+            for d in &dead {
+                match self.store.delete(&keys::path(&d.key)).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                        self.cache.invalidate_object(&d.key, d.size).await;
+                        gone.push(d.key.clone());
+                    }
+                    Err(e) => warn!(segment = %d.key, error = %e, "deleting dead segment failed"),
+                }
+            }
+            if gone.is_empty() {
+                return Ok(deleted);
+            }
+            deleted += gone.len() as u64;
+            self.meta.forget_segments(&gone).await?;
+            if dead.len() < 500 {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// Delete uploads the metadata store never recorded, older than the grace
+    /// period (their commit can no longer be in flight).
+    pub async fn delete_orphans(&self) -> Result<u64, MetaError> {
+        let cutoff = now_ms() - self.config.grace.as_millis() as i64;
+        let prefix = keys::path(keys::SEGMENTS_PREFIX);
+        let listed: Vec<String> = match self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "listing segments for the janitor failed");
+                return Ok(0);
+            }
+        };
+        let old: Vec<String> = listed
+            .into_iter()
+            .filter(|k| keys::segment_key_time_ms(k).is_some_and(|t| t < cutoff))
+            .collect();
+        let mut deleted = 0;
+        for chunk in old.chunks(500) {
+            for key in self.meta.unknown_segments(chunk).await? {
+                match self.store.delete(&keys::path(&key)).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                        info!(segment = %key, "deleted orphan upload");
+                        deleted += 1;
+                    }
+                    Err(e) => warn!(segment = %key, error = %e, "deleting orphan failed"),
+                }
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// `retention.ms` and `retention.bytes` of a topic (-1 = unlimited).
+fn retention_of(topic: &TopicMeta) -> (i64, i64) {
+    let get = |k: &str, default: i64| {
+        topic
+            .configs
+            .get(k)
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(default)
+    };
+    (
+        get("retention.ms", DEFAULT_RETENTION_MS),
+        get("retention.bytes", -1),
+    )
+}
+
+/// Why a compaction failed (it changed nothing).
+#[derive(Debug, thiserror::Error)]
+pub enum CompactionError {
+    #[error("metadata call failed")]
+    Meta(#[from] MetaError),
+    #[error("reading segment failed key={0}: {1}")]
+    Read(String, String),
+    #[error("uploading compacted segment failed key={0}: {1}")]
+    Upload(String, String),
+}
