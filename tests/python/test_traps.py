@@ -735,12 +735,6 @@ def test_describe_cluster(broker):
 # Topic config values ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BROKER BUG: CreateTopics stores invalid config values verbatim "
-    "(Kafka answers INVALID_CONFIG); max.message.bytes=abc then silently "
-    "disables the limit, max.message.bytes=-5 makes the topic unwritable",
-)
 @pytest.mark.parametrize(
     "config",
     [
@@ -763,11 +757,6 @@ def test_create_topic_invalid_config_value_refused(broker, config):
     assert kafka_error_code(excinfo) == KafkaError.INVALID_CONFIG, excinfo.value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BROKER BUG: committed offsets survive DeleteTopics; a re-created "
-    "topic of the same name inherits the old group's committed offset",
-)
 def test_delete_topic_drops_committed_offsets(broker):
     """Kafka removes a group's committed offsets for deleted partitions; a
     stale offset on the re-created topic would make the group skip records."""
@@ -795,11 +784,6 @@ def test_delete_topic_drops_committed_offsets(broker):
     assert tp.offset == -1001, f"re-created topic has committed offset {tp.offset} (OFFSET_INVALID expected)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BROKER BUG: message.timestamp.type=LogAppendTime is accepted (and "
-    "described) but ignored: records keep the producer's CreateTime",
-)
 def test_log_append_time_topic_overrides_timestamps(broker):
     topic = uniq("lat")
     admin = admin_client(broker)
