@@ -46,6 +46,65 @@ struct Args {
     /// Directory holding the broker's segment objects (file:// store).
     #[arg(long)]
     objects_dir: Option<PathBuf>,
+    /// The broker's Prometheus endpoint (e.g. http://127.0.0.1:9464/metrics):
+    /// object-store requests per GiB and cache hits are read from it.
+    #[arg(long)]
+    metrics_url: Option<String>,
+}
+
+/// Counters scraped from the broker's /metrics.
+#[derive(Debug, Default, Clone, Copy)]
+struct Scrape {
+    puts: f64,
+    gets: f64,
+    get_bytes: f64,
+    hits: f64,
+    misses: f64,
+}
+
+impl Scrape {
+    fn minus(self, o: Scrape) -> Scrape {
+        Scrape {
+            puts: self.puts - o.puts,
+            gets: self.gets - o.gets,
+            get_bytes: self.get_bytes - o.get_bytes,
+            hits: self.hits - o.hits,
+            misses: self.misses - o.misses,
+        }
+    }
+}
+
+/// GET a Prometheus text page with a plain HTTP/1.0 request.
+fn scrape(url: &str) -> Result<Scrape> {
+    use std::io::{Read, Write};
+    let rest = url
+        .strip_prefix("http://")
+        .context("metrics url must be http://")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    // Let the broker's 1 s publisher catch up.
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut conn = std::net::TcpStream::connect(host).context("connect to metrics endpoint")?;
+    write!(conn, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    let mut body = String::new();
+    conn.read_to_string(&mut body)?;
+    let mut s = Scrape::default();
+    for line in body.lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
+        match name {
+            "tributary_object_store_requests_total{op=\"put\"}" => s.puts = v,
+            "tributary_object_store_requests_total{op=\"get\"}" => s.gets = v,
+            "tributary_object_store_bytes_total{op=\"get\"}" => s.get_bytes = v,
+            "tributary_read_cache_hits_total" => s.hits = v,
+            "tributary_read_cache_misses_total" => s.misses = v,
+            _ => {}
+        }
+    }
+    Ok(s)
 }
 
 /// Records delivery latencies (µs) and failures.
@@ -141,6 +200,7 @@ fn main() -> Result<()> {
     let payload = vec![b'x'; args.record_size];
     let before = args.objects_dir.as_deref().map(count_objects);
 
+    let m0 = args.metrics_url.as_deref().map(scrape).transpose()?;
     // Phase 1: produce throughput.
     let stats = Arc::new(Stats::default());
     let p = producer(&args, stats.clone())?;
@@ -176,6 +236,7 @@ fn main() -> Result<()> {
     let after = args.objects_dir.as_deref().map(count_objects);
     drop(p);
 
+    let m1 = args.metrics_url.as_deref().map(scrape).transpose()?;
     // Phase 2: consume throughput from the beginning.
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &args.bootstrap)
@@ -205,7 +266,33 @@ fn main() -> Result<()> {
     }
     let consume_secs = start.elapsed().as_secs_f64();
 
-    // Phase 3: latency at a fixed moderate rate.
+    let m2 = args.metrics_url.as_deref().map(scrape).transpose()?;
+    // Phase 3: latency at a fixed moderate rate, with a tail consumer
+    // following along (its reads should all hit the broker's cache).
+    let tail_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tail = {
+        let stop = tail_stop.clone();
+        let tail_consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &args.bootstrap)
+            .set("group.id", format!("bench-tail-{}", std::process::id()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .context("create tail consumer")?;
+        let mut tpl = TopicPartitionList::new();
+        for part in 0..args.partitions {
+            tpl.add_partition_offset(&args.topic, part, Offset::End)?;
+        }
+        tail_consumer.assign(&tpl)?;
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(Ok(_)) = tail_consumer.poll(Duration::from_millis(100)) {
+                    n += 1;
+                }
+            }
+            n
+        })
+    };
     let lat_stats = Arc::new(Stats::default());
     let p = producer(&args, lat_stats.clone())?;
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
@@ -225,6 +312,12 @@ fn main() -> Result<()> {
         }
     }
     p.flush(Duration::from_secs(60)).context("flush")?;
+    std::thread::sleep(Duration::from_millis(500));
+    tail_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let tailed = tail
+        .join()
+        .map_err(|_| anyhow::anyhow!("tail consumer panicked"))?;
+    let m3 = args.metrics_url.as_deref().map(scrape).transpose()?;
     let mut lat = lat_stats
         .latencies_us
         .lock()
@@ -262,6 +355,35 @@ fn main() -> Result<()> {
             (b1 - b0) as f64 / (1 << 20) as f64,
             (n1 - n0) as f64 / gib,
             (b1 - b0) as f64 / (1 << 20) as f64 / ((n1 - n0).max(1)) as f64
+        );
+    }
+    if let (Some(m0), Some(m1), Some(m2), Some(m3)) = (m0, m1, m2, m3) {
+        let gib = |bytes: f64| bytes / (1u64 << 30) as f64;
+        let p1 = m1.minus(m0);
+        let p2 = m2.minus(m1);
+        let p3 = m3.minus(m2);
+        let produced = (args.records * args.record_size) as f64;
+        let low_rate_bytes = sent as f64 * args.record_size as f64;
+        println!(
+            "| PUTs per GiB produced, saturation | {:.0} |",
+            p1.puts / gib(produced)
+        );
+        println!(
+            "| PUTs per GiB produced, {:.1} MB/s steady | {:.0} |",
+            args.rate as f64 * args.record_size as f64 / 1e6,
+            p3.puts / gib(low_rate_bytes)
+        );
+        println!(
+            "| GETs per GiB consumed, catch-up (from the beginning) | {:.0} ({:.2} GiB read from the store, cache hit ratio {:.2}) |",
+            p2.gets / gib(bytes as f64),
+            gib(p2.get_bytes),
+            p2.hits / (p2.hits + p2.misses).max(1.0)
+        );
+        println!(
+            "| GETs per GiB consumed, tail consumer | {:.0} ({} records tailed, cache hit ratio {:.2}) |",
+            p3.gets / gib((tailed as f64 * args.record_size as f64).max(1.0)),
+            tailed,
+            p3.hits / (p3.hits + p3.misses).max(1.0)
         );
     }
     Ok(())

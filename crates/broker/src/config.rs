@@ -25,7 +25,10 @@ pub struct BrokerConfig {
     pub max_request_bytes: usize,
     /// Concurrent connections accepted.
     pub max_connections: usize,
-    /// Requests of one connection processed at once (answers stay in order).
+    /// Requests of one connection awaiting their answer (answers stay in
+    /// order). Produce answers wait for a flush, so clients that pipeline
+    /// (librdkafka allows up to 1M in flight) need a deep queue: with 32 and
+    /// a 250 ms flush, a connection could not exceed 128 produces/s.
     pub max_inflight_per_connection: usize,
     /// Consumer-group coordinator settings.
     pub groups: GroupConfig,
@@ -43,7 +46,7 @@ impl Default for BrokerConfig {
             max_message_bytes: 1_048_588,
             max_request_bytes: 100 * 1024 * 1024,
             max_connections: 10_000,
-            max_inflight_per_connection: 32,
+            max_inflight_per_connection: 1024,
             groups: GroupConfig::default(),
         }
     }

@@ -234,20 +234,43 @@ pub fn encode_response(
     Ok(buf.freeze())
 }
 
+/// Write answers in request order. Buffered output is flushed whenever the
+/// writer is about to wait (for the next request or for an answer that is
+/// not ready yet), so an answer never sits in the buffer while later,
+/// slower requests are pending.
 async fn write_responses(
     wr: tokio::net::tcp::OwnedWriteHalf,
     mut rx: mpsc::Receiver<Pending>,
     peer: SocketAddr,
 ) {
     let mut out = BufWriter::with_capacity(64 * 1024, wr);
-    while let Some(pending) = rx.recv().await {
-        match pending.await {
-            Ok(Some(bytes)) => {
-                if out.write_all(bytes.chunk()).await.is_err() {
+    loop {
+        let mut pending = match rx.try_recv() {
+            Ok(p) => p,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                if out.flush().await.is_err() {
                     break;
                 }
-                // Flush when nothing else is ready to go out.
-                if rx.is_empty() && out.flush().await.is_err() {
+                match rx.recv().await {
+                    Some(p) => p,
+                    None => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
+        let answer = match pending.try_recv() {
+            Ok(a) => Ok(a),
+            Err(oneshot::error::TryRecvError::Empty) => {
+                if out.flush().await.is_err() {
+                    break;
+                }
+                pending.await.map_err(|_| ())
+            }
+            Err(oneshot::error::TryRecvError::Closed) => Err(()),
+        };
+        match answer {
+            Ok(Some(bytes)) => {
+                if out.write_all(bytes.chunk()).await.is_err() {
                     break;
                 }
             }

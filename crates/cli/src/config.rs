@@ -69,6 +69,9 @@ pub struct ServeArgs {
     /// Only compact data older than this [default: 60000].
     #[arg(long, env = "TRIBUTARY_COMPACTION_MIN_AGE_MS")]
     pub compaction_min_age_ms: Option<u64>,
+    /// Serve Prometheus metrics on HOST:PORT at /metrics [default: off].
+    #[arg(long, env = "TRIBUTARY_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// TESTING ONLY: inject object-store faults, e.g.
     /// `put_fail=0.1,get_fail=0.1,put_lost=0.05,latency_ms=5-50,seed=7`.
     #[arg(long, env = "TRIBUTARY_INJECT_FAULTS", hide = true)]
@@ -96,6 +99,7 @@ struct FileConfig {
     segment_grace_ms: Option<u64>,
     compaction: Option<bool>,
     compaction_min_age_ms: Option<u64>,
+    metrics_listen: Option<String>,
 }
 
 /// Resolved settings.
@@ -112,6 +116,7 @@ pub struct Settings {
     pub broker: BrokerConfig,
     pub maintenance: MaintenanceConfig,
     pub faults: Option<FaultConfig>,
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -215,7 +220,15 @@ impl Settings {
             ),
             None => None,
         };
+        let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
+            Some(a) => Some(
+                a.parse()
+                    .with_context(|| format!("bad --metrics-listen {a}: expected IP:PORT"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
+            metrics_listen,
             faults,
             maintenance,
             listen,

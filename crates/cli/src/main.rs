@@ -4,6 +4,7 @@
 
 mod config;
 mod init;
+mod observe;
 
 use std::sync::Arc;
 
@@ -94,10 +95,19 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
     let maintenance = Maintenance::new(
         meta.clone(),
         store.clone(),
-        cache,
+        cache.clone(),
         settings.maintenance.clone(),
     )
     .spawn(maintenance_stop.clone());
+    if let Some(addr) = settings.metrics_listen {
+        observe::serve_prometheus(addr)?;
+        observe::spawn_publisher(
+            opened.metrics.clone(),
+            cache.clone(),
+            maintenance_stop.clone(),
+        );
+        tracing::info!(%addr, "prometheus metrics at /metrics");
+    }
     let listener = TcpListener::bind(&settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -121,6 +131,7 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
     if let Err(e) = maintenance.await {
         tracing::warn!(error = %e, "maintenance task ended abnormally");
     }
+    observe::log_summary(&opened.metrics, &cache);
     Ok(())
 }
 
