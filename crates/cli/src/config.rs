@@ -214,10 +214,14 @@ impl Settings {
                 .map_or(defaults.min_age, Duration::from_millis),
             ..defaults
         };
+        let mut writer = writer;
         let faults = match &args.inject_faults {
-            Some(spec) => Some(
-                parse_fault_spec(spec).map_err(|e| anyhow::anyhow!("bad --inject-faults: {e}"))?,
-            ),
+            Some(spec) => {
+                let spec = parse_fault_spec(spec)
+                    .map_err(|e| anyhow::anyhow!("bad --inject-faults: {e}"))?;
+                writer.inject_commit_lost = spec.commit_lost;
+                Some(spec.store)
+            }
             None => None,
         };
         let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {

@@ -482,6 +482,30 @@ pub async fn index_merges_adjacent_batches(store: &dyn MetadataStore) {
     let bases: Vec<i64> = outcomes.into_iter().map(appended).collect();
     assert_eq!(bases, vec![0, 2, 5, 0, 1, 10, 2]);
 
+    // The entries of one segment, as used to resolve a lost commit answer.
+    let by_segment: Vec<(i32, i64, i64, u64)> = store
+        .segment_entries("merge")
+        .await
+        .expect("segment_entries")
+        .into_iter()
+        .map(|e| (e.partition, e.base_offset, e.last_offset, e.byte_start))
+        .collect();
+    assert_eq!(
+        by_segment,
+        vec![
+            (0, 0, 9, 0),
+            (0, 10, 13, 195),
+            (1, 0, 1, 175),
+            (1, 2, 3, 300)
+        ],
+        "segment_entries lists every entry of the segment in partition/offset order"
+    );
+    assert!(store
+        .segment_entries("no-such-segment")
+        .await
+        .expect("segment_entries")
+        .is_empty());
+
     let p0 = entries(store, t.id, 0, 0).await;
     assert_eq!(
         p0,

@@ -106,6 +106,10 @@ pub enum BatchRejection {
     OutOfOrderSequence,
     /// Producer epoch older than the one already seen.
     InvalidProducerEpoch,
+    /// Not a store answer: the commit's answer was lost and this batch is
+    /// not in the index (it was a duplicate or refused). The producer should
+    /// retry; an idempotent retry then gets the real answer.
+    OutcomeUnknown,
 }
 
 /// One index row: a run of consecutive batches of one partition stored
@@ -186,6 +190,11 @@ pub trait LogStore: Send + Sync {
     /// was unknown). True for dead segments until they are forgotten
     /// ([`MaintenanceStore::forget_segments`]).
     async fn segment_committed(&self, key: &str) -> Result<bool>;
+
+    /// Index entries pointing into segment `key`, ordered by topic id,
+    /// partition and base offset. Resolves a commit whose answer was lost:
+    /// the entries tell which batches got which offsets.
+    async fn segment_entries(&self, key: &str) -> Result<Vec<IndexEntry>>;
 
     async fn partition_offsets(&self, topic_id: Uuid, partition: i32) -> Result<PartitionOffsets>;
 

@@ -1106,6 +1106,24 @@ impl LogStore for SqliteStore {
         .await
     }
 
+    async fn segment_entries(&self, key: &str) -> Result<Vec<IndexEntry>> {
+        let key = key.to_owned();
+        self.read("segment_entries", move |tx| {
+            let entries = tx
+                .prepare_cached(
+                    "SELECT topic_id, partition_index, base_offset, last_offset, \
+                     segment_key, byte_start, byte_len, max_timestamp \
+                     FROM index_entries INDEXED BY index_entries_by_segment \
+                     WHERE segment_key = ?1 \
+                     ORDER BY topic_id, partition_index, base_offset",
+                )?
+                .query_map([&key], entry_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(entries)
+        })
+        .await
+    }
+
     async fn partition_offsets(&self, topic_id: Uuid, partition: i32) -> Result<PartitionOffsets> {
         self.read("partition_offsets", move |tx| {
             let p = require_partition(tx, topic_id, partition)?;

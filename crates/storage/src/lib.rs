@@ -21,7 +21,8 @@ pub use cache::{CacheStats, ReadCache};
 pub use error::{ReadError, StorageError, WriteError};
 pub use maintenance::{Maintenance, MaintenanceConfig, PassReport};
 pub use open::{
-    open_object_store, open_object_store_with, parse_fault_spec, ObjectStoreUrl, OpenedStore,
+    open_object_store, open_object_store_with, parse_fault_spec, FaultSpec, ObjectStoreUrl,
+    OpenedStore,
 };
 pub use reader::{FetchedPartition, Fetcher};
 pub use watermarks::Watermarks;

@@ -130,10 +130,19 @@ pub fn open_object_store(raw: &str) -> Result<Arc<dyn ObjectStore>, StorageError
     Ok(open_object_store_with(raw, None, RetryPolicy::default())?.store)
 }
 
+/// Faults to inject (testing only): object-store faults, plus the share of
+/// metadata commits whose answer the segment writer pretends to lose.
+#[derive(Debug, Clone, Default)]
+pub struct FaultSpec {
+    pub store: FaultConfig,
+    pub commit_lost: f64,
+}
+
 /// Parse a fault-injection spec (testing only), e.g.
-/// `put_fail=0.1,get_fail=0.1,put_lost=0.05,latency_ms=5-50,seed=7`.
-pub fn parse_fault_spec(spec: &str) -> Result<FaultConfig, String> {
+/// `put_fail=0.1,get_fail=0.1,put_lost=0.05,latency_ms=5-50,seed=7,commit_lost=0.1`.
+pub fn parse_fault_spec(spec: &str) -> Result<FaultSpec, String> {
     let mut config = FaultConfig::default();
+    let mut commit_lost = 0.0;
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (k, v) = part
             .split_once('=')
@@ -148,6 +157,7 @@ pub fn parse_fault_spec(spec: &str) -> Result<FaultConfig, String> {
             "put_fail" => config.fail_put_ratio = ratio(v)?,
             "get_fail" => config.fail_get_ratio = ratio(v)?,
             "put_lost" => config.put_succeeds_then_errors_ratio = ratio(v)?,
+            "commit_lost" => commit_lost = ratio(v)?,
             "first_puts" => {
                 config.fail_first_n_puts = v.parse().map_err(|_| format!("bad first_puts {v:?}"))?
             }
@@ -167,7 +177,10 @@ pub fn parse_fault_spec(spec: &str) -> Result<FaultConfig, String> {
             other => return Err(format!("unknown fault spec key {other}")),
         }
     }
-    Ok(config)
+    Ok(FaultSpec {
+        store: config,
+        commit_lost,
+    })
 }
 
 /// The bare backend a URL names.
@@ -251,8 +264,12 @@ mod tests {
 
     #[test]
     fn parses_fault_specs() {
-        let c = parse_fault_spec("put_fail=0.1,get_fail=0.2,put_lost=0.05,latency_ms=5-50,seed=7")
-            .expect("spec");
+        let spec = parse_fault_spec(
+            "put_fail=0.1,get_fail=0.2,put_lost=0.05,latency_ms=5-50,seed=7,commit_lost=0.3",
+        )
+        .expect("spec");
+        assert_eq!(spec.commit_lost, 0.3);
+        let c = spec.store;
         assert_eq!(c.fail_put_ratio, 0.1);
         assert_eq!(c.fail_get_ratio, 0.2);
         assert_eq!(c.put_succeeds_then_errors_ratio, 0.05);

@@ -9,6 +9,7 @@
 //! offsets of one partition follow the order in which its batches arrived and
 //! idempotent producers' sequences stay in order.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, warn};
 use tributary_meta::{
-    BatchOutcome, MetaError, MetadataStore, PendingBatch, ProducerBatch, SegmentCommit,
+    BatchOutcome, BatchRejection, MetaError, MetadataStore, PendingBatch, ProducerBatch,
+    SegmentCommit,
 };
 use tributary_segment::{PushBatch, SegmentBuilder};
 use uuid::Uuid;
@@ -37,6 +39,9 @@ pub struct WriterConfig {
     pub max_inflight_uploads: usize,
     /// Attempts per PUT and per commit before the appends fail.
     pub max_attempts: u32,
+    /// TESTING ONLY: probability that a successful commit's answer is
+    /// treated as lost (as after a timeout), exercising the resolution path.
+    pub inject_commit_lost: f64,
 }
 
 impl Default for WriterConfig {
@@ -46,6 +51,7 @@ impl Default for WriterConfig {
             flush_interval: Duration::from_millis(50),
             max_inflight_uploads: 4,
             max_attempts: 5,
+            inject_commit_lost: 0.0,
         }
     }
 }
@@ -406,7 +412,7 @@ async fn committer(
                 })
                 .collect(),
         };
-        match commit_with_retry(meta.as_ref(), &commit, config.max_attempts).await {
+        match commit_with_retry(meta.as_ref(), &commit, &config).await {
             Ok(outcomes) => {
                 watermarks.notify_commit();
                 for w in sealed.waiters {
@@ -438,25 +444,83 @@ async fn committer(
 async fn commit_with_retry(
     meta: &dyn MetadataStore,
     commit: &SegmentCommit,
-    max_attempts: u32,
+    config: &WriterConfig,
 ) -> Result<Vec<BatchOutcome>, String> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match meta.commit_segment(commit).await {
+        let mut result = meta.commit_segment(commit).await;
+        if result.is_ok()
+            && config.inject_commit_lost > 0.0
+            && rand::random::<f64>() < config.inject_commit_lost
+        {
+            warn!(segment = %commit.key, "injected fault: commit answer lost");
+            result = Err(MetaError::Backend {
+                op: "commit_segment",
+                source: "injected fault: commit answer lost".into(),
+            });
+        }
+        match result {
             Ok(outcomes) => return Ok(outcomes),
-            Err(MetaError::SegmentExists(_)) => {
-                // An earlier attempt landed but its answer was lost: the data
-                // is committed, but the offsets it got are not known here.
-                return Err("commit landed but its outcome was lost; retry the produce".into());
-            }
-            Err(e) if e.is_retryable() && attempt < max_attempts => {
+            // An earlier attempt landed although it seemed to fail.
+            Err(MetaError::SegmentExists(_)) => return resolve_commit(meta, commit).await,
+            Err(e) if e.is_retryable() && attempt < config.max_attempts => {
                 warn!(segment = %commit.key, attempt, error = %e, "segment commit retry");
                 tokio::time::sleep(backoff(attempt)).await;
+                // The failed call may still have committed: never commit
+                // twice, read back what it did instead.
+                match meta.segment_committed(&commit.key).await {
+                    Ok(true) => return resolve_commit(meta, commit).await,
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!(segment = %commit.key, error = %e, "checking a failed commit failed; retrying it")
+                    }
+                }
             }
             Err(e) => return Err(e.to_string()),
         }
     }
+}
+
+/// Rebuild the outcomes of a commit that landed but whose answer was lost,
+/// from the index entries pointing into its segment. Batches of one partition
+/// are laid out in commit order, so within an entry each batch's base offset
+/// follows from the ones before it. A batch found in no entry was a
+/// duplicate or refused: its outcome is unknown and the producer must retry.
+async fn resolve_commit(
+    meta: &dyn MetadataStore,
+    commit: &SegmentCommit,
+) -> Result<Vec<BatchOutcome>, String> {
+    let entries = meta
+        .segment_entries(&commit.key)
+        .await
+        .map_err(|e| format!("resolving a lost commit answer failed: {e}"))?;
+    let mut cursors: HashMap<(Uuid, i32, i64), i64> = HashMap::new();
+    let outcomes = commit
+        .batches
+        .iter()
+        .map(|b| {
+            let entry = entries.iter().find(|e| {
+                e.topic_id == b.topic_id
+                    && e.partition == b.partition
+                    && e.byte_start <= b.byte_start
+                    && b.byte_start < e.byte_start + e.byte_len
+            });
+            match entry {
+                Some(e) => {
+                    let cursor = cursors
+                        .entry((e.topic_id, e.partition, e.base_offset))
+                        .or_insert(e.base_offset);
+                    let base_offset = *cursor;
+                    *cursor += b.offset_count;
+                    BatchOutcome::Appended { base_offset }
+                }
+                None => BatchOutcome::Rejected(BatchRejection::OutcomeUnknown),
+            }
+        })
+        .collect();
+    debug!(segment = %commit.key, "resolved a lost commit answer from the index");
+    Ok(outcomes)
 }
 
 fn fail(waiters: Vec<Waiter>, error: WriteError) {
