@@ -4,7 +4,8 @@
 #   1. installs kcat (apt) if missing and a cached Python venv with
 #      tests/python/requirements.txt,
 #   2. cargo fmt --check, clippy -D warnings, release build of the broker,
-#   3. cargo test --workspace (Rust unit + end-to-end tests with rdkafka),
+#   3. cargo test --workspace (Rust unit + end-to-end tests with rdkafka), then
+#      the end-to-end tests again on a moto S3 server (TRIBUTARY_TEST_STORE=s3),
 #   4. pytest tests/python (confluent-kafka and kcat against the release binary).
 # Every step runs even if an earlier one failed (except those that need its
 # output); the exit code is non-zero if any step failed.
@@ -99,6 +100,17 @@ cargo_tests() {
     fi
 }
 
+# The end-to-end suite again, with every test broker storing its segments on
+# its own moto S3 server (tests that inspect the local data dir stay local).
+cargo_tests_s3() {
+    if [ -n "$VENV" ]; then export TRIBUTARY_VENV=$VENV; fi
+    if cargo nextest --version >/dev/null 2>&1; then
+        TRIBUTARY_TEST_STORE=s3 cargo nextest run -p tributary-cli -E 'kind(test)' --no-fail-fast
+    else
+        TRIBUTARY_TEST_STORE=s3 cargo test -p tributary-cli --tests --no-fail-fast
+    fi
+}
+
 python_tests() {
     TRIBUTARY_BIN="$CARGO_TARGET_DIR/release/tributary" \
         "$VENV/bin/python" -m pytest "$ROOT/tests/python" -v
@@ -112,6 +124,7 @@ step "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D war
 BUILD_OK=0
 step "cargo build --release -p tributary-cli" cargo build --release -p tributary-cli && BUILD_OK=1
 step "cargo test --workspace" cargo_tests
+step "end-to-end tests on S3 (moto)" cargo_tests_s3
 if [ "$BUILD_OK" -eq 1 ] && [ "$VENV_OK" -eq 1 ]; then
     step "pytest tests/python" python_tests
 else

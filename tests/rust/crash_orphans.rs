@@ -23,7 +23,7 @@ const PARTITIONS: i32 = 2;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_with_uploads_in_flight_then_janitor_cleans_orphans() -> Result<()> {
-    let mut broker = start_broker(&[
+    let mut broker = start_broker_local(&[
         "--inject-faults",
         "latency_ms=100-300",
         "--maintenance-interval-ms",

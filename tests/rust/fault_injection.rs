@@ -31,7 +31,7 @@ const FAULTS: &str =
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idempotent_producer_survives_faults() -> Result<()> {
-    let mut broker = start_broker(&["--inject-faults", FAULTS, "--cache-bytes", "0"])?;
+    let mut broker = start_broker_local(&["--inject-faults", FAULTS, "--cache-bytes", "0"])?;
     let result = tokio::time::timeout(TEST_TIMEOUT, body(&mut broker, true))
         .await
         .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")));
@@ -43,7 +43,7 @@ async fn idempotent_producer_survives_faults() -> Result<()> {
 /// retries from duplicating records.
 #[tokio::test(flavor = "multi_thread")]
 async fn plain_producer_gets_no_duplicates_under_faults() -> Result<()> {
-    let mut broker = start_broker(&["--inject-faults", FAULTS, "--cache-bytes", "0"])?;
+    let mut broker = start_broker_local(&["--inject-faults", FAULTS, "--cache-bytes", "0"])?;
     let result = tokio::time::timeout(TEST_TIMEOUT, body(&mut broker, false))
         .await
         .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")));

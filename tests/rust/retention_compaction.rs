@@ -85,7 +85,7 @@ async fn read_everything(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn compaction_merges_segments_and_keeps_every_record() -> Result<()> {
-    let broker = start_broker(MAINTENANCE)?;
+    let broker = start_broker_local(MAINTENANCE)?;
     run_test(&broker, async {
         let bootstrap = broker.bootstrap();
         create_topic(&bootstrap, "compact-me", 3).await?;
@@ -162,7 +162,7 @@ fn log_start(bootstrap: &str, topic: &str, partition: i32) -> Result<(i64, i64)>
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_by_time_and_size_frees_objects() -> Result<()> {
-    let broker = start_broker(&[MAINTENANCE, &["--compaction", "false"]].concat())?;
+    let broker = start_broker_local(&[MAINTENANCE, &["--compaction", "false"]].concat())?;
     run_test(&broker, async {
         let bootstrap = broker.bootstrap();
         create_topic_with(&bootstrap, "by-time", 1, &[("retention.ms", "1000")]).await?;

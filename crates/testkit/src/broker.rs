@@ -134,6 +134,7 @@ impl BrokerBuilder {
             port,
             log_path,
             child: None,
+            guards: Vec::new(),
             data,
         };
         broker.spawn()?;
@@ -150,11 +151,19 @@ pub struct BrokerProcess {
     port: u16,
     log_path: PathBuf,
     child: Option<Child>,
+    /// Things the broker depends on (e.g. an [`crate::S3Server`]), dropped
+    /// after it.
+    guards: Vec<Box<dyn std::any::Any + Send + Sync>>,
     // Declared last so the process is gone before a temp dir is deleted.
     data: DataDir,
 }
 
 impl BrokerProcess {
+    /// Keep `guard` alive as long as this broker (e.g. the S3 server it uses).
+    pub fn keep_alive(&mut self, guard: impl std::any::Any + Send + Sync) {
+        self.guards.push(Box::new(guard));
+    }
+
     /// Starts a configurable broker; see [`BrokerBuilder`].
     pub fn builder(bin: impl Into<PathBuf>) -> BrokerBuilder {
         BrokerBuilder {
@@ -353,6 +362,7 @@ impl Drop for BrokerProcess {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.guards.clear();
     }
 }
 

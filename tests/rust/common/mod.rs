@@ -36,7 +36,33 @@ pub fn broker_bin() -> &'static str {
 }
 
 /// Starts the broker under test on a free port with a fresh data dir.
+///
+/// With `TRIBUTARY_TEST_STORE=s3` in the environment the broker stores its
+/// segments on its own moto S3 server instead of the local directory, so the
+/// same suite runs against a real S3-compatible server (`scripts/test.sh`
+/// runs it both ways).
 pub fn start_broker(extra_args: &[&str]) -> Result<BrokerProcess> {
+    if std::env::var("TRIBUTARY_TEST_STORE").as_deref() == Ok("s3") {
+        let s3 = tributary_testkit::S3Server::start()?;
+        let url = s3.url("tributary-suite", "t");
+        eprintln!("test broker stores segments on S3: {url}");
+        let mut builder = BrokerProcess::builder(broker_bin())
+            .args(DEFAULT_ARGS.iter().copied())
+            .args(["--object-store", url.as_str(), "--create-bucket"])
+            .args(extra_args.iter().copied());
+        for (key, value) in tributary_testkit::S3_TEST_ENV {
+            builder = builder.env(*key, *value);
+        }
+        let mut broker = builder.start()?;
+        broker.keep_alive(s3);
+        return Ok(broker);
+    }
+    start_broker_local(extra_args)
+}
+
+/// Starts a broker on the local-directory store whatever the environment
+/// says (for tests that inspect or plant objects in the data directory).
+pub fn start_broker_local(extra_args: &[&str]) -> Result<BrokerProcess> {
     BrokerProcess::builder(broker_bin())
         .args(DEFAULT_ARGS.iter().copied())
         .args(extra_args.iter().copied())
