@@ -6,7 +6,6 @@ use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
 };
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
-use kafka_protocol::ResponseError;
 
 use crate::error::meta_error_code;
 use crate::Broker;
@@ -27,18 +26,10 @@ pub async fn handle(
             let base = DeleteRecordsPartitionResult::default()
                 .with_partition_index(p.partition_index)
                 .with_low_watermark(-1);
-            let topic = match &topic {
-                Ok(Some(topic))
-                    if p.partition_index >= 0 && p.partition_index < topic.partitions =>
-                {
-                    topic
-                }
-                Ok(_) => {
-                    parts.push(base.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
-                    continue;
-                }
-                Err(e) => {
-                    parts.push(base.with_error_code(meta_error_code(e)));
+            let topic = match super::partition_topic(&topic, p.partition_index) {
+                Ok(topic) => topic,
+                Err(code) => {
+                    parts.push(base.with_error_code(code));
                     continue;
                 }
             };

@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
-use kafka_protocol::ResponseError;
 use tokio::time::{sleep_until, Instant};
 use tributary_storage::ReadError;
 
-use crate::error::{meta_error_code, read_error_code};
+use crate::error::read_error_code;
 use crate::Broker;
 
 /// Longest a fetch is parked, whatever the client asks.
@@ -66,16 +65,11 @@ async fn read_all(broker: &Broker, req: &FetchRequest) -> (FetchResponse, i64, b
                 .with_last_stable_offset(-1)
                 .with_log_start_offset(-1)
                 .with_preferred_read_replica(BrokerId(-1));
-            let topic = match &topic {
-                Ok(Some(topic)) if p.partition >= 0 && p.partition < topic.partitions => topic,
-                Ok(_) => {
+            let topic = match super::partition_topic(&topic, p.partition) {
+                Ok(topic) => topic,
+                Err(code) => {
                     errors = true;
-                    parts.push(base.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
-                    continue;
-                }
-                Err(e) => {
-                    errors = true;
-                    parts.push(base.with_error_code(meta_error_code(e)));
+                    parts.push(base.with_error_code(code));
                     continue;
                 }
             };

@@ -28,18 +28,10 @@ pub async fn handle(broker: &Broker, req: ListOffsetsRequest, version: i16) -> L
                 } else {
                     -1
                 });
-            let topic = match &topic {
-                Ok(Some(topic))
-                    if p.partition_index >= 0 && p.partition_index < topic.partitions =>
-                {
-                    topic
-                }
-                Ok(_) => {
-                    parts.push(base.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
-                    continue;
-                }
-                Err(e) => {
-                    parts.push(base.with_error_code(meta_error_code(e)));
+            let topic = match super::partition_topic(&topic, p.partition_index) {
+                Ok(topic) => topic,
+                Err(code) => {
+                    parts.push(base.with_error_code(code));
                     continue;
                 }
             };

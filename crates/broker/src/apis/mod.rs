@@ -24,3 +24,16 @@ pub(crate) fn topic_name(name: &str) -> TopicName {
 pub(crate) fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
+
+/// The topic of one partition of a request, or the error code to answer that
+/// partition with (unknown topic or partition, or a metadata failure).
+pub(crate) fn partition_topic(
+    lookup: &Result<Option<std::sync::Arc<tributary_meta::TopicMeta>>, tributary_meta::MetaError>,
+    partition: i32,
+) -> Result<&tributary_meta::TopicMeta, i16> {
+    match lookup {
+        Ok(Some(topic)) if partition >= 0 && partition < topic.partitions => Ok(topic),
+        Ok(_) => Err(kafka_protocol::ResponseError::UnknownTopicOrPartition.code()),
+        Err(e) => Err(crate::error::meta_error_code(e)),
+    }
+}
