@@ -32,6 +32,10 @@ pub struct BrokerConfig {
     pub max_inflight_per_connection: usize,
     /// Consumer-group coordinator settings.
     pub groups: GroupConfig,
+    /// How often a parked fetch re-reads the partition offsets, to notice
+    /// commits made by other brokers sharing the metadata store. `None` (one
+    /// broker) relies on this broker's own commit notifications only.
+    pub fetch_poll_interval: Option<std::time::Duration>,
 }
 
 impl Default for BrokerConfig {
@@ -48,6 +52,7 @@ impl Default for BrokerConfig {
             max_connections: 10_000,
             max_inflight_per_connection: 1024,
             groups: GroupConfig::default(),
+            fetch_poll_interval: None,
         }
     }
 }

@@ -29,12 +29,16 @@ pub async fn handle(broker: &Broker, req: FetchRequest, _version: i16) -> FetchR
         if bytes >= i64::from(req.min_bytes.max(1)) || errors || Instant::now() >= deadline {
             return resp;
         }
+        // Commits by this broker wake the fetch at once; commits by other
+        // brokers sharing the metadata store are seen by polling.
+        let poll = broker.config.fetch_poll_interval;
         tokio::select! {
             changed = commits.changed() => {
                 if changed.is_err() {
                     return resp;
                 }
             }
+            _ = tokio::time::sleep(poll.unwrap_or(MAX_WAIT)), if poll.is_some() => {}
             _ = sleep_until(deadline) => {
                 // One last read so data committed just now is not missed.
                 return read_all(broker, &req).await.0;
