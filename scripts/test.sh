@@ -66,6 +66,16 @@ install_kcat() {
     apt_install kcat && kcat -V >/dev/null
 }
 
+# PostgreSQL server binaries for the metadata tests (initdb/pg_ctl/postgres;
+# crates/testkit finds them on PATH or under /usr/lib/postgresql/*/bin).
+install_postgres() {
+    if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        echo "postgresql present: $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -1)"
+        return 0
+    fi
+    apt_install postgresql
+}
+
 # A venv per requirements file content, reused across runs.
 VENV=""
 setup_venv() {
@@ -117,6 +127,7 @@ python_tests() {
 }
 
 step "install kcat" install_kcat
+step "install postgresql" install_postgres
 VENV_OK=0
 step "python venv ($REQUIREMENTS)" setup_venv && VENV_OK=1
 step "cargo fmt --check" cargo fmt --all -- --check

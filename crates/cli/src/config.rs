@@ -30,7 +30,7 @@ pub struct ServeArgs {
     /// Object store URL: file:///dir, memory://, s3://bucket/prefix [default: file://<data-dir>/objects].
     #[arg(long, env = "TRIBUTARY_OBJECT_STORE")]
     pub object_store: Option<String>,
-    /// Metadata store URL: sqlite://path.db or sqlite::memory: [default: sqlite://<data-dir>/metadata.db].
+    /// Metadata store URL: sqlite://path.db, sqlite::memory:, postgres://user:pass@host:port/db[?schema=name] [default: sqlite://<data-dir>/metadata.db].
     #[arg(long, env = "TRIBUTARY_METADATA")]
     pub metadata: Option<String>,
     /// Create topics on first use [default: true].
@@ -172,6 +172,11 @@ impl Settings {
             ..WriterConfig::default()
         };
         let mut broker = BrokerConfig::default();
+        // Several brokers may share a PostgreSQL store: parked fetches poll
+        // for their commits.
+        if metadata.starts_with("postgres://") || metadata.starts_with("postgresql://") {
+            broker.fetch_poll_interval = Some(Duration::from_millis(200));
+        }
         if let Some((host, port)) = &advertised {
             broker.advertised_host = host.clone();
             broker.advertised_port = *port;

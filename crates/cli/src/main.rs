@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use tributary_broker::Broker;
-use tributary_meta::{MetadataStore, SqliteStore};
+use tributary_meta::{open_metadata, MetadataStore};
 use tributary_storage::{
     open_object_store_with, wrappers::RetryPolicy, Fetcher, Maintenance, ReadCache, SegmentWriter,
     Watermarks,
@@ -62,11 +62,9 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
     init::check_serve(&settings.object_store, create_bucket).await?;
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
-    let meta: Arc<dyn MetadataStore> = Arc::new(
-        SqliteStore::open_url(&settings.metadata)
-            .await
-            .with_context(|| format!("cannot open metadata store {}", settings.metadata))?,
-    );
+    let meta: Arc<dyn MetadataStore> = open_metadata(&settings.metadata)
+        .await
+        .with_context(|| format!("cannot open metadata store {}", redact(&settings.metadata)))?;
     let opened = open_object_store_with(
         &settings.object_store,
         settings.faults.clone(),
@@ -121,7 +119,7 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
         listen = %local,
         advertised = %format!("{}:{}", broker_config.advertised_host, broker_config.advertised_port),
         object_store = %settings.object_store,
-        metadata = %settings.metadata,
+        metadata = %redact(&settings.metadata),
         flush_interval_ms = settings.writer.flush_interval.as_millis() as u64,
         "tributary broker started"
     );
@@ -133,6 +131,20 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
     }
     observe::log_summary(&opened.metrics, &cache);
     Ok(())
+}
+
+/// A URL with any password replaced, for logs and errors.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 async fn shutdown_signal() {

@@ -9,18 +9,25 @@
 //! Offsets are assigned here, inside [`LogStore::commit_segment`], in one
 //! transaction per segment, so offsets stay dense and idempotent-producer
 //! sequence checks hold no matter which broker commits.
+//!
+//! Backends: [`SqliteStore`] (embedded, one broker) and [`PostgresStore`]
+//! (shared by many brokers); [`open_metadata`] picks one from a URL.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use uuid::Uuid;
 
 pub mod conformance;
 mod error;
+pub mod postgres;
+mod postgres_maintenance;
 pub mod sqlite;
 mod sqlite_maintenance;
 
 pub use error::MetaError;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Result alias for metadata operations.
@@ -348,3 +355,22 @@ pub trait MaintenanceStore: Send + Sync {
 pub trait MetadataStore: TopicStore + LogStore + GroupStore + MaintenanceStore {}
 
 impl<T: TopicStore + LogStore + GroupStore + MaintenanceStore> MetadataStore for T {}
+
+/// Open the metadata store a URL names: `sqlite::memory:` or
+/// `sqlite://path/to/meta.db` ([`SqliteStore::open_url`]), or
+/// `postgres://user:pass@host:port/db[?schema=NAME]` (also `postgresql://`,
+/// [`PostgresStore::connect`]). Any other scheme is
+/// [`MetaError::InvalidArgument`].
+pub async fn open_metadata(url: &str) -> Result<Arc<dyn MetadataStore>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open_url(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(url).await?))
+    } else {
+        // Only the scheme: the rest may hold a password.
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        Err(MetaError::InvalidArgument(format!(
+            "metadata url must start with sqlite: or postgres:// scheme={scheme}"
+        )))
+    }
+}

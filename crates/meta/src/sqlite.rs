@@ -60,7 +60,7 @@ const READERS: usize = 4;
 
 /// How many recent batches per (partition, producer) are remembered for
 /// duplicate detection (Kafka remembers 5).
-const PRODUCER_BATCH_MEMORY: i64 = 5;
+pub(crate) const PRODUCER_BATCH_MEMORY: i64 = 5;
 
 /// Schema migrations, applied in order. Entry `i` brings the schema from
 /// version `i` to version `i + 1`. Never edit an entry once released; append.
@@ -614,7 +614,7 @@ fn insert_partitions(conn: &Connection, id: Uuid, from: i32, to: i32) -> rusqlit
 }
 
 /// Kafka's sequence successor: wraps from `i32::MAX` to 0.
-fn next_sequence(seq: i32) -> i32 {
+pub(crate) fn next_sequence(seq: i32) -> i32 {
     if seq == i32::MAX {
         0
     } else {
@@ -753,7 +753,7 @@ fn record_producer_batch(
 }
 
 /// Reject batches the schema cannot hold before touching the database.
-fn validate_commit(commit: &SegmentCommit) -> Result<()> {
+pub(crate) fn validate_commit(commit: &SegmentCommit) -> Result<()> {
     let invalid = |what: &str| {
         MetaError::InvalidArgument(format!("segment commit {what} key={}", commit.key))
     };

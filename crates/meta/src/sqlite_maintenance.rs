@@ -203,7 +203,7 @@ fn drop_expired_entries_tx(tx: &Transaction<'_>, now_ms: i64) -> Step<u64> {
 
 /// Checks of a replace request that do not need the database. `Err` for
 /// requests no state of the store could make valid.
-fn validate_replace(
+pub(crate) fn validate_replace(
     old: &[IndexEntry],
     new_key: &str,
     new_size: u64,
@@ -240,7 +240,7 @@ fn validate_replace(
 
 /// Whether `entries` are non-empty, each well-formed, and together cover
 /// `from ..= to` contiguously.
-fn covers_exactly(entries: &[IndexEntry], from: i64, to: i64) -> bool {
+pub(crate) fn covers_exactly(entries: &[IndexEntry], from: i64, to: i64) -> bool {
     let mut next = from;
     for e in entries {
         if e.base_offset != next || e.last_offset < e.base_offset {

@@ -10,7 +10,9 @@
 //! [`S3Server`] runs a local S3 endpoint (`moto_server`) for `s3://` tests.
 
 mod broker;
+mod postgres;
 mod s3;
 
 pub use broker::{free_port, BrokerBuilder, BrokerProcess, DEFAULT_READY_TIMEOUT};
+pub use postgres::{pg_bin_dir, PgServer, PG_READY_TIMEOUT, PG_TEST_DATABASE};
 pub use s3::{moto_server_bin, S3Server, S3_READY_TIMEOUT, S3_TEST_ENV, S3_TEST_REGION};
