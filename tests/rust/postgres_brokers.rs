@@ -20,8 +20,15 @@ const TOPIC: &str = "shared";
 const PARTITIONS: i32 = 3;
 const PER_BROKER: usize = 6_000;
 
-fn shared_broker(pg_url: &str, objects: &str) -> Result<BrokerProcess> {
-    start_broker_local(&["--metadata", pg_url, "--object-store", objects])
+fn shared_broker(pg_url: &str, objects: &str, node_id: &str) -> Result<BrokerProcess> {
+    start_broker_local(&[
+        "--metadata",
+        pg_url,
+        "--object-store",
+        objects,
+        "--node-id",
+        node_id,
+    ])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -30,8 +37,8 @@ async fn two_brokers_one_postgres_dense_offsets() -> Result<()> {
     let url = format!("{}?schema=brokers", pg.url());
     let objects = tempfile::tempdir()?;
     let objects_url = format!("file://{}", objects.path().display());
-    let a = shared_broker(&url, &objects_url)?;
-    let b = shared_broker(&url, &objects_url)?;
+    let a = shared_broker(&url, &objects_url, "1")?;
+    let b = shared_broker(&url, &objects_url, "2")?;
     run_test(&a, async {
         create_topic(&a.bootstrap(), TOPIC, PARTITIONS).await?;
         let mut tasks = Vec::new();

@@ -30,6 +30,8 @@ pub struct BrokerConfig {
     /// (librdkafka allows up to 1M in flight) need a deep queue: with 32 and
     /// a 250 ms flush, a connection could not exceed 128 produces/s.
     pub max_inflight_per_connection: usize,
+    /// Rack / availability zone of this broker, reported in Metadata.
+    pub rack: Option<String>,
     /// Consumer-group coordinator settings.
     pub groups: GroupConfig,
     /// How often a parked fetch re-reads the partition offsets, to notice
@@ -51,6 +53,7 @@ impl Default for BrokerConfig {
             max_request_bytes: 100 * 1024 * 1024,
             max_connections: 10_000,
             max_inflight_per_connection: 1024,
+            rack: None,
             groups: GroupConfig::default(),
             fetch_poll_interval: None,
         }

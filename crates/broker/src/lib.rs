@@ -7,6 +7,7 @@
 //! [`apis`] and is also the source of the ApiVersions answer.
 
 pub mod apis;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 mod error;
@@ -31,6 +32,7 @@ pub struct Broker {
     pub watermarks: Watermarks,
     pub groups: Arc<groups::GroupCoordinator>,
     pub topics: topics::TopicCache,
+    pub cluster: Arc<cluster::Cluster>,
 }
 
 impl Broker {
@@ -41,8 +43,11 @@ impl Broker {
         writer: SegmentWriter,
         fetcher: Fetcher,
         watermarks: Watermarks,
+        cluster: Arc<cluster::Cluster>,
     ) -> Arc<Self> {
         let groups = groups::GroupCoordinator::new(meta.clone(), config.groups.clone());
+        let owner = cluster.clone();
+        groups.set_owner_check(Arc::new(move |group: &str| owner.is_coordinator(group)));
         let topics = topics::TopicCache::new(meta.clone());
         Arc::new(Self {
             config,
@@ -52,6 +57,7 @@ impl Broker {
             watermarks,
             groups,
             topics,
+            cluster,
         })
     }
 }

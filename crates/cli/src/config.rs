@@ -69,6 +69,9 @@ pub struct ServeArgs {
     /// Only compact data older than this [default: 60000].
     #[arg(long, env = "TRIBUTARY_COMPACTION_MIN_AGE_MS")]
     pub compaction_min_age_ms: Option<u64>,
+    /// Rack / availability zone of this broker, reported to clients [default: none].
+    #[arg(long, env = "TRIBUTARY_RACK")]
+    pub rack: Option<String>,
     /// Serve Prometheus metrics on HOST:PORT at /metrics [default: off].
     #[arg(long, env = "TRIBUTARY_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -100,6 +103,7 @@ struct FileConfig {
     compaction: Option<bool>,
     compaction_min_age_ms: Option<u64>,
     metrics_listen: Option<String>,
+    rack: Option<String>,
 }
 
 /// Resolved settings.
@@ -199,6 +203,7 @@ impl Settings {
         if let Some(v) = args.node_id.or(file.node_id) {
             broker.node_id = v;
         }
+        broker.rack = args.rack.or(file.rack);
         let defaults = MaintenanceConfig::default();
         let maintenance = MaintenanceConfig {
             interval: args

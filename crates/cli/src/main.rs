@@ -13,8 +13,9 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+use tributary_broker::cluster::{Cluster, ClusterConfig};
 use tributary_broker::Broker;
-use tributary_meta::{open_metadata, MetadataStore};
+use tributary_meta::{open_metadata, BrokerInfo, MetadataStore};
 use tributary_storage::{
     open_object_store_with, wrappers::RetryPolicy, Fetcher, Maintenance, ReadCache, SegmentWriter,
     Watermarks,
@@ -123,11 +124,29 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
         flush_interval_ms = settings.writer.flush_interval.as_millis() as u64,
         "tributary broker started"
     );
-    let broker = Broker::new(broker_config, meta, writer, fetcher, watermarks);
+    let cluster = Cluster::new(
+        BrokerInfo {
+            node_id: broker_config.node_id,
+            host: broker_config.advertised_host.clone(),
+            port: broker_config.advertised_port,
+            rack: broker_config.rack.clone(),
+        },
+        meta.clone(),
+        ClusterConfig::default(),
+    );
+    cluster
+        .beat()
+        .await
+        .context("cannot register this broker in the metadata store")?;
+    let heartbeats = cluster.spawn(maintenance_stop.clone());
+    let broker = Broker::new(broker_config, meta, writer, fetcher, watermarks, cluster);
     tributary_broker::server::run(listener, broker, shutdown_signal()).await;
     maintenance_stop.cancel();
     if let Err(e) = maintenance.await {
         tracing::warn!(error = %e, "maintenance task ended abnormally");
+    }
+    if let Err(e) = heartbeats.await {
+        tracing::warn!(error = %e, "heartbeat task ended abnormally");
     }
     observe::log_summary(&opened.metrics, &cache);
     Ok(())

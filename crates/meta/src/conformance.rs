@@ -38,6 +38,10 @@
 //!   "exceed").
 //! - `compaction_candidates` skips large entries and lone small entries and
 //!   returns the lowest run of at least two.
+//! - Broker registry: a broker is live while `last_seen_ms >= now_ms -
+//!   ttl_ms` (the boundary is live). A heartbeat from the same host:port is a
+//!   refresh that also replaces the rack; a refused heartbeat changes
+//!   nothing; an expired or deregistered id may be taken by any address.
 //!
 //! Persistence across restarts is backend-specific and tested by each
 //! backend itself.
@@ -50,8 +54,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
 use crate::{
-    BatchOutcome, BatchRejection, CommittedOffset, IndexEntry, MetaError, MetadataStore,
-    PartitionOffsets, PendingBatch, ProducerBatch, SegmentCommit, TopicMeta,
+    BatchOutcome, BatchRejection, BrokerInfo, CommittedOffset, IndexEntry, MetaError,
+    MetadataStore, PartitionOffsets, PendingBatch, ProducerBatch, SegmentCommit, TopicMeta,
 };
 
 /// Run every check, each on a fresh store from `make`.
@@ -86,6 +90,7 @@ where
     compaction_candidates(&*make().await).await;
     replace_entries_swaps(&*make().await).await;
     replace_entries_refuses_stale(&*make().await).await;
+    broker_registry(&*make().await).await;
 }
 
 // ---------------------------------------------------------------- helpers
@@ -2291,5 +2296,137 @@ pub async fn group_offsets(store: &dyn MetadataStore) {
             .expect("fetch g0")
             .len(),
         1
+    );
+}
+
+// ---------------------------------------------------------------- brokers
+
+fn broker_info(node_id: i32, host: &str, port: i32, rack: Option<&str>) -> BrokerInfo {
+    BrokerInfo {
+        node_id,
+        host: host.to_owned(),
+        port,
+        rack: rack.map(str::to_owned),
+    }
+}
+
+async fn live(store: &dyn MetadataStore, now_ms: i64, ttl_ms: i64) -> Vec<BrokerInfo> {
+    store
+        .live_brokers(now_ms, ttl_ms)
+        .await
+        .unwrap_or_else(|e| panic!("live_brokers now={now_ms} ttl={ttl_ms} failed: {e}"))
+}
+
+async fn beat(store: &dyn MetadataStore, info: &BrokerInfo, now_ms: i64, ttl_ms: i64) {
+    store
+        .heartbeat_broker(info, now_ms, ttl_ms)
+        .await
+        .unwrap_or_else(|e| panic!("heartbeat {info:?} now={now_ms} failed: {e}"));
+}
+
+/// Registration, ordering, refresh, expiry, id conflicts, racks and
+/// deregistration, all on explicit clocks.
+pub async fn broker_registry(store: &dyn MetadataStore) {
+    const TTL: i64 = 10_000;
+    assert!(live(store, 1_000, TTL).await.is_empty(), "empty registry");
+
+    // Three brokers, registered out of order, listed by node id.
+    let b3 = broker_info(3, "broker-3.local", 9094, Some("us-east-1c"));
+    let b1 = broker_info(1, "broker-1.local", 9092, Some("us-east-1a"));
+    let b2 = broker_info(2, "broker-2.local", 9093, None);
+    beat(store, &b3, 1_000, TTL).await;
+    beat(store, &b1, 1_000, TTL).await;
+    beat(store, &b2, 2_000, TTL).await;
+    assert_eq!(
+        live(store, 2_000, TTL).await,
+        vec![b1.clone(), b2.clone(), b3.clone()],
+        "live brokers ordered by node id, rack Some and None round-trip"
+    );
+
+    // Expiry: live while last_seen >= now - ttl (the boundary is live).
+    assert_eq!(
+        live(store, 1_000 + TTL, TTL).await,
+        vec![b1.clone(), b2.clone(), b3.clone()],
+        "a broker exactly ttl old is still live"
+    );
+    assert_eq!(
+        live(store, 1_001 + TTL, TTL).await,
+        vec![b2.clone()],
+        "brokers older than ttl are not live"
+    );
+    assert_eq!(
+        live(store, 1_001 + TTL, 2 * TTL).await,
+        vec![b1.clone(), b2.clone(), b3.clone()],
+        "liveness is judged with the ttl of the call"
+    );
+
+    // Heartbeat refresh keeps a broker live; it may change its rack.
+    let b1_moved = broker_info(1, "broker-1.local", 9092, None);
+    beat(store, &b1_moved, 9_000, TTL).await;
+    assert_eq!(
+        live(store, 9_000 + TTL, TTL).await,
+        vec![b1_moved.clone()],
+        "refreshed broker stays live, others expire; the rack is replaced"
+    );
+    beat(store, &b1, 9_500, TTL).await;
+    assert_eq!(
+        live(store, 9_500 + TTL, TTL).await,
+        vec![b1.clone()],
+        "same id, same address is a refresh (rack back to Some)"
+    );
+
+    // Same id, different address, while the holder is live: refused, and
+    // nothing changes.
+    let impostor = broker_info(1, "broker-9.local", 9092, Some("eu-west-1a"));
+    let other_port = broker_info(1, "broker-1.local", 9099, None);
+    for (who, now) in [(&impostor, 9_600), (&other_port, 9_500 + TTL)] {
+        match store.heartbeat_broker(who, now, TTL).await {
+            Err(MetaError::InvalidArgument(msg)) => assert!(
+                msg.contains("broker id 1 is already used by live broker broker-1.local:9092"),
+                "refusal names the live holder: {msg}"
+            ),
+            other => panic!("a second live broker with id 1 ({who:?}) must be refused: {other:?}"),
+        }
+    }
+    assert_eq!(
+        live(store, 9_500 + TTL, TTL).await,
+        vec![b1.clone()],
+        "a refused heartbeat does not refresh or replace the holder"
+    );
+
+    // After the holder expires the id may be taken by another address, and
+    // then the old holder is the one refused.
+    beat(store, &impostor, 9_501 + TTL, TTL).await;
+    assert_eq!(
+        live(store, 9_501 + TTL, TTL).await,
+        vec![impostor.clone()],
+        "an expired id is taken over by the new address"
+    );
+    match store.heartbeat_broker(&b1, 9_502 + TTL, TTL).await {
+        Err(MetaError::InvalidArgument(msg)) => assert!(
+            msg.contains("broker id 1 is already used by live broker broker-9.local:9092"),
+            "refusal names the new holder: {msg}"
+        ),
+        other => panic!("the old holder of id 1 must now be refused: {other:?}"),
+    }
+
+    // Deregister: gone at once, the id is free, unknown ids are ignored.
+    beat(store, &b2, 20_000, TTL).await;
+    beat(store, &b3, 20_000, TTL).await;
+    store.deregister_broker(1).await.expect("deregister 1");
+    assert_eq!(
+        live(store, 20_000, TTL).await,
+        vec![b2.clone(), b3.clone()],
+        "a deregistered broker is gone while it would still be live"
+    );
+    store
+        .deregister_broker(42)
+        .await
+        .expect("deregister unknown id");
+    beat(store, &b1, 20_001, TTL).await;
+    assert_eq!(
+        live(store, 20_001, TTL).await,
+        vec![b1, b2, b3],
+        "a deregistered id is free for any address"
     );
 }

@@ -23,8 +23,10 @@ pub mod conformance;
 mod error;
 pub mod postgres;
 mod postgres_maintenance;
+mod postgres_registry;
 pub mod sqlite;
 mod sqlite_maintenance;
+mod sqlite_registry;
 
 pub use error::MetaError;
 pub use postgres::PostgresStore;
@@ -351,10 +353,45 @@ pub trait MaintenanceStore: Send + Sync {
     ) -> Result<bool>;
 }
 
-/// Everything a broker needs from the metadata store.
-pub trait MetadataStore: TopicStore + LogStore + GroupStore + MaintenanceStore {}
+/// A broker as other brokers and clients see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerInfo {
+    pub node_id: i32,
+    /// Advertised host clients connect to.
+    pub host: String,
+    pub port: i32,
+    /// Rack / availability zone, if configured.
+    pub rack: Option<String>,
+}
 
-impl<T: TopicStore + LogStore + GroupStore + MaintenanceStore> MetadataStore for T {}
+/// The broker registry: brokers announce themselves with heartbeats; a broker
+/// whose last heartbeat is older than the TTL is not live.
+#[async_trait]
+pub trait BrokerRegistry: Send + Sync {
+    /// Insert or refresh `info` with `last_seen = now_ms`. Another live
+    /// broker (heartbeat within `ttl_ms`) holding the same node id with a
+    /// different host:port is an error ([`MetaError::InvalidArgument`]): two
+    /// brokers must not share an id.
+    async fn heartbeat_broker(&self, info: &BrokerInfo, now_ms: i64, ttl_ms: i64) -> Result<()>;
+
+    /// Brokers whose last heartbeat is within `ttl_ms` of `now_ms`, ordered
+    /// by node id.
+    async fn live_brokers(&self, now_ms: i64, ttl_ms: i64) -> Result<Vec<BrokerInfo>>;
+
+    /// Remove a broker (clean shutdown). Unknown ids are ignored.
+    async fn deregister_broker(&self, node_id: i32) -> Result<()>;
+}
+
+/// Everything a broker needs from the metadata store.
+pub trait MetadataStore:
+    TopicStore + LogStore + GroupStore + MaintenanceStore + BrokerRegistry
+{
+}
+
+impl<T: TopicStore + LogStore + GroupStore + MaintenanceStore + BrokerRegistry> MetadataStore
+    for T
+{
+}
 
 /// Open the metadata store a URL names: `sqlite::memory:` or
 /// `sqlite://path/to/meta.db` ([`SqliteStore::open_url`]), or

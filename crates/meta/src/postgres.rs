@@ -183,6 +183,17 @@ CREATE TABLE group_offsets (
     PRIMARY KEY (group_id, topic, partition_index)
 );
 "#,
+    // v2: broker registry (see `postgres_registry`). A broker is live while
+    // its last heartbeat is within the TTL the caller passes.
+    r#"
+CREATE TABLE brokers (
+    node_id       INTEGER NOT NULL PRIMARY KEY,
+    host          TEXT    NOT NULL,
+    port          INTEGER NOT NULL,
+    rack          TEXT    NULL,
+    last_seen_ms  BIGINT  NOT NULL
+);
+"#,
 ];
 
 /// Columns of an [`IndexEntry`], in the order [`entry_from_row`] reads them.

@@ -172,6 +172,17 @@ CREATE INDEX segments_by_dead
 UPDATE segments SET dead_since_ms = committed_at_ms
     WHERE NOT EXISTS (SELECT 1 FROM index_entries WHERE segment_key = segments.key);
 "#,
+    // v3: broker registry (see `sqlite_registry`). A broker is live while
+    // its last heartbeat is within the TTL the caller passes.
+    r#"
+CREATE TABLE brokers (
+    node_id       INTEGER NOT NULL PRIMARY KEY,
+    host          TEXT    NOT NULL,
+    port          INTEGER NOT NULL,
+    rack          TEXT    NULL,
+    last_seen_ms  INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Index entries from an offset: a range seek on `index_entries_by_last`.

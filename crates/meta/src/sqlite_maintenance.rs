@@ -637,7 +637,11 @@ mod tests {
             .writer_for_tests()
             .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
             .expect("version");
-        assert_eq!(version, 2);
+        assert_eq!(
+            version,
+            i64::try_from(MIGRATIONS.len()).expect("fits"),
+            "migrated to the latest version"
+        );
     }
 
     /// New entries whose max timestamp exceeds the old ones' still leave the

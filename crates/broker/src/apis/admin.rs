@@ -349,13 +349,21 @@ pub fn describe_cluster(
     _req: DescribeClusterRequest,
     _version: i16,
 ) -> DescribeClusterResponse {
-    let cfg = &broker.config;
+    let live = broker.cluster.brokers();
+    let controller = live.first().map_or(broker.config.node_id, |b| b.node_id);
     DescribeClusterResponse::default()
-        .with_cluster_id(str_bytes(&cfg.cluster_id))
-        .with_controller_id(BrokerId(cfg.node_id))
+        .with_cluster_id(str_bytes(&broker.config.cluster_id))
+        .with_controller_id(BrokerId(controller))
         .with_endpoint_type(1)
-        .with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(BrokerId(cfg.node_id))
-            .with_host(str_bytes(&cfg.advertised_host))
-            .with_port(cfg.advertised_port)])
+        .with_brokers(
+            live.iter()
+                .map(|b| {
+                    DescribeClusterBroker::default()
+                        .with_broker_id(BrokerId(b.node_id))
+                        .with_host(str_bytes(&b.host))
+                        .with_port(b.port)
+                        .with_rack(b.rack.as_deref().map(str_bytes))
+                })
+                .collect(),
+        )
 }

@@ -1,5 +1,6 @@
-//! FindCoordinator: with one broker, every group's coordinator is this
-//! broker. Transaction coordinators are not offered (no transactions).
+//! FindCoordinator: each group is coordinated by one live broker, picked by a
+//! stable hash over the registry ([`crate::cluster::Cluster::coordinator`]).
+//! Transaction coordinators are not offered (no transactions).
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
@@ -17,7 +18,6 @@ pub fn handle(
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let cfg = &broker.config;
     let answer = |key: StrBytes| {
         if req.key_type != GROUP_KEY {
             return Coordinator::default()
@@ -28,11 +28,12 @@ pub fn handle(
                 .with_error_code(ResponseError::CoordinatorNotAvailable.code())
                 .with_error_message(Some(str_bytes("transactions are not supported")));
         }
+        let c = broker.cluster.coordinator(key.as_str());
         Coordinator::default()
             .with_key(key)
-            .with_node_id(BrokerId(cfg.node_id))
-            .with_host(str_bytes(&cfg.advertised_host))
-            .with_port(cfg.advertised_port)
+            .with_node_id(BrokerId(c.node_id))
+            .with_host(str_bytes(&c.host))
+            .with_port(c.port)
     };
     if version >= 4 {
         let coordinators = req.coordinator_keys.iter().cloned().map(answer).collect();

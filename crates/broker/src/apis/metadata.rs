@@ -15,14 +15,22 @@ use crate::Broker;
 
 pub async fn handle(broker: &Broker, req: MetadataRequest, version: i16) -> MetadataResponse {
     let cfg = &broker.config;
-    let node = BrokerId(cfg.node_id);
+    let live = broker.cluster.brokers();
+    let controller = live.first().map_or(cfg.node_id, |b| b.node_id);
     let mut resp = MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(node)
-            .with_host(str_bytes(&cfg.advertised_host))
-            .with_port(cfg.advertised_port)])
+        .with_brokers(
+            live.iter()
+                .map(|b| {
+                    MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(b.node_id))
+                        .with_host(str_bytes(&b.host))
+                        .with_port(b.port)
+                        .with_rack(b.rack.as_deref().map(str_bytes))
+                })
+                .collect(),
+        )
         .with_cluster_id(Some(str_bytes(&cfg.cluster_id)))
-        .with_controller_id(node);
+        .with_controller_id(BrokerId(controller));
     // v0: an empty list means all topics; v1+: null means all.
     let requested = match req.topics {
         None => None,
@@ -86,13 +94,13 @@ pub async fn handle(broker: &Broker, req: MetadataRequest, version: i16) -> Meta
 }
 
 fn topic_entry(broker: &Broker, topic: &TopicMeta) -> MetadataResponseTopic {
-    let node = BrokerId(broker.config.node_id);
     MetadataResponseTopic::default()
         .with_name(Some(topic_name(&topic.name)))
         .with_topic_id(topic.id)
         .with_partitions(
             (0..topic.partitions)
                 .map(|p| {
+                    let node = BrokerId(broker.cluster.partition_leader(topic.id, p).node_id);
                     MetadataResponsePartition::default()
                         .with_partition_index(p)
                         .with_leader_id(node)

@@ -99,7 +99,13 @@ pub struct GroupCoordinator {
     config: GroupConfig,
     groups: Mutex<HashMap<String, Arc<Slot>>>,
     cancel: CancellationToken,
+    /// Whether this broker coordinates a group (several brokers: only one
+    /// does; the others answer NOT_COORDINATOR). `None`: every group.
+    owner: Mutex<Option<OwnerCheck>>,
 }
+
+/// Decides whether this broker coordinates a group id.
+pub type OwnerCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Lock a mutex, recovering from poisoning (a panicked request must not
 /// take the coordinator down for everyone else).
@@ -138,6 +144,7 @@ impl GroupCoordinator {
             config,
             groups: Mutex::new(HashMap::new()),
             cancel: CancellationToken::new(),
+            owner: Mutex::new(None),
         })
     }
 
@@ -174,6 +181,18 @@ impl GroupCoordinator {
         slot
     }
 
+    /// Make this coordinator answer NOT_COORDINATOR for groups `check`
+    /// says belong to another broker.
+    pub fn set_owner_check(&self, check: OwnerCheck) {
+        *lock(&self.owner) = Some(check);
+    }
+
+    /// Whether another broker coordinates `group_id`.
+    fn not_mine(&self, group_id: &str) -> bool {
+        let check = lock(&self.owner).clone();
+        !group_id.is_empty() && check.is_some_and(|owns| !owns(group_id))
+    }
+
     /// JoinGroup (v0-9). Parks until the join phase completes.
     pub async fn join_group(
         &self,
@@ -186,6 +205,10 @@ impl GroupCoordinator {
         let member_id = req.member_id.to_string();
         if group_id.is_empty() {
             let o = JoinOutcome::error(code(ResponseError::InvalidGroupId), member_id);
+            return join_response(version, o);
+        }
+        if self.not_mine(&group_id) {
+            let o = JoinOutcome::error(code(ResponseError::NotCoordinator), member_id);
             return join_response(version, o);
         }
         if req.session_timeout_ms < self.config.min_session_timeout_ms
@@ -250,6 +273,12 @@ impl GroupCoordinator {
                 SyncOutcome::error(code(ResponseError::InvalidGroupId)),
             );
         }
+        if self.not_mine(&group_id) {
+            return sync_response(
+                version,
+                SyncOutcome::error(code(ResponseError::NotCoordinator)),
+            );
+        }
         let Some(slot) = self.get(&group_id) else {
             return sync_response(
                 version,
@@ -296,6 +325,8 @@ impl GroupCoordinator {
         let group_id = req.group_id.0.to_string();
         let error = if group_id.is_empty() {
             code(ResponseError::InvalidGroupId)
+        } else if self.not_mine(&group_id) {
+            code(ResponseError::NotCoordinator)
         } else if let Some(slot) = self.get(&group_id) {
             let instance = if version >= 3 {
                 opt_str(&req.group_instance_id)
@@ -329,6 +360,8 @@ impl GroupCoordinator {
         };
         let (top, errors): (i16, Vec<i16>) = if group_id.is_empty() {
             (code(ResponseError::InvalidGroupId), Vec::new())
+        } else if self.not_mine(&group_id) {
+            (code(ResponseError::NotCoordinator), Vec::new())
         } else if let Some(slot) = self.get(&group_id) {
             let mut g = lock(&slot.group);
             if g.state == GroupState::Dead {

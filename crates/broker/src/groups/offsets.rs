@@ -92,6 +92,7 @@ impl GroupCoordinator {
         };
         let generation = req.generation_id_or_member_epoch;
         let group_error = match self.get(&group_id) {
+            _ if self.not_mine(&group_id) => Some(code(ResponseError::NotCoordinator)),
             Some(slot) => {
                 let r = lock(&slot.group).validate_commit(
                     req.member_id.as_str(),

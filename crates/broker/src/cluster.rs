@@ -1,0 +1,137 @@
+//! The cluster as this broker sees it: the live brokers from the registry in
+//! the metadata store (refreshed by heartbeats), and the stable assignments
+//! derived from that list — which broker "leads" a partition in Metadata
+//! answers (only to spread load: any broker serves any partition) and which
+//! broker coordinates a consumer group.
+//!
+//! Assignments hash the partition or group onto the live brokers ordered by
+//! node id, so every broker computes the same answer from the same list.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tributary_meta::{BrokerInfo, MetaError, MetadataStore};
+use uuid::Uuid;
+
+/// Heartbeat cadence and expiry of the broker registry.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub heartbeat_interval: Duration,
+    /// A broker missing heartbeats for this long is not live.
+    pub ttl: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(2),
+            ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// This broker's view of the live brokers.
+pub struct Cluster {
+    me: BrokerInfo,
+    meta: Arc<dyn MetadataStore>,
+    config: ClusterConfig,
+    live: RwLock<Vec<BrokerInfo>>,
+}
+
+impl Cluster {
+    pub fn new(me: BrokerInfo, meta: Arc<dyn MetadataStore>, config: ClusterConfig) -> Arc<Self> {
+        let live = RwLock::new(vec![me.clone()]);
+        Arc::new(Self {
+            me,
+            meta,
+            config,
+            live,
+        })
+    }
+
+    /// This broker.
+    pub fn me(&self) -> &BrokerInfo {
+        &self.me
+    }
+
+    /// Announce this broker and refresh the live list once.
+    pub async fn beat(&self) -> Result<(), MetaError> {
+        let now = now_ms();
+        let ttl = self.config.ttl.as_millis() as i64;
+        self.meta.heartbeat_broker(&self.me, now, ttl).await?;
+        let mut live = self.meta.live_brokers(now, ttl).await?;
+        if !live.iter().any(|b| b.node_id == self.me.node_id) {
+            live.push(self.me.clone());
+            live.sort_by_key(|b| b.node_id);
+        }
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = live;
+        Ok(())
+    }
+
+    /// Heartbeat every interval until `stop`, then deregister.
+    pub fn spawn(self: &Arc<Self>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(this.config.heartbeat_interval) => {}
+                    _ = stop.cancelled() => break,
+                }
+                if let Err(e) = this.beat().await {
+                    tracing::warn!(error = %e, "broker heartbeat failed; keeping the last known brokers");
+                }
+            }
+            if let Err(e) = this.meta.deregister_broker(this.me.node_id).await {
+                tracing::warn!(error = %e, "deregistering this broker failed");
+            }
+        })
+    }
+
+    /// Live brokers ordered by node id (always including this one).
+    pub fn brokers(&self) -> Vec<BrokerInfo> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The broker named leader of a partition in Metadata answers.
+    pub fn partition_leader(&self, topic_id: Uuid, partition: i32) -> BrokerInfo {
+        let live = self.brokers();
+        let start = fnv1a(topic_id.as_bytes()) as usize;
+        let i = (start + partition.max(0) as usize) % live.len().max(1);
+        live.get(i).cloned().unwrap_or_else(|| self.me.clone())
+    }
+
+    /// The broker coordinating a consumer group.
+    pub fn coordinator(&self, group: &str) -> BrokerInfo {
+        let live = self.brokers();
+        let i = fnv1a(group.as_bytes()) as usize % live.len().max(1);
+        live.get(i).cloned().unwrap_or_else(|| self.me.clone())
+    }
+
+    /// Whether this broker coordinates `group`.
+    pub fn is_coordinator(&self, group: &str) -> bool {
+        self.coordinator(group).node_id == self.me.node_id
+    }
+}
+
+/// FNV-1a: a small hash that is the same on every broker and every build.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn now_ms() -> i64 {
+    tributary_storage::writer::now_ms()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv_is_stable() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}
