@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 pub mod conformance;
 mod error;
+mod plan;
 pub mod postgres;
 mod postgres_maintenance;
 mod postgres_registry;

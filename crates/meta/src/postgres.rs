@@ -60,6 +60,7 @@ use tokio_postgres::{IsolationLevel, NoTls, Row};
 use tracing::debug;
 use uuid::Uuid;
 
+use crate::plan::EntryPlanner;
 use crate::postgres_maintenance::mark_dead_if_unused;
 use crate::sqlite::{next_sequence, validate_commit, PRODUCER_BATCH_MEMORY};
 use crate::{
@@ -920,12 +921,6 @@ async fn record_producer_batch(
     Ok(())
 }
 
-/// An index entry being assembled during a commit.
-struct NewEntry {
-    entry: IndexEntry,
-    running_max_timestamp: i64,
-}
-
 /// Insert index entries, pipelined on the transaction's connection.
 pub(crate) async fn insert_entries(
     tx: &Transaction<'_>,
@@ -1004,9 +999,7 @@ async fn commit_segment_tx(
     }
 
     let mut touched: BTreeSet<(Uuid, i32)> = BTreeSet::new();
-    let mut entries: Vec<NewEntry> = Vec::new();
-    // Per partition, the entry the next adjacent batch may extend.
-    let mut open: HashMap<(Uuid, i32), usize> = HashMap::new();
+    let mut planner = EntryPlanner::default();
     let mut outcomes = Vec::with_capacity(commit.batches.len());
 
     for b in &commit.batches {
@@ -1046,38 +1039,16 @@ async fn commit_segment_tx(
             record_producer_batch(tx, b.topic_id, b.partition, p, base_offset, reset).await?;
         }
 
-        let last_offset = part.next_offset - 1;
-        let extend = open.get(&key).copied().filter(|&i| {
-            let e = &entries[i].entry;
-            e.byte_start + e.byte_len == b.byte_start
-        });
-        match extend {
-            Some(i) => {
-                let e = &mut entries[i];
-                e.entry.last_offset = last_offset;
-                e.entry.byte_len += b.byte_len;
-                e.entry.max_timestamp = e.entry.max_timestamp.max(b.max_timestamp);
-                e.running_max_timestamp = part.max_timestamp;
-            }
-            None => {
-                open.insert(key, entries.len());
-                entries.push(NewEntry {
-                    entry: IndexEntry {
-                        topic_id: b.topic_id,
-                        partition: b.partition,
-                        base_offset,
-                        last_offset,
-                        segment_key: commit.key.clone(),
-                        byte_start: b.byte_start,
-                        byte_len: b.byte_len,
-                        max_timestamp: b.max_timestamp,
-                    },
-                    running_max_timestamp: part.max_timestamp,
-                });
-            }
-        }
+        planner.add(
+            &commit.key,
+            b,
+            base_offset,
+            part.next_offset - 1,
+            part.max_timestamp,
+        );
         outcomes.push(BatchOutcome::Appended { base_offset });
     }
+    let entries = planner.into_entries();
 
     let update = tx
         .prepare_cached(

@@ -45,6 +45,7 @@ use rusqlite::{
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use crate::plan::{EntryPlanner, NewEntry};
 use crate::sqlite_maintenance::mark_dead_if_unused;
 use crate::{
     BatchOutcome, BatchRejection, CommittedOffset, GroupStore, IndexEntry, LogStore, MetaError,
@@ -783,12 +784,6 @@ pub(crate) fn validate_commit(commit: &SegmentCommit) -> Result<()> {
     Ok(())
 }
 
-/// An index entry being assembled during a commit.
-struct NewEntry {
-    entry: IndexEntry,
-    running_max_timestamp: i64,
-}
-
 fn commit_segment_tx(tx: &Transaction<'_>, commit: &SegmentCommit) -> Step<Vec<BatchOutcome>> {
     let committed_at = now_ms();
     let inserted = tx
@@ -804,9 +799,7 @@ fn commit_segment_tx(tx: &Transaction<'_>, commit: &SegmentCommit) -> Step<Vec<B
     // Partition rows touched by this commit (None = unknown), written back at
     // the end.
     let mut parts: HashMap<(Uuid, i32), Option<PartitionRow>> = HashMap::new();
-    let mut entries: Vec<NewEntry> = Vec::new();
-    // Per partition, the entry the next adjacent batch may extend.
-    let mut open: HashMap<(Uuid, i32), usize> = HashMap::new();
+    let mut planner = EntryPlanner::default();
     let mut outcomes = Vec::with_capacity(commit.batches.len());
 
     for b in &commit.batches {
@@ -853,38 +846,16 @@ fn commit_segment_tx(tx: &Transaction<'_>, commit: &SegmentCommit) -> Step<Vec<B
             record_producer_batch(tx, b.topic_id, b.partition, p, base_offset, reset)?;
         }
 
-        let last_offset = part.next_offset - 1;
-        let extend = open.get(&key).copied().filter(|&i| {
-            let e = &entries[i].entry;
-            e.byte_start + e.byte_len == b.byte_start
-        });
-        match extend {
-            Some(i) => {
-                let e = &mut entries[i];
-                e.entry.last_offset = last_offset;
-                e.entry.byte_len += b.byte_len;
-                e.entry.max_timestamp = e.entry.max_timestamp.max(b.max_timestamp);
-                e.running_max_timestamp = part.max_timestamp;
-            }
-            None => {
-                open.insert(key, entries.len());
-                entries.push(NewEntry {
-                    entry: IndexEntry {
-                        topic_id: b.topic_id,
-                        partition: b.partition,
-                        base_offset,
-                        last_offset,
-                        segment_key: commit.key.clone(),
-                        byte_start: b.byte_start,
-                        byte_len: b.byte_len,
-                        max_timestamp: b.max_timestamp,
-                    },
-                    running_max_timestamp: part.max_timestamp,
-                });
-            }
-        }
+        planner.add(
+            &commit.key,
+            b,
+            base_offset,
+            part.next_offset - 1,
+            part.max_timestamp,
+        );
         outcomes.push(BatchOutcome::Appended { base_offset });
     }
+    let entries = planner.into_entries();
 
     let mut update = tx.prepare_cached(
         "UPDATE partitions SET next_offset = ?3, max_timestamp = ?4 \
