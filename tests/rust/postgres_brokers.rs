@@ -28,6 +28,8 @@ fn shared_broker(pg_url: &str, objects: &str, node_id: &str) -> Result<BrokerPro
         objects,
         "--node-id",
         node_id,
+        "--rack",
+        &format!("zone-{node_id}"),
     ])
 }
 
@@ -100,6 +102,37 @@ async fn two_brokers_one_postgres_dense_offsets() -> Result<()> {
                 acked.get(&r.value)
             );
         }
+
+        // A client that names its zone in client.id sees only that zone's
+        // broker; one that does not sees both.
+        let zoned = {
+            let mut c = client_config(&a.bootstrap());
+            c.set("client.id", "audit,tributary_az=zone-2")
+                .set("group.id", "z");
+            c.create::<rdkafka::consumer::BaseConsumer>()?
+        };
+        // (Broker a learns about b through heartbeats, every 2 s.)
+        let md = wait_for(
+            "a zone-2 answer from broker a",
+            Duration::from_secs(20),
+            || {
+                let md =
+                    tokio::task::block_in_place(|| zoned.fetch_metadata(Some(TOPIC), OP_TIMEOUT))?;
+                let ids: Vec<i32> = md.brokers().iter().map(|b| b.id()).collect();
+                Ok(if ids == vec![2] { Ok(md) } else { Err(ids) })
+            },
+        )
+        .await?;
+        ensure!(
+            md.topics()[0].partitions().iter().all(|p| p.leader() == 2),
+            "zone-2 client must be sent to broker 2 for every partition"
+        );
+        let md = tokio::task::block_in_place(|| reader.fetch_metadata(Some(TOPIC), OP_TIMEOUT))?;
+        ensure!(
+            md.brokers().len() == 2,
+            "unzoned client sees {} brokers",
+            md.brokers().len()
+        );
 
         // A consumer parked on a, at the end, sees a record produced via b.
         let tail = consumer(&a.bootstrap(), "tail", &[("fetch.wait.max.ms", "5000")])?;

@@ -93,12 +93,26 @@ impl Cluster {
         self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The live brokers a client in `zone` should use: those in its zone if
+    /// there are any, otherwise all (so a zone without brokers still works).
+    pub fn brokers_for_zone(&self, zone: Option<&str>) -> Vec<BrokerInfo> {
+        let live = self.brokers();
+        let Some(zone) = zone else { return live };
+        let local: Vec<BrokerInfo> = live
+            .iter()
+            .filter(|b| b.rack.as_deref() == Some(zone))
+            .cloned()
+            .collect();
+        if local.is_empty() {
+            live
+        } else {
+            local
+        }
+    }
+
     /// The broker named leader of a partition in Metadata answers.
     pub fn partition_leader(&self, topic_id: Uuid, partition: i32) -> BrokerInfo {
-        let live = self.brokers();
-        let start = fnv1a(topic_id.as_bytes()) as usize;
-        let i = (start + partition.max(0) as usize) % live.len().max(1);
-        live.get(i).cloned().unwrap_or_else(|| self.me.clone())
+        leader_among(&self.brokers(), topic_id, partition).unwrap_or_else(|| self.me.clone())
     }
 
     /// The broker coordinating a consumer group.
@@ -112,6 +126,24 @@ impl Cluster {
     pub fn is_coordinator(&self, group: &str) -> bool {
         self.coordinator(group).node_id == self.me.node_id
     }
+}
+
+/// The leader of a partition among `brokers` (ordered by node id): a stable
+/// hash of the topic, offset by the partition, so partitions spread evenly.
+pub fn leader_among(brokers: &[BrokerInfo], topic_id: Uuid, partition: i32) -> Option<BrokerInfo> {
+    let start = fnv1a(topic_id.as_bytes()) as usize;
+    let i = (start + partition.max(0) as usize) % brokers.len().max(1);
+    brokers.get(i).cloned()
+}
+
+/// The zone a client asks for, from its `client.id`: a `tributary_az=ZONE`
+/// item, separated by commas, semicolons or spaces (as WarpStream clients
+/// do with `ws_az=`), e.g. `client.id=orders-app,tributary_az=us-east-1a`.
+pub fn client_zone(client_id: &str) -> Option<&str> {
+    client_id
+        .split([',', ';', ' '])
+        .find_map(|item| item.trim().strip_prefix("tributary_az="))
+        .filter(|z| !z.is_empty())
 }
 
 /// FNV-1a: a small hash that is the same on every broker and every build.
@@ -128,6 +160,49 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zone_from_client_id() {
+        assert_eq!(
+            client_zone("app,tributary_az=us-east-1a"),
+            Some("us-east-1a")
+        );
+        assert_eq!(client_zone("tributary_az=z1;x=y"), Some("z1"));
+        assert_eq!(client_zone("rdkafka"), None);
+        assert_eq!(client_zone("tributary_az="), None);
+    }
+
+    #[test]
+    fn leaders_spread_and_stay_stable() {
+        let brokers: Vec<BrokerInfo> = (1..=3)
+            .map(|id| BrokerInfo {
+                node_id: id,
+                host: "h".into(),
+                port: 9092,
+                rack: None,
+            })
+            .collect();
+        let topic = Uuid::from_u128(7);
+        let leaders: Vec<i32> = (0..6)
+            .map(|p| {
+                leader_among(&brokers, topic, p)
+                    .map(|b| b.node_id)
+                    .unwrap_or(-1)
+            })
+            .collect();
+        for id in 1..=3 {
+            assert_eq!(
+                leaders.iter().filter(|&&l| l == id).count(),
+                2,
+                "{leaders:?}"
+            );
+        }
+        assert_eq!(
+            leader_among(&brokers, topic, 4).map(|b| b.node_id),
+            Some(leaders[4])
+        );
+        assert!(leader_among(&[], topic, 0).is_none());
+    }
 
     #[test]
     fn fnv_is_stable() {

@@ -90,7 +90,7 @@ pub async fn handle(
     let resp = match request {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions()),
         RequestKind::Metadata(r) => {
-            ResponseKind::Metadata(apis::metadata::handle(broker, r, version).await)
+            ResponseKind::Metadata(apis::metadata::handle(broker, r, version, &ctx.client_id).await)
         }
         RequestKind::Produce(r) => {
             return apis::produce::submit(broker, r, version)

@@ -9,13 +9,22 @@ use kafka_protocol::ResponseError;
 use tributary_meta::TopicMeta;
 
 use super::{str_bytes, topic_name};
+use crate::cluster::{client_zone, leader_among};
 use crate::error::meta_error_code;
 use crate::topics::invalid_topic_name;
 use crate::Broker;
+use tributary_meta::BrokerInfo;
 
-pub async fn handle(broker: &Broker, req: MetadataRequest, version: i16) -> MetadataResponse {
+pub async fn handle(
+    broker: &Broker,
+    req: MetadataRequest,
+    version: i16,
+    client_id: &str,
+) -> MetadataResponse {
     let cfg = &broker.config;
-    let live = broker.cluster.brokers();
+    // A client that names its zone sees only that zone's brokers (when the
+    // zone has any), so its traffic stays in the zone.
+    let live = broker.cluster.brokers_for_zone(client_zone(client_id));
     let controller = live.first().map_or(cfg.node_id, |b| b.node_id);
     let mut resp = MetadataResponse::default()
         .with_brokers(
@@ -39,7 +48,7 @@ pub async fn handle(broker: &Broker, req: MetadataRequest, version: i16) -> Meta
     };
     let Some(requested) = requested else {
         match broker.meta.list_topics().await {
-            Ok(all) => resp.topics = all.iter().map(|t| topic_entry(broker, t)).collect(),
+            Ok(all) => resp.topics = all.iter().map(|t| topic_entry(&live, t)).collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "metadata: listing topics failed");
                 resp.error_code = meta_error_code(&e);
@@ -52,7 +61,7 @@ pub async fn handle(broker: &Broker, req: MetadataRequest, version: i16) -> Meta
         let Some(name) = t.name.as_ref().map(|n| n.0.to_string()) else {
             // Lookup by topic id (v10+ clients may send only ids).
             let entry = match broker.meta.get_topic_by_id(t.topic_id).await {
-                Ok(Some(topic)) => topic_entry(broker, &topic),
+                Ok(Some(topic)) => topic_entry(&live, &topic),
                 Ok(None) => MetadataResponseTopic::default()
                     .with_topic_id(t.topic_id)
                     .with_error_code(ResponseError::UnknownTopicId.code()),
@@ -83,7 +92,7 @@ pub async fn handle(broker: &Broker, req: MetadataRequest, version: i16) -> Meta
             broker.topics.get(&name).await
         };
         match found {
-            Ok(Some(topic)) => resp.topics.push(topic_entry(broker, &topic)),
+            Ok(Some(topic)) => resp.topics.push(topic_entry(&live, &topic)),
             Ok(None) => resp
                 .topics
                 .push(error_entry(ResponseError::UnknownTopicOrPartition.code())),
@@ -93,14 +102,14 @@ pub async fn handle(broker: &Broker, req: MetadataRequest, version: i16) -> Meta
     resp
 }
 
-fn topic_entry(broker: &Broker, topic: &TopicMeta) -> MetadataResponseTopic {
+fn topic_entry(live: &[BrokerInfo], topic: &TopicMeta) -> MetadataResponseTopic {
     MetadataResponseTopic::default()
         .with_name(Some(topic_name(&topic.name)))
         .with_topic_id(topic.id)
         .with_partitions(
             (0..topic.partitions)
                 .map(|p| {
-                    let node = BrokerId(broker.cluster.partition_leader(topic.id, p).node_id);
+                    let node = BrokerId(leader_among(live, topic.id, p).map_or(-1, |b| b.node_id));
                     MetadataResponsePartition::default()
                         .with_partition_index(p)
                         .with_leader_id(node)
