@@ -58,19 +58,27 @@ async fn body(bootstrap: &str, others: &mut [BrokerProcess]) -> Result<()> {
             Ok(if n == want { Ok(()) } else { Err(n) })
         }
     };
+    // Every broker must know the other two (any of them may answer), and
+    // the answer must use each broker as a leader.
     wait_for(
-        "metadata to list 3 brokers",
+        "metadata listing 3 brokers, each leading partitions",
         Duration::from_secs(20),
-        brokers_listed(3),
+        || {
+            let md = tokio::task::block_in_place(|| probe.fetch_metadata(Some(TOPIC), OP_TIMEOUT))?;
+            let leaders: HashSet<i32> = md.topics()[0]
+                .partitions()
+                .iter()
+                .map(|p| p.leader())
+                .collect();
+            let n = md.brokers().len();
+            Ok(if n == 3 && leaders.len() == 3 {
+                Ok(())
+            } else {
+                Err((n, leaders))
+            })
+        },
     )
     .await?;
-    let md = tokio::task::block_in_place(|| probe.fetch_metadata(Some(TOPIC), OP_TIMEOUT))?;
-    let leaders: HashSet<i32> = md.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| p.leader())
-        .collect();
-    ensure!(leaders.len() == 3, "leaders spread over {leaders:?}");
 
     let producer = producer(
         bootstrap,
