@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use common::*;
-use rdkafka::consumer::Consumer;
-use rdkafka::TopicPartitionList;
 use tributary_testkit::PgServer;
 
 const TOPIC: &str = "pg-restart";
@@ -80,32 +78,7 @@ async fn brokers_recover_from_a_postgres_restart() -> Result<()> {
             || b.logs().contains("metadata backend failed");
         eprintln!("brokers saw the database outage: {outage_seen}");
 
-        let reader = consumer(&bootstrap, "pg-restart-audit", &[])?;
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition_offset(TOPIC, p, rdkafka::Offset::Beginning)?;
-        }
-        reader.assign(&tpl)?;
-        let mut got = consume_n(&reader, acked.len(), Duration::from_secs(60)).await?;
-        got.extend(drain_quiet(&reader, Duration::from_secs(1)).await?);
-        got.sort_by_key(|r| (r.partition, r.offset));
-        check_dense(&got, |_| 0)?;
-        ensure!(
-            got.len() == acked.len(),
-            "read {} of {}",
-            got.len(),
-            acked.len()
-        );
-        for r in &got {
-            ensure!(
-                acked.get(&r.value) == Some(&(r.partition, r.offset)),
-                "{} at {}/{} acknowledged at {:?}",
-                r.value,
-                r.partition,
-                r.offset,
-                acked.get(&r.value)
-            );
-        }
+        audit_acked(&bootstrap, TOPIC, PARTITIONS, &acked).await?;
         Ok(())
     }
     .await;

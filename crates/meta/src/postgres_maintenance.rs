@@ -25,7 +25,7 @@ use crate::postgres::{
     begin_read, begin_write, entries_from_rows, execute, i64_arg, insert_entries, query, query_one,
     query_opt, require_partition, u64_col, PartitionRow, Step, SQL_ENTRIES_FROM,
 };
-use crate::sqlite_maintenance::{covers_exactly, validate_replace};
+use crate::sqlite_maintenance::check_replace;
 use crate::{
     DeadSegment, IndexEntry, MaintenanceStore, MetaError, PartitionOffsets, PostgresStore, Result,
 };
@@ -561,19 +561,7 @@ impl MaintenanceStore for PostgresStore {
         new: &[IndexEntry],
         now_ms: i64,
     ) -> Result<bool> {
-        validate_replace(old, new_key, new_size, new)?;
-        let (Some(first), Some(last)) = (old.first(), old.last()) else {
-            return Ok(false);
-        };
-        if !covers_exactly(old, first.base_offset, last.last_offset)
-            || !covers_exactly(new, first.base_offset, last.last_offset)
-        {
-            warn!(
-                segment = %new_key,
-                from = first.base_offset,
-                to = last.last_offset,
-                "replace entries refused: old or new entries do not cover the range exactly"
-            );
+        if !check_replace(old, new_key, new_size, new)? {
             return Ok(false);
         }
         let new_size = i64_arg(new_size, "segment size")?;

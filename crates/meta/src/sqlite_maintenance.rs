@@ -240,6 +240,33 @@ pub(crate) fn validate_replace(
 
 /// Whether `entries` are non-empty, each well-formed, and together cover
 /// `from ..= to` contiguously.
+/// The checks every backend's `replace_entries` makes before touching the
+/// store: `Err` for malformed input, `Ok(false)` when `old` and `new` do not
+/// cover exactly the same offsets (the swap is refused), `Ok(true)` to go on.
+pub(crate) fn check_replace(
+    old: &[IndexEntry],
+    new_key: &str,
+    new_size: u64,
+    new: &[IndexEntry],
+) -> Result<bool> {
+    validate_replace(old, new_key, new_size, new)?;
+    let (Some(first), Some(last)) = (old.first(), old.last()) else {
+        return Ok(false);
+    };
+    if !covers_exactly(old, first.base_offset, last.last_offset)
+        || !covers_exactly(new, first.base_offset, last.last_offset)
+    {
+        warn!(
+            segment = %new_key,
+            from = first.base_offset,
+            to = last.last_offset,
+            "replace entries refused: old or new entries do not cover the range exactly"
+        );
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 pub(crate) fn covers_exactly(entries: &[IndexEntry], from: i64, to: i64) -> bool {
     let mut next = from;
     for e in entries {
@@ -536,19 +563,7 @@ impl MaintenanceStore for SqliteStore {
         new: &[IndexEntry],
         now_ms: i64,
     ) -> Result<bool> {
-        validate_replace(old, new_key, new_size, new)?;
-        let (Some(first), Some(last)) = (old.first(), old.last()) else {
-            return Ok(false);
-        };
-        if !covers_exactly(old, first.base_offset, last.last_offset)
-            || !covers_exactly(new, first.base_offset, last.last_offset)
-        {
-            warn!(
-                segment = %new_key,
-                from = first.base_offset,
-                to = last.last_offset,
-                "replace entries refused: old or new entries do not cover the range exactly"
-            );
+        if !check_replace(old, new_key, new_size, new)? {
             return Ok(false);
         }
         let old = old.to_vec();

@@ -377,3 +377,44 @@ pub fn check_dense(records: &[Rec], first: impl Fn(i32) -> i64) -> Result<()> {
     }
     Ok(())
 }
+
+/// Reads partitions `0..partitions` of `topic` from the beginning through
+/// `bootstrap` and checks that exactly the acknowledged records are there,
+/// each once, at the (partition, offset) it was acknowledged with, with
+/// dense offsets from 0. `acked` maps record value to (partition, offset).
+pub async fn audit_acked(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    acked: &std::collections::HashMap<String, (i32, i64)>,
+) -> Result<()> {
+    let reader = consumer(bootstrap, &format!("audit-{topic}"), &[])?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+    }
+    reader.assign(&tpl)?;
+    let mut got = consume_n(&reader, acked.len(), Duration::from_secs(60)).await?;
+    got.extend(drain_quiet(&reader, Duration::from_secs(1)).await?);
+    got.sort_by_key(|r| (r.partition, r.offset));
+    check_dense(&got, |_| 0)?;
+    if got.len() != acked.len() {
+        bail!(
+            "read {} records, {} were acknowledged",
+            got.len(),
+            acked.len()
+        );
+    }
+    for r in &got {
+        if acked.get(&r.value) != Some(&(r.partition, r.offset)) {
+            bail!(
+                "{} read at {}/{} but acknowledged at {:?}",
+                r.value,
+                r.partition,
+                r.offset,
+                acked.get(&r.value)
+            );
+        }
+    }
+    Ok(())
+}
