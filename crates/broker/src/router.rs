@@ -40,15 +40,19 @@ pub const BROKER_APIS: &[ApiSpec] = &[
 ];
 
 /// Every supported API: the broker's and the group coordinator's.
-pub fn api_table() -> Vec<ApiSpec> {
-    let mut all: Vec<ApiSpec> = BROKER_APIS.to_vec();
-    all.extend(
-        groups::SUPPORTED
-            .iter()
-            .filter_map(|&(key, min, max)| Some(spec(ApiKey::try_from(key).ok()?, min, max))),
-    );
-    all.sort_by_key(|s| s.key as i16);
-    all
+/// Built once: it is consulted for every request.
+pub fn api_table() -> &'static [ApiSpec] {
+    static TABLE: std::sync::OnceLock<Vec<ApiSpec>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut all: Vec<ApiSpec> = BROKER_APIS.to_vec();
+        all.extend(
+            groups::SUPPORTED
+                .iter()
+                .filter_map(|&(key, min, max)| Some(spec(ApiKey::try_from(key).ok()?, min, max))),
+        );
+        all.sort_by_key(|s| s.key as i16);
+        all
+    })
 }
 
 /// Whether `version` of `key` is handled.
@@ -62,7 +66,7 @@ pub fn is_supported(key: ApiKey, version: i16) -> bool {
 pub fn api_versions() -> ApiVersionsResponse {
     ApiVersionsResponse::default().with_api_keys(
         api_table()
-            .into_iter()
+            .iter()
             .map(|s| {
                 ApiVersion::default()
                     .with_api_key(s.key as i16)
