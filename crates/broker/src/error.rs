@@ -18,6 +18,7 @@ pub fn meta_error_code(e: &MetaError) -> i16 {
         MetaError::SegmentExists(_) => ResponseError::KafkaStorageError.code(),
         MetaError::Backend { .. } => ResponseError::KafkaStorageError.code(),
         MetaError::InvalidArgument(_) => ResponseError::InvalidRequest.code(),
+        MetaError::Fenced { .. } => ResponseError::NotCoordinator.code(),
     }
 }
 

@@ -47,7 +47,10 @@ impl Broker {
     ) -> Arc<Self> {
         let groups = groups::GroupCoordinator::new(meta.clone(), config.groups.clone());
         let owner = cluster.clone();
-        groups.set_owner_check(Arc::new(move |group: &str| owner.is_coordinator(group)));
+        groups.set_owner_check(
+            cluster.me().node_id,
+            Arc::new(move |group: &str| owner.is_coordinator(group)),
+        );
         let topics = topics::TopicCache::new(meta.clone());
         Arc::new(Self {
             config,

@@ -54,7 +54,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
 use crate::{
-    BatchOutcome, BatchRejection, BrokerInfo, CommittedOffset, IndexEntry, MetaError,
+    BatchOutcome, BatchRejection, BrokerInfo, CommittedOffset, GroupClaim, IndexEntry, MetaError,
     MetadataStore, PartitionOffsets, PendingBatch, ProducerBatch, SegmentCommit, TopicMeta,
 };
 
@@ -80,6 +80,7 @@ where
     unknown_partition_errors(&*make().await).await;
     concurrent_commits(&*make().await).await;
     group_offsets(&*make().await).await;
+    group_claims(&*make().await).await;
     entryless_commit_is_dead(&*make().await).await;
     retention_by_time(&*make().await).await;
     retention_by_bytes(&*make().await).await;
@@ -2187,6 +2188,75 @@ pub async fn replace_entries_refuses_stale(store: &dyn MetadataStore) {
 
 // ---------------------------------------------------------------- groups
 
+/// Coordinator claims fence commits made under an older claim, by another
+/// broker or by the same one, and survive the group's deletion.
+pub async fn group_claims(store: &dyn MetadataStore) {
+    let a1 = store.claim_group("g", 1).await.expect("claim by 1");
+    assert_eq!(a1, GroupClaim { node_id: 1, epoch: 1 });
+    store
+        .commit_offsets("g", Some(a1), &[offset("t", 0, 10, None)])
+        .await
+        .expect("commit under the current claim");
+
+    let b = store.claim_group("g", 2).await.expect("claim by 2");
+    assert_eq!(b, GroupClaim { node_id: 2, epoch: 2 });
+    let err = store
+        .commit_offsets("g", Some(a1), &[offset("t", 0, 99, None)])
+        .await
+        .expect_err("an older claim is fenced");
+    assert!(
+        matches!(err, MetaError::Fenced { ref group, node_id: 1, epoch: 1 } if group == "g"),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+    store
+        .commit_offsets("g", Some(b), &[offset("t", 0, 20, None)])
+        .await
+        .expect("commit under the new claim");
+    assert_eq!(
+        store.fetch_offsets("g", None).await.expect("fetch"),
+        vec![offset("t", 0, 20, None)],
+        "the fenced commit changed nothing"
+    );
+
+    // The same broker claiming again fences its own older claim.
+    let a3 = store.claim_group("g", 1).await.expect("claim by 1 again");
+    assert_eq!(a3.epoch, 3);
+    assert!(store
+        .commit_offsets("g", Some(b), &[offset("t", 0, 30, None)])
+        .await
+        .is_err());
+    let other = store.claim_group("h", 2).await.expect("claim h");
+    assert_eq!(other.epoch, 1, "groups have their own epochs");
+    assert!(
+        store
+            .commit_offsets("g", Some(other), &[offset("t", 0, 30, None)])
+            .await
+            .is_err(),
+        "a claim on one group is no claim on another"
+    );
+
+    // Unfenced commits (admin tools) always go through.
+    store
+        .commit_offsets("g", None, &[offset("t", 1, 5, None)])
+        .await
+        .expect("unfenced commit");
+    // Deleting the group keeps its epoch: old claims stay fenced.
+    store.delete_group("g").await.expect("delete");
+    assert!(store
+        .commit_offsets("g", Some(b), &[offset("t", 0, 40, None)])
+        .await
+        .is_err());
+    let a4 = store.claim_group("g", 1).await.expect("claim after delete");
+    assert_eq!(a4.epoch, 4);
+
+    // A group never claimed refuses every claim.
+    assert!(store
+        .commit_offsets("fresh", Some(a4), &[offset("t", 0, 1, None)])
+        .await
+        .is_err());
+}
+
 /// Commit, fetch (all and filtered), metadata, list, delete.
 pub async fn group_offsets(store: &dyn MetadataStore) {
     assert!(store.list_groups().await.expect("list").is_empty());
@@ -2199,6 +2269,7 @@ pub async fn group_offsets(store: &dyn MetadataStore) {
     store
         .commit_offsets(
             "g1",
+            None,
             &[
                 offset("orders", 1, 10, Some("consumer-1 state")),
                 offset("orders", 0, 5, None),
@@ -2208,10 +2279,10 @@ pub async fn group_offsets(store: &dyn MetadataStore) {
         .await
         .expect("commit g1");
     store
-        .commit_offsets("g0", &[offset("orders", 0, 99, None)])
+        .commit_offsets("g0", None, &[offset("orders", 0, 99, None)])
         .await
         .expect("commit g0");
-    store.commit_offsets("g2", &[]).await.expect("empty commit");
+    store.commit_offsets("g2", None, &[]).await.expect("empty commit");
 
     let all = store.fetch_offsets("g1", None).await.expect("fetch all");
     assert_eq!(
@@ -2245,7 +2316,7 @@ pub async fn group_offsets(store: &dyn MetadataStore) {
     let mut newer = offset("orders", 0, 6, Some("m2"));
     newer.leader_epoch = 4;
     store
-        .commit_offsets("g1", &[newer.clone()])
+        .commit_offsets("g1", None, &[newer.clone()])
         .await
         .expect("recommit");
     let orders = store

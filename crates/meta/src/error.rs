@@ -21,6 +21,14 @@ pub enum MetaError {
     },
     #[error("segment already committed key={0}")]
     SegmentExists(String),
+    /// A commit made under a group coordinator claim that another claim has
+    /// replaced since: this broker no longer coordinates the group.
+    #[error("group coordinator fenced group={group} node_id={node_id} epoch={epoch}")]
+    Fenced {
+        group: String,
+        node_id: i32,
+        epoch: i64,
+    },
     /// The caller passed something the store cannot accept (malformed URL,
     /// negative batch length, ...). Retrying the same call fails again.
     #[error("invalid argument {0}")]

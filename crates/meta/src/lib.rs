@@ -252,7 +252,22 @@ pub trait LogStore: Send + Sync {
 /// Consumer-group committed offsets. Membership lives in the coordinator.
 #[async_trait]
 pub trait GroupStore: Send + Sync {
-    async fn commit_offsets(&self, group: &str, offsets: &[CommittedOffset]) -> Result<()>;
+    /// Make `node_id` the coordinator of `group`: the group's coordinator
+    /// epoch goes up by one and the new claim is returned. Commits made under
+    /// any earlier claim fail from then on, so a broker that still believes it
+    /// coordinates the group after another took over cannot commit.
+    async fn claim_group(&self, group: &str, node_id: i32) -> Result<GroupClaim>;
+
+    /// Store committed offsets (an upsert per partition). With `claim`, the
+    /// write happens only if that claim is still the group's newest, checked
+    /// in the same transaction ([`MetaError::Fenced`] otherwise); `None`
+    /// skips the check.
+    async fn commit_offsets(
+        &self,
+        group: &str,
+        claim: Option<GroupClaim>,
+        offsets: &[CommittedOffset],
+    ) -> Result<()>;
 
     /// Committed offsets of a group; `topics = None` means all.
     async fn fetch_offsets(
@@ -269,6 +284,15 @@ pub trait GroupStore: Send + Sync {
 
     /// Remove the offsets of some partitions of a group.
     async fn delete_offsets(&self, group: &str, partitions: &[(String, i32)]) -> Result<()>;
+}
+
+/// A broker's claim to coordinate a consumer group; see
+/// [`GroupStore::claim_group`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupClaim {
+    pub node_id: i32,
+    /// Grows by one with every claim of the group, whoever makes it.
+    pub epoch: i64,
 }
 
 /// A segment object no index entry points to any more, waiting out its grace

@@ -64,7 +64,7 @@ use crate::plan::EntryPlanner;
 use crate::postgres_maintenance::mark_dead_if_unused;
 use crate::sqlite::{next_sequence, validate_commit, PRODUCER_BATCH_MEMORY};
 use crate::{
-    BatchOutcome, BatchRejection, CommittedOffset, GroupStore, IndexEntry, LogStore, MetaError,
+    BatchOutcome, BatchRejection, CommittedOffset, GroupClaim, GroupStore, IndexEntry, LogStore, MetaError,
     PartitionOffsets, ProducerBatch, Result, SegmentCommit, TopicMeta, TopicStore,
 };
 
@@ -193,6 +193,16 @@ CREATE TABLE brokers (
     port          INTEGER NOT NULL,
     rack          TEXT    NULL,
     last_seen_ms  BIGINT  NOT NULL
+);
+"#,
+    // v3: group coordinator claims. `epoch` only grows (rows are never
+    // deleted, not even with the group's offsets), so an old claim can never
+    // become valid again.
+    r#"
+CREATE TABLE group_coordinators (
+    group_id  TEXT    COLLATE "C" NOT NULL PRIMARY KEY,
+    node_id   INTEGER NOT NULL,
+    epoch     BIGINT  NOT NULL
 );
 "#,
 ];
@@ -1479,13 +1489,58 @@ impl LogStore for PostgresStore {
 
 #[async_trait]
 impl GroupStore for PostgresStore {
-    async fn commit_offsets(&self, group: &str, offsets: &[CommittedOffset]) -> Result<()> {
-        if offsets.is_empty() {
+    async fn claim_group(&self, group: &str, node_id: i32) -> Result<GroupClaim> {
+        self.run("claim_group", move || async move {
+            let client = self.client().await?;
+            let row = client
+                .query_one(
+                    "INSERT INTO group_coordinators (group_id, node_id, epoch) \
+                     VALUES ($1, $2, 1) \
+                     ON CONFLICT (group_id) DO UPDATE SET node_id = excluded.node_id, \
+                     epoch = group_coordinators.epoch + 1 RETURNING epoch",
+                    &[&group, &node_id],
+                )
+                .await?;
+            Ok(GroupClaim {
+                node_id,
+                epoch: row.try_get(0)?,
+            })
+        })
+        .await
+    }
+
+    async fn commit_offsets(
+        &self,
+        group: &str,
+        claim: Option<GroupClaim>,
+        offsets: &[CommittedOffset],
+    ) -> Result<()> {
+        if offsets.is_empty() && claim.is_none() {
             return Ok(());
         }
         self.run("commit_offsets", move || async move {
             let mut client = self.client().await?;
             let tx = begin_write(&mut client).await?;
+            if let Some(claim) = claim {
+                // Touching the claim row locks it until this transaction
+                // ends, so a newer claim waits for this commit and every
+                // commit after that claim sees it.
+                let held = tx
+                    .execute(
+                        "UPDATE group_coordinators SET epoch = epoch \
+                         WHERE group_id = $1 AND node_id = $2 AND epoch = $3",
+                        &[&group, &claim.node_id, &claim.epoch],
+                    )
+                    .await?;
+                if held != 1 {
+                    return Err(MetaError::Fenced {
+                        group: group.to_owned(),
+                        node_id: claim.node_id,
+                        epoch: claim.epoch,
+                    }
+                    .into());
+                }
+            }
             let stmt = tx
                 .prepare_cached(
                     "INSERT INTO group_offsets (group_id, topic, partition_index, \

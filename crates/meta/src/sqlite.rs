@@ -48,7 +48,7 @@ use uuid::Uuid;
 use crate::plan::{EntryPlanner, NewEntry};
 use crate::sqlite_maintenance::mark_dead_if_unused;
 use crate::{
-    BatchOutcome, BatchRejection, CommittedOffset, GroupStore, IndexEntry, LogStore, MetaError,
+    BatchOutcome, BatchRejection, CommittedOffset, GroupClaim, GroupStore, IndexEntry, LogStore, MetaError,
     PartitionOffsets, ProducerBatch, Result, SegmentCommit, TopicMeta, TopicStore,
 };
 
@@ -183,6 +183,16 @@ CREATE TABLE brokers (
     rack          TEXT    NULL,
     last_seen_ms  INTEGER NOT NULL
 );
+"#,
+    // v4: group coordinator claims. `epoch` only grows (rows are never
+    // deleted, not even with the group's offsets), so an old claim can never
+    // become valid again.
+    r#"
+CREATE TABLE group_coordinators (
+    group_id  TEXT    NOT NULL PRIMARY KEY,
+    node_id   INTEGER NOT NULL,
+    epoch     INTEGER NOT NULL
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -1228,10 +1238,47 @@ impl LogStore for SqliteStore {
 
 #[async_trait]
 impl GroupStore for SqliteStore {
-    async fn commit_offsets(&self, group: &str, offsets: &[CommittedOffset]) -> Result<()> {
+    async fn claim_group(&self, group: &str, node_id: i32) -> Result<GroupClaim> {
+        let group = group.to_owned();
+        self.write("claim_group", move |tx| {
+            let epoch: i64 = tx.query_row(
+                "INSERT INTO group_coordinators (group_id, node_id, epoch) VALUES (?1, ?2, 1) \
+                 ON CONFLICT (group_id) DO UPDATE SET node_id = excluded.node_id, \
+                 epoch = group_coordinators.epoch + 1 RETURNING epoch",
+                params![group, node_id],
+                |r| r.get(0),
+            )?;
+            Ok(GroupClaim { node_id, epoch })
+        })
+        .await
+    }
+
+    async fn commit_offsets(
+        &self,
+        group: &str,
+        claim: Option<GroupClaim>,
+        offsets: &[CommittedOffset],
+    ) -> Result<()> {
         let group = group.to_owned();
         let offsets = offsets.to_vec();
         self.write("commit_offsets", move |tx| {
+            if let Some(claim) = claim {
+                let current: Option<(i32, i64)> = tx
+                    .query_row(
+                        "SELECT node_id, epoch FROM group_coordinators WHERE group_id = ?1",
+                        params![group],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                if current != Some((claim.node_id, claim.epoch)) {
+                    return Err(MetaError::Fenced {
+                        group,
+                        node_id: claim.node_id,
+                        epoch: claim.epoch,
+                    }
+                    .into());
+                }
+            }
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO group_offsets (group_id, topic, partition_index, committed_offset, \
                  leader_epoch, metadata, commit_timestamp_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
@@ -1416,6 +1463,7 @@ mod tests {
             store
                 .commit_offsets(
                     "g",
+                    None,
                     &[CommittedOffset {
                         topic: "t".into(),
                         partition: 0,

@@ -7,6 +7,15 @@
 //! [`MetadataStore`] before a commit is acknowledged, so another broker can
 //! take over the group after a failure (members then simply rejoin).
 //!
+//! Several brokers: each group has one coordinator, chosen by the cluster
+//! view ([`GroupCoordinator::set_owner_check`]); the others answer
+//! NOT_COORDINATOR. Before it serves a group, the coordinator claims it in
+//! the metadata store ([`tributary_meta::GroupStore::claim_group`]), and every offset commit
+//! carries that claim. When another broker claims the group — because the
+//! live broker list changed and the views disagreed for a moment — the old
+//! coordinator's commits fail in the store, it drops the group and answers
+//! NOT_COORDINATOR, so a stale coordinator can never commit.
+//!
 //! Contract: every handler takes the decoded request and its API version and
 //! returns the response struct for that version. Handlers never panic and
 //! never fail; problems become Kafka error codes in the response. The
@@ -44,7 +53,7 @@ use kafka_protocol::ResponseError;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tributary_meta::{MetaError, MetadataStore};
+use tributary_meta::{GroupClaim, MetaError, MetadataStore};
 
 use group::{
     code, Group, GroupState, JoinOutcome, JoinParams, Reply, SyncOutcome, SyncParams, NONE,
@@ -102,6 +111,10 @@ pub struct GroupCoordinator {
     /// Whether this broker coordinates a group (several brokers: only one
     /// does; the others answer NOT_COORDINATOR). `None`: every group.
     owner: Mutex<Option<OwnerCheck>>,
+    /// This broker's node id, for claims.
+    node_id: Mutex<i32>,
+    /// The claims this broker holds, one per group it serves.
+    claims: Mutex<HashMap<String, GroupClaim>>,
 }
 
 /// Decides whether this broker coordinates a group id.
@@ -128,6 +141,7 @@ fn meta_error_code(e: &MetaError) -> i16 {
             code(ResponseError::UnknownTopicOrPartition)
         }
         MetaError::Backend { .. } => code(ResponseError::CoordinatorNotAvailable),
+        MetaError::Fenced { .. } => code(ResponseError::NotCoordinator),
         MetaError::TopicExists(_)
         | MetaError::InvalidPartitions { .. }
         | MetaError::OffsetOutOfRange { .. }
@@ -145,6 +159,8 @@ impl GroupCoordinator {
             groups: Mutex::new(HashMap::new()),
             cancel: CancellationToken::new(),
             owner: Mutex::new(None),
+            node_id: Mutex::new(0),
+            claims: Mutex::new(HashMap::new()),
         })
     }
 
@@ -181,16 +197,74 @@ impl GroupCoordinator {
         slot
     }
 
-    /// Make this coordinator answer NOT_COORDINATOR for groups `check`
-    /// says belong to another broker.
-    pub fn set_owner_check(&self, check: OwnerCheck) {
+    /// Make this coordinator, on broker `node_id`, answer NOT_COORDINATOR
+    /// for groups `check` says belong to another broker.
+    pub fn set_owner_check(&self, node_id: i32, check: OwnerCheck) {
+        *lock(&self.node_id) = node_id;
         *lock(&self.owner) = Some(check);
     }
 
-    /// Whether another broker coordinates `group_id`.
+    /// Whether another broker coordinates `group_id`. If so, this broker
+    /// forgets whatever it held of the group, so that when the group comes
+    /// back it starts afresh under a new claim.
     fn not_mine(&self, group_id: &str) -> bool {
         let check = lock(&self.owner).clone();
-        !group_id.is_empty() && check.is_some_and(|owns| !owns(group_id))
+        let theirs = !group_id.is_empty() && check.is_some_and(|owns| !owns(group_id));
+        if theirs {
+            self.forget(group_id, None);
+        }
+        theirs
+    }
+
+    /// This broker's claim on `group_id`, claiming the group in the store the
+    /// first time. `Err` is the Kafka error code to answer.
+    async fn claim(&self, group_id: &str) -> Result<GroupClaim, i16> {
+        if let Some(c) = lock(&self.claims).get(group_id) {
+            return Ok(*c);
+        }
+        let node_id = *lock(&self.node_id);
+        let claim = self
+            .store
+            .claim_group(group_id, node_id)
+            .await
+            .map_err(|e| {
+                tracing::warn!(group = %group_id, error = %e, "claiming group failed");
+                meta_error_code(&e)
+            })?;
+        tracing::debug!(group = %group_id, epoch = claim.epoch, "claimed group");
+        // Two claims racing on this broker: keep the newer, which is the
+        // one the store will accept.
+        let mut claims = lock(&self.claims);
+        let held = claims.entry(group_id.to_string()).or_insert(claim);
+        if claim.epoch > held.epoch {
+            *held = claim;
+        }
+        Ok(*held)
+    }
+
+    /// Drop the group's in-memory state and claim (`only_if`: only when
+    /// the claim held is that one). Parked members are answered
+    /// NOT_COORDINATOR and go looking for the new coordinator.
+    fn forget(&self, group_id: &str, only_if: Option<GroupClaim>) {
+        {
+            let mut claims = lock(&self.claims);
+            match (claims.get(group_id), only_if) {
+                (Some(held), Some(c)) if *held != c => return,
+                (Some(_), _) => {
+                    claims.remove(group_id);
+                }
+                (None, _) => {}
+            }
+        }
+        let slot = lock(&self.groups).remove(group_id);
+        if let Some(slot) = slot {
+            let mut g = lock(&slot.group);
+            g.abort_parked(code(ResponseError::NotCoordinator));
+            g.mark_dead();
+            drop(g);
+            slot.wake.notify_one();
+            tracing::info!(group = %group_id, "no longer coordinating group");
+        }
     }
 
     /// JoinGroup (v0-9). Parks until the join phase completes.
@@ -242,6 +316,9 @@ impl GroupCoordinator {
                 .map(|p| (p.name.to_string(), p.metadata.clone()))
                 .collect(),
         };
+        if let Err(c) = self.claim(&group_id).await {
+            return join_response(version, JoinOutcome::error(c, member_id));
+        }
         let slot = if member_id.is_empty() {
             self.get_or_create(&group_id)
         } else {

@@ -27,7 +27,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::Decodable;
 use kafka_protocol::ResponseError;
 use tokio::time::Instant;
-use tributary_meta::{CommittedOffset, TopicMeta};
+use tributary_meta::{CommittedOffset, MetaError, TopicMeta};
 
 use super::group::{code, Group, GroupState, NONE};
 use super::{lock, meta_error_code, opt_str, str_bytes, GroupCoordinator};
@@ -158,9 +158,23 @@ impl GroupCoordinator {
                 }
             }
             if !batch.is_empty() {
-                if let Err(e) = self.store.commit_offsets(&group_id, &batch).await {
-                    tracing::warn!(group = %group_id, error = %e, "offset commit failed");
-                    let c = meta_error_code(&e);
+                let result = match self.claim(&group_id).await {
+                    Ok(claim) => {
+                        let r = self
+                            .store
+                            .commit_offsets(&group_id, Some(claim), &batch)
+                            .await;
+                        if let Err(MetaError::Fenced { .. }) = &r {
+                            self.forget(&group_id, Some(claim));
+                        }
+                        r.map_err(|e| {
+                            tracing::warn!(group = %group_id, error = %e, "offset commit failed");
+                            meta_error_code(&e)
+                        })
+                    }
+                    Err(c) => Err(c),
+                };
+                if let Err(c) = result {
                     for (ti, pi) in slots {
                         errors[ti][pi] = c;
                     }

@@ -758,3 +758,60 @@ async fn shutdown_answers_parked_joins() {
     c.shutdown();
     assert_eq!(t.await.expect("join").error_code, 16);
 }
+
+/// Two brokers that both believe they coordinate "g" (their views of the
+/// live brokers disagree for a moment): the one that claimed the group last
+/// wins; the other's commits are fenced and it drops the group.
+#[tokio::test]
+async fn stale_coordinator_cannot_commit() {
+    let (a, store) = setup().await;
+    let b = GroupCoordinator::new(store.clone(), a.config.clone());
+    a.set_owner_check(1, Arc::new(|_: &str| true));
+    b.set_owner_check(2, Arc::new(|_: &str| true));
+
+    let (_, a_leader, a_gen) = stable_group(&a, "g", 1).await;
+    let ok = a
+        .offset_commit(commit_req("g", &a_leader, a_gen, &[("t", 0, 10, None)]), 7)
+        .await;
+    assert_eq!(commit_errors(&ok), vec![("t".into(), 0, 0)]);
+
+    // The group moves to b: its members join there, b claims the group.
+    let (_, b_leader, b_gen) = stable_group(&b, "g", 1).await;
+    let stale = a
+        .offset_commit(commit_req("g", &a_leader, a_gen, &[("t", 0, 99, None)]), 7)
+        .await;
+    assert_eq!(
+        commit_errors(&stale),
+        vec![("t".into(), 0, 16)],
+        "NOT_COORDINATOR: a's claim is fenced"
+    );
+    assert_eq!(
+        heartbeat(&a, "g", &a_leader, a_gen).await,
+        25,
+        "a dropped the group (UNKNOWN_MEMBER_ID: members must rejoin)"
+    );
+    let fresh = b
+        .offset_commit(commit_req("g", &b_leader, b_gen, &[("t", 0, 20, None)]), 7)
+        .await;
+    assert_eq!(commit_errors(&fresh), vec![("t".into(), 0, 0)]);
+    assert_eq!(fetch(&b, "g", Some(&[("t", &[0])]), 7).await[0].2, 20);
+
+    // A simple (member-less) commit through a claims the group back; b is
+    // fenced in turn.
+    let simple = a
+        .offset_commit(commit_req("g2", "", -1, &[("t", 1, 5, None)]), 7)
+        .await;
+    assert_eq!(commit_errors(&simple)[0].2, 0);
+    let _ = a.join_group(join_req("g", "", 10_000), 7, "c", "h").await;
+    let fenced = b
+        .offset_commit(commit_req("g", &b_leader, b_gen, &[("t", 0, 30, None)]), 7)
+        .await;
+    assert_eq!(commit_errors(&fenced)[0].2, 16);
+    assert_eq!(fetch(&a, "g", Some(&[("t", &[0])]), 7).await[0].2, 20);
+
+    // A group the owner check gives away is dropped at the next request.
+    b.set_owner_check(2, Arc::new(|_: &str| false));
+    assert_eq!(heartbeat(&b, "g", &b_leader, b_gen).await, 16);
+    a.shutdown();
+    b.shutdown();
+}
