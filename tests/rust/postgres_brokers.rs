@@ -132,6 +132,10 @@ async fn two_brokers_one_postgres_dense_offsets() -> Result<()> {
             .await?
             .context("the record committed via broker b never reached the consumer on a")?;
         ensure!(rec.value == "late");
+        ensure!(
+            a.logs().contains("listening for other brokers' commits"),
+            "broker a should hear commits by LISTEN/NOTIFY, not only by polling"
+        );
         Ok(())
     })
     .await

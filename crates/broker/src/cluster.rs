@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tributary_meta::{BrokerInfo, MetaError, MetadataStore};
+use tributary_storage::Watermarks;
 use uuid::Uuid;
 
 /// Heartbeat cadence and expiry of the broker registry.
@@ -126,6 +127,33 @@ impl Cluster {
     pub fn is_coordinator(&self, group: &str) -> bool {
         self.coordinator(group).node_id == self.me.node_id
     }
+}
+
+/// Wake this broker's parked fetches when other brokers commit, for as long
+/// as the metadata store can push their commits (`None` when it cannot:
+/// fetches then poll at `fetch_poll_interval`). Ends at `stop`.
+pub fn follow_remote_commits(
+    meta: &dyn MetadataStore,
+    watermarks: Watermarks,
+    stop: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let mut feed = meta.commit_feed()?;
+    Some(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = feed.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                () = stop.cancelled() => break,
+            }
+            let now = *feed.borrow_and_update();
+            watermarks.set_remote_listening(now.listening);
+            watermarks.notify_commit();
+        }
+        watermarks.set_remote_listening(false);
+    }))
 }
 
 /// The leader of a partition among `brokers` (ordered by node id): a stable

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-use tributary_broker::cluster::{Cluster, ClusterConfig};
+use tributary_broker::cluster::{follow_remote_commits, Cluster, ClusterConfig};
 use tributary_broker::Broker;
 use tributary_meta::{open_metadata, BrokerInfo, MetadataStore};
 use tributary_storage::{
@@ -139,11 +139,18 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
         .await
         .context("cannot register this broker in the metadata store")?;
     let heartbeats = cluster.spawn(maintenance_stop.clone());
+    let remote_commits =
+        follow_remote_commits(&*meta, watermarks.clone(), maintenance_stop.clone());
     let broker = Broker::new(broker_config, meta, writer, fetcher, watermarks, cluster);
     tributary_broker::server::run(listener, broker, shutdown_signal()).await;
     maintenance_stop.cancel();
     if let Err(e) = maintenance.await {
         tracing::warn!(error = %e, "maintenance task ended abnormally");
+    }
+    if let Some(task) = remote_commits {
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "commit listener task ended abnormally");
+        }
     }
     if let Err(e) = heartbeats.await {
         tracing::warn!(error = %e, "heartbeat task ended abnormally");

@@ -2192,14 +2192,26 @@ pub async fn replace_entries_refuses_stale(store: &dyn MetadataStore) {
 /// broker or by the same one, and survive the group's deletion.
 pub async fn group_claims(store: &dyn MetadataStore) {
     let a1 = store.claim_group("g", 1).await.expect("claim by 1");
-    assert_eq!(a1, GroupClaim { node_id: 1, epoch: 1 });
+    assert_eq!(
+        a1,
+        GroupClaim {
+            node_id: 1,
+            epoch: 1
+        }
+    );
     store
         .commit_offsets("g", Some(a1), &[offset("t", 0, 10, None)])
         .await
         .expect("commit under the current claim");
 
     let b = store.claim_group("g", 2).await.expect("claim by 2");
-    assert_eq!(b, GroupClaim { node_id: 2, epoch: 2 });
+    assert_eq!(
+        b,
+        GroupClaim {
+            node_id: 2,
+            epoch: 2
+        }
+    );
     let err = store
         .commit_offsets("g", Some(a1), &[offset("t", 0, 99, None)])
         .await
@@ -2282,7 +2294,10 @@ pub async fn group_offsets(store: &dyn MetadataStore) {
         .commit_offsets("g0", None, &[offset("orders", 0, 99, None)])
         .await
         .expect("commit g0");
-    store.commit_offsets("g2", None, &[]).await.expect("empty commit");
+    store
+        .commit_offsets("g2", None, &[])
+        .await
+        .expect("empty commit");
 
     let all = store.fetch_offsets("g1", None).await.expect("fetch all");
     assert_eq!(

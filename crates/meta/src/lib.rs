@@ -23,6 +23,7 @@ pub mod conformance;
 mod error;
 mod plan;
 pub mod postgres;
+mod postgres_listen;
 mod postgres_maintenance;
 mod postgres_registry;
 pub mod sqlite;
@@ -405,7 +406,30 @@ pub trait BrokerRegistry: Send + Sync {
 
     /// Remove a broker (clean shutdown). Unknown ids are ignored.
     async fn deregister_broker(&self, node_id: i32) -> Result<()>;
+
+    /// Other brokers' segment commits as they happen, when the backend can
+    /// push them (PostgreSQL `LISTEN`/`NOTIFY`); `None` when it cannot, and
+    /// callers poll. The feed changes for every commit heard (several may
+    /// fold into one change) and whenever listening starts or stops; while
+    /// `listening` is false commits go unheard. Dropping every receiver stops
+    /// the listener.
+    fn commit_feed(&self) -> Option<CommitFeed> {
+        None
+    }
 }
+
+/// What a broker has heard of other brokers' segment commits; see
+/// [`BrokerRegistry::commit_feed`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RemoteCommits {
+    /// Whether commits are being heard right now.
+    pub listening: bool,
+    /// Commits heard so far (wrapping); only its changes mean anything.
+    pub seen: u64,
+}
+
+/// Receiver of [`RemoteCommits`].
+pub type CommitFeed = tokio::sync::watch::Receiver<RemoteCommits>;
 
 /// Everything a broker needs from the metadata store.
 pub trait MetadataStore:

@@ -29,7 +29,9 @@
 //!   deadlocks (SQLSTATE `40001`, `40P01`) are retried a few times with
 //!   backoff, since the server rolled those transactions back.
 //! - Portability: plain SQL that Postgres-compatible databases accept: no
-//!   LISTEN/NOTIFY, no advisory locks, no stored procedures. Text columns are
+//!   advisory locks, no stored procedures. `LISTEN`/`NOTIFY` wakes other
+//!   brokers' parked fetches (`postgres_listen`) where the server has it (a
+//!   probe at connect); elsewhere brokers poll. Text columns are
 //!   `COLLATE "C"` so `ORDER BY` on names and keys is byte order, as in
 //!   SQLite and Rust.
 //! - Failures: connection and server errors are [`MetaError::Backend`]
@@ -61,11 +63,12 @@ use tracing::debug;
 use uuid::Uuid;
 
 use crate::plan::EntryPlanner;
+use crate::postgres_listen::COMMIT_CHANNEL;
 use crate::postgres_maintenance::mark_dead_if_unused;
 use crate::sqlite::{next_sequence, validate_commit, PRODUCER_BATCH_MEMORY};
 use crate::{
-    BatchOutcome, BatchRejection, CommittedOffset, GroupClaim, GroupStore, IndexEntry, LogStore, MetaError,
-    PartitionOffsets, ProducerBatch, Result, SegmentCommit, TopicMeta, TopicStore,
+    BatchOutcome, BatchRejection, CommittedOffset, GroupClaim, GroupStore, IndexEntry, LogStore,
+    MetaError, PartitionOffsets, ProducerBatch, Result, SegmentCommit, TopicMeta, TopicStore,
 };
 
 /// Connections per store (per broker).
@@ -245,6 +248,12 @@ pub struct PostgresStore {
     pool: Pool,
     /// Where the database lives, for logs and `Debug` (never the password).
     location: String,
+    /// How to open the dedicated `LISTEN` connection.
+    pub(crate) listen_config: tokio_postgres::Config,
+    /// This store's name in commit notifications, so it skips its own.
+    pub(crate) instance: String,
+    /// Whether the server takes `pg_notify` (probed at connect).
+    pub(crate) notify: bool,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -428,6 +437,7 @@ impl PostgresStore {
             config.get_dbname().unwrap_or("-"),
             parsed.schema.as_deref().unwrap_or("-"),
         );
+        let listen_config = config.clone();
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -446,13 +456,37 @@ impl PostgresStore {
                 op: "connect",
                 source: Box::new(e),
             })?;
-        let store = PostgresStore { pool, location };
+        let mut store = PostgresStore {
+            pool,
+            location,
+            listen_config,
+            instance: Uuid::new_v4().to_string(),
+            notify: false,
+        };
         if let Some(schema) = &parsed.schema {
             store.create_schema(schema).await?;
         }
         store.migrate().await?;
+        store.notify = store.probe_notify().await?;
         debug!(location = %store.location, "postgres metadata store connected");
         Ok(store)
+    }
+
+    /// Whether the server takes `pg_notify`; `Err` only when it cannot be
+    /// asked at all.
+    async fn probe_notify(&self) -> Result<bool> {
+        let client = self.client().await.map_err(|f| f.into_meta("connect"))?;
+        match client
+            .execute("SELECT pg_notify($1, '')", &[&COMMIT_CHANNEL])
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_db_error().is_some() => {
+                tracing::info!(error = %e, "database has no NOTIFY; brokers will poll for each other's commits");
+                Ok(false)
+            }
+            Err(e) => Err(Fail::from(e).into_meta("connect")),
+        }
     }
 
     pub(crate) async fn client(&self) -> Step<Object> {
@@ -1321,6 +1355,14 @@ impl LogStore for PostgresStore {
             let mut client = self.client().await?;
             let tx = begin_write(&mut client).await?;
             let outcomes = commit_segment_tx(&tx, commit).await?;
+            if self.notify {
+                // Delivered at COMMIT, and only if it commits.
+                tx.execute(
+                    "SELECT pg_notify($1, $2)",
+                    &[&COMMIT_CHANNEL, &self.instance],
+                )
+                .await?;
+            }
             tx.commit().await?;
             Ok(outcomes)
         })
@@ -1691,7 +1733,7 @@ mod tests {
     use tributary_testkit::PgServer;
 
     use super::*;
-    use crate::{conformance, MetadataStore, PendingBatch};
+    use crate::{conformance, BrokerRegistry, MetadataStore, PendingBatch};
 
     /// A throwaway cluster; fails (never skips) without PostgreSQL binaries.
     fn pg_server() -> PgServer {
@@ -1945,6 +1987,64 @@ mod tests {
             store.list_topics().await.expect("list"),
             vec![topic.clone()]
         );
+    }
+
+    /// Wait until the feed satisfies `ok`, at most 30 s.
+    async fn feed_until(
+        feed: &mut crate::CommitFeed,
+        what: &str,
+        ok: impl Fn(&crate::RemoteCommits) -> bool,
+    ) -> crate::RemoteCommits {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let now = *feed.borrow_and_update();
+                if ok(&now) {
+                    return now;
+                }
+                feed.changed().await.expect("feed alive");
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("commit feed never got to: {what}"))
+    }
+
+    /// LISTEN/NOTIFY: a store hears the commits of another store on the same
+    /// database, says when it stops listening (server restart) and listens
+    /// again by itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commit_feed_hears_other_brokers() {
+        let mut server = pg_server();
+        let url = format!("{}?schema=feed", server.url());
+        let a = PostgresStore::connect(&url).await.expect("connect a");
+        let b = PostgresStore::connect(&url).await.expect("connect b");
+        let topic = a
+            .create_topic("t", 1, BTreeMap::new())
+            .await
+            .expect("create");
+        let seg = |key: &str| SegmentCommit {
+            key: key.to_owned(),
+            size: 10,
+            batches: vec![batch(topic.id, 0, 0, 1)],
+        };
+        let mut feed = a.commit_feed().expect("PostgreSQL has NOTIFY");
+        let start = feed_until(&mut feed, "listening", |s| s.listening).await;
+        b.commit_segment(&seg("b1")).await.expect("commit b1");
+        let heard = feed_until(&mut feed, "b1 heard", |s| s.seen != start.seen).await;
+
+        // The listener loses its connection; once it listens again it
+        // reports a change (commits made meanwhile were not heard).
+        tokio::task::block_in_place(|| server.restart()).expect("restart");
+        let back = feed_until(&mut feed, "listening again", |s| {
+            s.listening && s.seen != heard.seen
+        })
+        .await;
+        let b2 = seg("b2");
+        until_ok("commit after restart", Duration::from_secs(10), || {
+            b.commit_segment(&b2)
+        })
+        .await;
+        feed_until(&mut feed, "b2 heard", |s| s.seen != back.seen).await;
+        drop(feed);
     }
 
     /// Migrations are recorded and not re-run by a second connect.

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use crate::postgres::{begin_write, execute, query, query_opt, Step};
 use crate::sqlite_registry::{id_in_use, live_cutoff};
-use crate::{BrokerInfo, BrokerRegistry, MetaError, PostgresStore, Result};
+use crate::{BrokerInfo, BrokerRegistry, CommitFeed, MetaError, PostgresStore, Result};
 
 /// How often a refused heartbeat looks for the holder before giving up
 /// (the holder can only vanish on databases that do not lock the row of a
@@ -113,6 +113,10 @@ impl BrokerRegistry for PostgresStore {
             Ok(())
         })
         .await
+    }
+
+    fn commit_feed(&self) -> Option<CommitFeed> {
+        self.spawn_commit_feed()
     }
 }
 

@@ -48,8 +48,8 @@ use uuid::Uuid;
 use crate::plan::{EntryPlanner, NewEntry};
 use crate::sqlite_maintenance::mark_dead_if_unused;
 use crate::{
-    BatchOutcome, BatchRejection, CommittedOffset, GroupClaim, GroupStore, IndexEntry, LogStore, MetaError,
-    PartitionOffsets, ProducerBatch, Result, SegmentCommit, TopicMeta, TopicStore,
+    BatchOutcome, BatchRejection, CommittedOffset, GroupClaim, GroupStore, IndexEntry, LogStore,
+    MetaError, PartitionOffsets, ProducerBatch, Result, SegmentCommit, TopicMeta, TopicStore,
 };
 
 /// How long a connection waits on a lock held by another connection (or

@@ -19,6 +19,9 @@ use crate::Broker;
 /// Longest a fetch is parked, whatever the client asks.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
+/// Poll interval of a parked fetch while other brokers' commits are pushed.
+const LISTENING_POLL: Duration = Duration::from_secs(2);
+
 pub async fn handle(broker: &Broker, req: FetchRequest, _version: i16) -> FetchResponse {
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     let deadline = Instant::now() + wait;
@@ -29,9 +32,16 @@ pub async fn handle(broker: &Broker, req: FetchRequest, _version: i16) -> FetchR
         if bytes >= i64::from(req.min_bytes.max(1)) || errors || Instant::now() >= deadline {
             return resp;
         }
-        // Commits by this broker wake the fetch at once; commits by other
-        // brokers sharing the metadata store are seen by polling.
-        let poll = broker.config.fetch_poll_interval;
+        // Commits by this broker wake the fetch at once; so do other
+        // brokers' commits while the store pushes them (LISTEN/NOTIFY), with
+        // a slow poll as a safety net; otherwise they are seen by polling.
+        let poll = broker.config.fetch_poll_interval.map(|p| {
+            if broker.watermarks.remote_listening() {
+                p.max(LISTENING_POLL)
+            } else {
+                p
+            }
+        });
         tokio::select! {
             changed = commits.changed() => {
                 if changed.is_err() {
