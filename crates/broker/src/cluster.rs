@@ -38,7 +38,12 @@ pub struct Cluster {
     meta: Arc<dyn MetadataStore>,
     config: ClusterConfig,
     live: RwLock<Vec<BrokerInfo>>,
+    /// Called after the live broker list changed.
+    on_change: RwLock<Vec<ChangeHook>>,
 }
+
+/// A callback run when the live broker list changes.
+pub type ChangeHook = Box<dyn Fn() + Send + Sync>;
 
 impl Cluster {
     pub fn new(me: BrokerInfo, meta: Arc<dyn MetadataStore>, config: ClusterConfig) -> Arc<Self> {
@@ -48,6 +53,7 @@ impl Cluster {
             meta,
             config,
             live,
+            on_change: RwLock::new(Vec::new()),
         })
     }
 
@@ -66,8 +72,32 @@ impl Cluster {
             live.push(self.me.clone());
             live.sort_by_key(|b| b.node_id);
         }
-        *self.live.write().unwrap_or_else(|e| e.into_inner()) = live;
+        let changed = {
+            let mut held = self.live.write().unwrap_or_else(|e| e.into_inner());
+            let changed = *held != live;
+            *held = live;
+            changed
+        };
+        if changed {
+            for hook in self
+                .on_change
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+            {
+                hook();
+            }
+        }
         Ok(())
+    }
+
+    /// Run `hook` whenever the live broker list changes (after the new list
+    /// is in place).
+    pub fn on_change(&self, hook: ChangeHook) {
+        self.on_change
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
     }
 
     /// Heartbeat every interval until `stop`, then deregister.
@@ -118,9 +148,7 @@ impl Cluster {
 
     /// The broker coordinating a consumer group.
     pub fn coordinator(&self, group: &str) -> BrokerInfo {
-        let live = self.brokers();
-        let i = fnv1a(group.as_bytes()) as usize % live.len().max(1);
-        live.get(i).cloned().unwrap_or_else(|| self.me.clone())
+        coordinator_among(&self.brokers(), group).unwrap_or_else(|| self.me.clone())
     }
 
     /// Whether this broker coordinates `group`.
@@ -161,6 +189,12 @@ pub fn follow_remote_commits(
 pub fn leader_among(brokers: &[BrokerInfo], topic_id: Uuid, partition: i32) -> Option<BrokerInfo> {
     let start = fnv1a(topic_id.as_bytes()) as usize;
     let i = (start + partition.max(0) as usize) % brokers.len().max(1);
+    brokers.get(i).cloned()
+}
+
+/// The coordinator of a consumer group among `brokers` (ordered by node id).
+pub fn coordinator_among(brokers: &[BrokerInfo], group: &str) -> Option<BrokerInfo> {
+    let i = fnv1a(group.as_bytes()) as usize % brokers.len().max(1);
     brokers.get(i).cloned()
 }
 

@@ -51,6 +51,14 @@ impl Broker {
             cluster.me().node_id,
             Arc::new(move |group: &str| owner.is_coordinator(group)),
         );
+        // Groups that moved to another broker are dropped at once, so
+        // members parked here in a join are sent to the new coordinator.
+        let weak = Arc::downgrade(&groups);
+        cluster.on_change(Box::new(move || {
+            if let Some(groups) = weak.upgrade() {
+                groups.release_moved_groups();
+            }
+        }));
         let topics = topics::TopicCache::new(meta.clone());
         Arc::new(Self {
             config,

@@ -216,6 +216,17 @@ impl GroupCoordinator {
         theirs
     }
 
+    /// Drop every group another broker now coordinates (call when the live
+    /// broker list changes).
+    pub fn release_moved_groups(&self) {
+        let mut ids: Vec<String> = lock(&self.groups).keys().cloned().collect();
+        ids.extend(lock(&self.claims).keys().cloned());
+        for id in ids {
+            // `not_mine` forgets the group when it moved.
+            let _ = self.not_mine(&id);
+        }
+    }
+
     /// This broker's claim on `group_id`, claiming the group in the store the
     /// first time. `Err` is the Kafka error code to answer.
     async fn claim(&self, group_id: &str) -> Result<GroupClaim, i16> {
