@@ -46,10 +46,11 @@ struct Args {
     /// Directory holding the broker's segment objects (file:// store).
     #[arg(long)]
     objects_dir: Option<PathBuf>,
-    /// The broker's Prometheus endpoint (e.g. http://127.0.0.1:9464/metrics):
-    /// object-store requests per GiB and cache hits are read from it.
+    /// A broker's Prometheus endpoint (e.g. http://127.0.0.1:9464/metrics):
+    /// object-store requests per GiB and cache hits are read from it. Give
+    /// it once per broker; the counters are summed.
     #[arg(long)]
-    metrics_url: Option<String>,
+    metrics_url: Vec<String>,
 }
 
 /// Counters scraped from the broker's /metrics.
@@ -63,6 +64,16 @@ struct Scrape {
 }
 
 impl Scrape {
+    fn plus(self, o: Scrape) -> Scrape {
+        Scrape {
+            puts: self.puts + o.puts,
+            gets: self.gets + o.gets,
+            get_bytes: self.get_bytes + o.get_bytes,
+            hits: self.hits + o.hits,
+            misses: self.misses + o.misses,
+        }
+    }
+
     fn minus(self, o: Scrape) -> Scrape {
         Scrape {
             puts: self.puts - o.puts,
@@ -74,6 +85,21 @@ impl Scrape {
     }
 }
 
+/// The counters of every broker, summed; `None` without endpoints.
+fn scrape_all(urls: &[String]) -> Result<Option<Scrape>> {
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    // Let the brokers' 1 s publishers catch up.
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut sum = Scrape::default();
+    for url in urls {
+        let s = scrape(url)?;
+        sum = sum.plus(s);
+    }
+    Ok(Some(sum))
+}
+
 /// GET a Prometheus text page with a plain HTTP/1.0 request.
 fn scrape(url: &str) -> Result<Scrape> {
     use std::io::{Read, Write};
@@ -81,8 +107,6 @@ fn scrape(url: &str) -> Result<Scrape> {
         .strip_prefix("http://")
         .context("metrics url must be http://")?;
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    // Let the broker's 1 s publisher catch up.
-    std::thread::sleep(Duration::from_millis(1200));
     let mut conn = std::net::TcpStream::connect(host).context("connect to metrics endpoint")?;
     write!(conn, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
     let mut body = String::new();
@@ -200,7 +224,7 @@ fn main() -> Result<()> {
     let payload = vec![b'x'; args.record_size];
     let before = args.objects_dir.as_deref().map(count_objects);
 
-    let m0 = args.metrics_url.as_deref().map(scrape).transpose()?;
+    let m0 = scrape_all(&args.metrics_url)?;
     // Phase 1: produce throughput.
     let stats = Arc::new(Stats::default());
     let p = producer(&args, stats.clone())?;
@@ -236,7 +260,7 @@ fn main() -> Result<()> {
     let after = args.objects_dir.as_deref().map(count_objects);
     drop(p);
 
-    let m1 = args.metrics_url.as_deref().map(scrape).transpose()?;
+    let m1 = scrape_all(&args.metrics_url)?;
     // Phase 2: consume throughput from the beginning.
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &args.bootstrap)
@@ -266,7 +290,7 @@ fn main() -> Result<()> {
     }
     let consume_secs = start.elapsed().as_secs_f64();
 
-    let m2 = args.metrics_url.as_deref().map(scrape).transpose()?;
+    let m2 = scrape_all(&args.metrics_url)?;
     // Phase 3: latency at a fixed moderate rate, with a tail consumer
     // following along (its reads should all hit the broker's cache).
     let tail_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -317,7 +341,7 @@ fn main() -> Result<()> {
     let tailed = tail
         .join()
         .map_err(|_| anyhow::anyhow!("tail consumer panicked"))?;
-    let m3 = args.metrics_url.as_deref().map(scrape).transpose()?;
+    let m3 = scrape_all(&args.metrics_url)?;
     let mut lat = lat_stats
         .latencies_us
         .lock()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README: ./scripts/test.sh). Idempotent; works
 # as root on a fresh Debian machine:
-#   1. installs kcat (apt) if missing and a cached Python venv with
+#   1. installs kcat, postgresql and openssl (apt) if missing and a cached Python venv with
 #      tests/python/requirements.txt,
 #   2. cargo fmt --check, clippy -D warnings, release build of the broker,
 #   3. cargo test --workspace (Rust unit + end-to-end tests with rdkafka), then
@@ -76,6 +76,15 @@ install_postgres() {
     apt_install postgresql
 }
 
+# openssl makes the throwaway CA and certificate of the PostgreSQL TLS test.
+install_openssl() {
+    if command -v openssl >/dev/null 2>&1; then
+        echo "openssl present: $(openssl version)"
+        return 0
+    fi
+    apt_install openssl
+}
+
 # A venv per requirements file content, reused across runs.
 VENV=""
 setup_venv() {
@@ -130,6 +139,7 @@ python_tests() {
 
 step "install kcat" install_kcat
 step "install postgresql" install_postgres
+step "install openssl" install_openssl
 VENV_OK=0
 step "python venv ($REQUIREMENTS)" setup_venv && VENV_OK=1
 step "cargo fmt --check" cargo fmt --all -- --check

@@ -26,6 +26,7 @@ pub mod postgres;
 mod postgres_listen;
 mod postgres_maintenance;
 mod postgres_registry;
+mod postgres_tls;
 pub mod sqlite;
 mod sqlite_maintenance;
 mod sqlite_registry;

@@ -6,10 +6,10 @@
 //!
 //! Contract and mechanics:
 //! - URL: `postgres://user:pass@host:port/db` (or `postgresql://`), with the
-//!   `tokio-postgres` query options (`connect_timeout`, `sslmode=disable`,
-//!   ...) plus `schema=NAME`: keep every table in schema `NAME` (created if
-//!   missing) by setting `search_path` at connection start-up on every pooled
-//!   connection. Only plain TCP/Unix sockets are supported (no TLS).
+//!   `tokio-postgres` query options (`connect_timeout`, ...), libpq's
+//!   `sslmode` and `sslrootcert` (see `postgres_tls`), plus `schema=NAME`:
+//!   keep every table in schema `NAME` (created if missing) by setting
+//!   `search_path` at connection start-up on every pooled connection.
 //! - Schema: versioned migrations (`MIGRATIONS`) applied at connect, tracked
 //!   in the one-row `schema_version` table. Several brokers may connect at
 //!   once: the migrator holds the `schema_version` row lock (`SELECT ... FOR
@@ -58,13 +58,15 @@ use deadpool_postgres::{
 use thiserror::Error;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{IsolationLevel, NoTls, Row};
+use tokio_postgres::{IsolationLevel, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::debug;
 use uuid::Uuid;
 
 use crate::plan::EntryPlanner;
 use crate::postgres_listen::COMMIT_CHANNEL;
 use crate::postgres_maintenance::mark_dead_if_unused;
+use crate::postgres_tls::{self, TlsMode};
 use crate::sqlite::{next_sequence, validate_commit, PRODUCER_BATCH_MEMORY};
 use crate::{
     BatchOutcome, BatchRejection, CommittedOffset, GroupClaim, GroupStore, IndexEntry, LogStore,
@@ -250,6 +252,7 @@ pub struct PostgresStore {
     location: String,
     /// How to open the dedicated `LISTEN` connection.
     pub(crate) listen_config: tokio_postgres::Config,
+    pub(crate) tls: MakeRustlsConnect,
     /// This store's name in commit notifications, so it skips its own.
     pub(crate) instance: String,
     /// Whether the server takes `pg_notify` (probed at connect).
@@ -360,10 +363,12 @@ struct ParsedUrl {
     /// The URL without the options this module handles itself.
     libpq_url: String,
     schema: Option<String>,
+    tls: TlsMode,
+    root_cert: Option<String>,
 }
 
-/// Split `schema=NAME` off the query string; the rest goes to
-/// `tokio-postgres` unchanged.
+/// Split `schema=NAME`, `sslmode` and `sslrootcert` off the query string;
+/// the rest goes to `tokio-postgres` unchanged.
 fn parse_url(url: &str) -> Result<ParsedUrl> {
     let invalid = |what: &str| MetaError::InvalidArgument(format!("postgres url {what}"));
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -374,9 +379,13 @@ fn parse_url(url: &str) -> Result<ParsedUrl> {
         None => (url, ""),
     };
     let mut schema = None;
+    let mut tls = TlsMode::default();
+    let mut root_cert = None;
     let mut rest = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
+            Some(("sslmode", mode)) => tls = TlsMode::parse(mode)?,
+            Some(("sslrootcert", path)) if !path.is_empty() => root_cert = Some(path.to_owned()),
             Some(("schema", name)) => {
                 let valid = name
                     .chars()
@@ -401,7 +410,12 @@ fn parse_url(url: &str) -> Result<ParsedUrl> {
     } else {
         format!("{base}?{}", rest.join("&"))
     };
-    Ok(ParsedUrl { libpq_url, schema })
+    Ok(ParsedUrl {
+        libpq_url,
+        schema,
+        tls,
+        root_cert,
+    })
 }
 
 impl PostgresStore {
@@ -423,6 +437,8 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("tributary");
         }
+        config.ssl_mode(parsed.tls.ssl_mode());
+        let tls = postgres_tls::connector(parsed.tls, parsed.root_cert.as_deref())?;
         if let Some(schema) = &parsed.schema {
             let options = match config.get_options() {
                 Some(o) if !o.is_empty() => format!("{o} -c search_path={schema}"),
@@ -440,7 +456,7 @@ impl PostgresStore {
         let listen_config = config.clone();
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -460,6 +476,7 @@ impl PostgresStore {
             pool,
             location,
             listen_config,
+            tls,
             instance: Uuid::new_v4().to_string(),
             notify: false,
         };
@@ -2047,6 +2064,53 @@ mod tests {
         drop(feed);
     }
 
+    /// libpq's sslmode meanings against a server that takes TCP clients only
+    /// over TLS, with a certificate for `localhost` from a throwaway CA.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_modes_against_a_tls_only_server() {
+        let server = tokio::task::block_in_place(PgServer::start_tls).expect("start tls server");
+        let ca = server.ca_cert().expect("ca").display().to_string();
+        let ip = server.url();
+        let named = format!(
+            "postgres://postgres@localhost:{}/tributary?hostaddr=127.0.0.1&",
+            server.port()
+        );
+        let ok = |url: String| async move {
+            let store = PostgresStore::connect(&url)
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {e:?}"));
+            store.list_topics().await.expect("query over TLS");
+            store
+        };
+        let refused = |url: String| async move {
+            let err = PostgresStore::connect(&url)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{url} must be refused"));
+            format!("{err:?}")
+        };
+        // Encrypted, certificate not checked (libpq's require and prefer).
+        let store = ok(format!("{ip}?sslmode=require")).await;
+        ok(ip.clone()).await;
+        // The certificate chains to the CA; the name is checked only by
+        // verify-full, and it names localhost, not 127.0.0.1.
+        ok(format!("{named}sslmode=verify-full&sslrootcert={ca}")).await;
+        ok(format!("{ip}?sslmode=verify-ca&sslrootcert={ca}")).await;
+        let wrong_name = refused(format!("{ip}?sslmode=verify-full&sslrootcert={ca}")).await;
+        assert!(wrong_name.contains("NotValidForName"), "{wrong_name}");
+        // require with a root file behaves like verify-ca (as libpq).
+        ok(format!("{ip}?sslmode=require&sslrootcert={ca}")).await;
+        // The system roots do not know the throwaway CA.
+        let unknown = refused(format!("{named}sslmode=verify-full")).await;
+        assert!(unknown.contains("UnknownIssuer"), "{unknown}");
+        // The server takes no plain TCP clients.
+        let plain = refused(format!("{ip}?sslmode=disable")).await;
+        assert!(plain.contains("no encryption"), "{plain}");
+        // The LISTEN connection uses TLS too.
+        let mut feed = store.commit_feed().expect("feed");
+        feed_until(&mut feed, "listening over TLS", |s| s.listening).await;
+    }
+
     /// Migrations are recorded and not re-run by a second connect.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reconnect_keeps_schema_and_data() {
@@ -2192,15 +2256,28 @@ mod tests {
             parse_url("postgres://u:p@localhost:5432/db").expect("plain"),
             ParsedUrl {
                 libpq_url: "postgres://u:p@localhost:5432/db".into(),
-                schema: None
+                schema: None,
+                tls: TlsMode::Prefer,
+                root_cert: None,
             }
         );
         assert_eq!(
             parse_url("postgresql://h/db?connect_timeout=3&schema=t_1&sslmode=disable")
                 .expect("schema"),
             ParsedUrl {
-                libpq_url: "postgresql://h/db?connect_timeout=3&sslmode=disable".into(),
-                schema: Some("t_1".into())
+                libpq_url: "postgresql://h/db?connect_timeout=3".into(),
+                schema: Some("t_1".into()),
+                tls: TlsMode::Disable,
+                root_cert: None,
+            }
+        );
+        assert_eq!(
+            parse_url("postgres://h/db?sslmode=verify-full&sslrootcert=/etc/ca.pem").expect("tls"),
+            ParsedUrl {
+                libpq_url: "postgres://h/db".into(),
+                schema: None,
+                tls: TlsMode::VerifyFull,
+                root_cert: Some("/etc/ca.pem".into()),
             }
         );
         assert_eq!(
@@ -2215,6 +2292,7 @@ mod tests {
             "postgres://h/db?schema=1abc",
             "postgres://h/db?schema=Bad",
             "postgres://h/db?schema=a;drop",
+            "postgres://h/db?sslmode=maybe",
         ] {
             assert!(
                 matches!(parse_url(bad), Err(MetaError::InvalidArgument(_))),

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::watch;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{debug, info, warn};
 
 use crate::{CommitFeed, PostgresStore, RemoteCommits};
@@ -35,13 +36,14 @@ impl PostgresStore {
         }
         let (tx, rx) = watch::channel(RemoteCommits::default());
         let config = self.listen_config.clone();
+        let tls = self.tls.clone();
         let me = self.instance.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
                 tokio::select! {
                     () = tx.closed() => return,
-                    ended = listen_once(&config, &me, &tx) => {
+                    ended = listen_once(&config, tls.clone(), &me, &tx) => {
                         tx.send_modify(|s| s.listening = false);
                         match ended {
                             Ok(()) => backoff = Duration::from_millis(100),
@@ -64,10 +66,11 @@ impl PostgresStore {
 /// the connection ends.
 async fn listen_once(
     config: &tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     me: &str,
     tx: &watch::Sender<RemoteCommits>,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(tls).await?;
     // The connection must be driven for the LISTEN to complete, so its
     // messages go through a channel while the client talks.
     let (msg_tx, mut messages) = tokio::sync::mpsc::unbounded_channel();

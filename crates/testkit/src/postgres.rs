@@ -51,6 +51,10 @@ pub struct PgServer {
     /// `Some(account)` when server commands run through `runuser`.
     run_as: Option<&'static str>,
     running: bool,
+    /// Server options added by [`PgServer::start_tls`].
+    extra_options: String,
+    /// The CA that signed the server certificate ([`PgServer::start_tls`]).
+    ca_cert: Option<PathBuf>,
     // Declared last so the server is stopped before the dir is deleted.
     _dir: TempDir,
 }
@@ -140,11 +144,132 @@ impl PgServer {
             log_path: dir.path().join("postgres.log"),
             run_as,
             running: false,
+            extra_options: String::new(),
+            ca_cert: None,
             _dir: dir,
         };
         server.init()?;
         server.start_server()?;
         Ok(server)
+    }
+
+    /// Like [`PgServer::start`], with TLS required on TCP: a throwaway CA
+    /// (see [`PgServer::ca_cert`]) signs a server certificate for the name
+    /// `localhost` only (not `127.0.0.1`), and `pg_hba.conf` accepts TCP
+    /// clients only over TLS (`hostssl`). Needs the `openssl` command.
+    pub fn start_tls() -> Result<Self> {
+        let mut server = Self::start()?;
+        server.stop()?;
+        let dir = server
+            .data_dir
+            .parent()
+            .context("data dir has a parent")?
+            .to_path_buf();
+        let ca_key = dir.join("ca.key");
+        let ca = dir.join("ca.crt");
+        let key = dir.join("server.key");
+        let csr = dir.join("server.csr");
+        let cert = dir.join("server.crt");
+        let ext = dir.join("server.ext");
+        std::fs::write(&ext, "subjectAltName=DNS:localhost\n").context("write server.ext")?;
+        let openssl = |args: &[&std::ffi::OsStr]| -> Result<()> {
+            let out = Command::new("openssl")
+                .args(args)
+                .output()
+                .context("run openssl (the TLS tests need the openssl command)")?;
+            if !out.status.success() {
+                bail!(
+                    "openssl {:?} failed: {}",
+                    args,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(())
+        };
+        let os = |s: &str| std::ffi::OsString::from(s);
+        openssl(&[
+            &os("req"),
+            &os("-x509"),
+            &os("-newkey"),
+            &os("rsa:2048"),
+            &os("-nodes"),
+            &os("-days"),
+            &os("2"),
+            &os("-subj"),
+            &os("/CN=tributary test CA"),
+            &os("-keyout"),
+            ca_key.as_os_str(),
+            &os("-out"),
+            ca.as_os_str(),
+        ])?;
+        openssl(&[
+            &os("req"),
+            &os("-newkey"),
+            &os("rsa:2048"),
+            &os("-nodes"),
+            &os("-subj"),
+            &os("/CN=localhost"),
+            &os("-keyout"),
+            key.as_os_str(),
+            &os("-out"),
+            csr.as_os_str(),
+        ])?;
+        openssl(&[
+            &os("x509"),
+            &os("-req"),
+            &os("-days"),
+            &os("2"),
+            &os("-in"),
+            csr.as_os_str(),
+            &os("-CA"),
+            ca.as_os_str(),
+            &os("-CAkey"),
+            ca_key.as_os_str(),
+            &os("-CAcreateserial"),
+            &os("-extfile"),
+            ext.as_os_str(),
+            &os("-out"),
+            cert.as_os_str(),
+        ])?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .context("chmod server.key")?;
+        if server.run_as.is_some() {
+            let account = nix::unistd::User::from_name(PG_ACCOUNT)
+                .context("look up the postgres account")?
+                .context("no postgres account")?;
+            for path in [&key, &cert] {
+                std::os::unix::fs::chown(
+                    path,
+                    Some(account.uid.as_raw()),
+                    Some(account.gid.as_raw()),
+                )
+                .with_context(|| format!("chown {}", path.display()))?;
+            }
+        }
+        let hba_path = server.data_dir.join("pg_hba.conf");
+        let hba = std::fs::read_to_string(&hba_path).context("read pg_hba.conf")?;
+        let hba: String = hba
+            .lines()
+            .map(|l| match l.strip_prefix("host ") {
+                Some(rest) => format!("hostssl {rest}\n"),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        std::fs::write(&hba_path, hba).context("write pg_hba.conf")?;
+        server.extra_options = format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            cert.display(),
+            key.display()
+        );
+        server.ca_cert = Some(ca);
+        server.resume()?;
+        Ok(server)
+    }
+
+    /// The CA certificate (PEM) of a [`PgServer::start_tls`] server.
+    pub fn ca_cert(&self) -> Option<&Path> {
+        self.ca_cert.as_deref()
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/tributary` (trust auth, no
@@ -286,8 +411,9 @@ impl PgServer {
             };
             let options = format!(
                 "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 \
-                 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-                self.sock_dir.display()
+                 -c fsync=off -c synchronous_commit=off -c full_page_writes=off{}",
+                self.sock_dir.display(),
+                self.extra_options
             );
             let out = self
                 .pg_ctl()
