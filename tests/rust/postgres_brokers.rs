@@ -15,7 +15,7 @@ use anyhow::{ensure, Context, Result};
 use common::*;
 use rdkafka::consumer::Consumer;
 use rdkafka::TopicPartitionList;
-use tributary_meta::{LogStore, PostgresStore, TopicStore};
+use tributary_meta::{LogStore, MaintenanceStore, PostgresStore, TopicStore};
 use tributary_testkit::PgServer;
 
 const TOPIC: &str = "shared";
@@ -32,6 +32,22 @@ fn soak_duration() -> Duration {
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
     Duration::from_secs(secs)
+}
+
+/// One of the brokers holds the maintenance lease (a lease that someone
+/// else holds is refused).
+async fn check_maintenance_lease(url: &str) -> Result<()> {
+    let store = PostgresStore::connect(url).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    ensure!(
+        !store
+            .acquire_lease("maintenance", "the-test", now, 0)
+            .await?,
+        "no broker holds the maintenance lease"
+    );
+    Ok(())
 }
 
 /// Reads the index straight from PostgreSQL: each partition's entries start
@@ -87,6 +103,8 @@ fn shared_broker(pg_url: &str, objects: &str, node_id: &str) -> Result<BrokerPro
         node_id,
         "--rack",
         &format!("zone-{node_id}"),
+        "--maintenance-interval-ms",
+        "500",
     ])
 }
 
@@ -153,6 +171,7 @@ async fn two_brokers_one_postgres_dense_offsets() -> Result<()> {
         // The metadata: per partition, index entries tile [0, next) with no
         // gap and no overlap.
         check_index_dense(&url, &acked).await?;
+        check_maintenance_lease(&url).await?;
 
         // Read everything back through broker b.
         audit_acked(&b.bootstrap(), TOPIC, PARTITIONS, &acked).await?;

@@ -97,6 +97,11 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
         cache.clone(),
         settings.maintenance.clone(),
     )
+    .with_lease(format!(
+        "node-{}-{}",
+        settings.broker.node_id,
+        uuid::Uuid::new_v4()
+    ))
     .spawn(maintenance_stop.clone());
     if let Some(addr) = settings.metrics_listen {
         observe::serve_prometheus(addr)?;

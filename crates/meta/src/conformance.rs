@@ -92,6 +92,28 @@ where
     replace_entries_swaps(&*make().await).await;
     replace_entries_refuses_stale(&*make().await).await;
     broker_registry(&*make().await).await;
+    leases(&*make().await).await;
+}
+
+/// A lease has one holder at a time until it expires; the holder renews it.
+pub async fn leases(store: &dyn MetadataStore) {
+    let take = |holder: &'static str, now: i64| store.acquire_lease("maint", holder, now, 100);
+    assert!(
+        take("a", 0).await.expect("a takes"),
+        "a free lease is granted"
+    );
+    assert!(!take("b", 50).await.expect("b asks"), "held by a");
+    assert!(take("a", 60).await.expect("a renews"), "the holder renews");
+    assert!(!take("b", 150).await.expect("b asks"), "renewed until 160");
+    assert!(take("b", 160).await.expect("b takes"), "expired at 160");
+    assert!(!take("a", 170).await.expect("a asks"), "now b's");
+    assert!(
+        store
+            .acquire_lease("other", "a", 170, 100)
+            .await
+            .expect("other lease"),
+        "leases are independent"
+    );
 }
 
 // ---------------------------------------------------------------- helpers

@@ -332,6 +332,19 @@ pub trait MaintenanceStore: Send + Sync {
     /// Returns the number of rows removed.
     async fn drop_expired_entries(&self, now_ms: i64) -> Result<u64>;
 
+    /// Take or keep the lease `name` for `holder` until `now_ms + ttl_ms`:
+    /// granted when nobody holds it, the holder's lease has expired, or
+    /// `holder` already holds it (then it is renewed). Returns whether
+    /// `holder` holds the lease now. Brokers use it so that one of them at a
+    /// time runs background maintenance.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool>;
+
     /// Dead segments whose `dead_since_ms <= before_ms`, oldest first.
     async fn dead_segments(&self, before_ms: i64, limit: usize) -> Result<Vec<DeadSegment>>;
 

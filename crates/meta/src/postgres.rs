@@ -210,6 +210,14 @@ CREATE TABLE group_coordinators (
     epoch     BIGINT  NOT NULL
 );
 "#,
+    // v4: leases (one broker at a time runs background maintenance).
+    r#"
+CREATE TABLE leases (
+    name        TEXT    COLLATE "C" NOT NULL PRIMARY KEY,
+    holder      TEXT    NOT NULL,
+    expires_ms  BIGINT  NOT NULL
+);
+"#,
 ];
 
 /// Columns of an [`IndexEntry`], in the order [`entry_from_row`] reads them.

@@ -436,6 +436,31 @@ impl MaintenanceStore for PostgresStore {
         .await
     }
 
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool> {
+        let expires = now_ms.saturating_add(ttl_ms.max(0));
+        self.run("acquire_lease", move || async move {
+            let client = self.client().await?;
+            let held = query_opt(
+                &client,
+                "INSERT INTO leases (name, holder, expires_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                 expires_ms = excluded.expires_ms \
+                 WHERE leases.holder = excluded.holder OR leases.expires_ms <= $4 \
+                 RETURNING holder",
+                &[&name, &holder, &expires, &now_ms],
+            )
+            .await?;
+            Ok(held.is_some())
+        })
+        .await
+    }
+
     async fn dead_segments(&self, before_ms: i64, limit: usize) -> Result<Vec<DeadSegment>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run("dead_segments", move || async move {

@@ -194,6 +194,14 @@ CREATE TABLE group_coordinators (
     epoch     INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    // v5: leases (one broker at a time runs background maintenance).
+    r#"
+CREATE TABLE leases (
+    name        TEXT    NOT NULL PRIMARY KEY,
+    holder      TEXT    NOT NULL,
+    expires_ms  INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Index entries from an offset: a range seek on `index_entries_by_last`.

@@ -465,6 +465,32 @@ impl MaintenanceStore for SqliteStore {
         .await
     }
 
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        let expires = now_ms.saturating_add(ttl_ms.max(0));
+        self.write("acquire_lease", move |tx| {
+            let held: Option<String> = tx
+                .query_row(
+                    "INSERT INTO leases (name, holder, expires_ms) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                 expires_ms = excluded.expires_ms \
+                 WHERE leases.holder = excluded.holder OR leases.expires_ms <= ?4 \
+                 RETURNING holder",
+                    params![name, holder, expires, now_ms],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(held.is_some())
+        })
+        .await
+    }
+
     async fn dead_segments(&self, before_ms: i64, limit: usize) -> Result<Vec<DeadSegment>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read("dead_segments", move |tx| {

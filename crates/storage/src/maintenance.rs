@@ -81,7 +81,14 @@ pub struct Maintenance {
     store: Arc<dyn ObjectStore>,
     cache: ReadCache,
     config: MaintenanceConfig,
+    /// Run passes only while holding the [`LEASE`] under this name.
+    lease_holder: Option<String>,
 }
+
+/// The lease a broker holds while it runs maintenance passes, so brokers
+/// sharing a metadata store do not all repeat the same work. (Repeating it
+/// would be safe: every index change is compare-and-set.)
+pub const LEASE: &str = "maintenance";
 
 impl Maintenance {
     pub fn new(
@@ -95,7 +102,25 @@ impl Maintenance {
             store,
             cache,
             config,
+            lease_holder: None,
         }
+    }
+
+    /// Run a pass only while `holder` holds the [`LEASE`] (taken or renewed
+    /// before each pass, for three intervals).
+    pub fn with_lease(mut self, holder: impl Into<String>) -> Self {
+        self.lease_holder = Some(holder.into());
+        self
+    }
+
+    /// Whether this broker may run a pass now.
+    async fn holds_lease(&self) -> Result<bool, MetaError> {
+        let Some(holder) = &self.lease_holder else {
+            return Ok(true);
+        };
+        let ttl =
+            i64::try_from(self.config.interval.as_millis().saturating_mul(3)).unwrap_or(i64::MAX);
+        self.meta.acquire_lease(LEASE, holder, now_ms(), ttl).await
     }
 
     /// Run a pass every `interval` until `shutdown` fires.
@@ -105,6 +130,17 @@ impl Maintenance {
                 tokio::select! {
                     _ = tokio::time::sleep(self.config.interval) => {}
                     _ = shutdown.cancelled() => return,
+                }
+                match self.holds_lease().await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        debug!("another broker holds the maintenance lease");
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "maintenance lease unavailable; skipping this pass");
+                        continue;
+                    }
                 }
                 match self.run_pass().await {
                     Ok(report) if report != PassReport::default() => {
