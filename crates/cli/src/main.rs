@@ -3,6 +3,7 @@
 //! `TRIBUTARY_*` environment → flags).
 
 mod config;
+mod export;
 mod init;
 mod observe;
 
@@ -38,13 +39,20 @@ enum Command {
     Serve(init::CheckedArgs),
     /// Check (and with --create-bucket prepare) the object store, then exit.
     Init(init::CheckedArgs),
+    /// Replay a topic's history into Parquet files (file:// or s3://).
+    Export(export::ExportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // export draws a progress bar: only warnings unless RUST_LOG says more.
+    let default_level = match cli.command {
+        Command::Export(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -55,6 +63,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args.serve, args.create_bucket)),
         Command::Init(args) => runtime.block_on(init::run(args)),
+        Command::Export(args) => runtime.block_on(export::run(args)),
     }
 }
 

@@ -1,0 +1,634 @@
+//! `tributary export`: replay a topic's history from the metadata store and
+//! the segment objects straight into Parquet files (no Kafka protocol).
+//!
+//! Contract:
+//! - One row per record: topic, partition, offset, timestamp (UTC), key,
+//!   value, headers ([`rows::schema`]).
+//! - Files are laid out Hive-style and named by their offset range
+//!   ([`layout`]); boundaries are fixed multiples of `max_rows_per_file`, so
+//!   the same export run twice names (and writes) the same files. A file that
+//!   already exists with the same range is skipped; a file whose range
+//!   overlaps a new one (the partial tail of an earlier export) is deleted
+//!   once the new one is written, so the destination never holds a record
+//!   twice after a run completes.
+//! - Each file is written in one atomic step of the object store (a single
+//!   PUT, or a multipart upload that appears only when completed; the local
+//!   store writes a temporary file and renames it), so a killed export
+//!   leaves complete files or none.
+//! - The checkpoint (per partition, the offset after the last exported
+//!   record) is written after the files; `incremental` starts from it.
+//! - Memory is bounded by the row group size, not the topic size: records
+//!   are decoded one index entry at a time and row groups are flushed as
+//!   they fill.
+
+pub mod layout;
+pub mod rows;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::AsyncArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use thiserror::Error;
+use tracing::{info, warn};
+use tributary_meta::{MetaError, MetadataStore, TopicMeta};
+use tributary_storage::{keys, Fetcher, ReadCache};
+
+use layout::{checkpoint_path, file_path, parse_file_name, partition_dir, slots, Checkpoint};
+pub use rows::KeyFormat;
+use rows::{Columns, Row};
+
+/// Records per Arrow batch handed to the Parquet writer.
+const BATCH_ROWS: usize = 8192;
+
+/// Where an export starts, per partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Start {
+    /// The partition's log start (or, with `incremental`, the checkpoint).
+    #[default]
+    Earliest,
+    Offset(i64),
+    /// The first record with a timestamp at or after this (ms since epoch).
+    Time(i64),
+}
+
+/// Where an export ends (exclusive), per partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum End {
+    /// The partition's high watermark when the export starts.
+    #[default]
+    Latest,
+    /// Up to, not including, this offset.
+    Offset(i64),
+    /// Up to, not including, the first record at or after this time.
+    Time(i64),
+}
+
+/// Parquet compression codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Codec {
+    #[default]
+    Zstd,
+    Snappy,
+    None,
+}
+
+/// What to export and how.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub topic: String,
+    /// `None`: every partition.
+    pub partitions: Option<Vec<i32>>,
+    pub from: Start,
+    pub until: End,
+    /// Continue each partition from the destination's checkpoint.
+    pub incremental: bool,
+    pub key_format: KeyFormat,
+    pub codec: Codec,
+    pub max_rows_per_file: i64,
+    pub row_group_rows: usize,
+}
+
+impl ExportOptions {
+    pub fn new(topic: impl Into<String>) -> Self {
+        Self {
+            topic: topic.into(),
+            partitions: None,
+            from: Start::Earliest,
+            until: End::Latest,
+            incremental: false,
+            key_format: KeyFormat::Raw,
+            codec: Codec::Zstd,
+            max_rows_per_file: 1_000_000,
+            row_group_rows: 128 * 1024,
+        }
+    }
+}
+
+/// Offsets `from..until` of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionPlan {
+    pub partition: i32,
+    pub from: i64,
+    pub until: i64,
+}
+
+impl PartitionPlan {
+    pub fn records(&self) -> u64 {
+        u64::try_from(self.until - self.from).unwrap_or(0)
+    }
+}
+
+/// What an export did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    pub topic: String,
+    pub records: u64,
+    /// Bytes of stored batches read (compressed, as produced).
+    pub source_bytes: u64,
+    /// Bytes of Parquet written.
+    pub output_bytes: u64,
+    pub files_written: u64,
+    /// Files already present with the same range (not rewritten).
+    pub files_skipped: u64,
+    /// Older files whose range a new file covers, deleted.
+    pub files_replaced: u64,
+    /// Per partition: (partition, from, until) exported.
+    pub partitions: Vec<(i32, i64, i64)>,
+}
+
+/// Why an export failed.
+#[derive(Debug, Error)]
+pub enum ExportError {
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+    #[error("topic {topic} has no partition {partition} (it has {count})")]
+    UnknownPartition {
+        topic: String,
+        partition: i32,
+        count: i32,
+    },
+    #[error(
+        "partition {partition}: offset {offset} is out of range (log start {log_start}, \
+         high watermark {high_watermark})"
+    )]
+    OutOfRange {
+        partition: i32,
+        offset: i64,
+        log_start: i64,
+        high_watermark: i64,
+    },
+    #[error("metadata store: {0}")]
+    Meta(#[from] MetaError),
+    #[error("reading segment {key}: {source}")]
+    Source {
+        key: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("writing {path}: {source}")]
+    Destination {
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("partition {partition}: corrupt data near offset {offset}: {reason}")]
+    Corrupt {
+        partition: i32,
+        offset: i64,
+        reason: String,
+    },
+    #[error("partition {partition}: offsets {from}..={to} are missing from the log")]
+    Missing { partition: i32, from: i64, to: i64 },
+    #[error("writing parquet {path}: {reason}")]
+    Parquet { path: String, reason: String },
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: String, reason: String },
+}
+
+/// Reports progress: records done and source bytes read since the last call.
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
+
+/// Everything an export reads from and writes to.
+pub struct Exporter {
+    meta: Arc<dyn MetadataStore>,
+    source: Arc<dyn ObjectStore>,
+    dest: Arc<dyn ObjectStore>,
+}
+
+impl Exporter {
+    pub fn new(
+        meta: Arc<dyn MetadataStore>,
+        source: Arc<dyn ObjectStore>,
+        dest: Arc<dyn ObjectStore>,
+    ) -> Self {
+        Self { meta, source, dest }
+    }
+
+    async fn topic(&self, name: &str) -> Result<TopicMeta, ExportError> {
+        self.meta
+            .get_topic(name)
+            .await?
+            .ok_or_else(|| ExportError::UnknownTopic(name.to_owned()))
+    }
+
+    /// The offsets each partition will export. Fails on an unknown topic or
+    /// partition, or a start offset outside the log.
+    pub async fn plan(&self, opts: &ExportOptions) -> Result<Vec<PartitionPlan>, ExportError> {
+        let topic = self.topic(&opts.topic).await?;
+        let partitions: Vec<i32> = match &opts.partitions {
+            Some(ps) => ps.clone(),
+            None => (0..topic.partitions).collect(),
+        };
+        let checkpoint = if opts.incremental {
+            self.read_checkpoint(&opts.topic).await?
+        } else {
+            Checkpoint::default()
+        };
+        // Time lookups go through the same reader the broker uses.
+        let fetcher = Fetcher::new(
+            self.meta.clone(),
+            ReadCache::new(self.source.clone(), 8 << 20, 1 << 20),
+        );
+        let mut plans = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            if p < 0 || p >= topic.partitions {
+                return Err(ExportError::UnknownPartition {
+                    topic: opts.topic.clone(),
+                    partition: p,
+                    count: topic.partitions,
+                });
+            }
+            let offsets = self.meta.partition_offsets(topic.id, p).await?;
+            let (log_start, hw) = (offsets.log_start_offset, offsets.next_offset);
+            let by_time = |ts: i64| {
+                let fetcher = &fetcher;
+                async move {
+                    fetcher
+                        .offset_for_timestamp(topic.id, p, ts)
+                        .await
+                        .map(|found| found.map_or(hw, |(o, _)| o))
+                        .map_err(|e| ExportError::Corrupt {
+                            partition: p,
+                            offset: -1,
+                            reason: format!("timestamp lookup failed: {e}"),
+                        })
+                }
+            };
+            let mut from = match opts.from {
+                Start::Earliest => log_start,
+                Start::Offset(o) => o,
+                Start::Time(ts) => by_time(ts).await?,
+            };
+            if let Some(&next) = checkpoint.next_offsets.get(&p) {
+                from = from.max(next);
+            }
+            if from < log_start {
+                if opts.incremental && opts.from == Start::Earliest {
+                    warn!(
+                        partition = p,
+                        checkpoint = from,
+                        log_start,
+                        "records after the checkpoint were deleted by retention; continuing from the log start"
+                    );
+                    from = log_start;
+                } else {
+                    return Err(ExportError::OutOfRange {
+                        partition: p,
+                        offset: from,
+                        log_start,
+                        high_watermark: hw,
+                    });
+                }
+            }
+            if from > hw {
+                return Err(ExportError::OutOfRange {
+                    partition: p,
+                    offset: from,
+                    log_start,
+                    high_watermark: hw,
+                });
+            }
+            let until = match opts.until {
+                End::Latest => hw,
+                End::Offset(o) => o.min(hw),
+                End::Time(ts) => by_time(ts).await?,
+            }
+            .max(from);
+            plans.push(PartitionPlan {
+                partition: p,
+                from,
+                until,
+            });
+        }
+        Ok(plans)
+    }
+
+    /// Run the export planned by [`Exporter::plan`].
+    pub async fn run(
+        &self,
+        opts: &ExportOptions,
+        plans: &[PartitionPlan],
+        progress: Progress<'_>,
+    ) -> Result<Summary, ExportError> {
+        let topic = self.topic(&opts.topic).await?;
+        let mut summary = Summary {
+            topic: opts.topic.clone(),
+            ..Summary::default()
+        };
+        for plan in plans {
+            self.export_partition(&topic, opts, plan, progress, &mut summary)
+                .await?;
+            summary
+                .partitions
+                .push((plan.partition, plan.from, plan.until));
+        }
+        self.write_checkpoint(&opts.topic, plans).await?;
+        info!(
+            topic = %opts.topic,
+            records = summary.records,
+            files_written = summary.files_written,
+            files_skipped = summary.files_skipped,
+            "export finished"
+        );
+        Ok(summary)
+    }
+
+    async fn export_partition(
+        &self,
+        topic: &TopicMeta,
+        opts: &ExportOptions,
+        plan: &PartitionPlan,
+        progress: Progress<'_>,
+        summary: &mut Summary,
+    ) -> Result<(), ExportError> {
+        let dir = partition_dir(&topic.name, plan.partition);
+        let existing: BTreeMap<(i64, i64), Path> = self
+            .dest
+            .list(Some(&dir))
+            .try_filter_map(|m| async move {
+                Ok(m.location
+                    .filename()
+                    .and_then(parse_file_name)
+                    .map(|range| (range, m.location.clone())))
+            })
+            .try_collect()
+            .await
+            .map_err(|source| ExportError::Destination {
+                path: dir.to_string(),
+                source,
+            })?;
+        for (first, last) in slots(plan.from, plan.until, opts.max_rows_per_file) {
+            let records = u64::try_from(last - first + 1).unwrap_or(0);
+            if existing.contains_key(&(first, last)) {
+                summary.files_skipped += 1;
+                progress(records, 0);
+                continue;
+            }
+            let (rows, read, written) = self
+                .write_file(topic, opts, plan.partition, first, last, progress)
+                .await?;
+            summary.records += rows;
+            summary.source_bytes += read;
+            summary.output_bytes += written;
+            summary.files_written += 1;
+            // Earlier files this one covers (the partial tail of an earlier
+            // run) go now that their records are in the new file.
+            for ((a, b), path) in &existing {
+                if *a <= last && *b >= first && (*a, *b) != (first, last) {
+                    self.dest
+                        .delete(path)
+                        .await
+                        .map_err(|source| ExportError::Destination {
+                            path: path.to_string(),
+                            source,
+                        })?;
+                    summary.files_replaced += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Write offsets `first..=last` of a partition to their file. Returns
+    /// (records, source bytes read, bytes written).
+    async fn write_file(
+        &self,
+        topic: &TopicMeta,
+        opts: &ExportOptions,
+        partition: i32,
+        first: i64,
+        last: i64,
+        progress: Progress<'_>,
+    ) -> Result<(u64, u64, u64), ExportError> {
+        let path = file_path(&topic.name, partition, first, last);
+        let parquet_err = |reason: String| ExportError::Parquet {
+            path: path.to_string(),
+            reason,
+        };
+        let mut cols = Columns::new(opts.key_format);
+        let props = WriterProperties::builder()
+            .set_compression(match opts.codec {
+                Codec::Zstd => Compression::ZSTD(ZstdLevel::default()),
+                Codec::Snappy => Compression::SNAPPY,
+                Codec::None => Compression::UNCOMPRESSED,
+            })
+            .set_max_row_group_row_count(Some(opts.row_group_rows.max(1)))
+            .set_max_row_group_bytes(Some(64 << 20))
+            .set_key_value_metadata(Some(vec![
+                KeyValue::new("tributary.topic".into(), topic.name.clone()),
+                KeyValue::new("tributary.partition".into(), partition.to_string()),
+                KeyValue::new("tributary.first_offset".into(), first.to_string()),
+                KeyValue::new("tributary.last_offset".into(), last.to_string()),
+            ]))
+            .build();
+        let out = BufWriter::with_capacity(self.dest.clone(), path.clone(), 8 << 20);
+        let mut writer = AsyncArrowWriter::try_new(out, cols.schema().clone(), Some(props))
+            .map_err(|e| parquet_err(e.to_string()))?;
+        let filled = self
+            .fill(
+                topic,
+                partition,
+                first,
+                last,
+                &mut cols,
+                &mut writer,
+                progress,
+            )
+            .await;
+        let (rows, read) = match filled {
+            Ok(v) => v,
+            Err(e) => {
+                // Nothing becomes visible: the upload is abandoned.
+                let _ = writer.into_inner().abort().await;
+                return Err(e);
+            }
+        };
+        let meta = writer
+            .close()
+            .await
+            .map_err(|e| parquet_err(e.to_string()))?;
+        let written = self
+            .dest
+            .head(&path)
+            .await
+            .map(|m| m.size)
+            .map_err(|source| ExportError::Destination {
+                path: path.to_string(),
+                source,
+            })?;
+        debug_assert_eq!(
+            u64::try_from(meta.file_metadata().num_rows()).ok(),
+            Some(rows)
+        );
+        Ok((rows, read, written))
+    }
+
+    /// Decode the records `first..=last` into `writer`. Returns (records,
+    /// source bytes read).
+    #[allow(clippy::too_many_arguments)]
+    async fn fill(
+        &self,
+        topic: &TopicMeta,
+        partition: i32,
+        first: i64,
+        last: i64,
+        cols: &mut Columns,
+        writer: &mut AsyncArrowWriter<BufWriter>,
+        progress: Progress<'_>,
+    ) -> Result<(u64, u64), ExportError> {
+        let mut next = first;
+        let mut records = 0u64;
+        let mut read = 0u64;
+        let mut rows: Vec<Row> = Vec::new();
+        let mut missing_retry = false;
+        while next <= last {
+            let page = self
+                .meta
+                .index_entries(topic.id, partition, next, 64)
+                .await?;
+            if page.is_empty() {
+                return Err(ExportError::Missing {
+                    partition,
+                    from: next,
+                    to: last,
+                });
+            }
+            let mut reread = false;
+            for entry in page {
+                if entry.base_offset > last {
+                    break;
+                }
+                if entry.last_offset < next {
+                    continue;
+                }
+                let range = entry.byte_start..entry.byte_start + entry.byte_len;
+                let bytes = match self
+                    .source
+                    .get_range(&keys::path(&entry.segment_key), range)
+                    .await
+                {
+                    Ok(b) => b,
+                    // Compaction replaced this entry and the janitor deleted
+                    // the object: read the index again, once.
+                    Err(object_store::Error::NotFound { .. }) if !missing_retry => {
+                        missing_retry = true;
+                        reread = true;
+                        break;
+                    }
+                    Err(source) => {
+                        return Err(ExportError::Source {
+                            key: entry.segment_key.clone(),
+                            source,
+                        })
+                    }
+                };
+                missing_retry = false;
+                read += entry.byte_len;
+                rows.clear();
+                rows::decode_chunk(&bytes, entry.base_offset, next, last + 1, &mut rows).map_err(
+                    |reason| ExportError::Corrupt {
+                        partition,
+                        offset: entry.base_offset,
+                        reason,
+                    },
+                )?;
+                for row in &rows {
+                    cols.push(&topic.name, partition, row).map_err(|reason| {
+                        ExportError::Corrupt {
+                            partition,
+                            offset: row.offset,
+                            reason,
+                        }
+                    })?;
+                    if cols.len() >= BATCH_ROWS {
+                        write_batch(cols, writer).await?;
+                    }
+                }
+                let n = rows.len() as u64;
+                records += n;
+                progress(n, entry.byte_len);
+                next = entry.last_offset + 1;
+                if next > last {
+                    break;
+                }
+            }
+            if reread {
+                continue;
+            }
+        }
+        if !cols.is_empty() {
+            write_batch(cols, writer).await?;
+        }
+        Ok((records, read))
+    }
+
+    async fn read_checkpoint(&self, topic: &str) -> Result<Checkpoint, ExportError> {
+        let path = checkpoint_path(topic);
+        let err = |reason: String| ExportError::Checkpoint {
+            path: path.to_string(),
+            reason,
+        };
+        match self.dest.get(&path).await {
+            Ok(got) => {
+                let bytes = got.bytes().await.map_err(|e| err(e.to_string()))?;
+                serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(Checkpoint {
+                topic: topic.to_owned(),
+                ..Checkpoint::default()
+            }),
+            Err(e) => Err(err(e.to_string())),
+        }
+    }
+
+    /// Record where each exported partition ended (never moving back).
+    async fn write_checkpoint(
+        &self,
+        topic: &str,
+        plans: &[PartitionPlan],
+    ) -> Result<(), ExportError> {
+        let mut checkpoint = self.read_checkpoint(topic).await?;
+        checkpoint.topic = topic.to_owned();
+        for plan in plans {
+            let next = checkpoint.next_offsets.entry(plan.partition).or_insert(0);
+            *next = (*next).max(plan.until);
+        }
+        let path = checkpoint_path(topic);
+        let body = serde_json::to_vec_pretty(&checkpoint).map_err(|e| ExportError::Checkpoint {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })?;
+        self.dest
+            .put(&path, PutPayload::from(body))
+            .await
+            .map_err(|source| ExportError::Destination {
+                path: path.to_string(),
+                source,
+            })?;
+        Ok(())
+    }
+}
+
+async fn write_batch(
+    cols: &mut Columns,
+    writer: &mut AsyncArrowWriter<BufWriter>,
+) -> Result<(), ExportError> {
+    let batch = cols.finish().map_err(|e| ExportError::Parquet {
+        path: String::new(),
+        reason: e.to_string(),
+    })?;
+    writer
+        .write(&batch)
+        .await
+        .map_err(|e| ExportError::Parquet {
+            path: String::new(),
+            reason: e.to_string(),
+        })
+}
