@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use arrow_array::{
-    Array, BinaryArray, Int32Array, Int64Array, ListArray, TimestampMillisecondArray,
+    Array, BinaryArray, Int32Array, Int64Array, ListArray, StringArray, StructArray,
+    TimestampMillisecondArray,
 };
 use common::*;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -259,6 +260,79 @@ async fn export_replays_history_into_parquet() -> Result<()> {
         export(&broker, killed.path(), &["--max-rows-per-file", "300"])?;
         let (rows, _) = read_rows(killed.path())?;
         check_rows(&rows, &acked)?;
+
+        // JSON values: typed, nested columns; misfits go to error files.
+        let bad = producer(&bootstrap, &[("acks", "all")])?;
+        let misfits = produce_all(
+            &bad,
+            TOPIC,
+            ["not json", r#"{"n":"text"}"#, r#"{"n":1,"surprise":true}"#].map(|v| Out {
+                key: "bad".into(),
+                value: v.into(),
+                headers: vec![("a".into(), "b".into()), ("c".into(), "d".into())],
+                ..Out::default()
+            }),
+        )
+        .await?;
+        let json_out = tempfile::tempdir()?;
+        let js = export(
+            &broker,
+            json_out.path(),
+            &["--value-format", "json", "--key-format", "string"],
+        )?;
+        ensure!(js["rejected"] == 3, "{js}");
+        let mut rejected_offsets = Vec::new();
+        let mut json_rows = 0usize;
+        let mut stack = vec![json_out.path().to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d)? {
+                let path = e?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.to_string_lossy().ends_with(".errors.jsonl") {
+                    for line in std::fs::read_to_string(&path)?.lines() {
+                        let v: serde_json::Value = serde_json::from_str(line)?;
+                        rejected_offsets.push((v["partition"].as_i64(), v["offset"].as_i64()));
+                    }
+                } else if path.extension().and_then(|e| e.to_str()) == Some("parquet") {
+                    let file = std::fs::File::open(&path)?;
+                    for batch in ParquetRecordBatchReaderBuilder::try_new(file)?.build()? {
+                        let batch = batch?;
+                        json_rows += batch.num_rows();
+                        let value = batch
+                            .column_by_name("value")
+                            .and_then(|c| c.as_any().downcast_ref::<StructArray>())
+                            .context("value is a struct column")?;
+                        let n = value
+                            .column_by_name("n")
+                            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+                            .context("value.n is int64")?;
+                        let user = value
+                            .column_by_name("user")
+                            .and_then(|c| c.as_any().downcast_ref::<StructArray>())
+                            .context("value.user is a struct")?;
+                        ensure!(user.column_by_name("tags").is_some());
+                        ensure!(n.null_count() == 0);
+                        let keys = batch
+                            .column_by_name("key")
+                            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                            .context("key is a string column")?;
+                        ensure!(keys.value(0).starts_with("user-"));
+                    }
+                }
+            }
+        }
+        rejected_offsets.sort();
+        let mut expected: Vec<(Option<i64>, Option<i64>)> = misfits
+            .iter()
+            .map(|d| (Some(i64::from(d.partition)), Some(d.offset)))
+            .collect();
+        expected.sort();
+        ensure!(
+            rejected_offsets == expected,
+            "{rejected_offsets:?} vs {expected:?}"
+        );
+        ensure!(json_rows == acked.len(), "{json_rows} JSON rows");
 
         // Bad input: one line naming the problem.
         for (args, says) in [

@@ -46,6 +46,17 @@ pub struct ExportArgs {
     /// Type of the key column.
     #[arg(long, value_enum, default_value_t = KeyArg::Raw)]
     pub key_format: KeyArg,
+    /// Type of the value column: raw bytes, or JSON objects decoded into
+    /// typed, nested columns (records that do not fit go to an error file).
+    #[arg(long, value_enum, default_value_t = ValueArg::Raw)]
+    pub value_format: ValueArg,
+    /// JSON value schema (an Arrow schema as JSON, like the `_value_schema.json`
+    /// an export saves) [default: the destination's saved one, else inferred].
+    #[arg(long)]
+    pub schema: Option<PathBuf>,
+    /// Records sampled to infer the JSON value schema.
+    #[arg(long, default_value_t = 10_000)]
+    pub schema_sample: usize,
     /// Parquet compression.
     #[arg(long, value_enum, default_value_t = CodecArg::Zstd)]
     pub compression: CodecArg,
@@ -76,6 +87,12 @@ pub struct ExportArgs {
 pub enum KeyArg {
     Raw,
     String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ValueArg {
+    Raw,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -120,6 +137,22 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
         KeyArg::Raw => KeyFormat::Raw,
         KeyArg::String => KeyFormat::String,
     };
+    opts.value_json = args.value_format == ValueArg::Json;
+    opts.schema_sample = args.schema_sample.max(1);
+    if let Some(path) = &args.schema {
+        if !opts.value_json {
+            bail!("--schema needs --value-format json");
+        }
+        let text = std::fs::read(path)
+            .with_context(|| format!("cannot read --schema {}", path.display()))?;
+        let schema: arrow_schema::Schema = serde_json::from_slice(&text).with_context(|| {
+            format!(
+                "--schema {}: not an Arrow schema in JSON (see the _value_schema.json an export writes)",
+                path.display()
+            )
+        })?;
+        opts.value_schema = Some(Arc::new(schema));
+    }
     opts.codec = match args.compression {
         CodecArg::Zstd => Codec::Zstd,
         CodecArg::Snappy => Codec::Snappy,
@@ -186,12 +219,13 @@ fn report(s: &Summary, secs: f64, args: &ExportArgs) -> anyhow::Result<()> {
     } else if !args.quiet {
         let secs = secs.max(1e-9);
         eprintln!(
-            "exported {} records of {} ({} partitions) in {:.1} s: {:.0} records/s, {:.1} MB/s \
-             of source data; {} files written, {} already there, {} replaced; {} of Parquet \
-             from {} of segments",
+            "exported {} records of {} ({} partitions, {} rejected) in {:.1} s: {:.0} records/s, \
+             {:.1} MB/s of source data; {} files written, {} already there, {} replaced; {} of \
+             Parquet from {} of segments",
             s.records,
             s.topic,
             s.partitions.len(),
+            s.rejected,
             secs,
             s.records as f64 / secs,
             s.source_bytes as f64 / secs / 1e6,

@@ -25,6 +25,20 @@ pub fn file_path(topic: &str, partition: i32, first: i64, last: i64) -> Path {
     ))
 }
 
+/// The error file next to a slot's Parquet file (records that did not fit
+/// the value schema, one JSON line each).
+pub fn errors_path(topic: &str, partition: i32, first: i64, last: i64) -> Path {
+    Path::from(format!(
+        "topic={topic}/partition={partition}/{first:020}-{last:020}.errors.jsonl"
+    ))
+}
+
+/// The JSON value schema used for a topic's exports at a destination (Arrow
+/// schema as JSON), saved so later runs write the same columns.
+pub fn value_schema_path(topic: &str) -> Path {
+    Path::from(format!("topic={topic}/_value_schema.json"))
+}
+
 /// The offset range a file name stands for, if it is one of ours.
 pub fn parse_file_name(name: &str) -> Option<(i64, i64)> {
     let stem = name.strip_suffix(".parquet")?;

@@ -40,9 +40,14 @@ use tracing::{info, warn};
 use tributary_meta::{MetaError, MetadataStore, TopicMeta};
 use tributary_storage::{keys, Fetcher, ReadCache};
 
-use layout::{checkpoint_path, file_path, parse_file_name, partition_dir, slots, Checkpoint};
-pub use rows::KeyFormat;
-use rows::{Columns, Row};
+use arrow_schema::SchemaRef;
+use layout::{
+    checkpoint_path, errors_path, file_path, parse_file_name, partition_dir, slots,
+    value_schema_path, Checkpoint,
+};
+use rows::{Columns, Rejected, Row};
+pub use rows::{KeyFormat, ValueFormat};
+use tributary_meta::IndexEntry;
 
 /// Records per Arrow batch handed to the Parquet writer.
 const BATCH_ROWS: usize = 8192;
@@ -90,6 +95,12 @@ pub struct ExportOptions {
     /// Continue each partition from the destination's checkpoint.
     pub incremental: bool,
     pub key_format: KeyFormat,
+    /// Decode values as JSON objects into typed columns.
+    pub value_json: bool,
+    /// The JSON value schema; `None`: the destination's saved one, else
+    /// inferred from a sample of `schema_sample` records.
+    pub value_schema: Option<SchemaRef>,
+    pub schema_sample: usize,
     pub codec: Codec,
     pub max_rows_per_file: i64,
     pub row_group_rows: usize,
@@ -104,6 +115,9 @@ impl ExportOptions {
             until: End::Latest,
             incremental: false,
             key_format: KeyFormat::Raw,
+            value_json: false,
+            value_schema: None,
+            schema_sample: 10_000,
             codec: Codec::Zstd,
             max_rows_per_file: 1_000_000,
             row_group_rows: 128 * 1024,
@@ -129,7 +143,11 @@ impl PartitionPlan {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Summary {
     pub topic: String,
+    /// Records read in the exported ranges (written or rejected).
     pub records: u64,
+    /// Records left out because they did not fit (see the `.errors.jsonl`
+    /// file next to each Parquet file).
+    pub rejected: u64,
     /// Bytes of stored batches read (compressed, as produced).
     pub source_bytes: u64,
     /// Bytes of Parquet written.
@@ -318,12 +336,13 @@ impl Exporter {
         progress: Progress<'_>,
     ) -> Result<Summary, ExportError> {
         let topic = self.topic(&opts.topic).await?;
+        let value_format = self.value_format(&topic, opts, plans).await?;
         let mut summary = Summary {
             topic: opts.topic.clone(),
             ..Summary::default()
         };
         for plan in plans {
-            self.export_partition(&topic, opts, plan, progress, &mut summary)
+            self.export_partition(&topic, opts, &value_format, plan, progress, &mut summary)
                 .await?;
             summary
                 .partitions
@@ -340,10 +359,91 @@ impl Exporter {
         Ok(summary)
     }
 
+    /// Raw values, or JSON with the given schema, else the one saved at the
+    /// destination, else one inferred from a sample (and saved, before any
+    /// file, so reruns and incremental runs use the same columns).
+    async fn value_format(
+        &self,
+        topic: &TopicMeta,
+        opts: &ExportOptions,
+        plans: &[PartitionPlan],
+    ) -> Result<ValueFormat, ExportError> {
+        if !opts.value_json {
+            return Ok(ValueFormat::Raw);
+        }
+        let path = value_schema_path(&topic.name);
+        let err = |reason: String| ExportError::Checkpoint {
+            path: path.to_string(),
+            reason,
+        };
+        let saved: Option<SchemaRef> = match self.dest.get(&path).await {
+            Ok(got) => {
+                let bytes = got.bytes().await.map_err(|e| err(e.to_string()))?;
+                Some(Arc::new(
+                    serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?,
+                ))
+            }
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(err(e.to_string())),
+        };
+        let schema = match (&opts.value_schema, saved) {
+            (Some(given), Some(saved)) if *given != saved => {
+                warn!(path = %path, "--schema differs from the schema of earlier exports here; files will differ in columns");
+                given.clone()
+            }
+            (Some(given), _) => given.clone(),
+            (None, Some(saved)) => return Ok(ValueFormat::Json(saved)),
+            (None, None) => {
+                let sample = self.sample_values(topic, plans, opts.schema_sample).await?;
+                rows::infer_value_schema(sample.iter().map(|b| b.as_ref()))
+                    .map_err(|e| err(format!("cannot infer a schema: {e}")))?
+            }
+        };
+        let body = serde_json::to_vec_pretty(schema.as_ref()).map_err(|e| err(e.to_string()))?;
+        self.dest
+            .put(&path, PutPayload::from(body))
+            .await
+            .map_err(|source| ExportError::Destination {
+                path: path.to_string(),
+                source,
+            })?;
+        Ok(ValueFormat::Json(schema))
+    }
+
+    /// Up to `limit` values from the start of the planned ranges, spread
+    /// over the partitions.
+    async fn sample_values(
+        &self,
+        topic: &TopicMeta,
+        plans: &[PartitionPlan],
+        limit: usize,
+    ) -> Result<Vec<bytes::Bytes>, ExportError> {
+        let per = (limit / plans.len().max(1)).max(1);
+        let mut out = Vec::new();
+        let mut rows = Vec::new();
+        for plan in plans {
+            let mut taken = 0;
+            let mut reader =
+                RangeReader::new(self, topic, plan.partition, plan.from, plan.until - 1);
+            while taken < per {
+                rows.clear();
+                if reader.next_rows(&mut rows).await?.is_none() {
+                    break;
+                }
+                for r in rows.drain(..).take(per - taken) {
+                    taken += 1;
+                    out.extend(r.value);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn export_partition(
         &self,
         topic: &TopicMeta,
         opts: &ExportOptions,
+        value_format: &ValueFormat,
         plan: &PartitionPlan,
         progress: Progress<'_>,
         summary: &mut Summary,
@@ -371,10 +471,19 @@ impl Exporter {
                 progress(records, 0);
                 continue;
             }
-            let (rows, read, written) = self
-                .write_file(topic, opts, plan.partition, first, last, progress)
+            let (rows, rejected, read, written) = self
+                .write_file(
+                    topic,
+                    opts,
+                    value_format,
+                    plan.partition,
+                    first,
+                    last,
+                    progress,
+                )
                 .await?;
             summary.records += rows;
+            summary.rejected += rejected;
             summary.source_bytes += read;
             summary.output_bytes += written;
             summary.files_written += 1;
@@ -389,6 +498,8 @@ impl Exporter {
                             path: path.to_string(),
                             source,
                         })?;
+                    self.delete_if_present(&errors_path(&topic.name, plan.partition, *a, *b))
+                        .await?;
                     summary.files_replaced += 1;
                 }
             }
@@ -396,23 +507,36 @@ impl Exporter {
         Ok(())
     }
 
-    /// Write offsets `first..=last` of a partition to their file. Returns
-    /// (records, source bytes read, bytes written).
+    async fn delete_if_present(&self, path: &Path) -> Result<(), ExportError> {
+        match self.dest.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(ExportError::Destination {
+                path: path.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Write offsets `first..=last` of a partition to their file (and the
+    /// records that did not fit to its error file, first). Returns (records
+    /// read, records rejected, source bytes read, bytes written).
+    #[allow(clippy::too_many_arguments)]
     async fn write_file(
         &self,
         topic: &TopicMeta,
         opts: &ExportOptions,
+        value_format: &ValueFormat,
         partition: i32,
         first: i64,
         last: i64,
         progress: Progress<'_>,
-    ) -> Result<(u64, u64, u64), ExportError> {
+    ) -> Result<(u64, u64, u64, u64), ExportError> {
         let path = file_path(&topic.name, partition, first, last);
         let parquet_err = |reason: String| ExportError::Parquet {
             path: path.to_string(),
             reason,
         };
-        let mut cols = Columns::new(opts.key_format);
+        let mut cols = Columns::new(opts.key_format, value_format.clone());
         let props = WriterProperties::builder()
             .set_compression(match opts.codec {
                 Codec::Zstd => Compression::ZSTD(ZstdLevel::default()),
@@ -431,17 +555,25 @@ impl Exporter {
         let out = BufWriter::with_capacity(self.dest.clone(), path.clone(), 8 << 20);
         let mut writer = AsyncArrowWriter::try_new(out, cols.schema().clone(), Some(props))
             .map_err(|e| parquet_err(e.to_string()))?;
+        let mut rejected = Vec::new();
         let filled = self
             .fill(
                 topic,
                 partition,
-                first,
-                last,
+                (first, last),
                 &mut cols,
                 &mut writer,
+                &mut rejected,
                 progress,
             )
             .await;
+        let filled = match filled {
+            Ok(v) => self
+                .write_errors(&topic.name, partition, first, last, &rejected)
+                .await
+                .map(|()| v),
+            Err(e) => Err(e),
+        };
         let (rows, read) = match filled {
             Ok(v) => v,
             Err(e) => {
@@ -450,7 +582,7 @@ impl Exporter {
                 return Err(e);
             }
         };
-        let meta = writer
+        writer
             .close()
             .await
             .map_err(|e| parquet_err(e.to_string()))?;
@@ -463,11 +595,44 @@ impl Exporter {
                 path: path.to_string(),
                 source,
             })?;
-        debug_assert_eq!(
-            u64::try_from(meta.file_metadata().num_rows()).ok(),
-            Some(rows)
-        );
-        Ok((rows, read, written))
+        Ok((rows, rejected.len() as u64, read, written))
+    }
+
+    /// The error file of a slot: one JSON line per rejected record. Written
+    /// before the slot's Parquet file; removed if a rerun rejects nothing.
+    async fn write_errors(
+        &self,
+        topic: &str,
+        partition: i32,
+        first: i64,
+        last: i64,
+        rejected: &[Rejected],
+    ) -> Result<(), ExportError> {
+        let path = errors_path(topic, partition, first, last);
+        if rejected.is_empty() {
+            return self.delete_if_present(&path).await;
+        }
+        let mut body = Vec::new();
+        for r in rejected {
+            let line = serde_json::json!({
+                "topic": topic,
+                "partition": partition,
+                "offset": r.offset,
+                "error": r.reason,
+                "value": r.value.as_deref().map(String::from_utf8_lossy),
+            });
+            body.extend_from_slice(line.to_string().as_bytes());
+            body.push(b'\n');
+        }
+        warn!(path = %path, records = rejected.len(), "records did not fit the value schema");
+        self.dest
+            .put(&path, PutPayload::from(body))
+            .await
+            .map_err(|source| ExportError::Destination {
+                path: path.to_string(),
+                source,
+            })?;
+        Ok(())
     }
 
     /// Decode the records `first..=last` into `writer`. Returns (records,
@@ -477,95 +642,38 @@ impl Exporter {
         &self,
         topic: &TopicMeta,
         partition: i32,
-        first: i64,
-        last: i64,
+        (first, last): (i64, i64),
         cols: &mut Columns,
         writer: &mut AsyncArrowWriter<BufWriter>,
+        rejected: &mut Vec<Rejected>,
         progress: Progress<'_>,
     ) -> Result<(u64, u64), ExportError> {
-        let mut next = first;
+        let mut reader = RangeReader::new(self, topic, partition, first, last);
         let mut records = 0u64;
         let mut read = 0u64;
         let mut rows: Vec<Row> = Vec::new();
-        let mut missing_retry = false;
-        while next <= last {
-            let page = self
-                .meta
-                .index_entries(topic.id, partition, next, 64)
-                .await?;
-            if page.is_empty() {
-                return Err(ExportError::Missing {
-                    partition,
-                    from: next,
-                    to: last,
-                });
-            }
-            let mut reread = false;
-            for entry in page {
-                if entry.base_offset > last {
-                    break;
+        loop {
+            rows.clear();
+            let Some(bytes) = reader.next_rows(&mut rows).await? else {
+                break;
+            };
+            for row in &rows {
+                if let Err(r) = cols.push(&topic.name, partition, row) {
+                    rejected.push(r);
                 }
-                if entry.last_offset < next {
-                    continue;
-                }
-                let range = entry.byte_start..entry.byte_start + entry.byte_len;
-                let bytes = match self
-                    .source
-                    .get_range(&keys::path(&entry.segment_key), range)
-                    .await
-                {
-                    Ok(b) => b,
-                    // Compaction replaced this entry and the janitor deleted
-                    // the object: read the index again, once.
-                    Err(object_store::Error::NotFound { .. }) if !missing_retry => {
-                        missing_retry = true;
-                        reread = true;
-                        break;
-                    }
-                    Err(source) => {
-                        return Err(ExportError::Source {
-                            key: entry.segment_key.clone(),
-                            source,
-                        })
-                    }
-                };
-                missing_retry = false;
-                read += entry.byte_len;
-                rows.clear();
-                rows::decode_chunk(&bytes, entry.base_offset, next, last + 1, &mut rows).map_err(
-                    |reason| ExportError::Corrupt {
-                        partition,
-                        offset: entry.base_offset,
-                        reason,
-                    },
-                )?;
-                for row in &rows {
-                    cols.push(&topic.name, partition, row).map_err(|reason| {
-                        ExportError::Corrupt {
-                            partition,
-                            offset: row.offset,
-                            reason,
-                        }
-                    })?;
-                    if cols.len() >= BATCH_ROWS {
-                        write_batch(cols, writer).await?;
-                    }
-                }
-                let n = rows.len() as u64;
-                records += n;
-                progress(n, entry.byte_len);
-                next = entry.last_offset + 1;
-                if next > last {
-                    break;
+                if cols.len() >= BATCH_ROWS {
+                    write_batch(cols, writer, rejected).await?;
                 }
             }
-            if reread {
-                continue;
-            }
+            let n = rows.len() as u64;
+            records += n;
+            read += bytes;
+            progress(n, bytes);
         }
         if !cols.is_empty() {
-            write_batch(cols, writer).await?;
+            write_batch(cols, writer, rejected).await?;
         }
+        rejected.sort_by_key(|r| r.offset);
         Ok((records, read))
     }
 
@@ -619,11 +727,13 @@ impl Exporter {
 async fn write_batch(
     cols: &mut Columns,
     writer: &mut AsyncArrowWriter<BufWriter>,
+    rejected: &mut Vec<Rejected>,
 ) -> Result<(), ExportError> {
-    let batch = cols.finish().map_err(|e| ExportError::Parquet {
+    let (batch, misfits) = cols.finish().map_err(|e| ExportError::Parquet {
         path: String::new(),
         reason: e.to_string(),
     })?;
+    rejected.extend(misfits);
     writer
         .write(&batch)
         .await
@@ -631,4 +741,106 @@ async fn write_batch(
             path: String::new(),
             reason: e.to_string(),
         })
+}
+
+/// Reads the records `first..=last` of a partition one index entry at a
+/// time.
+struct RangeReader<'a> {
+    exporter: &'a Exporter,
+    topic: &'a TopicMeta,
+    partition: i32,
+    next: i64,
+    last: i64,
+    page: std::collections::VecDeque<IndexEntry>,
+    /// An object was missing once (compaction replaced the entry); the
+    /// index is read again before giving up.
+    missing_retry: bool,
+}
+
+impl<'a> RangeReader<'a> {
+    fn new(
+        exporter: &'a Exporter,
+        topic: &'a TopicMeta,
+        partition: i32,
+        first: i64,
+        last: i64,
+    ) -> Self {
+        Self {
+            exporter,
+            topic,
+            partition,
+            next: first,
+            last,
+            page: Default::default(),
+            missing_retry: false,
+        }
+    }
+
+    /// Append the next entry's records to `rows`; the source bytes read, or
+    /// `None` once `last` is passed.
+    async fn next_rows(&mut self, rows: &mut Vec<Row>) -> Result<Option<u64>, ExportError> {
+        loop {
+            if self.next > self.last {
+                return Ok(None);
+            }
+            let Some(entry) = self.page.pop_front() else {
+                let page = self
+                    .exporter
+                    .meta
+                    .index_entries(self.topic.id, self.partition, self.next, 64)
+                    .await?;
+                if page.is_empty() {
+                    return Err(ExportError::Missing {
+                        partition: self.partition,
+                        from: self.next,
+                        to: self.last,
+                    });
+                }
+                self.page = page.into();
+                continue;
+            };
+            if entry.last_offset < self.next {
+                continue;
+            }
+            if entry.base_offset > self.next {
+                return Err(ExportError::Missing {
+                    partition: self.partition,
+                    from: self.next,
+                    to: entry.base_offset - 1,
+                });
+            }
+            let range = entry.byte_start..entry.byte_start + entry.byte_len;
+            let bytes = match self
+                .exporter
+                .source
+                .get_range(&keys::path(&entry.segment_key), range)
+                .await
+            {
+                Ok(b) => b,
+                // Compaction replaced this entry and the janitor deleted the
+                // object: read the index again, once.
+                Err(object_store::Error::NotFound { .. }) if !self.missing_retry => {
+                    self.missing_retry = true;
+                    self.page.clear();
+                    continue;
+                }
+                Err(source) => {
+                    return Err(ExportError::Source {
+                        key: entry.segment_key.clone(),
+                        source,
+                    })
+                }
+            };
+            self.missing_retry = false;
+            rows::decode_chunk(&bytes, entry.base_offset, self.next, self.last + 1, rows).map_err(
+                |reason| ExportError::Corrupt {
+                    partition: self.partition,
+                    offset: entry.base_offset,
+                    reason,
+                },
+            )?;
+            self.next = entry.last_offset + 1;
+            return Ok(Some(entry.byte_len));
+        }
+    }
 }

@@ -14,7 +14,7 @@ use arrow_array::builder::{
     StructBuilder, TimestampMillisecondBuilder,
 };
 use arrow_array::types::Int32Type;
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{ArrayRef, BooleanArray, RecordBatch, StructArray};
 use arrow_schema::{ArrowError, DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
@@ -101,8 +101,27 @@ fn header_item() -> Arc<Field> {
     ))
 }
 
+/// How the `value` column is typed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValueFormat {
+    /// Binary, as stored.
+    Raw,
+    /// Each value is a JSON object decoded into this schema, as a struct
+    /// column; values that are not JSON objects or do not fit it (a type
+    /// that does not match, a field the schema lacks) are rejected.
+    Json(SchemaRef),
+}
+
+/// A record left out of the Parquet file, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub offset: i64,
+    pub reason: String,
+    pub value: Option<Bytes>,
+}
+
 /// The columns of an exported file.
-pub fn schema(key: KeyFormat) -> SchemaRef {
+pub fn schema(key: KeyFormat, value: &ValueFormat) -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new(
             "topic",
@@ -124,40 +143,87 @@ pub fn schema(key: KeyFormat) -> SchemaRef {
             },
             true,
         ),
-        Field::new("value", DataType::Binary, true),
+        match value {
+            ValueFormat::Raw => Field::new("value", DataType::Binary, true),
+            ValueFormat::Json(s) => Field::new("value", DataType::Struct(s.fields().clone()), true),
+        },
         Field::new("headers", DataType::List(header_item()), false),
     ]))
+}
+
+/// Infer the schema of JSON object values (fields in first-seen order, the
+/// keys of one object in sorted order; all nullable; a field only ever seen
+/// as null becomes text). Values that are
+/// not JSON objects are skipped.
+pub fn infer_value_schema<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+) -> Result<SchemaRef, ArrowError> {
+    let parsed: Vec<serde_json::Value> = values
+        .filter_map(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+        .filter(|v| v.is_object())
+        .collect();
+    let inferred = arrow_json::reader::infer_json_schema_from_iterator(
+        parsed.iter().map(Ok::<_, ArrowError>),
+    )?;
+    Ok(Arc::new(Schema::new(
+        inferred
+            .fields()
+            .iter()
+            .map(|f| without_null_type(f))
+            .collect::<Vec<_>>(),
+    )))
+}
+
+fn without_null_type(f: &Field) -> Field {
+    let dt = match f.data_type() {
+        DataType::Null => DataType::Utf8,
+        DataType::Struct(children) => DataType::Struct(
+            children
+                .iter()
+                .map(|c| without_null_type(c))
+                .collect::<Vec<_>>()
+                .into(),
+        ),
+        DataType::List(item) => DataType::List(Arc::new(without_null_type(item))),
+        other => other.clone(),
+    };
+    f.as_ref().clone().with_data_type(dt)
 }
 
 /// Arrow columns being filled, one row per record.
 pub struct Columns {
     schema: SchemaRef,
     key_format: KeyFormat,
+    value_format: ValueFormat,
     topic: StringDictionaryBuilder<Int32Type>,
     partition: Int32Builder,
     offset: Int64Builder,
     timestamp: TimestampMillisecondBuilder,
     raw_key: BinaryBuilder,
     text_key: StringBuilder,
-    value: BinaryBuilder,
+    raw_value: BinaryBuilder,
     headers: ListBuilder<StructBuilder>,
+    /// JSON mode: each row's parsed value, offset and bytes.
+    json: Vec<(serde_json::Value, i64, Option<Bytes>)>,
     rows: usize,
 }
 
 impl Columns {
-    pub fn new(key_format: KeyFormat) -> Self {
+    pub fn new(key_format: KeyFormat, value_format: ValueFormat) -> Self {
         Self {
-            schema: schema(key_format),
+            schema: schema(key_format, &value_format),
             key_format,
+            value_format,
             topic: StringDictionaryBuilder::new(),
             partition: Int32Builder::new(),
             offset: Int64Builder::new(),
             timestamp: TimestampMillisecondBuilder::new().with_timezone("UTC"),
             raw_key: BinaryBuilder::new(),
             text_key: StringBuilder::new(),
-            value: BinaryBuilder::new(),
+            raw_value: BinaryBuilder::new(),
             headers: ListBuilder::new(StructBuilder::from_fields(header_fields(), 0))
                 .with_field(header_item()),
+            json: Vec::new(),
             rows: 0,
         }
     }
@@ -174,16 +240,35 @@ impl Columns {
         self.rows == 0
     }
 
-    /// Append one record. Fails (appending nothing) only when `--key-format
-    /// string` meets a key that is not UTF-8.
-    pub fn push(&mut self, topic: &str, partition: i32, row: &Row) -> Result<(), String> {
+    /// Append one record, or reject it (appending nothing): a key that is
+    /// not UTF-8 with [`KeyFormat::String`], a value that is not a JSON
+    /// object with [`ValueFormat::Json`]. Type mismatches against the JSON
+    /// schema are found by [`Columns::finish`].
+    pub fn push(&mut self, topic: &str, partition: i32, row: &Row) -> Result<(), Rejected> {
+        let reject = |reason: String| Rejected {
+            offset: row.offset,
+            reason,
+            value: row.value.clone(),
+        };
         let text_key = match (self.key_format, &row.key) {
-            (KeyFormat::String, Some(k)) => Some(
-                std::str::from_utf8(k)
-                    .map_err(|_| format!("key of offset {} is not UTF-8", row.offset))?,
-            ),
+            (KeyFormat::String, Some(k)) => {
+                Some(std::str::from_utf8(k).map_err(|_| reject("key is not UTF-8".to_owned()))?)
+            }
             _ => None,
         };
+        if let ValueFormat::Json(_) = self.value_format {
+            let parsed = match row.value.as_deref() {
+                None => return Err(reject("value is null".to_owned())),
+                Some(v) => serde_json::from_slice::<serde_json::Value>(v)
+                    .map_err(|e| reject(format!("value is not JSON: {e}")))?,
+            };
+            if !parsed.is_object() {
+                return Err(reject("value is not a JSON object".to_owned()));
+            }
+            self.json.push((parsed, row.offset, row.value.clone()));
+        } else {
+            self.raw_value.append_option(row.value.as_deref());
+        }
         self.topic.append_value(topic);
         self.partition.append_value(partition);
         self.offset.append_value(row.offset);
@@ -192,7 +277,6 @@ impl Columns {
             KeyFormat::Raw => self.raw_key.append_option(row.key.as_deref()),
             KeyFormat::String => self.text_key.append_option(text_key),
         }
-        self.value.append_option(row.value.as_deref());
         let entries = self.headers.values();
         for (k, v) in &row.headers {
             if let Some(b) = entries.field_builder::<StringBuilder>(0) {
@@ -208,30 +292,102 @@ impl Columns {
         Ok(())
     }
 
-    /// The rows so far as one record batch; the builders start empty again.
-    pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+    /// The rows so far as one record batch, with the records whose JSON did
+    /// not fit the schema left out and returned; the builders start empty
+    /// again.
+    pub fn finish(&mut self) -> Result<(RecordBatch, Vec<Rejected>), ArrowError> {
         let key: ArrayRef = match self.key_format {
             KeyFormat::Raw => Arc::new(self.raw_key.finish()),
             KeyFormat::String => Arc::new(self.text_key.finish()),
         };
-        let columns: Vec<ArrayRef> = vec![
+        let mut rejected = Vec::new();
+        let mut keep: Option<BooleanArray> = None;
+        let value: ArrayRef = match &self.value_format {
+            ValueFormat::Raw => Arc::new(self.raw_value.finish()),
+            ValueFormat::Json(value_schema) => {
+                let rows = std::mem::take(&mut self.json);
+                let (decoded, mask, bad) = decode_json(value_schema, rows)?;
+                if bad.iter().len() > 0 {
+                    keep = Some(mask);
+                }
+                rejected = bad;
+                Arc::new(StructArray::from(decoded))
+            }
+        };
+        let mut columns: Vec<ArrayRef> = vec![
             Arc::new(self.topic.finish()),
             Arc::new(self.partition.finish()),
             Arc::new(self.offset.finish()),
             Arc::new(self.timestamp.finish()),
             key,
-            Arc::new(self.value.finish()),
             Arc::new(self.headers.finish()),
         ];
+        if let Some(mask) = &keep {
+            columns = columns
+                .iter()
+                .map(|c| arrow_select::filter::filter(c.as_ref(), mask))
+                .collect::<Result<_, _>>()?;
+        }
+        columns.insert(5, value);
         self.rows = 0;
-        RecordBatch::try_new(self.schema.clone(), columns)
+        Ok((
+            RecordBatch::try_new(self.schema.clone(), columns)?,
+            rejected,
+        ))
     }
+}
+
+/// Decode JSON objects into `schema`: the decoded rows, which input rows
+/// they are, and the rejected ones. A batch decodes at once; only when that
+/// fails is each row decoded alone to find the ones that do not fit.
+fn decode_json(
+    schema: &SchemaRef,
+    rows: Vec<(serde_json::Value, i64, Option<Bytes>)>,
+) -> Result<(RecordBatch, BooleanArray, Vec<Rejected>), ArrowError> {
+    let decoder = || {
+        arrow_json::ReaderBuilder::new(schema.clone())
+            .with_strict_mode(true)
+            .build_decoder()
+    };
+    let values: Vec<&serde_json::Value> = rows.iter().map(|(v, _, _)| v).collect();
+    let mut all = decoder()?;
+    if let Ok(batch) = all.serialize(&values).and_then(|()| all.flush()) {
+        let batch = batch.unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
+        return Ok((
+            batch,
+            BooleanArray::from(vec![true; rows.len()]),
+            Vec::new(),
+        ));
+    }
+    let mut parts = Vec::new();
+    let mut mask = Vec::with_capacity(rows.len());
+    let mut rejected = Vec::new();
+    for (value, offset, raw) in &rows {
+        let mut one = decoder()?;
+        match one.serialize(&[value]).and_then(|()| one.flush()) {
+            Ok(Some(b)) => {
+                parts.push(b);
+                mask.push(true);
+            }
+            Ok(None) => mask.push(false),
+            Err(e) => {
+                mask.push(false);
+                rejected.push(Rejected {
+                    offset: *offset,
+                    reason: format!("value does not fit the schema: {e}"),
+                    value: raw.clone(),
+                });
+            }
+        }
+    }
+    let batch = arrow_select::concat::concat_batches(schema, &parts)?;
+    Ok((batch, BooleanArray::from(mask), rejected))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::{Array, BinaryArray, Int64Array, ListArray};
+    use arrow_array::{Array, BinaryArray, Int64Array, ListArray, StructArray};
     use kafka_protocol::records::{
         Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
@@ -291,11 +447,12 @@ mod tests {
         );
         assert_eq!(rows[0].headers, vec![("h".into(), Some(Bytes::from("x")))]);
 
-        let mut cols = Columns::new(KeyFormat::Raw);
+        let mut cols = Columns::new(KeyFormat::Raw, ValueFormat::Raw);
         for r in &rows {
             cols.push("t", 3, r).expect("push");
         }
-        let b = cols.finish().expect("batch");
+        let (b, rejected) = cols.finish().expect("batch");
+        assert!(rejected.is_empty());
         assert_eq!(b.num_rows(), 3);
         let offsets = b
             .column(2)
@@ -320,7 +477,7 @@ mod tests {
 
     #[test]
     fn string_keys_must_be_utf8() {
-        let mut cols = Columns::new(KeyFormat::String);
+        let mut cols = Columns::new(KeyFormat::String, ValueFormat::Raw);
         let row = Row {
             offset: 7,
             timestamp_ms: 0,
@@ -329,13 +486,80 @@ mod tests {
             headers: Vec::new(),
         };
         let err = cols.push("t", 0, &row).expect_err("not utf-8");
-        assert!(err.contains("offset 7"), "{err}");
+        assert_eq!(err.offset, 7);
+        assert!(err.reason.contains("UTF-8"), "{err:?}");
         assert!(cols.is_empty());
         let ok = Row {
             key: Some(Bytes::from("k")),
             ..row
         };
         cols.push("t", 0, &ok).expect("utf-8 key");
-        assert_eq!(cols.finish().expect("batch").num_rows(), 1);
+        assert_eq!(cols.finish().expect("batch").0.num_rows(), 1);
+    }
+
+    fn json_row(offset: i64, value: &str) -> Row {
+        Row {
+            offset,
+            timestamp_ms: 5,
+            key: None,
+            value: Some(Bytes::from(value.to_owned())),
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn json_values_become_typed_columns_and_misfits_are_rejected() {
+        let sample = [
+            r#"{"n":1,"user":{"id":7,"tags":["a"]},"note":null}"#,
+            r#"{"n":2,"user":{"id":8,"tags":[]},"price":1.5}"#,
+        ];
+        let schema = infer_value_schema(sample.iter().map(|s| s.as_bytes())).expect("infer");
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        // serde_json objects iterate keys in order, so fields come sorted
+        // within each object, in first-seen order across objects.
+        assert_eq!(names, vec!["n", "note", "user", "price"]);
+        assert_eq!(schema.field(0).data_type(), &DataType::Int64);
+        assert_eq!(
+            schema.field(1).data_type(),
+            &DataType::Utf8,
+            "null-only field"
+        );
+
+        let mut cols = Columns::new(KeyFormat::Raw, ValueFormat::Json(schema.clone()));
+        let inputs = [
+            (10, sample[0]),
+            (11, "not json"),
+            (12, r#"{"n":"three"}"#),
+            (13, sample[1]),
+            (14, r#"{"n":4,"surprise":true}"#),
+            (15, "[1,2]"),
+        ];
+        let mut rejected: Vec<i64> = Vec::new();
+        for (o, v) in inputs {
+            if let Err(r) = cols.push("t", 0, &json_row(o, v)) {
+                rejected.push(r.offset);
+            }
+        }
+        assert_eq!(rejected, vec![11, 15], "not JSON objects");
+        let (batch, misfits) = cols.finish().expect("finish");
+        let misfit: Vec<i64> = misfits.iter().map(|r| r.offset).collect();
+        assert_eq!(misfit, vec![12, 14], "wrong type; field not in the schema");
+        assert_eq!(batch.num_rows(), 2);
+        let offsets = batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("offsets");
+        assert_eq!(offsets.values(), &[10, 13]);
+        let value = batch
+            .column(5)
+            .as_any()
+            .downcast_ref::<StructArray>()
+            .expect("struct value");
+        let n = value
+            .column_by_name("n")
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+            .expect("n");
+        assert_eq!(n.values(), &[1, 2]);
     }
 }
