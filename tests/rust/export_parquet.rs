@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use arrow_array::{
-    Array, BinaryArray, Int32Array, Int64Array, ListArray, StringArray, StructArray,
-    TimestampMillisecondArray,
+    Array, BinaryArray, Int64Array, ListArray, StringArray, StructArray, TimestampMillisecondArray,
 };
 use common::*;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -63,15 +62,17 @@ fn read_rows(dir: &Path) -> Result<(Rows, usize)> {
                 continue;
             }
             files += 1;
+            // The partition is a Hive column of the path, not of the file.
+            let partition: i32 = path
+                .components()
+                .find_map(|c| c.as_os_str().to_str()?.strip_prefix("partition="))
+                .context("partition=P in the path")?
+                .parse()?;
             let file = std::fs::File::open(&path)?;
             let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
             for batch in reader {
                 let batch = batch?;
                 let col = |name: &str| batch.column_by_name(name).context("column");
-                let parts = col("partition")?
-                    .as_any()
-                    .downcast_ref::<Int32Array>()
-                    .context("partition type")?;
                 let offsets = col("offset")?
                     .as_any()
                     .downcast_ref::<Int64Array>()
@@ -96,13 +97,10 @@ fn read_rows(dir: &Path) -> Result<(Rows, usize)> {
                     let key = (!keys.is_null(i)).then(|| keys.value(i).to_vec());
                     let value = String::from_utf8(values.value(i).to_vec())?;
                     let row = (value, key, headers.value(i).len(), ts.value(i));
-                    if rows
-                        .insert((parts.value(i), offsets.value(i)), row)
-                        .is_some()
-                    {
+                    if rows.insert((partition, offsets.value(i)), row).is_some() {
                         bail!(
                             "{}/{} exported twice ({})",
-                            parts.value(i),
+                            partition,
                             offsets.value(i),
                             path.display()
                         );

@@ -658,7 +658,7 @@ impl Exporter {
                 break;
             };
             for row in &rows {
-                if let Err(r) = cols.push(&topic.name, partition, row) {
+                if let Err(r) = cols.push(row) {
                     rejected.push(r);
                 }
                 if cols.len() >= BATCH_ROWS {

@@ -10,10 +10,9 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BinaryBuilder, Int32Builder, Int64Builder, ListBuilder, StringBuilder, StringDictionaryBuilder,
-    StructBuilder, TimestampMillisecondBuilder,
+    BinaryBuilder, Int64Builder, ListBuilder, StringBuilder, StructBuilder,
+    TimestampMillisecondBuilder,
 };
-use arrow_array::types::Int32Type;
 use arrow_array::{ArrayRef, BooleanArray, RecordBatch, StructArray};
 use arrow_schema::{ArrowError, DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
@@ -120,15 +119,12 @@ pub struct Rejected {
     pub value: Option<Bytes>,
 }
 
-/// The columns of an exported file.
+/// The columns of an exported file. Topic and partition are not among them:
+/// they are the Hive partition columns of the path (`topic=T/partition=P/`),
+/// which DuckDB, pyarrow, Spark and Athena read from there (a column both in
+/// the path and in the file is an error for Spark and Athena).
 pub fn schema(key: KeyFormat, value: &ValueFormat) -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new(
-            "topic",
-            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
-            false,
-        ),
-        Field::new("partition", DataType::Int32, false),
         Field::new("offset", DataType::Int64, false),
         Field::new(
             "timestamp",
@@ -195,8 +191,6 @@ pub struct Columns {
     schema: SchemaRef,
     key_format: KeyFormat,
     value_format: ValueFormat,
-    topic: StringDictionaryBuilder<Int32Type>,
-    partition: Int32Builder,
     offset: Int64Builder,
     timestamp: TimestampMillisecondBuilder,
     raw_key: BinaryBuilder,
@@ -214,8 +208,6 @@ impl Columns {
             schema: schema(key_format, &value_format),
             key_format,
             value_format,
-            topic: StringDictionaryBuilder::new(),
-            partition: Int32Builder::new(),
             offset: Int64Builder::new(),
             timestamp: TimestampMillisecondBuilder::new().with_timezone("UTC"),
             raw_key: BinaryBuilder::new(),
@@ -244,7 +236,7 @@ impl Columns {
     /// not UTF-8 with [`KeyFormat::String`], a value that is not a JSON
     /// object with [`ValueFormat::Json`]. Type mismatches against the JSON
     /// schema are found by [`Columns::finish`].
-    pub fn push(&mut self, topic: &str, partition: i32, row: &Row) -> Result<(), Rejected> {
+    pub fn push(&mut self, row: &Row) -> Result<(), Rejected> {
         let reject = |reason: String| Rejected {
             offset: row.offset,
             reason,
@@ -269,8 +261,6 @@ impl Columns {
         } else {
             self.raw_value.append_option(row.value.as_deref());
         }
-        self.topic.append_value(topic);
-        self.partition.append_value(partition);
         self.offset.append_value(row.offset);
         self.timestamp.append_value(row.timestamp_ms);
         match self.key_format {
@@ -315,8 +305,6 @@ impl Columns {
             }
         };
         let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(self.topic.finish()),
-            Arc::new(self.partition.finish()),
             Arc::new(self.offset.finish()),
             Arc::new(self.timestamp.finish()),
             key,
@@ -328,7 +316,7 @@ impl Columns {
                 .map(|c| arrow_select::filter::filter(c.as_ref(), mask))
                 .collect::<Result<_, _>>()?;
         }
-        columns.insert(5, value);
+        columns.insert(3, value);
         self.rows = 0;
         Ok((
             RecordBatch::try_new(self.schema.clone(), columns)?,
@@ -449,25 +437,25 @@ mod tests {
 
         let mut cols = Columns::new(KeyFormat::Raw, ValueFormat::Raw);
         for r in &rows {
-            cols.push("t", 3, r).expect("push");
+            cols.push(r).expect("push");
         }
         let (b, rejected) = cols.finish().expect("batch");
         assert!(rejected.is_empty());
         assert_eq!(b.num_rows(), 3);
         let offsets = b
-            .column(2)
+            .column(0)
             .as_any()
             .downcast_ref::<Int64Array>()
             .expect("offsets");
         assert_eq!(offsets.values(), &[101, 102, 103]);
         let values = b
-            .column(5)
+            .column(3)
             .as_any()
             .downcast_ref::<BinaryArray>()
             .expect("values");
         assert_eq!(values.value(2), b"d");
         let headers = b
-            .column(6)
+            .column(4)
             .as_any()
             .downcast_ref::<ListArray>()
             .expect("headers");
@@ -485,7 +473,7 @@ mod tests {
             value: None,
             headers: Vec::new(),
         };
-        let err = cols.push("t", 0, &row).expect_err("not utf-8");
+        let err = cols.push(&row).expect_err("not utf-8");
         assert_eq!(err.offset, 7);
         assert!(err.reason.contains("UTF-8"), "{err:?}");
         assert!(cols.is_empty());
@@ -493,7 +481,7 @@ mod tests {
             key: Some(Bytes::from("k")),
             ..row
         };
-        cols.push("t", 0, &ok).expect("utf-8 key");
+        cols.push(&ok).expect("utf-8 key");
         assert_eq!(cols.finish().expect("batch").0.num_rows(), 1);
     }
 
@@ -536,7 +524,7 @@ mod tests {
         ];
         let mut rejected: Vec<i64> = Vec::new();
         for (o, v) in inputs {
-            if let Err(r) = cols.push("t", 0, &json_row(o, v)) {
+            if let Err(r) = cols.push(&json_row(o, v)) {
                 rejected.push(r.offset);
             }
         }
@@ -546,13 +534,13 @@ mod tests {
         assert_eq!(misfit, vec![12, 14], "wrong type; field not in the schema");
         assert_eq!(batch.num_rows(), 2);
         let offsets = batch
-            .column(2)
+            .column(0)
             .as_any()
             .downcast_ref::<Int64Array>()
             .expect("offsets");
         assert_eq!(offsets.values(), &[10, 13]);
         let value = batch
-            .column(5)
+            .column(3)
             .as_any()
             .downcast_ref::<StructArray>()
             .expect("struct value");
