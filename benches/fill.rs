@@ -78,7 +78,7 @@ fn event(i: u64, size: usize, rng: &mut u64) -> String {
         1_700_000_000_000u64 + i,
         next(rng) % 100_000,
         ["de", "fr", "us", "jp", "br"][(next(rng) % 5) as usize],
-        next(rng) % 7 == 0,
+        next(rng).is_multiple_of(7),
         (next(rng) % 100_000) as f64 / 100.0,
         next(rng) % 1000,
         next(rng) % 1000,
