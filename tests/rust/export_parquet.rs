@@ -333,35 +333,46 @@ async fn export_replays_history_into_parquet() -> Result<()> {
         ensure!(json_rows == acked.len(), "{json_rows} JSON rows");
 
         // Bad input: one line naming the problem.
-        for (args, says) in [
-            (vec!["--topic", "nope"], "unknown topic nope"),
+        let data_dir = broker.data_dir().display().to_string();
+        let cases: [(&[&str], &str); 5] = [
+            (&["--topic", "nope"], "unknown topic nope"),
+            (&["--topic", TOPIC, "--partitions", "9"], "no partition 9"),
             (
-                vec!["--topic", TOPIC, "--partitions", "9"],
-                "no partition 9",
-            ),
-            (
-                vec!["--topic", TOPIC, "--from-offset", "999999"],
+                &["--topic", TOPIC, "--from-offset", "999999"],
                 "out of range",
             ),
+            (&["--topic", TOPIC, "--from-time", "yesterday"], "RFC 3339"),
             (
-                vec!["--topic", TOPIC, "--from-time", "yesterday"],
-                "RFC 3339",
+                &["--topic", TOPIC, "--data-dir", "/nonexistent/tributary"],
+                "no metadata store",
             ),
-        ] {
-            let out = Command::new(broker_bin())
-                .arg("export")
-                .arg("--data-dir")
-                .arg(broker.data_dir())
-                .args(&args)
+        ];
+        for (args, says) in cases {
+            let mut cmd = Command::new(broker_bin());
+            cmd.arg("export");
+            if !args.contains(&"--data-dir") {
+                cmd.args(["--data-dir", data_dir.as_str()]);
+            }
+            let out = cmd
+                .args(args)
                 .arg("--to")
                 .arg(format!("file://{}", out.path().display()))
+                .env("RUST_BACKTRACE", "1")
                 .output()?;
             let err = String::from_utf8_lossy(&out.stderr);
             ensure!(
                 !out.status.success() && err.contains(says),
                 "{args:?}: {err}"
             );
+            ensure!(
+                err.trim().lines().count() == 1,
+                "{args:?}: not one line: {err}"
+            );
         }
+        ensure!(
+            !Path::new("/nonexistent/tributary").exists(),
+            "export created a data dir"
+        );
         Ok(())
     })
     .await

@@ -161,6 +161,14 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
     opts.max_rows_per_file = args.max_rows_per_file;
     opts.row_group_rows = args.row_group_rows;
 
+    // Export reads existing data: never create an empty store by mistake.
+    if let Some(path) = settings.metadata.strip_prefix("sqlite://") {
+        if !std::path::Path::new(path).exists() {
+            bail!(
+                "no metadata store at {path}: point --data-dir (or --metadata) at a broker's data"
+            );
+        }
+    }
     let meta = open_metadata(&settings.metadata)
         .await
         .with_context(|| format!("cannot open metadata store {}", settings.metadata))?;
@@ -237,4 +245,21 @@ fn report(s: &Summary, secs: f64, args: &ExportArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// An error and its causes on one line, skipping causes whose text the
+/// message before already contains (object_store nests its messages).
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

@@ -63,7 +63,13 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args.serve, args.create_bucket)),
         Command::Init(args) => runtime.block_on(init::run(args)),
-        Command::Export(args) => runtime.block_on(export::run(args)),
+        Command::Export(args) => {
+            if let Err(e) = runtime.block_on(export::run(args)) {
+                eprintln!("tributary export: {}", export::one_line(&e));
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 

@@ -190,7 +190,7 @@ pub enum ExportError {
         #[source]
         source: object_store::Error,
     },
-    #[error("writing {path}: {source}")]
+    #[error("destination {path}: {source}")]
     Destination {
         path: String,
         #[source]
