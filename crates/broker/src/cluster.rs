@@ -157,6 +157,30 @@ impl Cluster {
     }
 }
 
+/// Register `me` under the lowest node id no live broker holds (`--node-id
+/// auto`, for autoscaled brokers). The registry decides races: of two
+/// brokers trying one id, one gets it and the other moves on.
+pub async fn register_with_free_id(
+    meta: &dyn MetadataStore,
+    mut me: BrokerInfo,
+    config: &ClusterConfig,
+) -> Result<BrokerInfo, MetaError> {
+    const MAX_IDS: i32 = 1024;
+    let ttl = config.ttl.as_millis() as i64;
+    for id in 0..MAX_IDS {
+        me.node_id = id;
+        match meta.heartbeat_broker(&me, now_ms(), ttl).await {
+            Ok(()) => return Ok(me),
+            // Held by another live broker.
+            Err(MetaError::InvalidArgument(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(MetaError::InvalidArgument(format!(
+        "every node id below {MAX_IDS} is held by a live broker"
+    )))
+}
+
 /// Wake this broker's parked fetches when other brokers commit, for as long
 /// as the metadata store can push their commits (`None` when it cannot:
 /// fetches then poll at `fetch_poll_interval`). Ends at `stop`.

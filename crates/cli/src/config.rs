@@ -54,9 +54,10 @@ pub struct ServeArgs {
     /// Read cache size in bytes [default: 268435456].
     #[arg(long, env = "TRIBUTARY_CACHE_BYTES")]
     pub cache_bytes: Option<u64>,
-    /// Broker id reported to clients [default: 0].
-    #[arg(long, env = "TRIBUTARY_NODE_ID")]
-    pub node_id: Option<i32>,
+    /// Broker id reported to clients, or `auto`: the lowest id no live
+    /// broker holds (for autoscaled brokers) [default: 0].
+    #[arg(long, env = "TRIBUTARY_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<NodeId>,
     /// Time between retention/compaction/janitor passes [default: 30000].
     #[arg(long, env = "TRIBUTARY_MAINTENANCE_INTERVAL_MS")]
     pub maintenance_interval_ms: Option<u64>,
@@ -97,7 +98,7 @@ struct FileConfig {
     max_message_bytes: Option<i64>,
     max_request_bytes: Option<usize>,
     cache_bytes: Option<u64>,
-    node_id: Option<i32>,
+    node_id: Option<NodeIdValue>,
     maintenance_interval_ms: Option<u64>,
     segment_grace_ms: Option<u64>,
     compaction: Option<bool>,
@@ -121,6 +122,8 @@ pub struct Settings {
     pub maintenance: MaintenanceConfig,
     pub faults: Option<FaultConfig>,
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Pick the lowest free node id at start-up (`--node-id auto`).
+    pub node_id_auto: bool,
 }
 
 impl Settings {
@@ -200,8 +203,16 @@ impl Settings {
         if let Some(v) = args.max_request_bytes.or(file.max_request_bytes) {
             broker.max_request_bytes = v;
         }
-        if let Some(v) = args.node_id.or(file.node_id) {
-            broker.node_id = v;
+        let file_node_id = match file.node_id {
+            Some(NodeIdValue::Id(id)) => Some(NodeId::Fixed(id)),
+            Some(NodeIdValue::Word(w)) => Some(parse_node_id(&w).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        let mut node_id_auto = false;
+        match args.node_id.or(file_node_id) {
+            Some(NodeId::Fixed(v)) => broker.node_id = v,
+            Some(NodeId::Auto) => node_id_auto = true,
+            None => {}
         }
         broker.rack = args.rack.or(file.rack);
         let defaults = MaintenanceConfig::default();
@@ -243,6 +254,7 @@ impl Settings {
         };
         Ok(Self {
             metrics_listen,
+            node_id_auto,
             faults,
             maintenance,
             listen,
@@ -256,6 +268,32 @@ impl Settings {
             broker,
         })
     }
+}
+
+/// `--node-id`: a number, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeId {
+    Fixed(i32),
+    Auto,
+}
+
+fn parse_node_id(s: &str) -> Result<NodeId, String> {
+    if s == "auto" {
+        return Ok(NodeId::Auto);
+    }
+    s.parse::<i32>()
+        .ok()
+        .filter(|id| *id >= 0)
+        .map(NodeId::Fixed)
+        .ok_or_else(|| format!("node id must be a number >= 0 or `auto`, not {s:?}"))
+}
+
+/// `node_id` in the config file: a number or `"auto"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum NodeIdValue {
+    Id(i32),
+    Word(String),
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

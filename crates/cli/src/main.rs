@@ -14,7 +14,9 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-use tributary_broker::cluster::{follow_remote_commits, Cluster, ClusterConfig};
+use tributary_broker::cluster::{
+    follow_remote_commits, register_with_free_id, Cluster, ClusterConfig,
+};
 use tributary_broker::Broker;
 use tributary_meta::{open_metadata, BrokerInfo, MetadataStore};
 use tributary_storage::{
@@ -106,6 +108,53 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
     );
     let fetcher = Fetcher::new(meta.clone(), cache.clone());
     let maintenance_stop = CancellationToken::new();
+    let draining = CancellationToken::new();
+    if let Some(addr) = settings.metrics_listen {
+        let ready = observe::Readiness::new(meta.clone(), store.clone(), draining.clone());
+        observe::serve_admin(addr, ready).await?;
+        observe::spawn_publisher(
+            opened.metrics.clone(),
+            cache.clone(),
+            maintenance_stop.clone(),
+        );
+        tracing::info!(%addr, "admin endpoint: /metrics /healthz /readyz");
+    }
+    let listener = TcpListener::bind(&settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let local = listener.local_addr().context("listener has no address")?;
+    let mut broker_config = settings.broker.clone();
+    if settings.advertised.is_none() {
+        let ip = if local.ip().is_unspecified() {
+            advertised_ip(local.ip())
+        } else {
+            local.ip()
+        };
+        broker_config.advertised_host = ip.to_string();
+        broker_config.advertised_port = i32::from(local.port());
+    }
+    let cluster_config = ClusterConfig::default();
+    let mut me = BrokerInfo {
+        node_id: broker_config.node_id,
+        host: broker_config.advertised_host.clone(),
+        port: broker_config.advertised_port,
+        rack: broker_config.rack.clone(),
+    };
+    if settings.node_id_auto {
+        me = register_with_free_id(&*meta, me, &cluster_config)
+            .await
+            .context("cannot pick a node id (--node-id auto)")?;
+        broker_config.node_id = me.node_id;
+    }
+    tracing::info!(
+        listen = %local,
+        advertised = %format!("{}:{}", broker_config.advertised_host, broker_config.advertised_port),
+        node_id = broker_config.node_id,
+        object_store = %settings.object_store,
+        metadata = %redact(&settings.metadata),
+        flush_interval_ms = settings.writer.flush_interval.as_millis() as u64,
+        "tributary broker started"
+    );
     let maintenance = Maintenance::new(
         meta.clone(),
         store.clone(),
@@ -114,46 +163,11 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
     )
     .with_lease(format!(
         "node-{}-{}",
-        settings.broker.node_id,
+        broker_config.node_id,
         uuid::Uuid::new_v4()
     ))
     .spawn(maintenance_stop.clone());
-    if let Some(addr) = settings.metrics_listen {
-        observe::serve_prometheus(addr)?;
-        observe::spawn_publisher(
-            opened.metrics.clone(),
-            cache.clone(),
-            maintenance_stop.clone(),
-        );
-        tracing::info!(%addr, "prometheus metrics at /metrics");
-    }
-    let listener = TcpListener::bind(&settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    let local = listener.local_addr().context("listener has no address")?;
-    let mut broker_config = settings.broker.clone();
-    if settings.advertised.is_none() {
-        broker_config.advertised_host = local.ip().to_string();
-        broker_config.advertised_port = i32::from(local.port());
-    }
-    tracing::info!(
-        listen = %local,
-        advertised = %format!("{}:{}", broker_config.advertised_host, broker_config.advertised_port),
-        object_store = %settings.object_store,
-        metadata = %redact(&settings.metadata),
-        flush_interval_ms = settings.writer.flush_interval.as_millis() as u64,
-        "tributary broker started"
-    );
-    let cluster = Cluster::new(
-        BrokerInfo {
-            node_id: broker_config.node_id,
-            host: broker_config.advertised_host.clone(),
-            port: broker_config.advertised_port,
-            rack: broker_config.rack.clone(),
-        },
-        meta.clone(),
-        ClusterConfig::default(),
-    );
+    let cluster = Cluster::new(me, meta.clone(), cluster_config);
     cluster
         .beat()
         .await
@@ -162,7 +176,12 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
     let remote_commits =
         follow_remote_commits(&*meta, watermarks.clone(), maintenance_stop.clone());
     let broker = Broker::new(broker_config, meta, writer, fetcher, watermarks, cluster);
-    tributary_broker::server::run(listener, broker, shutdown_signal()).await;
+    let stop = async {
+        shutdown_signal().await;
+        // Load balancers see /readyz fail while connections drain.
+        draining.cancel();
+    };
+    tributary_broker::server::run(listener, broker, stop).await;
     maintenance_stop.cancel();
     if let Err(e) = maintenance.await {
         tracing::warn!(error = %e, "maintenance task ended abnormally");
@@ -177,6 +196,25 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
     }
     observe::log_summary(&opened.metrics, &cache);
     Ok(())
+}
+
+/// The address to advertise when listening on all interfaces: the one
+/// outgoing traffic uses (a connected UDP socket sends nothing), so brokers
+/// in containers or VMs advertise their own reachable IP without
+/// configuration. Falls back to `unspecified` with a warning.
+fn advertised_ip(unspecified: std::net::IpAddr) -> std::net::IpAddr {
+    for target in ["10.255.255.255:9", "192.0.2.1:9", "8.8.8.8:53"] {
+        let found = std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| s.connect(target).and_then(|()| s.local_addr()))
+            .map(|a| a.ip());
+        if let Ok(ip) = found {
+            if !ip.is_unspecified() {
+                return ip;
+            }
+        }
+    }
+    tracing::warn!("cannot tell this machine's address; set --advertised-listener");
+    unspecified
 }
 
 /// A URL with any password replaced, for logs and errors.

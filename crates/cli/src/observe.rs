@@ -1,24 +1,153 @@
-//! Broker metrics: object-store requests (from the `MetricsStore` wrapper)
-//! and read-cache hits are published through the `metrics` facade, exposed
-//! in Prometheus format on `--metrics-listen`, and summarised in the log at
-//! shutdown.
+//! The admin endpoint and broker metrics.
+//!
+//! `--metrics-listen ADDR` serves HTTP/1 on ADDR:
+//! - `GET /metrics`: Prometheus text. Object-store requests (from the
+//!   `MetricsStore` wrapper) and read-cache hits are published through the
+//!   `metrics` facade every second, and summarised in the log at shutdown.
+//! - `GET /healthz`: 200 while the process serves (liveness).
+//! - `GET /readyz`: 200 only while the metadata store and the object store
+//!   answer (each checked with a 2 s timeout, at most once a second) and the
+//!   broker is not shutting down; otherwise 503 with the reason. Load
+//!   balancers and ECS use it to send traffic only to working brokers.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
 use metrics::{counter, gauge};
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tributary_meta::MetadataStore;
 use tributary_storage::wrappers::{MetricsHandle, Op};
 use tributary_storage::ReadCache;
 
-/// Start the Prometheus endpoint (`GET /metrics`) on `addr`.
-pub fn serve_prometheus(addr: SocketAddr) -> anyhow::Result<()> {
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .with_context(|| format!("cannot start the metrics endpoint on {addr}"))
+/// How long one readiness probe of a store may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a readiness answer is reused.
+const PROBE_CACHE: Duration = Duration::from_secs(1);
+
+/// Whether this broker can serve: its stores answer and it is not draining.
+pub struct Readiness {
+    meta: Arc<dyn MetadataStore>,
+    store: Arc<dyn ObjectStore>,
+    draining: CancellationToken,
+    last: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+impl Readiness {
+    pub fn new(
+        meta: Arc<dyn MetadataStore>,
+        store: Arc<dyn ObjectStore>,
+        draining: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            meta,
+            store,
+            draining,
+            last: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// `Err(reason)` when not ready.
+    pub async fn check(&self) -> Result<(), String> {
+        if self.draining.is_cancelled() {
+            return Err("shutting down".into());
+        }
+        // One probe at a time; callers in the meantime share its answer.
+        let mut last = self.last.lock().await;
+        if let Some((at, answer)) = &*last {
+            if at.elapsed() < PROBE_CACHE {
+                return answer.clone();
+            }
+        }
+        let answer = self.probe().await;
+        *last = Some((Instant::now(), answer.clone()));
+        answer
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        let now = tributary_storage::writer::now_ms();
+        match tokio::time::timeout(PROBE_TIMEOUT, self.meta.live_brokers(now, 10_000)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("metadata store: {e}")),
+            Err(_) => return Err("metadata store: no answer within 2 s".into()),
+        }
+        let probe = Path::from("_tributary/readyz-probe");
+        match tokio::time::timeout(PROBE_TIMEOUT, self.store.head(&probe)).await {
+            Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => Ok(()),
+            Ok(Err(e)) => Err(format!("object store: {e}")),
+            Err(_) => Err("object store: no answer within 2 s".into()),
+        }
+    }
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` on `addr` until the process
+/// ends. Installs the Prometheus recorder.
+pub async fn serve_admin(addr: SocketAddr, ready: Arc<Readiness>) -> anyhow::Result<()> {
+    let prometheus = PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the admin endpoint"))?;
+    tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin endpoint accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (ready, prometheus) = (ready.clone(), prometheus.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let (ready, prometheus) = (ready.clone(), prometheus.clone());
+                    async move { Ok::<_, Infallible>(answer(req, &ready, &prometheus).await) }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await
+                {
+                    tracing::debug!(error = %e, "admin connection ended");
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn answer<B>(
+    req: Request<B>,
+    ready: &Readiness,
+    prometheus: &PrometheusHandle,
+) -> Response<Full<Bytes>> {
+    let (status, body) = match (req.method().as_str(), req.uri().path()) {
+        ("GET", "/metrics") => (StatusCode::OK, prometheus.render()),
+        ("GET", "/healthz") => (StatusCode::OK, "ok\n".to_owned()),
+        ("GET", "/readyz") => match ready.check().await {
+            Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+            Err(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
+        ("GET", _) => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+        _ => (StatusCode::METHOD_NOT_ALLOWED, "GET only\n".to_owned()),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp
 }
 
 /// Copy the store and cache counters into the metrics registry every second

@@ -1,0 +1,102 @@
+//! Issue #6: the admin endpoint (`--metrics-listen`) answers `/healthz`,
+//! `/readyz` and `/metrics`; `/readyz` is 503 while the metadata store is
+//! down and 200 again once it is back; `--node-id auto` gives brokers that
+//! share a metadata store distinct ids.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use common::*;
+use rdkafka::consumer::Consumer;
+use tributary_testkit::{free_port, PgServer};
+
+/// `GET path` over HTTP/1.0: (status, body).
+fn get(port: u16, path: &str) -> Result<(u16, String)> {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .context("status line")?
+        .parse()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((status, body.to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_readiness_metrics_and_auto_node_ids() -> Result<()> {
+    let mut pg = PgServer::start()?;
+    let url = format!("{}?schema=admin", pg.url());
+    let objects = tempfile::tempdir()?;
+    let objects_url = format!("file://{}", objects.path().display());
+    let admin = free_port()?;
+    let admin_arg = format!("127.0.0.1:{admin}");
+    let start = |admin: &str| {
+        start_broker_local(&[
+            "--metadata",
+            &url,
+            "--object-store",
+            &objects_url,
+            "--node-id",
+            "auto",
+            "--metrics-listen",
+            admin,
+        ])
+    };
+    let a = start(&admin_arg)?;
+    let b_admin = format!("127.0.0.1:{}", free_port()?);
+    let b = start(&b_admin)?;
+    run_test(&a, async {
+        assert_eq!(get(admin, "/healthz")?, (200, "ok\n".to_owned()));
+        assert_eq!(get(admin, "/readyz")?.0, 200);
+        assert_eq!(get(admin, "/nope")?.0, 404);
+        // The publisher copies counters every second.
+        wait_for("object-store metrics", Duration::from_secs(10), || {
+            let (status, body) = get(admin, "/metrics")?;
+            Ok(
+                if status == 200 && body.contains("tributary_object_store_requests_total") {
+                    Ok(())
+                } else {
+                    Err(status)
+                },
+            )
+        })
+        .await?;
+
+        // Two brokers with --node-id auto took different ids.
+        let probe = consumer(&a.bootstrap(), "probe", &[])?;
+        let ids = wait_for("both brokers in Metadata", Duration::from_secs(20), || {
+            let md = tokio::task::block_in_place(|| probe.fetch_metadata(None, OP_TIMEOUT))?;
+            let mut ids: Vec<i32> = md.brokers().iter().map(|b| b.id()).collect();
+            ids.sort_unstable();
+            Ok(if ids.len() == 2 { Ok(ids) } else { Err(ids) })
+        })
+        .await?;
+        anyhow::ensure!(ids == vec![0, 1], "auto node ids {ids:?}");
+
+        // Metadata store down: not ready (with the reason), still alive.
+        tokio::task::block_in_place(|| pg.stop())?;
+        let why = wait_for("/readyz to fail", Duration::from_secs(20), || {
+            let (status, body) = get(admin, "/readyz")?;
+            Ok(if status == 503 { Ok(body) } else { Err(status) })
+        })
+        .await?;
+        anyhow::ensure!(why.contains("metadata store"), "{why}");
+        assert_eq!(get(admin, "/healthz")?.0, 200);
+        tokio::task::block_in_place(|| pg.resume())?;
+        wait_for("/readyz to recover", Duration::from_secs(30), || {
+            let (status, _) = get(admin, "/readyz")?;
+            Ok(if status == 200 { Ok(()) } else { Err(status) })
+        })
+        .await?;
+        drop(b);
+        Ok(())
+    })
+    .await
+}
