@@ -36,12 +36,15 @@ mkdir -p "$TMPDIR"
 "$venv/bin/python" -m localstack.runtime.main >"$state/localstack.log" 2>&1 &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$state"; }
+healthy() {
+    "$venv/bin/python" -c "import sys, urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/_localstack/health', timeout=1)" >/dev/null 2>&1
+}
 for _ in $(seq 600); do
-    if curl -sf "http://127.0.0.1:$port/_localstack/health" >/dev/null 2>&1; then break; fi
+    if healthy; then break; fi
     if ! kill -0 "$pid" 2>/dev/null; then cat "$state/localstack.log"; cleanup; exit 1; fi
     sleep 0.1
 done
-curl -sf "http://127.0.0.1:$port/_localstack/health" >/dev/null || { tail -20 "$state/localstack.log"; cleanup; exit 1; }
+healthy || { tail -20 "$state/localstack.log"; cleanup; exit 1; }
 echo "LocalStack S3 on http://127.0.0.1:$port (pid $pid, state in $state)"
 echo "export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1"
 if [ "$background" = "--background" ]; then
