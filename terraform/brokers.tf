@@ -2,9 +2,39 @@
 
 resource "aws_security_group" "broker" {
   name        = "${var.name}-broker"
-  description = "Tributary brokers: Kafka from the allowed CIDRs, health checks from the VPC"
+  description = "Tributary brokers: Kafka from the allowed CIDRs and the load balancer"
   vpc_id      = var.vpc_id
   tags        = local.tags
+}
+
+# The load balancer has its own group, so only the allowed CIDRs reach it
+# (with IP targets the brokers see the load balancer's address, not the
+# client's).
+resource "aws_security_group" "load_balancer" {
+  name        = "${var.name}-nlb"
+  description = "Tributary load balancer: Kafka from the allowed CIDRs"
+  vpc_id      = var.vpc_id
+  tags        = local.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "load_balancer_kafka" {
+  for_each          = toset(var.allowed_cidrs)
+  security_group_id = aws_security_group.load_balancer.id
+  cidr_ipv4         = each.value
+  ip_protocol       = "tcp"
+  from_port         = var.kafka_port
+  to_port           = var.kafka_port
+  description       = "Kafka clients"
+}
+
+resource "aws_vpc_security_group_egress_rule" "load_balancer_to_brokers" {
+  for_each                     = toset([tostring(var.kafka_port), tostring(var.admin_port)])
+  security_group_id            = aws_security_group.load_balancer.id
+  referenced_security_group_id = aws_security_group.broker.id
+  ip_protocol                  = "tcp"
+  from_port                    = tonumber(each.value)
+  to_port                      = tonumber(each.value)
+  description                  = "Traffic and health checks to the brokers"
 }
 
 resource "aws_vpc_security_group_ingress_rule" "kafka" {
@@ -18,21 +48,21 @@ resource "aws_vpc_security_group_ingress_rule" "kafka" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "kafka_from_load_balancer" {
-  security_group_id = aws_security_group.broker.id
-  cidr_ipv4         = data.aws_vpc.this.cidr_block
-  ip_protocol       = "tcp"
-  from_port         = var.kafka_port
-  to_port           = var.kafka_port
-  description       = "Kafka through the load balancer (its addresses are in the VPC)"
+  security_group_id            = aws_security_group.broker.id
+  referenced_security_group_id = aws_security_group.load_balancer.id
+  ip_protocol                  = "tcp"
+  from_port                    = var.kafka_port
+  to_port                      = var.kafka_port
+  description                  = "Kafka through the load balancer"
 }
 
-resource "aws_vpc_security_group_ingress_rule" "admin_from_vpc" {
-  security_group_id = aws_security_group.broker.id
-  cidr_ipv4         = data.aws_vpc.this.cidr_block
-  ip_protocol       = "tcp"
-  from_port         = var.admin_port
-  to_port           = var.admin_port
-  description       = "Health checks and metrics from inside the VPC"
+resource "aws_vpc_security_group_ingress_rule" "admin_from_load_balancer" {
+  security_group_id            = aws_security_group.broker.id
+  referenced_security_group_id = aws_security_group.load_balancer.id
+  ip_protocol                  = "tcp"
+  from_port                    = var.admin_port
+  to_port                      = var.admin_port
+  description                  = "Health checks (/readyz) from the load balancer"
 }
 
 resource "aws_vpc_security_group_egress_rule" "broker_all" {
@@ -104,6 +134,7 @@ resource "aws_lb" "this" {
   load_balancer_type = "network"
   internal           = var.internal
   subnets            = var.subnet_ids
+  security_groups    = [aws_security_group.load_balancer.id]
   tags               = local.tags
 }
 
@@ -155,6 +186,6 @@ resource "aws_ecs_service" "broker" {
   health_check_grace_period_seconds  = 60
   deployment_minimum_healthy_percent = 100
   deployment_maximum_percent         = 200
-  depends_on                         = [aws_lb_listener.kafka, aws_db_instance.metadata]
+  depends_on                         = [aws_lb_listener.kafka, aws_secretsmanager_secret_version.metadata]
   tags                               = local.tags
 }

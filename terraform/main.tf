@@ -8,10 +8,6 @@
 
 data "aws_region" "current" {}
 
-data "aws_vpc" "this" {
-  id = var.vpc_id
-}
-
 locals {
   object_store = "s3://${module.bucket.name}/${var.bucket_prefix}?region=${data.aws_region.current.name}"
   tags         = merge({ "app" = "tributary" }, var.tags)
@@ -43,15 +39,13 @@ resource "aws_iam_role" "broker" {
 }
 
 data "aws_iam_policy_document" "broker" {
+  # ListBucket without a prefix condition: HeadBucket (the start-up check) and
+  # HEAD of a missing key (answered 404 instead of 403) need it, and the
+  # bucket is Tributary's alone.
   statement {
-    sid       = "ListOwnPrefix"
+    sid       = "ListBucket"
     actions   = ["s3:ListBucket"]
     resources = [module.bucket.arn]
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values   = ["${var.bucket_prefix}/*", var.bucket_prefix]
-    }
   }
   statement {
     sid = "ObjectsUnderOwnPrefix"

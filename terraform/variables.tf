@@ -15,7 +15,7 @@ variable "subnet_ids" {
 }
 
 variable "allowed_cidrs" {
-  description = "CIDR blocks allowed to reach the Kafka port (clients). Nothing else is exposed."
+  description = "CIDR blocks allowed to reach the Kafka port, on the load balancer and on the brokers (clients talk to both). The admin port is open to the load balancer only."
   type        = list(string)
 }
 

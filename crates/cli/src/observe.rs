@@ -63,6 +63,9 @@ impl Readiness {
         }
         // One probe at a time; callers in the meantime share its answer.
         let mut last = self.last.lock().await;
+        if self.draining.is_cancelled() {
+            return Err("shutting down".into());
+        }
         if let Some((at, answer)) = &*last {
             if at.elapsed() < PROBE_CACHE {
                 return answer.clone();

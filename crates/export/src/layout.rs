@@ -77,6 +77,71 @@ pub fn slots(from: i64, until: i64, per_file: i64) -> Vec<(i64, i64)> {
     out
 }
 
+/// What one slot needs, given the offset ranges of the files already at the
+/// destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotAction {
+    /// One file already holds every offset of the slot's range: write
+    /// nothing; `redundant` files lie inside that file (left by a run killed
+    /// before it removed them) and go.
+    Covered { redundant: Vec<(i64, i64)> },
+    /// Write `range`, then delete `replaced` (files inside it).
+    Write {
+        range: (i64, i64),
+        replaced: Vec<(i64, i64)>,
+    },
+}
+
+/// Decide the slot `first..=last` so that, whatever files earlier runs left
+/// (another `--from`/`--until`, retention since, a kill between writing a
+/// file and deleting what it replaces), the destination ends with every
+/// offset once: a file is only ever deleted when another file holds all its
+/// offsets, and a new file never overlaps a file that is kept.
+pub fn plan_slot(first: i64, last: i64, existing: &[(i64, i64)]) -> SlotAction {
+    let inside = |(a, b): (i64, i64), (lo, hi): (i64, i64)| a >= lo && b <= hi;
+    let covered = |holder: (i64, i64)| SlotAction::Covered {
+        redundant: existing
+            .iter()
+            .copied()
+            .filter(|&r| r != holder && inside(r, holder))
+            .collect(),
+    };
+    if let Some(&holder) = existing
+        .iter()
+        .filter(|&&(a, b)| a <= first && b >= last)
+        .max_by_key(|&&(a, b)| b - a)
+    {
+        return covered(holder);
+    }
+    // Files sticking out of the slot's range on one side are kept; the new
+    // file starts or ends where they do.
+    let (mut start, mut end) = (first, last);
+    for &(a, b) in existing {
+        if a < first && b >= first {
+            start = start.max(b + 1);
+        }
+        if b > last && a <= last {
+            end = end.min(a - 1);
+        }
+    }
+    if start > end {
+        return SlotAction::Covered {
+            redundant: Vec::new(),
+        };
+    }
+    if existing.contains(&(start, end)) {
+        return covered((start, end));
+    }
+    SlotAction::Write {
+        range: (start, end),
+        replaced: existing
+            .iter()
+            .copied()
+            .filter(|&r| inside(r, (start, end)))
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +159,44 @@ mod tests {
         );
         assert_eq!(parse_file_name("_checkpoint.json"), None);
         assert_eq!(parse_file_name("1-2.parquet"), None);
+    }
+
+    #[test]
+    fn slots_never_lose_or_duplicate_offsets() {
+        use SlotAction::*;
+        let write = |range, replaced: &[(i64, i64)]| Write {
+            range,
+            replaced: replaced.to_vec(),
+        };
+        let none = Covered { redundant: vec![] };
+        // Nothing there yet.
+        assert_eq!(plan_slot(100, 199, &[]), write((100, 199), &[]));
+        // Same file: skip.
+        assert_eq!(plan_slot(100, 199, &[(100, 199)]), none);
+        // Retention moved the log start, or --from/--until narrowed the
+        // range: the wider file already holds the records.
+        assert_eq!(plan_slot(150, 199, &[(100, 199)]), none);
+        assert_eq!(plan_slot(100, 149, &[(100, 199)]), none);
+        // The tail of an earlier run is replaced by the full slot.
+        assert_eq!(
+            plan_slot(100, 199, &[(100, 149)]),
+            write((100, 199), &[(100, 149)])
+        );
+        assert_eq!(
+            plan_slot(100, 199, &[(100, 149), (150, 199)]),
+            write((100, 199), &[(100, 149), (150, 199)])
+        );
+        // Killed after writing the full slot, before deleting the tail.
+        assert_eq!(
+            plan_slot(100, 199, &[(100, 149), (100, 199)]),
+            Covered {
+                redundant: vec![(100, 149)]
+            }
+        );
+        // A kept file sticking out on one side trims the new file.
+        assert_eq!(plan_slot(100, 179, &[(150, 199)]), write((100, 149), &[]));
+        assert_eq!(plan_slot(120, 199, &[(100, 129)]), write((130, 199), &[]));
+        assert_eq!(plan_slot(120, 179, &[(100, 149), (150, 199)]), none);
     }
 
     #[test]

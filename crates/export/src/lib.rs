@@ -42,8 +42,8 @@ use tributary_storage::{keys, Fetcher, ReadCache};
 
 use arrow_schema::SchemaRef;
 use layout::{
-    checkpoint_path, errors_path, file_path, parse_file_name, partition_dir, slots,
-    value_schema_path, Checkpoint,
+    checkpoint_path, errors_path, file_path, parse_file_name, partition_dir, plan_slot, slots,
+    value_schema_path, Checkpoint, SlotAction,
 };
 use rows::{Columns, Rejected, Row};
 pub use rows::{KeyFormat, ValueFormat};
@@ -464,42 +464,43 @@ impl Exporter {
                 path: dir.to_string(),
                 source,
             })?;
+        let ranges: Vec<(i64, i64)> = existing.keys().copied().collect();
         for (first, last) in slots(plan.from, plan.until, opts.max_rows_per_file) {
             let records = u64::try_from(last - first + 1).unwrap_or(0);
-            if existing.contains_key(&(first, last)) {
-                summary.files_skipped += 1;
-                progress(records, 0);
-                continue;
+            let (written_range, remove) = match plan_slot(first, last, &ranges) {
+                SlotAction::Covered { redundant } => {
+                    summary.files_skipped += 1;
+                    progress(records, 0);
+                    (None, redundant)
+                }
+                SlotAction::Write { range, replaced } => (Some(range), replaced),
+            };
+            if let Some((a, b)) = written_range {
+                let (rows, rejected, read, written) = self
+                    .write_file(topic, opts, value_format, plan.partition, a, b, progress)
+                    .await?;
+                summary.records += rows;
+                summary.rejected += rejected;
+                summary.source_bytes += read;
+                summary.output_bytes += written;
+                summary.files_written += 1;
+                // Offsets of the slot held by kept files were not read.
+                progress(
+                    records.saturating_sub(u64::try_from(b - a + 1).unwrap_or(0)),
+                    0,
+                );
             }
-            let (rows, rejected, read, written) = self
-                .write_file(
-                    topic,
-                    opts,
-                    value_format,
-                    plan.partition,
-                    first,
-                    last,
-                    progress,
-                )
-                .await?;
-            summary.records += rows;
-            summary.rejected += rejected;
-            summary.source_bytes += read;
-            summary.output_bytes += written;
-            summary.files_written += 1;
-            // Earlier files this one covers (the partial tail of an earlier
-            // run) go now that their records are in the new file.
-            for ((a, b), path) in &existing {
-                if *a <= last && *b >= first && (*a, *b) != (first, last) {
-                    self.dest
-                        .delete(path)
-                        .await
-                        .map_err(|source| ExportError::Destination {
-                            path: path.to_string(),
-                            source,
-                        })?;
-                    self.delete_if_present(&errors_path(&topic.name, plan.partition, *a, *b))
-                        .await?;
+            // Only files whose every offset another file holds go.
+            for range in remove {
+                if let Some(path) = existing.get(&range) {
+                    self.delete_if_present(path).await?;
+                    self.delete_if_present(&errors_path(
+                        &topic.name,
+                        plan.partition,
+                        range.0,
+                        range.1,
+                    ))
+                    .await?;
                     summary.files_replaced += 1;
                 }
             }
@@ -705,8 +706,16 @@ impl Exporter {
         let mut checkpoint = self.read_checkpoint(topic).await?;
         checkpoint.topic = topic.to_owned();
         for plan in plans {
-            let next = checkpoint.next_offsets.entry(plan.partition).or_insert(0);
-            *next = (*next).max(plan.until);
+            // Only a run that continues from the checkpoint (or starts the
+            // partition's first export) moves it: a one-off export further
+            // on must not make `--incremental` skip what lies between.
+            match checkpoint.next_offsets.get_mut(&plan.partition) {
+                Some(next) if plan.from <= *next => *next = (*next).max(plan.until),
+                Some(_) => {}
+                None => {
+                    checkpoint.next_offsets.insert(plan.partition, plan.until);
+                }
+            }
         }
         let path = checkpoint_path(topic);
         let body = serde_json::to_vec_pretty(&checkpoint).map_err(|e| ExportError::Checkpoint {

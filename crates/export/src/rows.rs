@@ -357,7 +357,14 @@ fn decode_json(
                 parts.push(b);
                 mask.push(true);
             }
-            Ok(None) => mask.push(false),
+            Ok(None) => {
+                mask.push(false);
+                rejected.push(Rejected {
+                    offset: *offset,
+                    reason: "value decoded to no row".to_owned(),
+                    value: raw.clone(),
+                });
+            }
             Err(e) => {
                 mask.push(false);
                 rejected.push(Rejected {
