@@ -400,13 +400,7 @@ impl Exporter {
             }
         };
         let body = serde_json::to_vec_pretty(schema.as_ref()).map_err(|e| err(e.to_string()))?;
-        self.dest
-            .put(&path, PutPayload::from(body))
-            .await
-            .map_err(|source| ExportError::Destination {
-                path: path.to_string(),
-                source,
-            })?;
+        self.put_dest(&path, body).await?;
         Ok(ValueFormat::Json(schema))
     }
 
@@ -506,6 +500,18 @@ impl Exporter {
             }
         }
         Ok(())
+    }
+
+    /// One whole object at the destination (a single PUT).
+    async fn put_dest(&self, path: &Path, body: Vec<u8>) -> Result<(), ExportError> {
+        self.dest
+            .put(path, PutPayload::from(body))
+            .await
+            .map(|_| ())
+            .map_err(|source| ExportError::Destination {
+                path: path.to_string(),
+                source,
+            })
     }
 
     async fn delete_if_present(&self, path: &Path) -> Result<(), ExportError> {
@@ -626,13 +632,7 @@ impl Exporter {
             body.push(b'\n');
         }
         warn!(path = %path, records = rejected.len(), "records did not fit the value schema");
-        self.dest
-            .put(&path, PutPayload::from(body))
-            .await
-            .map_err(|source| ExportError::Destination {
-                path: path.to_string(),
-                source,
-            })?;
+        self.put_dest(&path, body).await?;
         Ok(())
     }
 
@@ -722,13 +722,7 @@ impl Exporter {
             path: path.to_string(),
             reason: e.to_string(),
         })?;
-        self.dest
-            .put(&path, PutPayload::from(body))
-            .await
-            .map_err(|source| ExportError::Destination {
-                path: path.to_string(),
-                source,
-            })?;
+        self.put_dest(&path, body).await?;
         Ok(())
     }
 }
