@@ -139,6 +139,7 @@ async fn run_request(
     let broker = broker.clone();
     match request {
         RequestKind::Produce(req) => {
+            let started = std::time::Instant::now();
             // The task yields the still-pending second phase on purpose.
             #[allow(clippy::async_yields_async)]
             let queued = tokio::spawn(
@@ -149,8 +150,12 @@ async fn run_request(
             match queued {
                 Ok(pending) => {
                     tokio::spawn(
-                        async move { reply(pending.await.map(ResponseKind::Produce)) }
-                            .instrument(span),
+                        async move {
+                            let resp = pending.await;
+                            router::observe("Produce", started);
+                            reply(resp.map(ResponseKind::Produce))
+                        }
+                        .instrument(span),
                     );
                     true
                 }

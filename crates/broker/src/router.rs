@@ -90,6 +90,45 @@ pub async fn handle(
     request: RequestKind,
     version: i16,
 ) -> Option<ResponseKind> {
+    let api = api_name(&request);
+    let started = std::time::Instant::now();
+    let resp = handle_inner(broker, ctx, request, version).await;
+    observe(api, started);
+    resp
+}
+
+/// Count one answered request of `api` and its time since `started`.
+pub fn observe(api: &'static str, started: std::time::Instant) {
+    metrics::counter!("tributary_requests_total", "api" => api).increment(1);
+    metrics::histogram!("tributary_request_duration_seconds", "api" => api)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// The API's name in metrics (`Produce`, `Fetch`, ...).
+fn api_name(request: &RequestKind) -> &'static str {
+    match request {
+        RequestKind::Produce(_) => "Produce",
+        RequestKind::Fetch(_) => "Fetch",
+        RequestKind::ListOffsets(_) => "ListOffsets",
+        RequestKind::Metadata(_) => "Metadata",
+        RequestKind::ApiVersions(_) => "ApiVersions",
+        RequestKind::OffsetCommit(_) => "OffsetCommit",
+        RequestKind::OffsetFetch(_) => "OffsetFetch",
+        RequestKind::FindCoordinator(_) => "FindCoordinator",
+        RequestKind::JoinGroup(_) => "JoinGroup",
+        RequestKind::SyncGroup(_) => "SyncGroup",
+        RequestKind::Heartbeat(_) => "Heartbeat",
+        RequestKind::LeaveGroup(_) => "LeaveGroup",
+        _ => "Other",
+    }
+}
+
+async fn handle_inner(
+    broker: &Broker,
+    ctx: &RequestContext,
+    request: RequestKind,
+    version: i16,
+) -> Option<ResponseKind> {
     let g = &broker.groups;
     let resp = match request {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions()),

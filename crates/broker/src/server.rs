@@ -36,7 +36,9 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Futu
                 let broker = broker.clone();
                 let cancel = cancel.clone();
                 tracker.spawn(async move {
+                    metrics::gauge!("tributary_connections").increment(1.0);
                     connection::serve(stream, peer, broker, cancel).await;
+                    metrics::gauge!("tributary_connections").decrement(1.0);
                     drop(permit);
                 });
             }

@@ -95,7 +95,26 @@ impl Readiness {
 /// Serve `/metrics`, `/healthz` and `/readyz` on `addr` until the process
 /// ends. Installs the Prometheus recorder.
 pub async fn serve_admin(addr: SocketAddr, ready: Arc<Readiness>) -> anyhow::Result<()> {
+    // Histograms with buckets (request and commit latency in seconds, flush
+    // sizes in bytes) rather than client-side summaries.
+    let seconds = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    let bytes = [
+        1024.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 8388608.0, 16777216.0, 67108864.0,
+    ];
     let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &seconds,
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_bytes".into()),
+                &bytes,
+            )
+        })
+        .context("histogram buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     let listener = TcpListener::bind(addr)

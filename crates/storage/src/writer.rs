@@ -298,6 +298,8 @@ async fn seal(
     let built = open.builder.finish();
     let key = keys::new_segment_key(now_ms());
     let size = built.bytes.len() as u64;
+    metrics::counter!("tributary_segment_flushes_total").increment(1);
+    metrics::histogram!("tributary_segment_flush_bytes").record(size as f64);
     let locations = built
         .batches
         .iter()
@@ -449,7 +451,10 @@ async fn commit_with_retry(
     let mut attempt = 0;
     loop {
         attempt += 1;
+        let started = std::time::Instant::now();
         let mut result = meta.commit_segment(commit).await;
+        metrics::histogram!("tributary_metadata_commit_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         if result.is_ok()
             && config.inject_commit_lost > 0.0
             && rand::random::<f64>() < config.inject_commit_lost

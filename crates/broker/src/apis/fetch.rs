@@ -106,6 +106,10 @@ async fn read_all(broker: &Broker, req: &FetchRequest) -> (FetchResponse, i64, b
             {
                 Ok(read) => {
                     let n = read.records.len() as i64;
+                    if n > 0 {
+                        metrics::counter!("tributary_fetch_bytes_total", "topic" => name.to_owned())
+                            .increment(n as u64);
+                    }
                     total += n;
                     budget -= n;
                     parts.push(

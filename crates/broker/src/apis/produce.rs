@@ -30,6 +30,8 @@ enum Slot {
         index: i32,
         rx: AppendReceiver,
         log_append_time: Option<i64>,
+        /// (records, bytes) of each batch, for the per-topic counters.
+        sizes: Vec<(u64, u64)>,
     },
 }
 
@@ -99,9 +101,13 @@ pub async fn submit(broker: &Broker, req: ProduceRequest, _version: i16) -> Pend
                         index,
                         rx,
                         log_append_time,
+                        sizes,
                     } => match rx.await {
-                        Ok(Ok(outcomes)) => outcome_response(index, &outcomes)
-                            .with_log_append_time_ms(log_append_time.unwrap_or(-1)),
+                        Ok(Ok(outcomes)) => {
+                            count_appended(name.0.as_str(), &outcomes, &sizes);
+                            outcome_response(index, &outcomes)
+                                .with_log_append_time_ms(log_append_time.unwrap_or(-1))
+                        }
                         Ok(Err(e)) => error_response(index, write_error_code(&e), &e.to_string()),
                         Err(_) => {
                             let e = WriteError::ShuttingDown;
@@ -121,6 +127,24 @@ pub async fn submit(broker: &Broker, req: ProduceRequest, _version: i16) -> Pend
         }
         Some(ProduceResponse::default().with_responses(responses))
     })
+}
+
+/// Per-topic counters of what was appended (duplicates and rejected batches
+/// are not counted).
+fn count_appended(topic: &str, outcomes: &[BatchOutcome], sizes: &[(u64, u64)]) {
+    let (mut records, mut bytes) = (0u64, 0u64);
+    for (o, (r, b)) in outcomes.iter().zip(sizes) {
+        if matches!(o, BatchOutcome::Appended { .. }) {
+            records += r;
+            bytes += b;
+        }
+    }
+    if records > 0 {
+        let topic = topic.to_owned();
+        metrics::counter!("tributary_produce_records_total", "topic" => topic.clone())
+            .increment(records);
+        metrics::counter!("tributary_produce_bytes_total", "topic" => topic).increment(bytes);
+    }
 }
 
 fn error_response(index: i32, code: i16, message: &str) -> PartitionProduceResponse {
@@ -148,11 +172,21 @@ async fn submit_partition(
                 }
                 return Slot::Ready(error_response(index, 0, ""));
             }
+            let sizes = append
+                .iter()
+                .map(|a| {
+                    (
+                        u64::try_from(a.record_count).unwrap_or(0),
+                        a.bytes.len() as u64,
+                    )
+                })
+                .collect();
             match broker.writer.submit(topic.id, index, append).await {
                 Ok(rx) => Slot::Waiting {
                     index,
                     rx,
                     log_append_time,
+                    sizes,
                 },
                 Err(e) => Slot::Ready(error_response(index, write_error_code(&e), &e.to_string())),
             }
