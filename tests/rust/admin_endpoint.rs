@@ -158,3 +158,28 @@ async fn metrics_move_with_traffic() -> Result<()> {
     })
     .await
 }
+
+/// `--log-format json`: every log line is one JSON object with a level and
+/// the message.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs() -> Result<()> {
+    let broker = start_broker_local(&["--log-format", "json"])?;
+    run_test(&broker, async {
+        let logs = broker.logs();
+        let lines: Vec<&str> = logs.lines().filter(|l| !l.starts_with("=====")).collect();
+        anyhow::ensure!(!lines.is_empty(), "no log lines");
+        for line in &lines {
+            let v: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
+            anyhow::ensure!(v["level"].is_string(), "{line}");
+        }
+        anyhow::ensure!(
+            lines
+                .iter()
+                .any(|l| l.contains("\"message\":\"tributary broker started\"")),
+            "{logs}"
+        );
+        Ok(())
+    })
+    .await
+}
