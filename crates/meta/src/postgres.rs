@@ -514,6 +514,19 @@ impl PostgresStore {
         }
     }
 
+    /// The first column of a parameterless query, as text.
+    async fn text_column(&self, op: &'static str, sql: &'static str) -> Result<Vec<String>> {
+        self.run(op, move || async move {
+            let client = self.client().await?;
+            query(&client, sql, &[])
+                .await?
+                .iter()
+                .map(|r| Ok(r.try_get(0)?))
+                .collect()
+        })
+        .await
+    }
+
     pub(crate) async fn client(&self) -> Step<Object> {
         Ok(self.pool.get().await?)
     }
@@ -1538,18 +1551,10 @@ impl LogStore for PostgresStore {
     }
 
     async fn list_segments(&self) -> Result<Vec<String>> {
-        self.run("list_segments", move || async move {
-            let client = self.client().await?;
-            query(
-                &client,
-                "SELECT key FROM segments WHERE dead_since_ms IS NULL ORDER BY key",
-                &[],
-            )
-            .await?
-            .iter()
-            .map(|r| Ok(r.try_get(0)?))
-            .collect()
-        })
+        self.text_column(
+            "list_segments",
+            "SELECT key FROM segments WHERE dead_since_ms IS NULL ORDER BY key",
+        )
         .await
     }
 }
@@ -1699,18 +1704,10 @@ impl GroupStore for PostgresStore {
     }
 
     async fn list_groups(&self) -> Result<Vec<String>> {
-        self.run("list_groups", move || async move {
-            let client = self.client().await?;
-            query(
-                &client,
-                "SELECT DISTINCT group_id FROM group_offsets ORDER BY group_id",
-                &[],
-            )
-            .await?
-            .iter()
-            .map(|r| Ok(r.try_get(0)?))
-            .collect()
-        })
+        self.text_column(
+            "list_groups",
+            "SELECT DISTINCT group_id FROM group_offsets ORDER BY group_id",
+        )
         .await
     }
 
