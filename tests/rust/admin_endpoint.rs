@@ -136,9 +136,11 @@ async fn metrics_move_with_traffic() -> Result<()> {
             r#"tributary_requests_total{api="Produce"}"#,
             r#"tributary_produce_bytes_total{topic="metered"}"#,
             "tributary_connections",
-            "tributary_segment_flushes_total",
+            r#"tributary_segment_flushes_total{reason="interval"}"#,
+            "tributary_segment_flush_bytes_count",
             "tributary_metadata_commit_duration_seconds_count",
             r#"tributary_request_duration_seconds_count{api="Produce"}"#,
+            r#"tributary_object_store_request_duration_seconds_count{op="put"}"#,
         ] {
             let v = series(&page, name).with_context(|| format!("{name} missing"))?;
             anyhow::ensure!(v > 0.0, "{name} = {v}");
@@ -154,6 +156,58 @@ async fn metrics_move_with_traffic() -> Result<()> {
         let produced = series(&page, r#"tributary_produce_bytes_total{topic="metered"}"#)
             .context("produce bytes missing")?;
         anyhow::ensure!(fetched >= produced, "fetched {fetched} of {produced} bytes");
+        let fetched = series(&page, r#"tributary_fetch_records_total{topic="metered"}"#)
+            .context("fetch records missing")?;
+        anyhow::ensure!(fetched >= 500.0, "fetched {fetched} records");
+
+        // A group that committed offset 1 on every partition lags by all
+        // but 3 of the records (the reporter measures every 10 s).
+        let lagging = consumer(&bootstrap, "metered-lagging", &[])?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..3 {
+            tpl.add_partition_offset("metered", p, rdkafka::Offset::Offset(1))?;
+        }
+        tokio::task::block_in_place(|| lagging.commit(&tpl, rdkafka::consumer::CommitMode::Sync))?;
+        let lag = wait_for("consumer-group lag", Duration::from_secs(30), || {
+            let (_, page) = get(admin, "/metrics")?;
+            let parts: Vec<f64> = (0..3)
+                .filter_map(|p| {
+                    let labels =
+                        format!(r#"group="metered-lagging",topic="metered",partition="{p}""#);
+                    series(&page, &format!("tributary_consumer_group_lag{{{labels}}}"))
+                })
+                .collect();
+            Ok(if parts.len() == 3 {
+                Ok(parts.iter().sum::<f64>())
+            } else {
+                Err(page.len())
+            })
+        })
+        .await?;
+        anyhow::ensure!(lag == 497.0, "lag {lag}, expected 497");
+
+        // A second flush gives the interval between flushes; memory and the
+        // cache are reported.
+        produce_all(
+            &p,
+            "metered",
+            (0..10).map(|i| Out {
+                key: format!("late{i}"),
+                value: "v".into(),
+                ..Out::default()
+            }),
+        )
+        .await?;
+        let (_, page) = get(admin, "/metrics")?;
+        for name in [
+            "tributary_segment_flush_interval_seconds_count",
+            "process_resident_memory_bytes",
+            "tributary_process_peak_resident_memory_bytes",
+            "tributary_read_cache_size_bytes",
+        ] {
+            let v = series(&page, name).with_context(|| format!("{name} missing"))?;
+            anyhow::ensure!(v > 0.0, "{name} = {v}");
+        }
         Ok(())
     })
     .await

@@ -122,9 +122,10 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
     let fetcher = Fetcher::new(meta.clone(), cache.clone());
     let maintenance_stop = CancellationToken::new();
     let draining = CancellationToken::new();
+    let lag = observe::GroupLag::default();
     if let Some(addr) = settings.metrics_listen {
         let ready = observe::Readiness::new(meta.clone(), store.clone(), draining.clone());
-        observe::serve_admin(addr, ready).await?;
+        observe::serve_admin(addr, ready, lag.clone()).await?;
         observe::spawn_publisher(
             opened.metrics.clone(),
             cache.clone(),
@@ -188,6 +189,15 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
     let heartbeats = cluster.spawn(maintenance_stop.clone());
     let remote_commits =
         follow_remote_commits(&*meta, watermarks.clone(), maintenance_stop.clone());
+    if settings.metrics_listen.is_some() {
+        let cluster = cluster.clone();
+        observe::spawn_lag_reporter(
+            meta.clone(),
+            move |group: &str| cluster.is_coordinator(group),
+            lag,
+            maintenance_stop.clone(),
+        );
+    }
     let broker = Broker::new(broker_config, meta, writer, fetcher, watermarks, cluster);
     let stop = async {
         shutdown_signal().await;

@@ -94,7 +94,11 @@ impl Readiness {
 
 /// Serve `/metrics`, `/healthz` and `/readyz` on `addr` until the process
 /// ends. Installs the Prometheus recorder.
-pub async fn serve_admin(addr: SocketAddr, ready: Arc<Readiness>) -> anyhow::Result<()> {
+pub async fn serve_admin(
+    addr: SocketAddr,
+    ready: Arc<Readiness>,
+    lag: GroupLag,
+) -> anyhow::Result<()> {
     // Histograms with buckets (request and commit latency in seconds, flush
     // sizes in bytes) rather than client-side summaries.
     let seconds = [
@@ -130,11 +134,11 @@ pub async fn serve_admin(addr: SocketAddr, ready: Arc<Readiness>) -> anyhow::Res
                     continue;
                 }
             };
-            let (ready, prometheus) = (ready.clone(), prometheus.clone());
+            let (ready, prometheus, lag) = (ready.clone(), prometheus.clone(), lag.clone());
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
-                    let (ready, prometheus) = (ready.clone(), prometheus.clone());
-                    async move { Ok::<_, Infallible>(answer(req, &ready, &prometheus).await) }
+                    let (ready, prometheus, lag) = (ready.clone(), prometheus.clone(), lag.clone());
+                    async move { Ok::<_, Infallible>(answer(req, &ready, &prometheus, &lag).await) }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -153,9 +157,10 @@ async fn answer<B>(
     req: Request<B>,
     ready: &Readiness,
     prometheus: &PrometheusHandle,
+    lag: &GroupLag,
 ) -> Response<Full<Bytes>> {
     let (status, body) = match (req.method().as_str(), req.uri().path()) {
-        ("GET", "/metrics") => (StatusCode::OK, prometheus.render()),
+        ("GET", "/metrics") => (StatusCode::OK, prometheus.render() + &lag.text()),
         ("GET", "/healthz") => (StatusCode::OK, "ok\n".to_owned()),
         ("GET", "/readyz") => match ready.check().await {
             Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
@@ -198,17 +203,131 @@ fn publish(store: &MetricsHandle, cache: &ReadCache) {
         counter!("tributary_object_store_requests_total", "op" => name).absolute(s.requests);
         counter!("tributary_object_store_errors_total", "op" => name).absolute(s.errors);
         counter!("tributary_object_store_bytes_total", "op" => name).absolute(s.bytes);
-        if let Some(p) = s.p50() {
-            gauge!("tributary_object_store_latency_p50_seconds", "op" => name).set(p.as_secs_f64());
-        }
-        if let Some(p) = s.p99() {
-            gauge!("tributary_object_store_latency_p99_seconds", "op" => name).set(p.as_secs_f64());
-        }
     }
     let c = cache.stats();
     counter!("tributary_read_cache_hits_total").absolute(c.hits);
     counter!("tributary_read_cache_misses_total").absolute(c.misses);
     counter!("tributary_read_cache_gets_total").absolute(c.gets);
+    gauge!("tributary_read_cache_size_bytes").set(cache.weighted_size() as f64);
+    if let Some((rss, peak)) = memory() {
+        gauge!("process_resident_memory_bytes").set(rss as f64);
+        gauge!("tributary_process_peak_resident_memory_bytes").set(peak as f64);
+    }
+}
+
+/// Resident set size and its peak (VmRSS, VmHWM) in bytes, on Linux.
+fn memory() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// The latest consumer-group lag, rendered as Prometheus text and appended
+/// to `/metrics`. Kept outside the `metrics` registry so that partitions and
+/// groups that go away (deleted, or now coordinated by another broker)
+/// disappear from the page instead of repeating their last value.
+#[derive(Clone, Default)]
+pub struct GroupLag(Arc<std::sync::Mutex<String>>);
+
+impl GroupLag {
+    fn text(&self) -> String {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// How often consumer-group lag is measured.
+const LAG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Measure the lag of the groups this broker coordinates every
+/// [`LAG_INTERVAL`] until `stop`: per committed partition, the high
+/// watermark minus the committed offset.
+pub fn spawn_lag_reporter(
+    meta: Arc<dyn MetadataStore>,
+    mine: impl Fn(&str) -> bool + Send + Sync + 'static,
+    lag: GroupLag,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match measure_lag(&*meta, &mine).await {
+                Ok(text) => {
+                    if let Ok(mut slot) = lag.0.lock() {
+                        *slot = text;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "consumer-group lag not measured"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(LAG_INTERVAL) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    })
+}
+
+async fn measure_lag(
+    meta: &dyn MetadataStore,
+    mine: &(impl Fn(&str) -> bool + Sync),
+) -> Result<String, tributary_meta::MetaError> {
+    use std::fmt::Write;
+    let mut topics = std::collections::HashMap::new();
+    let mut lag = String::new();
+    let mut committed = String::new();
+    for group in meta.list_groups().await? {
+        if !mine(&group) {
+            continue;
+        }
+        for o in meta.fetch_offsets(&group, None).await? {
+            if !topics.contains_key(&o.topic) {
+                let id = meta.get_topic(&o.topic).await?.map(|t| t.id);
+                topics.insert(o.topic.clone(), id);
+            }
+            // Offsets of deleted topics are not lag.
+            let Some(Some(id)) = topics.get(&o.topic) else {
+                continue;
+            };
+            let Ok(offsets) = meta.partition_offsets(*id, o.partition).await else {
+                continue;
+            };
+            let labels = format!(
+                "group=\"{}\",topic=\"{}\",partition=\"{}\"",
+                escape_label(&group),
+                escape_label(&o.topic),
+                o.partition
+            );
+            let behind = (offsets.next_offset - o.offset.max(offsets.log_start_offset)).max(0);
+            let _ = writeln!(lag, "tributary_consumer_group_lag{{{labels}}} {behind}");
+            let _ = writeln!(
+                committed,
+                "tributary_consumer_group_committed_offset{{{labels}}} {}",
+                o.offset
+            );
+        }
+    }
+    let mut text = String::new();
+    if !lag.is_empty() {
+        text.push_str("# HELP tributary_consumer_group_lag Records between a group's committed offset and the partition's high watermark.\n# TYPE tributary_consumer_group_lag gauge\n");
+        text.push_str(&lag);
+        text.push_str("# HELP tributary_consumer_group_committed_offset A group's committed offset.\n# TYPE tributary_consumer_group_committed_offset gauge\n");
+        text.push_str(&committed);
+    }
+    Ok(text)
+}
+
+/// Escape a Prometheus label value (backslash, double quote, newline).
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// One log line with the totals (also used by `scripts/bench.sh`).

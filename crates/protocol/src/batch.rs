@@ -231,6 +231,23 @@ pub fn parse_header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     Ok(parsed)
 }
 
+/// Records in a concatenation of batches (a fetch response's `records`),
+/// from each batch header's `recordCount`. Stops at the first header that
+/// does not parse or a batch that runs past the end (a fetch may end with a
+/// partial batch), counting only whole batches.
+pub fn count_records(mut records: &[u8]) -> u64 {
+    let mut n = 0u64;
+    while let Ok(h) = parse_header(records) {
+        let len = h.total_len();
+        if len > records.len() {
+            break;
+        }
+        n += u64::try_from(h.record_count).unwrap_or(0);
+        records = &records[len..];
+    }
+    n
+}
+
 /// How much checking [`split`] does per batch.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Trust {
@@ -470,6 +487,18 @@ mod tests {
     fn fix_crc(batch: &mut [u8]) {
         let crc = crc32c(&batch[CRC_START..]);
         batch[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    #[test]
+    fn count_records_counts_whole_batches_only() {
+        let a = encode(0, &[1, 2, 3], Compression::None);
+        let b = encode(3, &[4, 5], Compression::Lz4);
+        let both = concat(&[&a, &b]);
+        assert_eq!(count_records(&both), 5);
+        // A fetch response may end inside a batch: that batch is not counted.
+        assert_eq!(count_records(&both[..both.len() - 1]), 3);
+        assert_eq!(count_records(&both[..10]), 0);
+        assert_eq!(count_records(&[]), 0);
     }
 
     #[test]

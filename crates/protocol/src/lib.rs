@@ -8,6 +8,6 @@
 pub mod batch;
 
 pub use batch::{
-    crc32c, first_offset_at_or_after_timestamp, parse_header, set_base_offset, split_batches,
-    split_stored_batches, BatchError, BatchHeader, BatchView,
+    count_records, crc32c, first_offset_at_or_after_timestamp, parse_header, set_base_offset,
+    split_batches, split_stored_batches, BatchError, BatchHeader, BatchView,
 };

@@ -71,6 +71,12 @@ impl ReadCache {
         }
     }
 
+    /// Bytes held in the cache now (moka's weighted size; approximate while
+    /// inserts and evictions are pending).
+    pub fn weighted_size(&self) -> u64 {
+        self.blocks.weighted_size()
+    }
+
     /// Insert a whole object this broker just wrote.
     pub async fn insert_object(&self, key: &str, bytes: &Bytes) {
         let key: Arc<str> = Arc::from(key);

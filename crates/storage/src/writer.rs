@@ -228,13 +228,14 @@ async fn batcher(
     config: WriterConfig,
 ) {
     let mut open: Option<Open> = None;
+    let mut last_seal: Option<Instant> = None;
     loop {
         let deadline = open.as_ref().map(|o| o.deadline);
         let msg = tokio::select! {
             msg = rx.recv() => msg,
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 if let Some(o) = open.take() {
-                    seal(o, &sealed_tx, &store, &cache, &config).await;
+                    seal(o, "interval", &mut last_seal, &sealed_tx, &store, &cache, &config).await;
                 }
                 continue;
             }
@@ -279,17 +280,40 @@ async fn batcher(
         }
         if o.builder.estimated_size() >= config.max_segment_bytes {
             if let Some(o) = open.take() {
-                seal(o, &sealed_tx, &store, &cache, &config).await;
+                seal(
+                    o,
+                    "size",
+                    &mut last_seal,
+                    &sealed_tx,
+                    &store,
+                    &cache,
+                    &config,
+                )
+                .await;
             }
         }
     }
     if let Some(o) = open.take() {
-        seal(o, &sealed_tx, &store, &cache, &config).await;
+        seal(
+            o,
+            "shutdown",
+            &mut last_seal,
+            &sealed_tx,
+            &store,
+            &cache,
+            &config,
+        )
+        .await;
     }
 }
 
+/// Close the open segment and hand it to an upload task. `reason` (the
+/// flush interval ran out, the size limit was reached, or shutdown) labels
+/// the flush counter; `last_seal` gives the time between flushes.
 async fn seal(
     open: Open,
+    reason: &'static str,
+    last_seal: &mut Option<Instant>,
     sealed_tx: &mpsc::Sender<Sealed>,
     store: &Arc<dyn ObjectStore>,
     cache: &ReadCache,
@@ -298,8 +322,13 @@ async fn seal(
     let built = open.builder.finish();
     let key = keys::new_segment_key(now_ms());
     let size = built.bytes.len() as u64;
-    metrics::counter!("tributary_segment_flushes_total").increment(1);
+    metrics::counter!("tributary_segment_flushes_total", "reason" => reason).increment(1);
     metrics::histogram!("tributary_segment_flush_bytes").record(size as f64);
+    let now = Instant::now();
+    if let Some(last) = last_seal.replace(now) {
+        metrics::histogram!("tributary_segment_flush_interval_seconds")
+            .record(now.duration_since(last).as_secs_f64());
+    }
     let locations = built
         .batches
         .iter()

@@ -109,6 +109,8 @@ async fn read_all(broker: &Broker, req: &FetchRequest) -> (FetchResponse, i64, b
                     if n > 0 {
                         metrics::counter!("tributary_fetch_bytes_total", "topic" => name.to_owned())
                             .increment(n as u64);
+                        metrics::counter!("tributary_fetch_records_total", "topic" => name.to_owned())
+                            .increment(tributary_protocol::count_records(&read.records));
                     }
                     total += n;
                     budget -= n;

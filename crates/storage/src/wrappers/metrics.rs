@@ -141,7 +141,11 @@ struct OpCounters {
 }
 
 impl OpCounters {
-    fn record_latency(&self, latency: Duration) {
+    fn record_latency(&self, op: Op, latency: Duration) {
+        // Also to the process's metrics recorder (a Prometheus histogram
+        // when the admin endpoint is on; a no-op otherwise).
+        metrics::histogram!("tributary_object_store_request_duration_seconds", "op" => op.name())
+            .record(latency.as_secs_f64());
         let us = micros(latency);
         let bucket = LATENCY_BUCKETS
             .iter()
@@ -237,7 +241,7 @@ impl Call {
     fn finish<T>(mut self, result: &Result<T>, bytes: impl FnOnce(&T) -> u64) {
         self.finished = true;
         let counters = self.metrics.counters(self.op);
-        counters.record_latency(self.started.elapsed());
+        counters.record_latency(self.op, self.started.elapsed());
         match result {
             Ok(value) => {
                 counters.bytes.fetch_add(bytes(value), Ordering::Relaxed);
@@ -277,7 +281,7 @@ impl ListCall {
 impl Drop for ListCall {
     fn drop(&mut self) {
         let counters = self.metrics.counters(Op::List);
-        counters.record_latency(self.started.elapsed());
+        counters.record_latency(Op::List, self.started.elapsed());
         if self.failed {
             counters.errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -548,7 +552,7 @@ impl ObjectStore for MetricsStore {
                 let counters = metrics.counters(Op::Delete);
                 let now = Instant::now();
                 counters.requests.fetch_add(1, Ordering::Relaxed);
-                counters.record_latency(now.duration_since(last));
+                counters.record_latency(Op::Delete, now.duration_since(last));
                 last = now;
                 if result.is_err() {
                     counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -640,10 +644,10 @@ mod tests {
     fn quantiles_from_buckets() {
         let counters = OpCounters::default();
         for _ in 0..98 {
-            counters.record_latency(Duration::from_millis(3));
+            counters.record_latency(Op::Get, Duration::from_millis(3));
         }
-        counters.record_latency(Duration::from_millis(40));
-        counters.record_latency(Duration::from_millis(700));
+        counters.record_latency(Op::Get, Duration::from_millis(40));
+        counters.record_latency(Op::Get, Duration::from_millis(700));
         let snap = counters.snapshot();
         assert_eq!(snap.latency.count(), 100);
         assert_eq!(snap.p50(), Some(Duration::from_millis(5)));
@@ -656,7 +660,7 @@ mod tests {
     #[test]
     fn overflow_bucket_reports_max() {
         let counters = OpCounters::default();
-        counters.record_latency(Duration::from_secs(45));
+        counters.record_latency(Op::Get, Duration::from_secs(45));
         let snap = counters.snapshot();
         assert_eq!(snap.latency.counts[BUCKETS - 1], 1);
         assert_eq!(snap.p99(), Some(Duration::from_secs(45)));
