@@ -1,51 +1,75 @@
 #!/usr/bin/env bash
-# Benchmark: start a release broker on a fresh temp data dir, run the
-# librdkafka load generator (benches/loadgen.rs) against it, print a Markdown
-# table. Object-store requests per GiB and cache hit ratios come from the
-# broker's Prometheus endpoint.
+# Benchmark: start release brokers on fresh stores, run the librdkafka load
+# generator (benches/loadgen.rs) against them, print a Markdown table.
+# Object-store requests per GiB, cache hit ratios and broker peak RSS come
+# from the brokers' Prometheus endpoints.
 #
-#   ./scripts/bench.sh [loadgen flags...]          # file:// store + SQLite (the embedded default)
-#   ./scripts/bench.sh --s3 [loadgen flags...]     # a local S3 server (moto) + SQLite
-#   ./scripts/bench.sh --brokers 3 [...]           # 3 brokers sharing a throwaway PostgreSQL
-#                                                  # (--postgres: one broker on PostgreSQL)
+#   ./scripts/bench.sh [options] [loadgen flags...]
 #
-# Options combine (--s3 --brokers 2). The PostgreSQL cluster runs with its
-# default durability settings (fsync on), as a user's would.
+# Options (they combine):
+#   --s3            a local S3 server (moto) instead of a local directory
+#   --postgres      PostgreSQL (a throwaway cluster, fsync on) instead of SQLite
+#   --brokers N     N brokers sharing the store and a throwaway PostgreSQL
+#   --runs N        N runs, each on fresh brokers and stores; prints the
+#                   median of each number (scripts/bench-report.py)
+#   --out DIR       keep each run's JSON (run-1.json, ...) in DIR
+#   --svg FILE      draw the last run (throughput and latency over time) into
+#                   FILE with matplotlib (installed in a cached venv)
 #
-# Extra broker flags: TRIBUTARY_BENCH_ARGS="--flush-interval-ms 100" ./scripts/bench.sh
+# Loadgen flags: --records, --duration, --record-size, --partitions,
+# --producers, --consumers, --acks, --compression, --rate, --latency-secs,
+# --phases, --producer-config k=v, --consumer-config k=v (see
+# `loadgen --help`). Extra broker flags:
+#   TRIBUTARY_BENCH_ARGS="--flush-interval-ms 100" ./scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tributary/target}"
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/tributary"
 s3=0
 brokers=1
 pg=0
-while :; do
-    case "${1:-}" in
+runs=1
+out=""
+svg=""
+loadgen_args=()
+while [ $# -gt 0 ]; do
+    case "$1" in
     --s3) s3=1; shift ;;
     --postgres) pg=1; shift ;;
     --brokers) brokers="$2"; pg=1; shift 2 ;;
-    *) break ;;
+    --runs) runs="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    --svg) svg="$2"; shift 2 ;;
+    *) loadgen_args+=("$1"); shift ;;
     esac
 done
 cargo build --release -q -p tributary-cli --bin tributary --example loadgen
 bin="$CARGO_TARGET_DIR/release"
 data=$(mktemp -d)
 chmod 755 "$data"
+if [ -z "$out" ]; then out="$cache/bench-results/$(date +%Y%m%dT%H%M%S)"; fi
+mkdir -p "$out"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 150); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 pids=()
+broker_pids=()
 pg_stop=()
+stop_brokers() {
+    for p in "${broker_pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; done
+    broker_pids=()
+}
 cleanup() {
+    stop_brokers
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; done
     if [ "${#pg_stop[@]}" -gt 0 ]; then "${pg_stop[@]}" >/dev/null 2>&1 || true; fi
     rm -rf "$data"
 }
 trap cleanup EXIT
 
-store_args=(--object-store "file://$data/objects")
-objects_arg=(--objects-dir "$data/objects")
+store_name="file:// (local dir)"
+s3url=""
 if [ "$s3" -eq 1 ]; then
-    venv="${TRIBUTARY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/tributary/venv-$(sha256sum tests/python/requirements.txt | cut -c1-16)}"
+    venv="${TRIBUTARY_VENV:-$cache/venv-$(sha256sum tests/python/requirements.txt | cut -c1-16)}"
     if [ ! -x "$venv/bin/moto_server" ]; then
         python3 -m venv "$venv" && "$venv/bin/pip" install -q -r tests/python/requirements.txt
     fi
@@ -54,13 +78,11 @@ if [ "$s3" -eq 1 ]; then
     pids+=($!)
     wait_port "$s3port"
     export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
-    url="s3://bench/run?endpoint=http://127.0.0.1:$s3port&path_style=true&region=us-east-1"
-    "$bin/tributary" init --object-store "$url" --create-bucket
-    store_args=(--object-store "$url")
-    objects_arg=()
+    s3url="endpoint=http://127.0.0.1:$s3port&path_style=true&region=us-east-1"
+    store_name="S3 (moto $("$venv/bin/python" -c 'import moto; print(moto.__version__)'), local)"
 fi
-meta_args=()
 meta_name="SQLite"
+pg_url=""
 if [ "$pg" -eq 1 ]; then
     pgbin=$(dirname "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
     as_pg=()
@@ -72,30 +94,53 @@ if [ "$pg" -eq 1 ]; then
     "${as_pg[@]}" "$pgbin/pg_ctl" -D "$data/pg/data" -l "$data/pg/log" -w \
         -o "-p $pgport -k $data/pg -c listen_addresses=127.0.0.1" start >/dev/null
     pg_stop=("${as_pg[@]}" "$pgbin/pg_ctl" -D "$data/pg/data" -m immediate -w stop)
-    meta_args=(--metadata "postgres://postgres@127.0.0.1:$pgport/postgres")
+    pg_url="postgres://postgres@127.0.0.1:$pgport/postgres"
     meta_name="PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}')"
 fi
 
-bootstrap=()
-metrics=()
-broker_pids=()
-for id in $(seq "$brokers"); do
-    port=$(free_port)
-    mport=$(free_port)
-    # shellcheck disable=SC2086
-    "$bin/tributary" serve --listen "127.0.0.1:$port" --data-dir "$data/b$id" --node-id "$id" \
-        --metrics-listen "127.0.0.1:$mport" "${store_args[@]}" "${meta_args[@]}" \
-        ${TRIBUTARY_BENCH_ARGS:-} 2>"$data/broker-$id.log" &
-    broker_pids+=($!)
-    pids=("$!" "${pids[@]}")
-    wait_port "$port"
-    bootstrap+=("127.0.0.1:$port")
-    metrics+=(--metrics-url "http://127.0.0.1:$mport/metrics")
-done
-store_name=$([ "$s3" -eq 1 ] && echo "S3 (moto, local)" || echo "file:// (local dir)")
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; brokers: $brokers; store: $store_name; metadata: $meta_name; broker flags: ${TRIBUTARY_BENCH_ARGS:-<defaults>}"
-"$bin/examples/loadgen" --bootstrap "$(IFS=,; echo "${bootstrap[*]}")" "${metrics[@]}" \
-    "${objects_arg[@]}" "$@"
-for p in "${broker_pids[@]}"; do
-    echo "broker pid $p peak RSS: $(grep VmHWM /proc/"$p"/status | awk '{print $2, $3}')"
+for run in $(seq "$runs"); do
+    # Fresh stores per run: a new directory, bucket prefix and schema.
+    store_args=(--object-store "file://$data/run$run/objects")
+    objects_arg=(--objects-dir "$data/run$run/objects")
+    if [ "$s3" -eq 1 ]; then
+        url="s3://bench/run$run?$s3url"
+        "$bin/tributary" init --object-store "$url" --create-bucket >/dev/null
+        store_args=(--object-store "$url")
+        objects_arg=()
+    fi
+    meta_args=()
+    if [ "$pg" -eq 1 ]; then meta_args=(--metadata "$pg_url?schema=run$run"); fi
+    bootstrap=()
+    metrics=()
+    for id in $(seq "$brokers"); do
+        port=$(free_port)
+        mport=$(free_port)
+        # shellcheck disable=SC2086
+        "$bin/tributary" serve --listen "127.0.0.1:$port" --data-dir "$data/run$run/b$id" \
+            --node-id "$id" --metrics-listen "127.0.0.1:$mport" "${store_args[@]}" \
+            "${meta_args[@]}" ${TRIBUTARY_BENCH_ARGS:-} 2>"$data/broker-$run-$id.log" &
+        broker_pids+=($!)
+        wait_port "$port"
+        bootstrap+=("127.0.0.1:$port")
+        metrics+=(--metrics-url "http://127.0.0.1:$mport/metrics")
+    done
+    [ "$runs" -gt 1 ] && echo "## run $run of $runs"
+    "$bin/examples/loadgen" --bootstrap "$(IFS=,; echo "${bootstrap[*]}")" "${metrics[@]}" \
+        "${objects_arg[@]}" --json "$out/run-$run.json" \
+        --label "$store_name, $meta_name, $brokers broker(s), run $run" "${loadgen_args[@]}"
+    stop_brokers
 done
+if [ "$runs" -gt 1 ]; then
+    echo "## median of $runs runs"
+    python3 scripts/bench-report.py "$out"/run-*.json
+fi
+if [ -n "$svg" ]; then
+    plot_venv="$cache/plot-venv-$(sha256sum scripts/plot-requirements.txt | cut -c1-16)"
+    if [ ! -x "$plot_venv/bin/python" ] || ! "$plot_venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
+        python3 -m venv "$plot_venv" && "$plot_venv/bin/pip" install -q -r scripts/plot-requirements.txt
+    fi
+    "$plot_venv/bin/python" scripts/bench-report.py --svg "$svg" "$out/run-$runs.json" >/dev/null
+    echo "chart: $svg"
+fi
+echo "results: $out"
