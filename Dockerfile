@@ -8,6 +8,7 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # librdkafka's build (dev-dependency, not in the image) is not needed for the binary.
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo ./.cargo
 COPY crates ./crates
 COPY benches ./benches
 COPY tests ./tests

@@ -136,17 +136,19 @@ fn percentiles(h: &Histogram<u64>) -> Value {
 const TICK: Duration = Duration::from_millis(250);
 
 /// One [`TICK`] of the run.
-struct Second {
+struct Slot {
     acked_bytes: u64,
     consumed_bytes: u64,
     ack: Histogram<u64>,
     e2e: Histogram<u64>,
+    /// Resident memory of the largest broker, sampled once a second.
+    broker_rss: Option<f64>,
 }
 
 /// What happened in each [`TICK`] since the run started.
 struct Timeline {
     start: Instant,
-    seconds: Mutex<Vec<Second>>,
+    seconds: Mutex<Vec<Slot>>,
 }
 
 impl Timeline {
@@ -157,16 +159,17 @@ impl Timeline {
         }
     }
 
-    fn with_second(&self, at: Instant, f: impl FnOnce(&mut Second)) {
+    fn with_second(&self, at: Instant, f: impl FnOnce(&mut Slot)) {
         let idx =
             (at.saturating_duration_since(self.start).as_micros() / TICK.as_micros()) as usize;
         let mut seconds = lock(&self.seconds);
         while seconds.len() <= idx {
-            seconds.push(Second {
+            seconds.push(Slot {
                 acked_bytes: 0,
                 consumed_bytes: 0,
                 ack: histogram(2),
                 e2e: histogram(2),
+                broker_rss: None,
             });
         }
         f(&mut seconds[idx]);
@@ -197,6 +200,7 @@ impl Timeline {
                     "ack_p99_ms": q(&s.ack, 0.99),
                     "e2e_p50_ms": q(&s.e2e, 0.5),
                     "e2e_p99_ms": q(&s.e2e, 0.99),
+                    "broker_rss_mib": s.broker_rss.map(|b| (b / (1 << 20) as f64).round()),
                 })
             })
             .collect();
@@ -482,6 +486,7 @@ struct Scrape {
     hits: f64,
     misses: f64,
     peak_rss: f64,
+    rss: f64,
 }
 
 impl Scrape {
@@ -493,6 +498,7 @@ impl Scrape {
             hits: self.hits - o.hits,
             misses: self.misses - o.misses,
             peak_rss: self.peak_rss,
+            rss: self.rss,
         }
     }
 
@@ -517,6 +523,7 @@ fn scrape_all(urls: &[String]) -> Result<Option<Scrape>> {
         sum.hits += s.hits;
         sum.misses += s.misses;
         sum.peak_rss = sum.peak_rss.max(s.peak_rss);
+        sum.rss = sum.rss.max(s.rss);
     }
     Ok(Some(sum))
 }
@@ -547,6 +554,7 @@ fn scrape(url: &str) -> Result<Scrape> {
             "tributary_read_cache_hits_total" => s.hits = v,
             "tributary_read_cache_misses_total" => s.misses = v,
             "tributary_process_peak_resident_memory_bytes" => s.peak_rss = v,
+            "process_resident_memory_bytes" => s.rss = v,
             _ => {}
         }
     }
@@ -634,6 +642,23 @@ fn main() -> Result<()> {
         },
     });
     let since_start = |at: Instant| at.duration_since(timeline.start).as_secs_f64();
+    // Broker memory over the run, for the chart.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = (!args.metrics_url.is_empty()).then(|| {
+        let (urls, timeline, sampling) =
+            (args.metrics_url.clone(), timeline.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                let rss = urls
+                    .iter()
+                    .filter_map(|u| scrape(u).ok())
+                    .map(|s| s.rss)
+                    .fold(0.0, f64::max);
+                timeline.with_second(Instant::now(), |s| s.broker_rss = Some(rss));
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    });
     let mut table: Vec<(String, String)> = Vec::new();
 
     if wants("produce") {
@@ -844,6 +869,10 @@ fn main() -> Result<()> {
             "broker peak RSS (largest broker)".into(),
             format!("{:.0} MiB", m.peak_rss / (1 << 20) as f64),
         ));
+    }
+    sampling.store(false, Ordering::Relaxed);
+    if let Some(t) = sampler {
+        let _ = t.join();
     }
     out["phases"] = json!(spans
         .iter()

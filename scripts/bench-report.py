@@ -85,6 +85,13 @@ def chart(run, out):
     top.plot(t, [r["produce_mb_s"] for r in rows], label="produced (acknowledged)")
     top.plot(t, [r["consume_mb_s"] for r in rows], label="consumed")
     top.set_ylabel("MB/s")
+    mem = [(x, r["broker_rss_mib"]) for x, r in zip(t, rows) if r.get("broker_rss_mib") is not None]
+    if mem:
+        right = top.twinx()
+        right.plot(*zip(*mem), color="tab:gray", linestyle=":", label="broker RSS (right, MiB)")
+        right.set_ylabel("broker RSS, MiB")
+        right.set_ylim(bottom=0)
+        right.legend(loc="upper center")
     top.legend(loc="upper right")
     top.grid(alpha=0.3)
     for key, label in [

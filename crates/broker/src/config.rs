@@ -23,6 +23,13 @@ pub struct BrokerConfig {
     pub max_message_bytes: i64,
     /// Largest request frame accepted; bigger frames close the connection.
     pub max_request_bytes: usize,
+    /// Bytes of request frames held at once across all connections (read,
+    /// not yet answered). A connection whose next frame does not fit waits
+    /// before reading it, which pushes back on the client through TCP. This
+    /// bounds the memory produce data takes between socket and segment: a
+    /// producer with a deep queue cannot make the broker buffer it all. A
+    /// frame larger than the budget waits for the whole budget.
+    pub max_inflight_request_bytes: usize,
     /// Concurrent connections accepted.
     pub max_connections: usize,
     /// Requests of one connection awaiting their answer (answers stay in
@@ -51,6 +58,7 @@ impl Default for BrokerConfig {
             num_partitions: 1,
             max_message_bytes: 1_048_588,
             max_request_bytes: 100 * 1024 * 1024,
+            max_inflight_request_bytes: 64 * 1024 * 1024,
             max_connections: 10_000,
             max_inflight_per_connection: 1024,
             rack: None,

@@ -56,6 +56,16 @@ pub async fn serve(
             warn!(%peer, len, max = broker.config.max_request_bytes, "bad request frame length; closing connection");
             break;
         }
+        // Wait for room in the broker's request-memory budget before taking
+        // the frame off the socket.
+        let want = (len as usize).min(broker.config.max_inflight_request_bytes.max(1));
+        let permit = tokio::select! {
+            p = broker.request_memory.clone().acquire_many_owned(u32::try_from(want).unwrap_or(u32::MAX)) => match p {
+                Ok(p) => p,
+                Err(_) => break, // closed: shutting down
+            },
+            _ = shutdown.cancelled() => break,
+        };
         let mut buf = vec![0u8; len as usize];
         if let Err(e) = reader.read_exact(&mut buf).await {
             debug!(%peer, error = %e, "truncated request frame; closing connection");
@@ -66,6 +76,7 @@ pub async fn serve(
             Ok(Prepared::Immediate(bytes)) => {
                 let (otx, orx) = oneshot::channel();
                 let _ = otx.send(Some(bytes));
+                drop(permit);
                 if tx.send(orx).await.is_err() {
                     break;
                 }
@@ -91,7 +102,11 @@ pub async fn serve(
                     correlation_id: header.correlation_id,
                 };
                 let span = info_span!("request", api = ?api_key, version, correlation_id = header.correlation_id, client = %ctx.client_id);
-                if !run_request(&broker, ctx, api_key, version, *request, otx, span).await {
+                let answer = Answer {
+                    to: otx,
+                    _memory: permit,
+                };
+                if !run_request(&broker, ctx, api_key, version, *request, answer, span).await {
                     break;
                 }
             }
@@ -107,6 +122,13 @@ pub async fn serve(
     }
 }
 
+/// Where a request's answer goes. Holds the request's share of the
+/// broker's request-memory budget until the answer is sent (dropped with it).
+struct Answer {
+    to: oneshot::Sender<Option<Bytes>>,
+    _memory: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// Run one request. Produce is split: its batches are queued here, in request
 /// order (so pipelined produces keep their order), and only the wait for the
 /// commit runs concurrently with later requests. Every other request runs to
@@ -119,7 +141,7 @@ async fn run_request(
     api_key: ApiKey,
     version: i16,
     request: RequestKind,
-    answer: oneshot::Sender<Option<Bytes>>,
+    answer: Answer,
     span: tracing::Span,
 ) -> bool {
     let correlation_id = ctx.correlation_id;
@@ -134,7 +156,7 @@ async fn run_request(
             },
             None => None,
         };
-        let _ = answer.send(bytes);
+        let _ = answer.to.send(bytes);
     };
     let broker = broker.clone();
     match request {

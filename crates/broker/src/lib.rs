@@ -33,6 +33,8 @@ pub struct Broker {
     pub groups: Arc<groups::GroupCoordinator>,
     pub topics: topics::TopicCache,
     pub cluster: Arc<cluster::Cluster>,
+    /// [`BrokerConfig::max_inflight_request_bytes`], one permit per byte.
+    pub request_memory: Arc<tokio::sync::Semaphore>,
 }
 
 impl Broker {
@@ -60,7 +62,12 @@ impl Broker {
             }
         }));
         let topics = topics::TopicCache::new(meta.clone());
+        let budget = config.max_inflight_request_bytes.clamp(
+            1,
+            tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize),
+        );
         Arc::new(Self {
+            request_memory: Arc::new(tokio::sync::Semaphore::new(budget)),
             config,
             meta,
             writer,

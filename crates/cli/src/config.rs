@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Largest request frame accepted [default: 104857600].
     #[arg(long, env = "TRIBUTARY_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
+    /// Request bytes held at once across connections before the broker
+    /// stops reading new requests [default: 67108864].
+    #[arg(long, env = "TRIBUTARY_MAX_INFLIGHT_REQUEST_BYTES")]
+    pub max_inflight_request_bytes: Option<usize>,
     /// Read cache size in bytes [default: 268435456].
     #[arg(long, env = "TRIBUTARY_CACHE_BYTES")]
     pub cache_bytes: Option<u64>,
@@ -97,6 +101,7 @@ struct FileConfig {
     max_segment_bytes: Option<usize>,
     max_message_bytes: Option<i64>,
     max_request_bytes: Option<usize>,
+    max_inflight_request_bytes: Option<usize>,
     cache_bytes: Option<u64>,
     node_id: Option<NodeIdValue>,
     maintenance_interval_ms: Option<u64>,
@@ -202,6 +207,12 @@ impl Settings {
         }
         if let Some(v) = args.max_request_bytes.or(file.max_request_bytes) {
             broker.max_request_bytes = v;
+        }
+        if let Some(v) = args
+            .max_inflight_request_bytes
+            .or(file.max_inflight_request_bytes)
+        {
+            broker.max_inflight_request_bytes = v;
         }
         let file_node_id = match file.node_id {
             Some(NodeIdValue::Id(id)) => Some(NodeId::Fixed(id)),

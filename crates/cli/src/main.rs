@@ -9,6 +9,10 @@ mod observe;
 
 use std::sync::Arc;
 
+/// jemalloc, configured in .cargo/config.toml to hand freed memory back.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;

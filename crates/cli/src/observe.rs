@@ -124,6 +124,16 @@ pub async fn serve_admin(
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for the admin endpoint"))?;
+    // The recorder keeps every histogram sample until upkeep folds them into
+    // the buckets; without it memory grows between scrapes (or forever, if
+    // nothing scrapes).
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
     tokio::spawn(async move {
         loop {
             let stream = match listener.accept().await {

@@ -3,8 +3,9 @@
 //! A read of `[start, end)` is served from fixed-size aligned blocks. A miss
 //! fetches the whole block with one ranged GET; concurrent misses for the same
 //! block are coalesced by moka into a single GET. Segments this broker has just
-//! uploaded are inserted block by block ([`ReadCache::insert_object`]), so tail
-//! consumers on the same broker never wait on a GET.
+//! uploaded are inserted whole, as one entry ([`ReadCache::insert_object`]),
+//! so tail consumers on the same broker never wait on a GET and their reads
+//! are slices of the uploaded buffer.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +32,12 @@ struct Counters {
     gets: AtomicU64,
 }
 
-/// Byte-weighted cache of aligned segment blocks.
+/// Block index under which a whole object is cached (see
+/// [`ReadCache::insert_object`]).
+const WHOLE_OBJECT: u64 = u64::MAX;
+
+/// Byte-weighted cache of aligned segment blocks, and of whole objects this
+/// broker wrote.
 #[derive(Clone)]
 pub struct ReadCache {
     store: Arc<dyn ObjectStore>,
@@ -77,24 +83,21 @@ impl ReadCache {
         self.blocks.weighted_size()
     }
 
-    /// Insert a whole object this broker just wrote.
+    /// Insert a whole object this broker just wrote, as one entry: reads of
+    /// any range of it are slices of the same buffer (no copy, no GET), and
+    /// the entry's weight is the memory it really holds (blocks sliced from
+    /// one buffer would keep all of it alive while any one of them stayed
+    /// cached, so the cache would hold more than it counts).
     pub async fn insert_object(&self, key: &str, bytes: &Bytes) {
-        let key: Arc<str> = Arc::from(key);
-        let mut start = 0u64;
-        let len = bytes.len() as u64;
-        while start < len {
-            let end = (start + self.block_size).min(len);
-            let block = bytes.slice(start as usize..end as usize);
-            self.blocks
-                .insert((key.clone(), start / self.block_size), block)
-                .await;
-            start = end;
-        }
+        self.blocks
+            .insert((Arc::from(key), WHOLE_OBJECT), bytes.clone())
+            .await;
     }
 
     /// Forget every block of an object (after it is deleted).
     pub async fn invalidate_object(&self, key: &str, size: u64) {
         let key: Arc<str> = Arc::from(key);
+        self.blocks.invalidate(&(key.clone(), WHOLE_OBJECT)).await;
         let mut block = 0;
         while block * self.block_size < size.max(1) {
             self.blocks.invalidate(&(key.clone(), block)).await;
@@ -112,6 +115,10 @@ impl ReadCache {
             return Ok(Bytes::new());
         }
         let key: Arc<str> = Arc::from(key);
+        if let Some(object) = self.blocks.get(&(key.clone(), WHOLE_OBJECT)).await {
+            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            return slice_block(&object, range.start, range.end, &key);
+        }
         let first = range.start / self.block_size;
         let last = (range.end - 1) / self.block_size;
         if first == last {
@@ -214,6 +221,15 @@ mod tests {
         cache.insert_object("segments/b", &data).await;
         let got = cache.read("segments/b", 0..10_000).await.expect("read");
         assert_eq!(got, data);
+        // Across what would be block boundaries: a slice of the same buffer.
+        let got = cache.read("segments/b", 4000..9000).await.expect("read");
+        assert_eq!(got.as_ptr(), data[4000..].as_ptr());
+        assert_eq!(got.len(), 5000);
+        assert!(cache.read("segments/b", 9000..10_001).await.is_err());
         assert_eq!(cache.stats().gets, 0);
+        // Gone from the cache: the next read goes to the (empty) store.
+        cache.invalidate_object("segments/b", 10_000).await;
+        assert!(cache.read("segments/b", 0..10).await.is_err());
+        assert_eq!(cache.stats().gets, 1);
     }
 }
