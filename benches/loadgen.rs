@@ -399,13 +399,35 @@ fn produce(args: &Args, stats: &Arc<PhaseStats>, pace: Pace) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// Partitions for consumer `i` of `n`.
-fn share(args: &Args, i: usize, n: usize, offset: Offset) -> Result<TopicPartitionList> {
+/// Partitions for consumer `i` of `n`. `Offset::End` is resolved here, to
+/// each partition's high watermark, so a record produced after this call is
+/// read even if the consumer's first fetch comes later.
+fn share(
+    args: &Args,
+    c: &BaseConsumer,
+    i: usize,
+    n: usize,
+    offset: Offset,
+) -> Result<TopicPartitionList> {
     let mut tpl = TopicPartitionList::new();
     for part in (0..args.partitions).filter(|p| *p as usize % n == i) {
-        tpl.add_partition_offset(&args.topic, part, offset)?;
+        let at = match offset {
+            Offset::End => {
+                let (_, high) = c
+                    .fetch_watermarks(&args.topic, part, Duration::from_secs(30))
+                    .context("high watermark")?;
+                Offset::Offset(high)
+            }
+            other => other,
+        };
+        tpl.add_partition_offset(&args.topic, part, at)?;
     }
     Ok(tpl)
+}
+
+/// Consumers actually used: at most one per partition.
+fn consumer_count(args: &Args) -> usize {
+    args.consumers.max(1).min(args.partitions.max(1) as usize)
 }
 
 /// Run the consumers until `done` says so or nothing arrived for `idle`.
@@ -415,32 +437,29 @@ fn consume(
     stats: &Arc<PhaseStats>,
     offset: Offset,
     e2e: bool,
-    ready: Option<Arc<AtomicU64>>,
     done: impl Fn(&PhaseStats) -> bool + Send + Sync + 'static,
     idle: Duration,
 ) -> Result<Vec<std::thread::JoinHandle<Result<()>>>> {
-    let n = args.consumers.max(1).min(args.partitions.max(1) as usize);
+    let n = consumer_count(args);
     let done = Arc::new(done);
     let group = format!("bench-{}-{}", std::process::id(), now_nanos());
     let mut threads = Vec::new();
     for i in 0..n {
         let c = consumer(args, &group)?;
-        c.assign(&share(args, i, n, offset)?)?;
-        let (stats, done, ready) = (stats.clone(), done.clone(), ready.clone());
+        c.assign(&share(args, &c, i, n, offset)?)?;
+        let (stats, done) = (stats.clone(), done.clone());
         threads.push(std::thread::spawn(move || -> Result<()> {
             let mut last = Instant::now();
-            let mut announced = false;
             while !done(&stats) && last.elapsed() < idle {
-                let polled = c.poll(Duration::from_millis(100));
-                if !announced {
-                    // The first poll resolved the start offsets.
-                    if let Some(r) = &ready {
-                        r.fetch_add(1, Ordering::Relaxed);
+                let m = match c.poll(Duration::from_millis(100)) {
+                    None => continue,
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        // Reported (errors, first_error); the client retries.
+                        stats.error(format!("consume: {e}"));
+                        continue;
                     }
-                    announced = true;
-                }
-                let Some(m) = polled else { continue };
-                let m = m.context("consume")?;
+                };
                 let now = Instant::now();
                 last = now;
                 let payload = m.payload().unwrap_or_default();
@@ -535,7 +554,12 @@ fn scrape(url: &str) -> Result<Scrape> {
         .strip_prefix("http://")
         .context("metrics url must be http://")?;
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut conn = std::net::TcpStream::connect(host).context("connect to metrics endpoint")?;
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(host)?
+        .next()
+        .context("metrics endpoint address")?;
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .context("connect to metrics endpoint")?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(conn, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
     let mut body = String::new();
     conn.read_to_string(&mut body)?;
@@ -630,7 +654,7 @@ fn main() -> Result<()> {
             "partitions": args.partitions,
             "record_size": args.record_size,
             "producers": args.producers,
-            "consumers": args.consumers,
+            "consumers": consumer_count(&args),
             "acks": args.acks,
             "compression": args.compression,
             "records": args.records,
@@ -726,7 +750,6 @@ fn main() -> Result<()> {
             &stats,
             Offset::Beginning,
             false,
-            None,
             move |s| s.consumed.load(Ordering::Relaxed) >= target,
             Duration::from_secs(5),
         )?;
@@ -743,8 +766,13 @@ fn main() -> Result<()> {
         spans.push(("consume".into(), since_start(began), since_start(end)));
         let secs = end.duration_since(began).as_secs_f64().max(1e-3);
         let mut phase = throughput(stats.consumed_bytes.load(Ordering::Relaxed), consumed, secs);
+        phase["errors"] = json!(stats.errors.load(Ordering::Relaxed));
+        phase["first_error"] = json!(*lock(&stats.first_error));
         table.push((
-            format!("consume from the beginning ({} consumers)", args.consumers),
+            format!(
+                "consume from the beginning ({} consumers)",
+                consumer_count(&args)
+            ),
             format!(
                 "{} MB/s, {} records/s",
                 phase["mb_per_s"], phase["records_per_s"]
@@ -772,7 +800,7 @@ fn main() -> Result<()> {
         let m0 = scrape_all(&args.metrics_url)?;
         let stats = PhaseStats::new(timeline.clone());
         let stop = Arc::new(AtomicBool::new(false));
-        let ready = Arc::new(AtomicU64::new(0));
+        // Tail consumers start at the high watermarks as of now.
         let tails = {
             let stop = stop.clone();
             consume(
@@ -780,21 +808,10 @@ fn main() -> Result<()> {
                 &stats,
                 Offset::End,
                 true,
-                Some(ready.clone()),
                 move |_| stop.load(Ordering::Relaxed),
                 Duration::from_secs(u64::MAX / 4),
             )?
         };
-        // Tail consumers start at the end of the log: let them resolve it
-        // before the first record is sent.
-        let n_tails = tails.len() as u64;
-        let wait_ready = Instant::now();
-        while ready.load(Ordering::Relaxed) < n_tails
-            && wait_ready.elapsed() < Duration::from_secs(30)
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_secs(1));
         let began = Instant::now();
         let pace = Pace::Rate {
             rate: args.rate,
@@ -884,7 +901,7 @@ fn main() -> Result<()> {
     println!("|---|---|");
     println!(
         "| records | {} B values, {} partitions, {} producer(s), {} consumer(s), acks={}, compression={} |",
-        args.record_size, args.partitions, args.producers, args.consumers, args.acks, args.compression
+        args.record_size, args.partitions, args.producers, consumer_count(&args), args.acks, args.compression
     );
     for (metric, value) in &table {
         println!("| {metric} | {value} |");

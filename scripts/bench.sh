@@ -49,18 +49,19 @@ data=$(mktemp -d)
 chmod 755 "$data"
 if [ -z "$out" ]; then out="$cache/bench-results/$(date +%Y%m%dT%H%M%S)"; fi
 mkdir -p "$out"
+rm -f "$out"/run-*.json
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 150); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 pids=()
 broker_pids=()
 pg_stop=()
 stop_brokers() {
-    for p in "${broker_pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; done
+    for p in "${broker_pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     broker_pids=()
 }
 cleanup() {
     stop_brokers
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     if [ "${#pg_stop[@]}" -gt 0 ]; then "${pg_stop[@]}" >/dev/null 2>&1 || true; fi
     rm -rf "$data"
 }

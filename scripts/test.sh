@@ -145,7 +145,8 @@ step "python venv ($REQUIREMENTS)" setup_venv && VENV_OK=1
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
 BUILD_OK=0
-step "cargo build --release -p tributary-cli" cargo build --release -p tributary-cli && BUILD_OK=1
+# The load generator too: tests/python/test_bench.py runs scripts/bench.sh.
+step "cargo build --release -p tributary-cli" cargo build --release -p tributary-cli --bins --example loadgen && BUILD_OK=1
 step "cargo test --workspace" cargo_tests
 step "end-to-end tests on S3 (moto)" cargo_tests_s3
 if [ "$BUILD_OK" -eq 1 ] && [ "$VENV_OK" -eq 1 ]; then

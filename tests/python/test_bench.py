@@ -27,7 +27,7 @@ def test_bench_small_run(tmp_path):
         ],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "## median of 2 runs" in run.stdout, run.stdout

@@ -24,11 +24,11 @@ pub struct BrokerConfig {
     /// Largest request frame accepted; bigger frames close the connection.
     pub max_request_bytes: usize,
     /// Bytes of request frames held at once across all connections (read,
-    /// not yet answered). A connection whose next frame does not fit waits
-    /// before reading it, which pushes back on the client through TCP. This
-    /// bounds the memory produce data takes between socket and segment: a
-    /// producer with a deep queue cannot make the broker buffer it all. A
-    /// frame larger than the budget waits for the whole budget.
+    /// not yet answered). While the total is at or over it, a connection
+    /// waits before reading its next frame of 64 KiB or more, which pushes
+    /// back on the client through TCP. This bounds the memory produce data
+    /// takes between socket and segment: a producer with a deep queue cannot
+    /// make the broker buffer it all. See [`crate::memory`].
     pub max_inflight_request_bytes: usize,
     /// Concurrent connections accepted.
     pub max_connections: usize,

@@ -58,12 +58,8 @@ pub async fn serve(
         }
         // Wait for room in the broker's request-memory budget before taking
         // the frame off the socket.
-        let want = (len as usize).min(broker.config.max_inflight_request_bytes.max(1));
         let permit = tokio::select! {
-            p = broker.request_memory.clone().acquire_many_owned(u32::try_from(want).unwrap_or(u32::MAX)) => match p {
-                Ok(p) => p,
-                Err(_) => break, // closed: shutting down
-            },
+            r = broker.request_memory.reserve(len as usize) => r,
             _ = shutdown.cancelled() => break,
         };
         let mut buf = vec![0u8; len as usize];
@@ -104,7 +100,7 @@ pub async fn serve(
                 let span = info_span!("request", api = ?api_key, version, correlation_id = header.correlation_id, client = %ctx.client_id);
                 let answer = Answer {
                     to: otx,
-                    _memory: permit,
+                    memory: permit,
                 };
                 if !run_request(&broker, ctx, api_key, version, *request, answer, span).await {
                     break;
@@ -126,7 +122,7 @@ pub async fn serve(
 /// broker's request-memory budget until the answer is sent (dropped with it).
 struct Answer {
     to: oneshot::Sender<Option<Bytes>>,
-    _memory: tokio::sync::OwnedSemaphorePermit,
+    memory: crate::memory::Reservation,
 }
 
 /// Run one request. Produce is split: its batches are queued here, in request
@@ -145,18 +141,24 @@ async fn run_request(
     span: tracing::Span,
 ) -> bool {
     let correlation_id = ctx.correlation_id;
+    // Destructured so the closure owns the reservation itself (a closure
+    // naming only `answer.to` would capture just that field, and the
+    // reservation would be dropped when this function returns, before a
+    // produce is answered).
+    let Answer { to, memory } = answer;
     let reply = move |resp: Option<ResponseKind>| {
+        let _held_until_answered = memory;
         let bytes = match resp {
             Some(resp) => match encode_response(api_key, version, correlation_id, &resp) {
                 Ok(b) => Some(b),
                 Err(e) => {
                     error!(error = %e, "cannot encode response; closing connection");
-                    return; // dropping `answer` closes the connection
+                    return; // dropping `to` closes the connection
                 }
             },
             None => None,
         };
-        let _ = answer.to.send(bytes);
+        let _ = to.send(bytes);
     };
     let broker = broker.clone();
     match request {
@@ -249,7 +251,13 @@ pub fn encode_response(
     correlation_id: i32,
     resp: &ResponseKind,
 ) -> Result<Bytes, String> {
-    let mut buf = BytesMut::with_capacity(256);
+    // A fetch answer is mostly record bytes: size the buffer for all of it
+    // so they are copied once, not again at every growth.
+    let body = match resp {
+        ResponseKind::Fetch(f) => f.compute_size(version).unwrap_or(0),
+        _ => 0,
+    };
+    let mut buf = BytesMut::with_capacity(256 + body);
     buf.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     header

@@ -12,6 +12,7 @@ pub mod config;
 pub mod connection;
 mod error;
 pub mod groups;
+pub mod memory;
 pub mod router;
 pub mod server;
 pub mod topics;
@@ -33,8 +34,8 @@ pub struct Broker {
     pub groups: Arc<groups::GroupCoordinator>,
     pub topics: topics::TopicCache,
     pub cluster: Arc<cluster::Cluster>,
-    /// [`BrokerConfig::max_inflight_request_bytes`], one permit per byte.
-    pub request_memory: Arc<tokio::sync::Semaphore>,
+    /// [`BrokerConfig::max_inflight_request_bytes`].
+    pub request_memory: Arc<memory::RequestMemory>,
 }
 
 impl Broker {
@@ -62,12 +63,8 @@ impl Broker {
             }
         }));
         let topics = topics::TopicCache::new(meta.clone());
-        let budget = config.max_inflight_request_bytes.clamp(
-            1,
-            tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize),
-        );
         Arc::new(Self {
-            request_memory: Arc::new(tokio::sync::Semaphore::new(budget)),
+            request_memory: memory::RequestMemory::new(config.max_inflight_request_bytes),
             config,
             meta,
             writer,

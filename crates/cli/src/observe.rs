@@ -268,13 +268,16 @@ pub fn spawn_lag_reporter(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            match measure_lag(&*meta, &mine).await {
-                Ok(text) => {
-                    if let Ok(mut slot) = lag.0.lock() {
-                        *slot = text;
-                    }
+            // On failure the series go away rather than repeat stale values.
+            let text = match measure_lag(&*meta, &mine).await {
+                Ok(text) => text,
+                Err(e) => {
+                    tracing::debug!(error = %e, "consumer-group lag not measured");
+                    String::new()
                 }
-                Err(e) => tracing::debug!(error = %e, "consumer-group lag not measured"),
+            };
+            if let Ok(mut slot) = lag.0.lock() {
+                *slot = text;
             }
             tokio::select! {
                 _ = tokio::time::sleep(LAG_INTERVAL) => {}

@@ -115,12 +115,15 @@ impl ReadCache {
             return Ok(Bytes::new());
         }
         let key: Arc<str> = Arc::from(key);
-        if let Some(object) = self.blocks.get(&(key.clone(), WHOLE_OBJECT)).await {
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return slice_block(&object, range.start, range.end, &key);
-        }
         let first = range.start / self.block_size;
         let last = (range.end - 1) / self.block_size;
+        if let Some(object) = self.blocks.get(&(key.clone(), WHOLE_OBJECT)).await {
+            // Counted in blocks, like reads served block by block.
+            self.counters
+                .hits
+                .fetch_add(last - first + 1, Ordering::Relaxed);
+            return slice_block(&object, range.start, range.end, &key);
+        }
         if first == last {
             let block = self.block(&key, first).await?;
             let base = first * self.block_size;

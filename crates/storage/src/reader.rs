@@ -69,7 +69,9 @@ impl Fetcher {
                 high_watermark: offsets.next_offset,
             });
         }
-        let mut out = BytesMut::new();
+        // The batches to return (slices of cached data) and their base
+        // offsets; copied once, into a buffer of the exact size, at the end.
+        let mut picked = Picked::default();
         let mut cursor = offset;
         'pages: while cursor < offsets.next_offset {
             let entries = self
@@ -81,12 +83,19 @@ impl Fetcher {
             }
             for entry in entries {
                 let done = self
-                    .append_entry(&entry, &mut cursor, &mut out, max_bytes, at_least_one)
+                    .append_entry(&entry, &mut cursor, &mut picked, max_bytes, at_least_one)
                     .await?;
                 if done {
                     break 'pages;
                 }
             }
+        }
+        let mut out = BytesMut::with_capacity(picked.len);
+        for (batch, base) in &picked.batches {
+            let start = out.len();
+            out.extend_from_slice(batch);
+            set_base_offset(&mut out[start..], *base);
+            set_leader_epoch(&mut out[start..], LEADER_EPOCH);
         }
         Ok(FetchedPartition {
             offsets,
@@ -165,7 +174,7 @@ impl Fetcher {
         &self,
         entry: &IndexEntry,
         cursor: &mut i64,
-        out: &mut BytesMut,
+        out: &mut Picked,
         max_bytes: usize,
         at_least_one: bool,
     ) -> Result<bool, ReadError> {
@@ -180,15 +189,13 @@ impl Fetcher {
             let count = batch.header.offset_count();
             let last = base + count - 1;
             if last >= *cursor {
-                if (!out.is_empty() || !at_least_one) && out.len() + batch.bytes.len() > max_bytes {
+                if (out.len > 0 || !at_least_one) && out.len + batch.bytes.len() > max_bytes {
                     return Ok(true);
                 }
-                let start = out.len();
-                out.extend_from_slice(&batch.bytes);
-                set_base_offset(&mut out[start..], base);
-                set_leader_epoch(&mut out[start..], LEADER_EPOCH);
+                out.len += batch.bytes.len();
+                out.batches.push((batch.bytes, base));
                 *cursor = last + 1;
-                if out.len() >= max_bytes {
+                if out.len >= max_bytes {
                     return Ok(true);
                 }
             }
@@ -204,6 +211,14 @@ impl Fetcher {
         }
         Ok(false)
     }
+}
+
+/// Batches chosen for a fetch answer, with their real base offsets.
+#[derive(Default)]
+struct Picked {
+    batches: Vec<(Bytes, i64)>,
+    /// Sum of the batches' lengths.
+    len: usize,
 }
 
 /// Write the partitionLeaderEpoch field (bytes 12..16; not covered by the CRC).

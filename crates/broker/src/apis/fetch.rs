@@ -23,12 +23,39 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 const LISTENING_POLL: Duration = Duration::from_secs(2);
 
 pub async fn handle(broker: &Broker, req: FetchRequest, _version: i16) -> FetchResponse {
+    let resp = park_and_read(broker, &req).await;
+    count_served(&resp);
+    resp
+}
+
+/// Count the records and bytes of the response actually sent (reads a
+/// parked fetch discarded are not counted).
+fn count_served(resp: &FetchResponse) {
+    for t in &resp.responses {
+        let name = t.topic.0.as_str();
+        let (mut bytes, mut records) = (0u64, 0u64);
+        for p in &t.partitions {
+            if let Some(r) = &p.records {
+                bytes += r.len() as u64;
+                records += tributary_protocol::count_records(r);
+            }
+        }
+        if bytes > 0 {
+            metrics::counter!("tributary_fetch_bytes_total", "topic" => name.to_owned())
+                .increment(bytes);
+            metrics::counter!("tributary_fetch_records_total", "topic" => name.to_owned())
+                .increment(records);
+        }
+    }
+}
+
+async fn park_and_read(broker: &Broker, req: &FetchRequest) -> FetchResponse {
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     let deadline = Instant::now() + wait;
     let mut commits = broker.watermarks.subscribe();
     loop {
         commits.borrow_and_update();
-        let (resp, bytes, errors) = read_all(broker, &req).await;
+        let (resp, bytes, errors) = read_all(broker, req).await;
         if bytes >= i64::from(req.min_bytes.max(1)) || errors || Instant::now() >= deadline {
             return resp;
         }
@@ -51,7 +78,7 @@ pub async fn handle(broker: &Broker, req: FetchRequest, _version: i16) -> FetchR
             _ = tokio::time::sleep(poll.unwrap_or(MAX_WAIT)), if poll.is_some() => {}
             _ = sleep_until(deadline) => {
                 // One last read so data committed just now is not missed.
-                return read_all(broker, &req).await.0;
+                return read_all(broker, req).await.0;
             }
         }
     }
@@ -106,12 +133,6 @@ async fn read_all(broker: &Broker, req: &FetchRequest) -> (FetchResponse, i64, b
             {
                 Ok(read) => {
                     let n = read.records.len() as i64;
-                    if n > 0 {
-                        metrics::counter!("tributary_fetch_bytes_total", "topic" => name.to_owned())
-                            .increment(n as u64);
-                        metrics::counter!("tributary_fetch_records_total", "topic" => name.to_owned())
-                            .increment(tributary_protocol::count_records(&read.records));
-                    }
                     total += n;
                     budget -= n;
                     parts.push(
