@@ -228,14 +228,20 @@ async fn batcher(
     config: WriterConfig,
 ) {
     let mut open: Option<Open> = None;
-    let mut last_seal: Option<Instant> = None;
+    let mut sealer = Sealer {
+        sealed_tx,
+        store,
+        cache,
+        config: config.clone(),
+        last_seal: None,
+    };
     loop {
         let deadline = open.as_ref().map(|o| o.deadline);
         let msg = tokio::select! {
             msg = rx.recv() => msg,
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 if let Some(o) = open.take() {
-                    seal(o, "interval", &mut last_seal, &sealed_tx, &store, &cache, &config).await;
+                    sealer.seal(o, "interval").await;
                 }
                 continue;
             }
@@ -280,78 +286,65 @@ async fn batcher(
         }
         if o.builder.estimated_size() >= config.max_segment_bytes {
             if let Some(o) = open.take() {
-                seal(
-                    o,
-                    "size",
-                    &mut last_seal,
-                    &sealed_tx,
-                    &store,
-                    &cache,
-                    &config,
-                )
-                .await;
+                sealer.seal(o, "size").await;
             }
         }
     }
     if let Some(o) = open.take() {
-        seal(
-            o,
-            "shutdown",
-            &mut last_seal,
-            &sealed_tx,
-            &store,
-            &cache,
-            &config,
-        )
-        .await;
+        sealer.seal(o, "shutdown").await;
     }
 }
 
-/// Close the open segment and hand it to an upload task. `reason` (the
-/// flush interval ran out, the size limit was reached, or shutdown) labels
-/// the flush counter; `last_seal` gives the time between flushes.
-async fn seal(
-    open: Open,
-    reason: &'static str,
-    last_seal: &mut Option<Instant>,
-    sealed_tx: &mpsc::Sender<Sealed>,
-    store: &Arc<dyn ObjectStore>,
-    cache: &ReadCache,
-    config: &WriterConfig,
-) {
-    let built = open.builder.finish();
-    let key = keys::new_segment_key(now_ms());
-    let size = built.bytes.len() as u64;
-    metrics::counter!("tributary_segment_flushes_total", "reason" => reason).increment(1);
-    metrics::histogram!("tributary_segment_flush_bytes").record(size as f64);
-    let now = Instant::now();
-    if let Some(last) = last_seal.replace(now) {
-        metrics::histogram!("tributary_segment_flush_interval_seconds")
-            .record(now.duration_since(last).as_secs_f64());
-    }
-    let locations = built
-        .batches
-        .iter()
-        .map(|l| (l.byte_start, l.byte_len))
-        .collect();
-    debug!(segment = %key, size, batches = open.metas.len(), "sealing segment");
-    let upload = tokio::spawn(upload(
-        store.clone(),
-        cache.clone(),
-        key.clone(),
-        built.bytes,
-        config.max_attempts,
-    ));
-    let sealed = Sealed {
-        key,
-        size,
-        locations,
-        metas: open.metas,
-        waiters: open.waiters,
-        upload,
-    };
-    if let Err(mpsc::error::SendError(sealed)) = sealed_tx.send(sealed).await {
-        fail(sealed.waiters, WriteError::ShuttingDown);
+/// What sealing needs: where sealed segments go, the store and cache for
+/// their upload, and when the previous flush was (for the interval metric).
+struct Sealer {
+    sealed_tx: mpsc::Sender<Sealed>,
+    store: Arc<dyn ObjectStore>,
+    cache: ReadCache,
+    config: WriterConfig,
+    last_seal: Option<Instant>,
+}
+
+impl Sealer {
+    /// Close the open segment and hand it to an upload task. `reason` (the
+    /// flush interval ran out, the size limit was reached, or shutdown) labels
+    /// the flush counter.
+    async fn seal(&mut self, open: Open, reason: &'static str) {
+        let (store, cache, config) = (&self.store, &self.cache, &self.config);
+        let built = open.builder.finish();
+        let key = keys::new_segment_key(now_ms());
+        let size = built.bytes.len() as u64;
+        metrics::counter!("tributary_segment_flushes_total", "reason" => reason).increment(1);
+        metrics::histogram!("tributary_segment_flush_bytes").record(size as f64);
+        let now = Instant::now();
+        if let Some(last) = self.last_seal.replace(now) {
+            metrics::histogram!("tributary_segment_flush_interval_seconds")
+                .record(now.duration_since(last).as_secs_f64());
+        }
+        let locations = built
+            .batches
+            .iter()
+            .map(|l| (l.byte_start, l.byte_len))
+            .collect();
+        debug!(segment = %key, size, batches = open.metas.len(), "sealing segment");
+        let upload = tokio::spawn(upload(
+            store.clone(),
+            cache.clone(),
+            key.clone(),
+            built.bytes,
+            config.max_attempts,
+        ));
+        let sealed = Sealed {
+            key,
+            size,
+            locations,
+            metas: open.metas,
+            waiters: open.waiters,
+            upload,
+        };
+        if let Err(mpsc::error::SendError(sealed)) = self.sealed_tx.send(sealed).await {
+            fail(sealed.waiters, WriteError::ShuttingDown);
+        }
     }
 }
 
