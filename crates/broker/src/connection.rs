@@ -31,6 +31,9 @@ pub struct RequestContext {
 
 type Pending = oneshot::Receiver<Option<Bytes>>;
 
+/// Longest a request frame may take to arrive once its length is read.
+const FRAME_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Serve one connection until the client closes it, it misbehaves, or
 /// `shutdown` fires (then in-flight requests are still answered).
 pub async fn serve(
@@ -63,9 +66,21 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
         };
         let mut buf = vec![0u8; len as usize];
-        if let Err(e) = reader.read_exact(&mut buf).await {
-            debug!(%peer, error = %e, "truncated request frame; closing connection");
-            break;
+        // The frame holds its share of the budget while it arrives: a client
+        // that announces a frame and stalls is cut off, not waited for.
+        tokio::select! {
+            r = tokio::time::timeout(FRAME_BODY_TIMEOUT, reader.read_exact(&mut buf)) => match r {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "truncated request frame; closing connection");
+                    break;
+                }
+                Err(_) => {
+                    warn!(%peer, len, "request frame not received within {FRAME_BODY_TIMEOUT:?}; closing connection");
+                    break;
+                }
+            },
+            _ = shutdown.cancelled() => break,
         }
         let frame = Bytes::from(buf);
         match prepare(&broker, frame, peer) {
