@@ -12,18 +12,12 @@ use tributary_broker::BrokerConfig;
 use tributary_storage::wrappers::FaultConfig;
 use tributary_storage::{parse_fault_spec, MaintenanceConfig, WriterConfig};
 
-/// Flags of `tributary serve`. Each also reads `TRIBUTARY_<NAME>`.
-#[derive(Args, Debug, Default)]
-pub struct ServeArgs {
-    /// TOML file with any of the keys below (snake_case, e.g. `data_dir`).
+/// Where the data lives: the flags `serve` and `export` share.
+#[derive(Args, Debug, Default, Clone)]
+pub struct StoreArgs {
+    /// TOML file with any of serve's settings (snake_case, e.g. `data_dir`).
     #[arg(long, env = "TRIBUTARY_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address to accept Kafka clients on [default: 127.0.0.1:9092].
-    #[arg(long, env = "TRIBUTARY_LISTEN")]
-    pub listen: Option<String>,
-    /// HOST:PORT clients are told to connect to [default: the listen address].
-    #[arg(long, env = "TRIBUTARY_ADVERTISED_LISTENER")]
-    pub advertised_listener: Option<String>,
     /// Directory for the default object store and metadata [default: ./data].
     #[arg(long, env = "TRIBUTARY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -33,6 +27,19 @@ pub struct ServeArgs {
     /// Metadata store URL: sqlite://path.db, sqlite::memory:, postgres://user:pass@host:port/db[?schema=name] [default: sqlite://<data-dir>/metadata.db].
     #[arg(long, env = "TRIBUTARY_METADATA")]
     pub metadata: Option<String>,
+}
+
+/// Flags of `tributary serve`. Each also reads `TRIBUTARY_<NAME>`.
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub stores: StoreArgs,
+    /// Address to accept Kafka clients on [default: 127.0.0.1:9092].
+    #[arg(long, env = "TRIBUTARY_LISTEN")]
+    pub listen: Option<String>,
+    /// HOST:PORT clients are told to connect to [default: the listen address].
+    #[arg(long, env = "TRIBUTARY_ADVERTISED_LISTENER")]
+    pub advertised_listener: Option<String>,
     /// Create topics on first use [default: true].
     #[arg(long, env = "TRIBUTARY_AUTO_CREATE_TOPICS")]
     pub auto_create_topics: Option<bool>,
@@ -133,7 +140,7 @@ pub struct Settings {
 
 impl Settings {
     pub fn resolve(args: ServeArgs) -> anyhow::Result<Self> {
-        let file = match &args.config {
+        let file = match &args.stores.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
@@ -142,6 +149,7 @@ impl Settings {
             .or(file.listen)
             .unwrap_or_else(|| "127.0.0.1:9092".into());
         let data_dir = args
+            .stores
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| "data".into());
@@ -153,10 +161,12 @@ impl Settings {
                 .join(&data_dir)
         };
         let object_store = args
+            .stores
             .object_store
             .or(file.object_store)
             .unwrap_or_else(|| format!("file://{}", abs_data.join("objects").display()));
         let metadata = args
+            .stores
             .metadata
             .or(file.metadata)
             .unwrap_or_else(|| format!("sqlite://{}", abs_data.join("metadata.db").display()));
@@ -332,7 +342,10 @@ mod tests {
         let file = dir.path().join("t.toml");
         std::fs::write(&file, "num_partitions = 3\nlisten = \"127.0.0.1:1\"\n").expect("write");
         let s = Settings::resolve(ServeArgs {
-            config: Some(file),
+            stores: StoreArgs {
+                config: Some(file),
+                ..Default::default()
+            },
             listen: Some("127.0.0.1:2".into()),
             ..Default::default()
         })
@@ -349,7 +362,10 @@ mod tests {
         let file = dir.path().join("t.toml");
         std::fs::write(&file, "bogus = 1\n").expect("write");
         assert!(Settings::resolve(ServeArgs {
-            config: Some(file),
+            stores: StoreArgs {
+                config: Some(file),
+                ..Default::default()
+            },
             ..Default::default()
         })
         .is_err());

@@ -14,7 +14,7 @@ use tributary_export::{Codec, End, ExportOptions, Exporter, KeyFormat, Start, Su
 use tributary_meta::open_metadata;
 use tributary_storage::{open_object_store_with, wrappers::RetryPolicy};
 
-use crate::config::{ServeArgs, Settings};
+use crate::config::{ServeArgs, Settings, StoreArgs};
 
 /// Flags of `tributary export`. The data is found as `serve` finds it.
 #[derive(Args, Debug)]
@@ -72,15 +72,8 @@ pub struct ExportArgs {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
-    /// TOML config file (as for serve).
-    #[arg(long, env = "TRIBUTARY_CONFIG")]
-    pub config: Option<PathBuf>,
-    #[arg(long, env = "TRIBUTARY_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    #[arg(long, env = "TRIBUTARY_OBJECT_STORE")]
-    pub object_store: Option<String>,
-    #[arg(long, env = "TRIBUTARY_METADATA")]
-    pub metadata: Option<String>,
+    #[command(flatten)]
+    pub stores: StoreArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -114,10 +107,7 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
         bail!("--max-rows-per-file must be at least 1");
     }
     let settings = Settings::resolve(ServeArgs {
-        config: args.config.clone(),
-        data_dir: args.data_dir.clone(),
-        object_store: args.object_store.clone(),
-        metadata: args.metadata.clone(),
+        stores: args.stores.clone(),
         ..ServeArgs::default()
     })?;
     let mut opts = ExportOptions::new(&args.topic);
