@@ -12,16 +12,30 @@ background="${2:-}"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/tributary"
 venv="$cache/localstack-venv-$(sha256sum requirements.txt | cut -c1-16)"
 
+# A Python 3.13 that really runs: pyenv's shim answers `command -v python3.13`
+# but refuses to run unless 3.13 is a selected version, so every candidate is
+# tried, and pyenv's installs are searched directly (PYENV_ROOT or ~/.pyenv).
 find_python313() {
-    for p in python3.13 "$HOME/.pyenv/versions/3.13"*/bin/python3.13 /usr/local/bin/python3.13; do
-        if command -v "$p" >/dev/null 2>&1; then command -v "$p"; return 0; fi
-        if [ -x "$p" ]; then echo "$p"; return 0; fi
+    local root="${PYENV_ROOT:-$HOME/.pyenv}" p
+    local candidates=()
+    if command -v pyenv >/dev/null 2>&1; then
+        for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.13(\.[0-9]+)?$'); do
+            candidates+=("$(pyenv root)/versions/$v/bin/python3.13")
+        done
+    fi
+    candidates+=("$root"/versions/3.13*/bin/python3.13 /usr/local/bin/python3.13 /usr/bin/python3.13)
+    p=$(command -v python3.13 2>/dev/null) && candidates+=("$p")
+    for p in "${candidates[@]}"; do
+        if [ -x "$p" ] && "$p" -c 'import sys, venv; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1; then
+            echo "$p"
+            return 0
+        fi
     done
     return 1
 }
 
 if [ ! -f "$venv/.complete" ]; then
-    py=$(find_python313) || { echo "LocalStack needs Python 3.13 (pyenv install 3.13, or apt)"; exit 1; }
+    py=$(find_python313) || { echo "LocalStack needs Python 3.13: none runs here (tried pyenv's versions, ${PYENV_ROOT:-$HOME/.pyenv}/versions, /usr/local/bin, /usr/bin, PATH); install one (pyenv install 3.13, or a python3.13 package)"; exit 1; }
     rm -rf "$venv"
     mkdir -p "$cache"
     "$py" -m venv "$venv"

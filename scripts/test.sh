@@ -126,7 +126,7 @@ cargo_tests_s3() {
     if cargo nextest --version >/dev/null 2>&1; then
         # Tests that always use the local store or already use S3 are not repeated.
         TRIBUTARY_TEST_STORE=s3 cargo nextest run -p tributary-cli --no-fail-fast \
-            -E 'kind(test) & !binary(/postgres/) & !binary(crash_orphans) & !binary(retention_compaction) & !binary(fault_injection) & !binary(s3_broker)'
+            -E 'kind(test) & !binary(/postgres/) & !binary(crash_orphans) & !binary(retention_compaction) & !binary(fault_injection) & !binary(s3_broker) & !binary(stored_data_faults)'
     else
         TRIBUTARY_TEST_STORE=s3 cargo test -p tributary-cli --tests --no-fail-fast
     fi

@@ -20,7 +20,8 @@ TIMEOUT = 30
 
 MAINTENANCE = (
     "--maintenance-interval-ms", "300",
-    "--segment-grace-ms", "500",
+    "--segment-grace-ms", "2000",
+    "--segment-commit-deadline-ms", "1000",
     "--compaction", "false",
 )
 

@@ -198,16 +198,33 @@ async fn metrics_move_with_traffic() -> Result<()> {
             }),
         )
         .await?;
-        let (_, page) = get(admin, "/metrics")?;
-        for name in [
-            "tributary_segment_flush_interval_seconds_count",
-            "process_resident_memory_bytes",
-            "tributary_process_peak_resident_memory_bytes",
-            "tributary_read_cache_size_bytes",
-        ] {
-            let v = series(&page, name).with_context(|| format!("{name} missing"))?;
-            anyhow::ensure!(v > 0.0, "{name} = {v}");
-        }
+        // Gauges (cache size, RSS) are published by a 1 s task: wait for
+        // them rather than assume it has run (a busy machine delays it).
+        wait_for(
+            "gauges and histograms to be published",
+            Duration::from_secs(30),
+            || {
+                let (_, page) = get(admin, "/metrics")?;
+                let missing: Vec<String> = [
+                    "tributary_segment_flush_interval_seconds_count",
+                    "process_resident_memory_bytes",
+                    "tributary_process_peak_resident_memory_bytes",
+                    "tributary_read_cache_size_bytes",
+                ]
+                .into_iter()
+                .filter_map(|name| match series(&page, name) {
+                    Some(v) if v > 0.0 => None,
+                    v => Some(format!("{name} = {v:?}")),
+                })
+                .collect();
+                Ok(if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(missing)
+                })
+            },
+        )
+        .await?;
         Ok(())
     })
     .await

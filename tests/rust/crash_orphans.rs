@@ -29,6 +29,8 @@ async fn sigkill_with_uploads_in_flight_then_janitor_cleans_orphans() -> Result<
         "--maintenance-interval-ms",
         "300",
         "--segment-grace-ms",
+        "2000",
+        "--segment-commit-deadline-ms",
         "1000",
     ])?;
     let result = tokio::time::timeout(TEST_TIMEOUT, body(&mut broker))

@@ -21,7 +21,9 @@ const MAINTENANCE: &[&str] = &[
     "--maintenance-interval-ms",
     "300",
     "--segment-grace-ms",
-    "500",
+    "2000",
+    "--segment-commit-deadline-ms",
+    "1000",
     "--compaction-min-age-ms",
     "0",
 ];

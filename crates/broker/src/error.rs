@@ -15,7 +15,9 @@ pub fn meta_error_code(e: &MetaError) -> i16 {
         MetaError::InvalidPartitions { .. } => ResponseError::InvalidPartitions.code(),
         MetaError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
         // Retriable for the client: the write did not take effect as asked.
-        MetaError::SegmentExists(_) => ResponseError::KafkaStorageError.code(),
+        MetaError::SegmentExists(_) | MetaError::CommitTooLate { .. } => {
+            ResponseError::KafkaStorageError.code()
+        }
         MetaError::Backend { .. } => ResponseError::KafkaStorageError.code(),
         MetaError::InvalidArgument(_) => ResponseError::InvalidRequest.code(),
         MetaError::Fenced { .. } => ResponseError::NotCoordinator.code(),

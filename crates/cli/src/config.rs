@@ -10,6 +10,7 @@ use clap::Args;
 use serde::Deserialize;
 use tributary_broker::BrokerConfig;
 use tributary_storage::wrappers::FaultConfig;
+use tributary_storage::writer::min_safe_grace;
 use tributary_storage::{parse_fault_spec, MaintenanceConfig, WriterConfig};
 
 /// Where the data lives: the flags `serve` and `export` share.
@@ -75,6 +76,12 @@ pub struct ServeArgs {
     /// How long unreferenced segments and orphan uploads are kept before deletion [default: 600000].
     #[arg(long, env = "TRIBUTARY_SEGMENT_GRACE_MS")]
     pub segment_grace_ms: Option<u64>,
+    /// A sealed segment not uploaded and committed within this time is
+    /// abandoned and its produces fail with a retriable error; the metadata
+    /// store refuses later commits of it. Must be at most half of
+    /// segment_grace_ms [default: 120000].
+    #[arg(long, env = "TRIBUTARY_SEGMENT_COMMIT_DEADLINE_MS")]
+    pub segment_commit_deadline_ms: Option<u64>,
     /// Merge small segments into per-partition objects [default: true].
     #[arg(long, env = "TRIBUTARY_COMPACTION")]
     pub compaction: Option<bool>,
@@ -113,6 +120,7 @@ struct FileConfig {
     node_id: Option<NodeIdValue>,
     maintenance_interval_ms: Option<u64>,
     segment_grace_ms: Option<u64>,
+    segment_commit_deadline_ms: Option<u64>,
     compaction: Option<bool>,
     compaction_min_age_ms: Option<u64>,
     metrics_listen: Option<String>,
@@ -257,6 +265,28 @@ impl Settings {
             ..defaults
         };
         let mut writer = writer;
+        if let Some(ms) = args
+            .segment_commit_deadline_ms
+            .or(file.segment_commit_deadline_ms)
+        {
+            if ms == 0 {
+                bail!("segment_commit_deadline_ms must be positive");
+            }
+            writer.commit_deadline = Duration::from_millis(ms);
+        }
+        // The janitor deletes uploads no commit recorded once they are
+        // older than the grace; the writer and the metadata store stop
+        // committing a segment at the deadline. Below twice the deadline,
+        // clocks that disagree could let a commit index a deleted object.
+        let min_grace = min_safe_grace(writer.commit_deadline);
+        if maintenance.grace < min_grace {
+            bail!(
+                "segment_grace_ms ({}) must be at least twice segment_commit_deadline_ms ({}): \
+                 lower the deadline or raise the grace",
+                maintenance.grace.as_millis(),
+                writer.commit_deadline.as_millis()
+            );
+        }
         let faults = match &args.inject_faults {
             Some(spec) => {
                 let spec = parse_fault_spec(spec)
@@ -354,6 +384,24 @@ mod tests {
         assert_eq!(s.broker.num_partitions, 3);
         assert!(s.object_store.starts_with("file://"));
         assert!(s.metadata.starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn refuses_a_grace_the_commit_deadline_does_not_fit() {
+        let resolve = |grace: u64, deadline: Option<u64>| {
+            Settings::resolve(ServeArgs {
+                segment_grace_ms: Some(grace),
+                segment_commit_deadline_ms: deadline,
+                ..Default::default()
+            })
+        };
+        let err = resolve(1000, None).expect_err("1 s grace with the 120 s default deadline");
+        assert!(err.to_string().contains("segment_grace_ms (1000)"), "{err}");
+        assert!(resolve(1000, Some(501)).is_err());
+        let s = resolve(1000, Some(500)).expect("half the grace");
+        assert_eq!(s.writer.commit_deadline, Duration::from_millis(500));
+        assert!(resolve(600_000, None).is_ok(), "the defaults fit");
+        assert!(resolve(600_000, Some(0)).is_err());
     }
 
     #[test]

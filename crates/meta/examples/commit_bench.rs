@@ -73,6 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             producer: None,
                         })
                         .collect(),
+                    deadline: None,
                 };
                 let start = Instant::now();
                 store.commit_segment(&commit).await?;

@@ -54,8 +54,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
 use crate::{
-    BatchOutcome, BatchRejection, BrokerInfo, CommittedOffset, GroupClaim, IndexEntry, MetaError,
-    MetadataStore, PartitionOffsets, PendingBatch, ProducerBatch, SegmentCommit, TopicMeta,
+    BatchOutcome, BatchRejection, BrokerInfo, CommitDeadline, CommittedOffset, GroupClaim,
+    IndexEntry, MetaError, MetadataStore, PartitionOffsets, PendingBatch, ProducerBatch,
+    SegmentCommit, TopicMeta,
 };
 
 /// Run every check, each on a fresh store from `make`.
@@ -71,6 +72,7 @@ where
     index_entries_lookup(&*make().await).await;
     entry_for_timestamp(&*make().await).await;
     duplicate_segment_rejected(&*make().await).await;
+    commit_deadline_and_abandon(&*make().await).await;
     idempotent_producer(&*make().await).await;
     producer_sequence_wraps(&*make().await).await;
     producer_ids_unique(&*make().await).await;
@@ -188,6 +190,7 @@ fn segment(key: &str, batches: Vec<PendingBatch>) -> SegmentCommit {
         key: key.to_owned(),
         size,
         batches,
+        deadline: None,
     }
 }
 
@@ -743,6 +746,79 @@ pub async fn duplicate_segment_rejected(store: &dyn MetadataStore) {
     let empty = commit(store, segment("empty", vec![])).await;
     assert!(empty.is_empty());
     assert!(store.segment_committed("empty").await.expect("committed"));
+}
+
+/// A commit past its deadline by the store's clock is refused and changes
+/// nothing (defect: the janitor may already have deleted the object); an
+/// abandoned key can never be committed afterwards and is dead at once, so
+/// the janitor deletes its object; abandoning a committed key is refused and
+/// keeps its entries.
+pub async fn commit_deadline_and_abandon(store: &dyn MetadataStore) {
+    let t = create(store, "t", 1).await;
+    let now = wall_ms();
+    let mut late = segment("late", vec![batch(t.id, 0, 0, 10, 4, 0)]);
+    late.deadline = Some(CommitDeadline {
+        created_ms: now - 60_000,
+        max_age_ms: 30_000,
+    });
+    let r = store.commit_segment(&late).await;
+    assert!(
+        matches!(r, Err(MetaError::CommitTooLate { ref key, max_age_ms: 30_000, .. }) if key == "late"),
+        "a commit past its deadline must be CommitTooLate, got {r:?}"
+    );
+    assert!(
+        r.as_ref().map_err(MetaError::is_retryable).err() == Some(false),
+        "CommitTooLate is not retryable"
+    );
+    assert!(!store.segment_committed("late").await.expect("committed"));
+    assert_eq!(
+        offsets(store, t.id, 0).await.next_offset,
+        0,
+        "nothing assigned"
+    );
+    assert!(entries(store, t.id, 0, 0).await.is_empty());
+
+    // In time: committed as usual.
+    let mut timely = segment("timely", vec![batch(t.id, 0, 0, 10, 4, 0)]);
+    timely.deadline = Some(CommitDeadline {
+        created_ms: now,
+        max_age_ms: 600_000,
+    });
+    commit(store, timely).await;
+    assert_eq!(offsets(store, t.id, 0).await.next_offset, 4);
+
+    // Abandoning the refused upload: recorded dead, never committable.
+    assert!(store.abandon_segment("late", 10).await.expect("abandon"));
+    assert!(!store
+        .abandon_segment("late", 10)
+        .await
+        .expect("abandon again"));
+    let r = store
+        .commit_segment(&segment("late", vec![batch(t.id, 0, 0, 10, 4, 0)]))
+        .await;
+    assert!(
+        matches!(r, Err(MetaError::SegmentExists(_))),
+        "an abandoned key cannot be committed, got {r:?}"
+    );
+    assert_eq!(offsets(store, t.id, 0).await.next_offset, 4);
+    assert!(dead_keys(store, wall_ms() + 1).await.contains("late"));
+    assert!(store
+        .unknown_segments(&["late".to_owned()])
+        .await
+        .expect("unknown")
+        .is_empty());
+
+    // Abandoning what was committed is refused and changes nothing.
+    assert!(!store.abandon_segment("timely", 10).await.expect("abandon"));
+    assert_eq!(
+        store
+            .segment_entries("timely")
+            .await
+            .expect("entries")
+            .len(),
+        1
+    );
+    assert!(!dead_keys(store, wall_ms() + 1).await.contains("timely"));
 }
 
 /// A commit that left no index entry (every batch rejected or a duplicate,

@@ -21,6 +21,15 @@ pub enum MetaError {
     },
     #[error("segment already committed key={0}")]
     SegmentExists(String),
+    /// The segment is older than its commit deadline by the store's clock:
+    /// the janitor may already have deleted it ([`crate::CommitDeadline`]).
+    /// Nothing was committed; retrying fails again.
+    #[error("segment commit too late key={key} age_ms={age_ms} max_age_ms={max_age_ms}")]
+    CommitTooLate {
+        key: String,
+        age_ms: i64,
+        max_age_ms: i64,
+    },
     /// A commit made under a group coordinator claim that another claim has
     /// replaced since: this broker no longer coordinates the group.
     #[error("group coordinator fenced group={group} node_id={node_id} epoch={epoch}")]

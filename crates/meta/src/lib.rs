@@ -19,8 +19,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use uuid::Uuid;
 
+pub mod clock;
 pub mod conformance;
 mod error;
+pub mod faults;
 mod plan;
 pub mod postgres;
 mod postgres_listen;
@@ -31,6 +33,7 @@ pub mod sqlite;
 mod sqlite_maintenance;
 mod sqlite_registry;
 
+pub use clock::{Clock, SystemClock};
 pub use error::MetaError;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -95,6 +98,38 @@ pub struct SegmentCommit {
     /// Batches in object order. Batches of one partition appear in the
     /// order their offsets must be assigned.
     pub batches: Vec<PendingBatch>,
+    /// When the store must refuse the commit; `None` never refuses (tools
+    /// and tests that no janitor races).
+    pub deadline: Option<CommitDeadline>,
+}
+
+/// The janitor deletes uploads that no commit recorded once they are older
+/// than its grace period, so a commit arriving later than that would index
+/// a deleted object. The store therefore refuses ([`MetaError::CommitTooLate`])
+/// a commit whose segment is older than `max_age_ms` by the store's own
+/// clock (the database's, not the committing broker's), checked as the last
+/// step of the commit transaction. `max_age_ms` is kept well below the grace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitDeadline {
+    /// When the segment was sealed, by the sealing broker's clock (the time
+    /// in its key).
+    pub created_ms: i64,
+    pub max_age_ms: i64,
+}
+
+impl CommitDeadline {
+    /// The refusal a commit checked at `now_ms` (the store's clock) gets, if any.
+    pub fn check(&self, key: &str, now_ms: i64) -> Result<()> {
+        let age_ms = now_ms.saturating_sub(self.created_ms);
+        if age_ms > self.max_age_ms {
+            return Err(MetaError::CommitTooLate {
+                key: key.to_owned(),
+                age_ms,
+                max_age_ms: self.max_age_ms,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// What happened to one [`PendingBatch`] in a commit, same order as the input.
@@ -200,8 +235,19 @@ pub trait LogStore: Send + Sync {
 
     /// Whether a segment key was committed (resolves commits whose outcome
     /// was unknown). True for dead segments until they are forgotten
-    /// ([`MaintenanceStore::forget_segments`]).
+    /// ([`MaintenanceStore::forget_segments`]), abandoned ones included.
     async fn segment_committed(&self, key: &str) -> Result<bool>;
+
+    /// Settle a commit whose outcome is unknown, for good: unless `key` is
+    /// already recorded, record it as dead (at the store's clock) without
+    /// index entries, so that no commit of it still in flight can land
+    /// later (it would find the key taken) and the janitor deletes the
+    /// object after its grace period. Returns true if the segment was
+    /// abandoned this way, false if it was already recorded: committed (its
+    /// [`segment_entries`](Self::segment_entries) tell the outcome) or
+    /// abandoned before. A commit of the key still running holds this call
+    /// until it ends (PostgreSQL's unique-key wait), so the answer is final.
+    async fn abandon_segment(&self, key: &str, size: u64) -> Result<bool>;
 
     /// Index entries pointing into segment `key`, ordered by topic id,
     /// partition and base offset. Resolves a commit whose answer was lost:

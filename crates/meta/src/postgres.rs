@@ -709,6 +709,10 @@ pub(crate) async fn execute<C: GenericClient>(
     Ok(c.execute(&stmt, params).await?)
 }
 
+/// The database's clock in ms since the Unix epoch (not the transaction's
+/// start time: `clock_timestamp()` moves during a transaction).
+const SQL_NOW_MS: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1393,6 +1397,11 @@ impl LogStore for PostgresStore {
             let mut client = self.client().await?;
             let tx = begin_write(&mut client).await?;
             let outcomes = commit_segment_tx(&tx, commit).await?;
+            if let Some(deadline) = &commit.deadline {
+                // The database's clock, last: only COMMIT follows the check.
+                let row = query_one(&tx, SQL_NOW_MS, &[]).await?;
+                deadline.check(&commit.key, row.try_get(0)?)?;
+            }
             if self.notify {
                 // Delivered at COMMIT, and only if it commits.
                 tx.execute(
@@ -1403,6 +1412,27 @@ impl LogStore for PostgresStore {
             }
             tx.commit().await?;
             Ok(outcomes)
+        })
+        .await
+    }
+
+    async fn abandon_segment(&self, key: &str, size: u64) -> Result<bool> {
+        let size = i64::try_from(size)
+            .map_err(|_| MetaError::InvalidArgument(format!("segment size too large key={key}")))?;
+        self.run("abandon_segment", move || async move {
+            let client = self.client().await?;
+            // A commit of the same key still in flight holds the key's index
+            // entry: this insert waits for it to end (bounded by lock_timeout).
+            let inserted = execute(
+                &client,
+                "INSERT INTO segments (key, size, committed_at_ms, dead_since_ms) \
+                 VALUES ($1, $2, (extract(epoch FROM clock_timestamp()) * 1000)::bigint, \
+                 (extract(epoch FROM clock_timestamp()) * 1000)::bigint) \
+                 ON CONFLICT (key) DO NOTHING",
+                &[&key, &size],
+            )
+            .await?;
+            Ok(inserted == 1)
         })
         .await
     }
@@ -1840,6 +1870,7 @@ mod tests {
                             key: format!("b{broker}-t{task}-s{i:03}"),
                             size: 30,
                             batches: batches.clone(),
+                            deadline: None,
                         };
                         let outcomes = store
                             .commit_segment(&seg)
@@ -1952,6 +1983,7 @@ mod tests {
             key: key.to_owned(),
             size: 10,
             batches: vec![batch(topic.id, 0, 0, 3)],
+            deadline: None,
         };
         store.commit_segment(&seg("before")).await.expect("commit");
         // Several pooled connections, all about to die.
@@ -2047,6 +2079,7 @@ mod tests {
             key: key.to_owned(),
             size: 10,
             batches: vec![batch(topic.id, 0, 0, 1)],
+            deadline: None,
         };
         let mut feed = a.commit_feed().expect("PostgreSQL has NOTIFY");
         let start = feed_until(&mut feed, "listening", |s| s.listening).await;

@@ -45,6 +45,7 @@ use rusqlite::{
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use crate::clock::Clock;
 use crate::plan::{EntryPlanner, NewEntry};
 use crate::sqlite_maintenance::mark_dead_if_unused;
 use crate::{
@@ -229,6 +230,9 @@ const SQL_ENTRY_FOR_TIMESTAMP: &str = "SELECT topic_id, partition_index, base_of
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
+    /// The store's clock: refuses commits past their deadline
+    /// ([`crate::CommitDeadline`]) and dates abandoned segments.
+    clock: Arc<dyn Clock>,
 }
 
 struct Inner {
@@ -327,7 +331,15 @@ impl SqliteStore {
                 next_reader: AtomicUsize::new(0),
                 location,
             }),
+            clock: crate::clock::system(),
         }
+    }
+
+    /// Use `clock` as the store's clock (simulations; the default is the
+    /// machine's).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Run `f` in a `BEGIN IMMEDIATE` transaction on the writer; commit if it
@@ -1092,8 +1104,33 @@ impl LogStore for SqliteStore {
     async fn commit_segment(&self, commit: &SegmentCommit) -> Result<Vec<BatchOutcome>> {
         validate_commit(commit)?;
         let commit = commit.clone();
-        self.write("commit_segment", move |tx| commit_segment_tx(tx, &commit))
-            .await
+        let clock = self.clock.clone();
+        self.write("commit_segment", move |tx| {
+            let outcomes = commit_segment_tx(tx, &commit)?;
+            // Last, so that nothing in the transaction runs after the check.
+            if let Some(deadline) = &commit.deadline {
+                deadline.check(&commit.key, clock.now_ms())?;
+            }
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    async fn abandon_segment(&self, key: &str, size: u64) -> Result<bool> {
+        let key = key.to_owned();
+        let size = i64::try_from(size)
+            .map_err(|_| MetaError::InvalidArgument(format!("segment size too large key={key}")))?;
+        let now = self.clock.now_ms();
+        self.write("abandon_segment", move |tx| {
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO segments (key, size, committed_at_ms, dead_since_ms) \
+                     VALUES (?1, ?2, ?3, ?3) ON CONFLICT (key) DO NOTHING",
+                )?
+                .execute(params![key, size, now])?;
+            Ok(inserted == 1)
+        })
+        .await
     }
 
     async fn segment_committed(&self, key: &str) -> Result<bool> {
@@ -1464,6 +1501,7 @@ mod tests {
                     key: "seg-1".into(),
                     size: 200,
                     batches: vec![batch(topic.id, 0, 0, 3), batch(topic.id, 1, 100, 4)],
+                    deadline: None,
                 })
                 .await
                 .expect("commit");
@@ -1666,6 +1704,7 @@ mod tests {
                 key: "bad".into(),
                 size: 100,
                 batches: vec![batch(topic.id, 0, 0, 0)],
+                deadline: None,
             })
             .await
             .expect_err("zero offset count");

@@ -625,6 +625,7 @@ mod tests {
                 max_timestamp,
                 producer: None,
             }],
+            deadline: None,
         }
     }
 

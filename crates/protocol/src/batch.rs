@@ -303,6 +303,20 @@ fn split(buf: &Bytes, trust: Trust) -> Result<Vec<BatchView>, BatchError> {
     Ok(views)
 }
 
+/// Checks the CRC32C of a batch read back from storage
+/// ([`split_stored_batches`] skips it): object stores and disks do corrupt
+/// data, and a client that does not check CRCs would take it as records.
+pub fn check_stored_crc(batch: &BatchView) -> Result<(), BatchError> {
+    let actual = crc32c(batch.bytes.get(CRC_START..).unwrap_or_default());
+    if actual != batch.header.crc {
+        return Err(BatchError::CorruptCrc {
+            expected: batch.header.crc,
+            actual,
+        });
+    }
+    Ok(())
+}
+
 /// Full validation of one complete batch (`batch.len() == total_len()`).
 fn validate(header: &BatchHeader, batch: &[u8]) -> Result<(), BatchError> {
     let actual = crc32c(batch.get(CRC_START..).unwrap_or_default());

@@ -32,6 +32,15 @@ struct Counters {
     gets: AtomicU64,
 }
 
+/// Where bytes a [`ReadCache`] returned came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The buffer this broker uploaded (validated when it was produced).
+    Written,
+    /// Read back from the object store (to be verified before use).
+    Stored,
+}
+
 /// Block index under which a whole object is cached (see
 /// [`ReadCache::insert_object`]).
 const WHOLE_OBJECT: u64 = u64::MAX;
@@ -111,8 +120,19 @@ impl ReadCache {
         key: &str,
         range: Range<u64>,
     ) -> Result<Bytes, Arc<object_store::Error>> {
+        Ok(self.read_with_origin(key, range).await?.0)
+    }
+
+    /// Read `range` of the object `key`, and tell whether the bytes are the
+    /// ones this broker uploaded (from [`ReadCache::insert_object`]: already
+    /// validated on produce) rather than read back from the object store.
+    pub async fn read_with_origin(
+        &self,
+        key: &str,
+        range: Range<u64>,
+    ) -> Result<(Bytes, Origin), Arc<object_store::Error>> {
         if range.is_empty() {
-            return Ok(Bytes::new());
+            return Ok((Bytes::new(), Origin::Written));
         }
         let key: Arc<str> = Arc::from(key);
         let first = range.start / self.block_size;
@@ -122,12 +142,18 @@ impl ReadCache {
             self.counters
                 .hits
                 .fetch_add(last - first + 1, Ordering::Relaxed);
-            return slice_block(&object, range.start, range.end, &key);
+            return Ok((
+                slice_block(&object, range.start, range.end, &key)?,
+                Origin::Written,
+            ));
         }
         if first == last {
             let block = self.block(&key, first).await?;
             let base = first * self.block_size;
-            return slice_block(&block, range.start - base, range.end - base, &key);
+            return Ok((
+                slice_block(&block, range.start - base, range.end - base, &key)?,
+                Origin::Stored,
+            ));
         }
         let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
         for index in first..=last {
@@ -137,7 +163,7 @@ impl ReadCache {
             let to = range.end.min(base + self.block_size) - base;
             out.extend_from_slice(&slice_block(&block, from, to, &key)?);
         }
-        Ok(out.freeze())
+        Ok((out.freeze(), Origin::Stored))
     }
 
     async fn block(&self, key: &Arc<str>, index: u64) -> Result<Bytes, Arc<object_store::Error>> {

@@ -368,43 +368,66 @@ impl Maintenance {
         }
     }
 
-    /// Delete uploads the metadata store never recorded, older than the grace
-    /// period (their commit can no longer be in flight).
+    /// Delete uploads the metadata store never recorded, once the object
+    /// store's own `last_modified` (not the writing broker's clock in the
+    /// key) is older than the grace period: by then the writer has given up
+    /// on them and the metadata store refuses their commit
+    /// ([`tributary_meta::CommitDeadline`]). The listing is streamed and
+    /// checked 500 keys at a time, so a large bucket is never held whole.
     pub async fn delete_orphans(&self) -> Result<u64, MetaError> {
         let cutoff = now_ms() - self.config.grace.as_millis() as i64;
         let prefix = keys::path(keys::SEGMENTS_PREFIX);
-        let listed: Vec<String> = match self
-            .store
-            .list(Some(&prefix))
-            .map_ok(|m| m.location.to_string())
-            .try_collect()
-            .await
-        {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "listing segments for the janitor failed");
-                return Ok(0);
-            }
-        };
-        let old: Vec<String> = listed
-            .into_iter()
-            .filter(|k| keys::segment_key_time_ms(k).is_some_and(|t| t < cutoff))
-            .collect();
+        let mut listing = self.store.list(Some(&prefix));
         let mut deleted = 0;
-        for chunk in old.chunks(500) {
-            for key in self.meta.unknown_segments(chunk).await? {
-                match self.store.delete(&keys::path(&key)).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                        info!(segment = %key, "deleted orphan upload");
-                        deleted += 1;
-                    }
-                    Err(e) => warn!(segment = %key, error = %e, "deleting orphan failed"),
+        let mut chunk: Vec<String> = Vec::with_capacity(ORPHAN_CHUNK);
+        loop {
+            let next = match listing.try_next().await {
+                Ok(next) => next,
+                Err(e) => {
+                    warn!(error = %e, "listing segments for the janitor failed");
+                    break;
                 }
+            };
+            let end = next.is_none();
+            if let Some(object) = next {
+                let key = object.location.to_string();
+                // Both clocks must call it old: the store's (what matters)
+                // and the key's (a broker's, a second guard).
+                if object.last_modified.timestamp_millis() < cutoff
+                    && keys::segment_key_time_ms(&key).is_some_and(|t| t < cutoff)
+                {
+                    chunk.push(key);
+                }
+            }
+            if chunk.len() >= ORPHAN_CHUNK || (end && !chunk.is_empty()) {
+                deleted += self.delete_unknown(&chunk).await?;
+                chunk.clear();
+            }
+            if end {
+                break;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Delete the objects among `keys` that the metadata store never recorded.
+    async fn delete_unknown(&self, candidates: &[String]) -> Result<u64, MetaError> {
+        let mut deleted = 0;
+        for key in self.meta.unknown_segments(candidates).await? {
+            match self.store.delete(&keys::path(&key)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    info!(segment = %key, "deleted orphan upload");
+                    deleted += 1;
+                }
+                Err(e) => warn!(segment = %key, error = %e, "deleting orphan failed"),
             }
         }
         Ok(deleted)
     }
 }
+
+/// Keys checked against the metadata store per call by the janitor.
+const ORPHAN_CHUNK: usize = 500;
 
 /// `retention.ms` and `retention.bytes` of a topic (-1 = unlimited).
 fn retention_of(topic: &TopicMeta) -> (i64, i64) {

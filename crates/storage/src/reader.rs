@@ -9,12 +9,14 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use tracing::{error, warn};
 use tributary_meta::{IndexEntry, MetadataStore, PartitionOffsets};
 use tributary_protocol::batch::{
-    first_offset_at_or_after_timestamp, set_base_offset, split_stored_batches,
+    check_stored_crc, first_offset_at_or_after_timestamp, set_base_offset, split_stored_batches,
 };
 use uuid::Uuid;
 
+use crate::cache::Origin;
 use crate::{ReadCache, ReadError};
 
 /// Index entries looked up per metadata round trip.
@@ -82,9 +84,20 @@ impl Fetcher {
                 break;
             }
             for entry in entries {
-                let done = self
+                let done = match self
                     .append_entry(&entry, &mut cursor, &mut picked, max_bytes, at_least_one)
-                    .await?;
+                    .await
+                {
+                    Ok(done) => done,
+                    // What was read before an unreadable entry (a missing or
+                    // corrupt object) is still served; the client comes back
+                    // for the rest and then gets the error.
+                    Err(e) if !picked.batches.is_empty() => {
+                        warn!(segment = %entry.segment_key, error = %e, "serving the batches read before an unreadable entry");
+                        break 'pages;
+                    }
+                    Err(e) => return Err(e),
+                };
                 if done {
                     break 'pages;
                 }
@@ -182,13 +195,30 @@ impl Fetcher {
             key: entry.segment_key.clone(),
             reason,
         };
-        let bytes = self.entry_bytes(entry).await?;
+        let (bytes, origin) = self
+            .cache
+            .read_with_origin(
+                &entry.segment_key,
+                entry.byte_start..entry.byte_start + entry.byte_len,
+            )
+            .await
+            .map_err(|source| ReadError::Object {
+                key: entry.segment_key.clone(),
+                source,
+            })?;
         let batches = split_stored_batches(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let mut base = entry.base_offset;
         for batch in batches {
             let count = batch.header.offset_count();
             let last = base + count - 1;
             if last >= *cursor {
+                if origin == Origin::Stored {
+                    if let Err(e) = check_stored_crc(&batch) {
+                        metrics::counter!("tributary_corrupt_batches_total").increment(1);
+                        error!(segment = %entry.segment_key, base_offset = base, error = %e, "stored record batch is corrupt; not serving it");
+                        return Err(corrupt(format!("batch at offset {base}: {e}")));
+                    }
+                }
                 if (out.len > 0 || !at_least_one) && out.len + batch.bytes.len() > max_bytes {
                     return Ok(true);
                 }

@@ -18,10 +18,10 @@ use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 use tributary_meta::{
-    BatchOutcome, BatchRejection, MetaError, MetadataStore, PendingBatch, ProducerBatch,
-    SegmentCommit,
+    BatchOutcome, BatchRejection, Clock, CommitDeadline, MetaError, MetadataStore, PendingBatch,
+    ProducerBatch, SegmentCommit,
 };
 use tributary_segment::{PushBatch, SegmentBuilder};
 use uuid::Uuid;
@@ -37,11 +37,21 @@ pub struct WriterConfig {
     pub flush_interval: Duration,
     /// Sealed segments uploading at once before appends wait.
     pub max_inflight_uploads: usize,
-    /// Attempts per PUT and per commit before the appends fail.
-    pub max_attempts: u32,
+    /// A sealed segment is uploaded and committed within this time, or its
+    /// appends fail (retriable) and the segment is abandoned. The metadata
+    /// store refuses, by its own clock, commits of segments older than this
+    /// ([`tributary_meta::CommitDeadline`]), so the janitor's grace period
+    /// must be well above it (the broker checks at start-up).
+    pub commit_deadline: Duration,
+    /// Longest one metadata call of the commit path may take before it is
+    /// treated as failed with an unknown outcome.
+    pub metadata_call_timeout: Duration,
     /// TESTING ONLY: probability that a successful commit's answer is
     /// treated as lost (as after a timeout), exercising the resolution path.
     pub inject_commit_lost: f64,
+    /// Time for segment keys and commit deadlines (the machine's clock
+    /// outside simulations).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for WriterConfig {
@@ -50,10 +60,23 @@ impl Default for WriterConfig {
             max_segment_bytes: 8 << 20,
             flush_interval: Duration::from_millis(50),
             max_inflight_uploads: 4,
-            max_attempts: 5,
+            commit_deadline: DEFAULT_COMMIT_DEADLINE,
+            metadata_call_timeout: Duration::from_secs(15),
             inject_commit_lost: 0.0,
+            clock: tributary_meta::clock::system(),
         }
     }
+}
+
+/// Default of [`WriterConfig::commit_deadline`].
+pub const DEFAULT_COMMIT_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The smallest janitor grace period that is safe with a commit deadline:
+/// twice the deadline, so that clocks (broker, database, object store) may
+/// disagree by up to the deadline before a late commit could index an
+/// object the janitor already deleted.
+pub fn min_safe_grace(commit_deadline: Duration) -> Duration {
+    commit_deadline.saturating_mul(2)
 }
 
 /// One record batch to append, already validated by the broker.
@@ -104,6 +127,10 @@ struct BatchMeta {
 struct Sealed {
     key: String,
     size: u64,
+    /// Broker clock at sealing (the time in the key).
+    created_ms: i64,
+    /// When the writer gives up on the segment.
+    give_up: Instant,
     locations: Vec<(u64, u64)>,
     metas: Vec<BatchMeta>,
     waiters: Vec<Waiter>,
@@ -312,7 +339,9 @@ impl Sealer {
     async fn seal(&mut self, open: Open, reason: &'static str) {
         let (store, cache, config) = (&self.store, &self.cache, &self.config);
         let built = open.builder.finish();
-        let key = keys::new_segment_key(now_ms());
+        let created_ms = config.clock.now_ms();
+        let give_up = Instant::now() + config.commit_deadline;
+        let key = keys::new_segment_key(created_ms);
         let size = built.bytes.len() as u64;
         metrics::counter!("tributary_segment_flushes_total", "reason" => reason).increment(1);
         metrics::histogram!("tributary_segment_flush_bytes").record(size as f64);
@@ -332,11 +361,12 @@ impl Sealer {
             cache.clone(),
             key.clone(),
             built.bytes,
-            config.max_attempts,
         ));
         let sealed = Sealed {
             key,
             size,
+            created_ms,
+            give_up,
             locations,
             metas: open.metas,
             waiters: open.waiters,
@@ -348,14 +378,14 @@ impl Sealer {
     }
 }
 
-/// PUT the object create-only, retrying transient failures. A retried PUT
-/// that finds the object already there checks it is ours (same size).
+/// PUT the object create-only, retrying transient failures until the
+/// committer stops waiting (the segment's deadline). A retried PUT that finds
+/// the object already there checks it is ours (same size).
 async fn upload(
     store: Arc<dyn ObjectStore>,
     cache: ReadCache,
     key: String,
     bytes: Bytes,
-    max_attempts: u32,
 ) -> Result<(), String> {
     let path = keys::path(&key);
     let mut attempt = 0;
@@ -385,11 +415,10 @@ async fn upload(
                     Err(e) => return Err(e.to_string()),
                 }
             }
-            Err(e) if attempt < max_attempts => {
+            Err(e) => {
                 warn!(segment = %key, attempt, error = %e, "segment upload retry");
                 tokio::time::sleep(backoff(attempt)).await;
             }
-            Err(e) => return Err(e.to_string()),
         }
     }
     cache.insert_object(&key, &bytes).await;
@@ -402,10 +431,19 @@ async fn committer(
     watermarks: Watermarks,
     config: WriterConfig,
 ) {
-    while let Some(sealed) = rx.recv().await {
-        let uploaded = match sealed.upload.await {
-            Ok(r) => r,
-            Err(e) => Err(format!("upload task failed: {e}")),
+    while let Some(mut sealed) = rx.recv().await {
+        let uploaded = match tokio::time::timeout_at(sealed.give_up, &mut sealed.upload).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(format!("upload task failed: {e}")),
+            Err(_) => {
+                // A PUT still running may land later: an orphan the janitor
+                // removes, since it is never committed.
+                sealed.upload.abort();
+                Err(format!(
+                    "not uploaded within the commit deadline of {:?}",
+                    config.commit_deadline
+                ))
+            }
         };
         if let Err(reason) = uploaded {
             warn!(segment = %sealed.key, %reason, "segment upload failed");
@@ -435,8 +473,12 @@ async fn committer(
                     producer: m.producer,
                 })
                 .collect(),
+            deadline: Some(CommitDeadline {
+                created_ms: sealed.created_ms,
+                max_age_ms: i64::try_from(config.commit_deadline.as_millis()).unwrap_or(i64::MAX),
+            }),
         };
-        match commit_with_retry(meta.as_ref(), &commit, &config).await {
+        match commit_until_settled(meta.as_ref(), &commit, sealed.give_up, &config).await {
             Ok(outcomes) => {
                 watermarks.notify_commit();
                 for w in sealed.waiters {
@@ -465,47 +507,94 @@ async fn committer(
     }
 }
 
-async fn commit_with_retry(
+/// Commit a segment, retrying until `give_up`; then, if it is still not
+/// known to be committed, settle it for good with
+/// [`LogStore::abandon_segment`](tributary_meta::LogStore::abandon_segment).
+/// An error is returned only when the segment is certainly not committed
+/// (so a producer's retry cannot duplicate it), or, if the store cannot be
+/// reached to settle it, once a second deadline has passed (then the store's
+/// own deadline check has refused any late commit, unless clocks disagree
+/// by more than the deadline).
+async fn commit_until_settled(
     meta: &dyn MetadataStore,
     commit: &SegmentCommit,
+    give_up: Instant,
     config: &WriterConfig,
 ) -> Result<Vec<BatchOutcome>, String> {
+    let call = |until: Instant| {
+        let limit = until
+            .saturating_duration_since(Instant::now())
+            .min(config.metadata_call_timeout)
+            .max(Duration::from_millis(1));
+        Instant::now() + limit
+    };
+    let mut attempt = 0;
+    let mut last_error = String::new();
+    while Instant::now() < give_up {
+        attempt += 1;
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout_at(call(give_up), meta.commit_segment(commit)).await;
+        metrics::histogram!("tributary_metadata_commit_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let error = match result {
+            Ok(Ok(_))
+                if config.inject_commit_lost > 0.0
+                    && rand::random::<f64>() < config.inject_commit_lost =>
+            {
+                "injected fault: commit answer lost".to_owned()
+            }
+            Ok(Ok(outcomes)) => return Ok(outcomes),
+            // An earlier attempt landed although it seemed to fail.
+            Ok(Err(MetaError::SegmentExists(_))) => return resolve_commit(meta, commit).await,
+            Ok(Err(e)) if e.is_retryable() => e.to_string(),
+            // Refused (too late, invalid): this attempt changed nothing, but
+            // an earlier one may still be in flight; settle below.
+            Ok(Err(e)) => {
+                last_error = e.to_string();
+                break;
+            }
+            Err(_) => format!(
+                "metadata commit timed out after {:?}",
+                config.metadata_call_timeout
+            ),
+        };
+        warn!(segment = %commit.key, attempt, %error, "segment commit retry");
+        last_error = error;
+        tokio::time::sleep_until(call(give_up).min(Instant::now() + backoff(attempt))).await;
+    }
+    // The outcome is unknown: an attempt may have landed, or may still be
+    // in flight. Abandoning the key settles it either way.
+    let hard_stop = give_up + config.commit_deadline;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let started = std::time::Instant::now();
-        let mut result = meta.commit_segment(commit).await;
-        metrics::histogram!("tributary_metadata_commit_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
-        if result.is_ok()
-            && config.inject_commit_lost > 0.0
-            && rand::random::<f64>() < config.inject_commit_lost
-        {
-            warn!(segment = %commit.key, "injected fault: commit answer lost");
-            result = Err(MetaError::Backend {
-                op: "commit_segment",
-                source: "injected fault: commit answer lost".into(),
-            });
-        }
-        match result {
-            Ok(outcomes) => return Ok(outcomes),
-            // An earlier attempt landed although it seemed to fail.
-            Err(MetaError::SegmentExists(_)) => return resolve_commit(meta, commit).await,
-            Err(e) if e.is_retryable() && attempt < config.max_attempts => {
-                warn!(segment = %commit.key, attempt, error = %e, "segment commit retry");
-                tokio::time::sleep(backoff(attempt)).await;
-                // The failed call may still have committed: never commit
-                // twice, read back what it did instead.
-                match meta.segment_committed(&commit.key).await {
-                    Ok(true) => return resolve_commit(meta, commit).await,
-                    Ok(false) => {}
-                    Err(e) => {
-                        warn!(segment = %commit.key, error = %e, "checking a failed commit failed; retrying it")
-                    }
-                }
+        let abandoned = tokio::time::timeout_at(
+            call(hard_stop),
+            meta.abandon_segment(&commit.key, commit.size),
+        )
+        .await;
+        match abandoned {
+            Ok(Ok(true)) => {
+                return Err(format!(
+                    "abandoned, not committed within {:?}: {last_error}",
+                    config.commit_deadline
+                ))
             }
-            Err(e) => return Err(e.to_string()),
+            Ok(Ok(false)) => return resolve_commit(meta, commit).await,
+            Ok(Err(e)) => {
+                warn!(segment = %commit.key, attempt, error = %e, "abandoning an unsettled segment failed; retrying")
+            }
+            Err(_) => {
+                warn!(segment = %commit.key, attempt, "abandoning an unsettled segment timed out; retrying")
+            }
         }
+        if Instant::now() >= hard_stop {
+            error!(segment = %commit.key, "segment outcome could not be settled; the store refuses its commit by now");
+            return Err(format!(
+                "outcome unknown, metadata store unreachable: {last_error}"
+            ));
+        }
+        tokio::time::sleep_until(call(hard_stop).min(Instant::now() + backoff(attempt))).await;
     }
 }
 
@@ -568,4 +657,267 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use object_store::memory::InMemory;
+    use tributary_meta::faults::{injected, FaultyMeta, MetaFaults};
+    use tributary_meta::SqliteStore;
+
+    use super::*;
+    use crate::{Maintenance, MaintenanceConfig};
+
+    /// Faults chosen per call of an operation: `(op, n)` (n counts from 1)
+    /// → what to do.
+    type Plan = Box<dyn Fn(&str, usize) -> Fault + Send + Sync>;
+
+    enum Fault {
+        None,
+        /// Fail before reaching the store.
+        Fail,
+        /// Take effect, then lose the answer.
+        LoseAnswer,
+        /// Wait this long before reaching the store.
+        Stall(Duration),
+    }
+
+    struct Planned {
+        plan: Plan,
+        calls: Mutex<HashMap<&'static str, usize>>,
+        last: Mutex<HashMap<&'static str, usize>>,
+    }
+
+    #[async_trait]
+    impl MetaFaults for Planned {
+        async fn before(&self, op: &'static str) -> tributary_meta::Result<()> {
+            let n = {
+                let mut calls = self.calls.lock().expect("lock");
+                let n = calls.entry(op).or_insert(0);
+                *n += 1;
+                *n
+            };
+            self.last.lock().expect("lock").insert(op, n);
+            match (self.plan)(op, n) {
+                Fault::Fail => Err(injected(op)),
+                Fault::Stall(d) => {
+                    tokio::time::sleep(d).await;
+                    Ok(())
+                }
+                Fault::None | Fault::LoseAnswer => Ok(()),
+            }
+        }
+
+        async fn after(&self, op: &'static str, _ok: bool) -> tributary_meta::Result<()> {
+            let n = self
+                .last
+                .lock()
+                .expect("lock")
+                .get(op)
+                .copied()
+                .unwrap_or(0);
+            match (self.plan)(op, n) {
+                Fault::LoseAnswer => Err(injected(op)),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    struct Rig {
+        meta: Arc<dyn MetadataStore>,
+        faulty: Arc<dyn MetadataStore>,
+        store: Arc<dyn ObjectStore>,
+        cache: ReadCache,
+        topic: Uuid,
+    }
+
+    async fn new_rig(plan: Plan) -> Rig {
+        let meta: Arc<dyn MetadataStore> =
+            Arc::new(SqliteStore::open_in_memory().await.expect("sqlite"));
+        let topic = meta
+            .create_topic("t", 1, Default::default())
+            .await
+            .expect("topic")
+            .id;
+        let faults = Arc::new(Planned {
+            plan,
+            calls: Mutex::default(),
+            last: Mutex::default(),
+        });
+        let faulty: Arc<dyn MetadataStore> = Arc::new(FaultyMeta::new(meta.clone(), faults));
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let cache = ReadCache::new(store.clone(), 1 << 20, 4096);
+        Rig {
+            meta,
+            faulty,
+            store,
+            cache,
+            topic,
+        }
+    }
+
+    fn writer(rig: &Rig, commit_deadline: Duration) -> SegmentWriter {
+        SegmentWriter::start(
+            rig.store.clone(),
+            rig.faulty.clone(),
+            rig.cache.clone(),
+            Watermarks::new(),
+            WriterConfig {
+                flush_interval: Duration::from_millis(5),
+                commit_deadline,
+                ..WriterConfig::default()
+            },
+        )
+    }
+
+    fn batch(records: i64) -> AppendBatch {
+        AppendBatch {
+            bytes: Bytes::from(vec![7u8; 64]),
+            record_count: records,
+            offset_count: records,
+            first_timestamp: 0,
+            max_timestamp: 0,
+            producer: None,
+        }
+    }
+
+    /// Every index entry points at an object that exists.
+    async fn assert_indexed_objects_exist(rig: &Rig) {
+        for entry in rig
+            .meta
+            .index_entries(rig.topic, 0, 0, 1000)
+            .await
+            .expect("entries")
+        {
+            let found = object_store::ObjectStoreExt::head(
+                rig.store.as_ref(),
+                &keys::path(&entry.segment_key),
+            )
+            .await;
+            assert!(
+                found.is_ok(),
+                "offsets {}..={} are acknowledged but their object {} is gone: {found:?}",
+                entry.base_offset,
+                entry.last_offset,
+                entry.segment_key
+            );
+        }
+    }
+
+    /// Defect 11: the last commit attempt landed but its answer was lost;
+    /// the writer failed the produce without asking, so a non-idempotent
+    /// retry duplicated the records. Now the outcome is settled first.
+    #[tokio::test]
+    async fn lost_answer_on_the_last_attempt_is_settled_not_failed() {
+        let rig = new_rig(Box::new(|op, n| match (op, n) {
+            ("commit_segment", 1..=4) => Fault::Fail,
+            ("commit_segment", 5) => Fault::LoseAnswer,
+            _ => Fault::None,
+        }))
+        .await;
+        let w = writer(&rig, Duration::from_secs(30));
+        let outcome = w.append(rig.topic, 0, vec![batch(3)]).await;
+        assert_eq!(
+            outcome.expect("the commit landed, so the append succeeded"),
+            vec![BatchOutcome::Appended { base_offset: 0 }]
+        );
+        assert_eq!(
+            rig.meta
+                .partition_offsets(rig.topic, 0)
+                .await
+                .expect("offsets")
+                .next_offset,
+            3
+        );
+        w.shutdown().await;
+    }
+
+    /// An unsettled commit is abandoned at the deadline: the append fails,
+    /// the key is recorded dead (so no late attempt can land) and nothing
+    /// is indexed.
+    #[tokio::test]
+    async fn commit_failing_past_the_deadline_is_abandoned() {
+        let rig = new_rig(Box::new(|op, _| match op {
+            "commit_segment" => Fault::LoseAnswer,
+            _ => Fault::None,
+        }))
+        .await;
+        // Every attempt lands but loses its answer: the first one landed,
+        // so the writer must find that out, not abandon.
+        let w = writer(&rig, Duration::from_millis(500));
+        let outcome = w.append(rig.topic, 0, vec![batch(2)]).await;
+        assert_eq!(
+            outcome.expect("landed"),
+            vec![BatchOutcome::Appended { base_offset: 0 }]
+        );
+        w.shutdown().await;
+
+        let rig2 = new_rig(Box::new(|op, _| match op {
+            "commit_segment" => Fault::Fail,
+            _ => Fault::None,
+        }))
+        .await;
+        let w = writer(&rig2, Duration::from_millis(300));
+        let outcome = w.append(rig2.topic, 0, vec![batch(2)]).await;
+        let err = outcome.expect_err("never committed");
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("abandoned"), "{err}");
+        let dead = rig2.meta.dead_segments(i64::MAX, 10).await.expect("dead");
+        assert_eq!(dead.len(), 1, "the abandoned segment is dead: {dead:?}");
+        let offsets = rig2
+            .meta
+            .partition_offsets(rig2.topic, 0)
+            .await
+            .expect("offsets");
+        assert_eq!(offsets.next_offset, 0);
+        w.shutdown().await;
+    }
+
+    /// Defect 1: a commit delayed past the janitor's grace period (slow
+    /// metadata store, a stalled broker) was acknowledged after the janitor
+    /// had deleted its "orphan" object, so acknowledged offsets pointed at
+    /// nothing. Now the writer gives up at its deadline (half the grace)
+    /// and the store refuses late commits, so whatever is acknowledged
+    /// stays readable.
+    #[tokio::test]
+    async fn janitor_never_deletes_what_a_slow_commit_acknowledges() {
+        let rig = new_rig(Box::new(|op, n| match (op, n) {
+            ("commit_segment", 1) => Fault::Stall(Duration::from_millis(900)),
+            _ => Fault::None,
+        }))
+        .await;
+        let deadline = Duration::from_millis(300);
+        let grace = min_safe_grace(deadline);
+        let w = writer(&rig, deadline);
+        let janitor = Maintenance::new(
+            rig.meta.clone(),
+            rig.store.clone(),
+            rig.cache.clone(),
+            MaintenanceConfig {
+                grace,
+                ..MaintenanceConfig::default()
+            },
+        );
+        let janitor = tokio::spawn(async move {
+            // Passes while the commit is stalled and after.
+            let mut deleted = 0;
+            for _ in 0..12 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                deleted += janitor.delete_orphans().await.expect("janitor");
+            }
+            deleted
+        });
+        let outcome = w.append(rig.topic, 0, vec![batch(5)]).await;
+        let deleted = janitor.await.expect("janitor task");
+        assert_indexed_objects_exist(&rig).await;
+        assert!(
+            outcome.is_err(),
+            "the commit stalled past the deadline must fail: {outcome:?} (orphans deleted: {deleted})"
+        );
+        w.shutdown().await;
+    }
 }

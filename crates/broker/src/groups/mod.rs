@@ -146,6 +146,7 @@ fn meta_error_code(e: &MetaError) -> i16 {
         | MetaError::InvalidPartitions { .. }
         | MetaError::OffsetOutOfRange { .. }
         | MetaError::SegmentExists(_)
+        | MetaError::CommitTooLate { .. }
         | MetaError::InvalidArgument(_) => code(ResponseError::UnknownServerError),
     }
 }

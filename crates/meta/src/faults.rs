@@ -1,0 +1,142 @@
+//! A metadata store wrapper that injects faults (tests and the simulation):
+//! every call first asks a [`MetaFaults`] whether to fail or stall before it
+//! reaches the store, and afterwards whether to lose its answer (the call
+//! took effect but the caller sees an error, as after a timeout).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::{
+    BatchOutcome, BrokerInfo, BrokerRegistry, CommitFeed, CommittedOffset, DeadSegment, GroupClaim,
+    GroupStore, IndexEntry, LogStore, MaintenanceStore, MetaError, MetadataStore, PartitionOffsets,
+    Result, SegmentCommit, TopicMeta, TopicStore,
+};
+
+/// Decides the faults of a [`FaultyMeta`]. `op` is the trait method's name.
+#[async_trait]
+pub trait MetaFaults: Send + Sync {
+    /// Before the call: an error fails it without reaching the store; the
+    /// future may also take its time (a slow or hung store).
+    async fn before(&self, op: &'static str) -> Result<()>;
+    /// After the store answered (`ok` tells how): an error replaces the
+    /// answer, although the call took effect.
+    async fn after(&self, op: &'static str, ok: bool) -> Result<()>;
+}
+
+/// The error [`MetaFaults`] implementations return: retryable, like a lost
+/// connection.
+pub fn injected(op: &'static str) -> MetaError {
+    MetaError::Backend {
+        op,
+        source: "injected fault".into(),
+    }
+}
+
+/// A [`MetadataStore`] that consults `faults` around every call to `inner`.
+#[derive(Clone)]
+pub struct FaultyMeta {
+    inner: Arc<dyn MetadataStore>,
+    faults: Arc<dyn MetaFaults>,
+}
+
+impl FaultyMeta {
+    pub fn new(inner: Arc<dyn MetadataStore>, faults: Arc<dyn MetaFaults>) -> Self {
+        Self { inner, faults }
+    }
+}
+
+/// Implements a store trait for [`FaultyMeta`] by delegating every method,
+/// with the fault hooks around each call.
+macro_rules! delegate {
+    ($trait:ident { $( fn $name:ident(&self $(, $arg:ident : $ty:ty)* ) -> $ret:ty; )* }) => {
+        #[async_trait]
+        impl $trait for FaultyMeta {
+            $(
+                async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    self.faults.before(stringify!($name)).await?;
+                    let result = self.inner.$name($($arg),*).await;
+                    self.faults.after(stringify!($name), result.is_ok()).await?;
+                    result
+                }
+            )*
+        }
+    };
+}
+
+delegate!(TopicStore {
+    fn create_topic(&self, name: &str, partitions: i32, configs: BTreeMap<String, String>) -> Result<TopicMeta>;
+    fn delete_topic(&self, name: &str) -> Result<Vec<String>>;
+    fn get_topic(&self, name: &str) -> Result<Option<TopicMeta>>;
+    fn get_topic_by_id(&self, id: Uuid) -> Result<Option<TopicMeta>>;
+    fn list_topics(&self) -> Result<Vec<TopicMeta>>;
+    fn create_partitions(&self, name: &str, total: i32) -> Result<TopicMeta>;
+    fn alter_topic_configs(&self, name: &str, changes: BTreeMap<String, Option<String>>) -> Result<TopicMeta>;
+});
+
+delegate!(LogStore {
+    fn commit_segment(&self, commit: &SegmentCommit) -> Result<Vec<BatchOutcome>>;
+    fn segment_committed(&self, key: &str) -> Result<bool>;
+    fn abandon_segment(&self, key: &str, size: u64) -> Result<bool>;
+    fn segment_entries(&self, key: &str) -> Result<Vec<IndexEntry>>;
+    fn partition_offsets(&self, topic_id: Uuid, partition: i32) -> Result<PartitionOffsets>;
+    fn index_entries(&self, topic_id: Uuid, partition: i32, from_offset: i64, limit: usize) -> Result<Vec<IndexEntry>>;
+    fn entry_for_timestamp(&self, topic_id: Uuid, partition: i32, timestamp: i64) -> Result<Option<IndexEntry>>;
+    fn advance_log_start(&self, topic_id: Uuid, partition: i32, offset: i64) -> Result<PartitionOffsets>;
+    fn allocate_producer_id(&self) -> Result<(i64, i16)>;
+    fn list_segments(&self) -> Result<Vec<String>>;
+});
+
+delegate!(GroupStore {
+    fn claim_group(&self, group: &str, node_id: i32) -> Result<GroupClaim>;
+    fn commit_offsets(&self, group: &str, claim: Option<GroupClaim>, offsets: &[CommittedOffset]) -> Result<()>;
+    fn fetch_offsets(&self, group: &str, topics: Option<&[String]>) -> Result<Vec<CommittedOffset>>;
+    fn list_groups(&self) -> Result<Vec<String>>;
+    fn delete_group(&self, group: &str) -> Result<()>;
+    fn delete_offsets(&self, group: &str, partitions: &[(String, i32)]) -> Result<()>;
+});
+
+delegate!(MaintenanceStore {
+    fn apply_retention(&self, topic_id: Uuid, partition: i32, now_ms: i64, retention_ms: i64, retention_bytes: i64) -> Result<PartitionOffsets>;
+    fn drop_expired_entries(&self, now_ms: i64) -> Result<u64>;
+    fn acquire_lease(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<bool>;
+    fn dead_segments(&self, before_ms: i64, limit: usize) -> Result<Vec<DeadSegment>>;
+    fn forget_segments(&self, keys: &[String]) -> Result<()>;
+    fn unknown_segments(&self, keys: &[String]) -> Result<Vec<String>>;
+    fn compaction_candidates(&self, topic_id: Uuid, partition: i32, small_entry_bytes: u64, max_total_bytes: u64, limit: usize) -> Result<Vec<IndexEntry>>;
+    fn replace_entries(&self, old: &[IndexEntry], new_key: &str, new_size: u64, new: &[IndexEntry], now_ms: i64) -> Result<bool>;
+});
+
+#[async_trait]
+impl BrokerRegistry for FaultyMeta {
+    async fn heartbeat_broker(&self, info: &BrokerInfo, now_ms: i64, ttl_ms: i64) -> Result<()> {
+        self.faults.before("heartbeat_broker").await?;
+        let result = self.inner.heartbeat_broker(info, now_ms, ttl_ms).await;
+        self.faults
+            .after("heartbeat_broker", result.is_ok())
+            .await?;
+        result
+    }
+
+    async fn live_brokers(&self, now_ms: i64, ttl_ms: i64) -> Result<Vec<BrokerInfo>> {
+        self.faults.before("live_brokers").await?;
+        let result = self.inner.live_brokers(now_ms, ttl_ms).await;
+        self.faults.after("live_brokers", result.is_ok()).await?;
+        result
+    }
+
+    async fn deregister_broker(&self, node_id: i32) -> Result<()> {
+        self.faults.before("deregister_broker").await?;
+        let result = self.inner.deregister_broker(node_id).await;
+        self.faults
+            .after("deregister_broker", result.is_ok())
+            .await?;
+        result
+    }
+
+    fn commit_feed(&self) -> Option<CommitFeed> {
+        self.inner.commit_feed()
+    }
+}
