@@ -394,3 +394,145 @@ fn silent_endpoint_times_out() -> Result<()> {
     drop(silent);
     Ok(())
 }
+
+/// Defect 13: the endpoint given the standard AWS way (`AWS_ENDPOINT_URL`,
+/// `AWS_REGION`, a plain `s3://bucket/prefix`) passed the start-up check
+/// (the AWS SDK reads the variable) while every segment PUT failed
+/// (`HTTP error: builder error`) and producers hung. The data path and the
+/// check now resolve the same settings, and the check makes a round trip
+/// through the data path's own client.
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoint_from_aws_environment_serves_produce_and_fetch() -> Result<()> {
+    let s3 = S3Server::start()?;
+    s3.create_bucket("env-bucket")?;
+    let dir = tempfile::tempdir()?;
+    let mut builder = BrokerProcess::builder(broker_bin())
+        .data_dir(dir.path())
+        .args([
+            "--object-store",
+            "s3://env-bucket/pre",
+            "--flush-interval-ms",
+            "50",
+        ]);
+    for (key, value) in S3_TEST_ENV {
+        builder = builder.env(*key, *value);
+    }
+    let broker = builder.env("AWS_ENDPOINT_URL", s3.endpoint()).start()?;
+    run_test(&broker, async {
+        let bootstrap = broker.bootstrap();
+        create_topic(&bootstrap, "env", PARTITIONS).await?;
+        let p = producer(
+            &bootstrap,
+            &[("acks", "all"), ("message.timeout.ms", "20000")],
+        )?;
+        produce_all(&p, "env", outs("env", 30)).await?;
+        let c = consumer(&bootstrap, "env-group", &[])?;
+        c.subscribe(&["env"])?;
+        let got = consume_n(&c, 30, Duration::from_secs(60)).await?;
+        check_values(&got, "env", 0)?;
+        let keys = s3.list_keys("env-bucket", "pre/segments/")?;
+        ensure!(
+            keys.iter().any(|k| k.starts_with("pre/segments/")),
+            "no segment object under the prefix: {keys:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// `GET path` on the admin endpoint: (status, body).
+fn admin_get(port: u16, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .context("status line")?
+        .parse()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((status, body.to_owned()))
+}
+
+/// Defects 14 and 20: a bucket that disappears under a running broker is a
+/// permanent error. The writer retried it for minutes while producers got
+/// no answer and `/readyz` stayed green (its HEAD probe reads a 404 as
+/// "fine"). Now the upload fails at once with one clear log line, `/readyz`
+/// turns red naming the write path, and it turns green again once a probe
+/// write succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn vanished_bucket_fails_fast_and_turns_readyz_red() -> Result<()> {
+    let s3 = S3Server::start()?;
+    s3.create_bucket("vanishing")?;
+    let dir = tempfile::tempdir()?;
+    let admin = tributary_testkit::free_port()?;
+    let admin_arg = format!("127.0.0.1:{admin}");
+    let url = s3.url("vanishing", "p");
+    let broker = s3_broker(&url, dir.path())
+        .args(["--metrics-listen", admin_arg.as_str()])
+        .start()?;
+    run_test(&broker, async {
+        let bootstrap = broker.bootstrap();
+        create_topic(&bootstrap, "vanish", 1).await?;
+        ensure!(admin_get(admin, "/readyz")?.0 == 200);
+        s3.delete_bucket("vanishing")?;
+        let p = producer(
+            &bootstrap,
+            &[("acks", "all"), ("message.timeout.ms", "5000")],
+        )?;
+        let sent = produce_all(
+            &p,
+            "vanish",
+            [Out {
+                key: "k".into(),
+                value: "v".into(),
+                ..Out::default()
+            }],
+        )
+        .await;
+        ensure!(sent.is_err(), "a produce into a deleted bucket succeeded");
+        let why = wait_for("/readyz to turn red", Duration::from_secs(20), || {
+            let (status, body) = admin_get(admin, "/readyz")?;
+            Ok(if status == 503 {
+                Ok(body)
+            } else {
+                Err((status, body))
+            })
+        })
+        .await?;
+        ensure!(
+            why.contains("write path") && why.contains("upload"),
+            "{why}"
+        );
+        ensure!(
+            broker.logs().contains("segment upload failed permanently"),
+            "no clear log line for the permanent failure"
+        );
+        s3.create_bucket("vanishing")?;
+        wait_for("/readyz to recover", Duration::from_secs(30), || {
+            let (status, body) = admin_get(admin, "/readyz")?;
+            Ok(if status == 200 {
+                Ok(())
+            } else {
+                Err((status, body))
+            })
+        })
+        .await?;
+        let p = producer(&bootstrap, &[("acks", "all")])?;
+        produce_all(
+            &p,
+            "vanish",
+            [Out {
+                key: "k".into(),
+                value: "back".into(),
+                ..Out::default()
+            }],
+        )
+        .await?;
+        Ok(())
+    })
+    .await
+}

@@ -27,7 +27,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use clap::Args;
-use tributary_storage::ObjectStoreUrl;
+use tributary_storage::{ObjectStoreUrl, S3Settings};
 
 use crate::config::{ServeArgs, Settings};
 
@@ -35,9 +35,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(4);
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_ATTEMPTS: u32 = 2;
-/// Region used when neither the URL nor the AWS environment names one
-/// (the same default `object_store` applies).
-const DEFAULT_REGION: &str = "us-east-1";
 
 /// Flags of `tributary init` and `tributary serve`: the serve settings (so the
 /// object store resolves through the same layering) plus `--create-bucket`.
@@ -122,6 +119,8 @@ pub enum Cause {
     NoConditionalWrites(String),
     /// Local directory not creatable or not writable.
     Directory(String),
+    /// The broker's own S3 client (object_store) failed a probe round trip.
+    DataPath(String),
     /// Anything else the server answered.
     Other(String),
 }
@@ -137,6 +136,7 @@ impl fmt::Display for Cause {
             Cause::Unreachable(d) => write!(f, "endpoint unreachable ({d})"),
             Cause::NoConditionalWrites(d) => write!(f, "no conditional-write support ({d})"),
             Cause::Directory(d) => write!(f, "object directory not writable ({d})"),
+            Cause::DataPath(d) => write!(f, "segment uploads would fail ({d})"),
             Cause::Other(d) => write!(f, "unexpected error ({d})"),
         }
     }
@@ -173,17 +173,67 @@ pub async fn preflight(url: &str, create_bucket: bool) -> Result<Outcome, Prefli
     match parsed {
         ObjectStoreUrl::Memory => Ok(Outcome::Nothing),
         ObjectStoreUrl::File(dir) => check_dir(&dir).map(|()| Outcome::DirectoryReady),
-        ObjectStoreUrl::S3 {
-            bucket,
-            prefix,
-            endpoint,
-            region,
-            allow_http: _,
-            path_style,
-        } => {
-            let s3 = S3Check::new(bucket, prefix, endpoint, region, path_style).await;
-            s3.run(create_bucket).await
+        ObjectStoreUrl::S3 { .. } => {
+            let settings = S3Settings::from_url(url).map_err(|e| PreflightError {
+                cause: Cause::BadUrl(error_chain(&e)),
+                bucket: "-".into(),
+                endpoint: "-".into(),
+            })?;
+            let s3 = S3Check::new(&settings).await;
+            let outcome = s3.run(create_bucket).await?;
+            data_path_round_trip(url, &settings).await?;
+            Ok(outcome)
         }
+    }
+}
+
+/// A create-only PUT, a GET and a DELETE of a probe object through the very
+/// client the broker's data path uses (`object_store`, configured from the
+/// same [`S3Settings`]): the SDK answering is not proof that segment
+/// uploads will work.
+async fn data_path_round_trip(url: &str, settings: &S3Settings) -> Result<(), PreflightError> {
+    use tributary_storage::object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+    let fail = |detail: String| PreflightError {
+        cause: Cause::DataPath(detail),
+        bucket: settings.bucket.clone(),
+        endpoint: settings.endpoint_for_display(),
+    };
+    let store = tributary_storage::open_object_store(url).map_err(|e| fail(error_chain(&e)))?;
+    let key = tributary_storage::object_store::path::Path::from(format!(
+        "_tributary/probe-{}",
+        uuid::Uuid::new_v4()
+    ));
+    let round_trip = async {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        store
+            .put_opts(&key, PutPayload::from_static(b"tributary probe"), opts)
+            .await
+            .map_err(|e| format!("PUT {key}: {}", error_chain(&e)))?;
+        let got = store
+            .get(&key)
+            .await
+            .map_err(|e| format!("GET {key}: {}", error_chain(&e)))?
+            .bytes()
+            .await
+            .map_err(|e| format!("GET {key}: {}", error_chain(&e)))?;
+        if got.as_ref() != b"tributary probe" {
+            return Err(format!("GET {key} returned other bytes"));
+        }
+        store
+            .delete(&key)
+            .await
+            .map_err(|e| format!("DELETE {key}: {}", error_chain(&e)))
+    };
+    match tokio::time::timeout(OPERATION_TIMEOUT * 2, round_trip).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(detail)) => Err(fail(detail)),
+        Err(_) => Err(fail(format!(
+            "no answer within {}s",
+            (OPERATION_TIMEOUT * 2).as_secs()
+        ))),
     }
 }
 
@@ -209,41 +259,32 @@ struct S3Check {
 }
 
 impl S3Check {
-    async fn new(
-        bucket: String,
-        prefix: String,
-        endpoint: Option<String>,
-        region: Option<String>,
-        path_style: bool,
-    ) -> Self {
+    async fn new(settings: &S3Settings) -> Self {
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .operation_attempt_timeout(ATTEMPT_TIMEOUT)
             .operation_timeout(OPERATION_TIMEOUT)
             .build();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        let shared = aws_config::defaults(BehaviorVersion::latest())
             .timeout_config(timeouts)
-            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS));
-        if let Some(region) = &region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        let shared = loader.load().await;
-        let region = shared
-            .region()
-            .map_or_else(|| DEFAULT_REGION.to_string(), |r| r.to_string());
+            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+            .region(Region::new(settings.region.clone()))
+            .load()
+            .await;
+        // Endpoint, region and addressing exactly as the data path resolved
+        // them (S3Settings), not as the SDK's own environment lookup would.
         let mut config = aws_sdk_s3::config::Builder::from(&shared)
-            .region(Region::new(region.clone()))
-            .force_path_style(path_style);
-        if let Some(endpoint) = &endpoint {
+            .region(Region::new(settings.region.clone()))
+            .force_path_style(settings.path_style);
+        if let Some(endpoint) = &settings.endpoint {
             config = config.endpoint_url(endpoint);
         }
-        let endpoint = endpoint.unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
         Self {
             client: aws_sdk_s3::Client::from_conf(config.build()),
-            bucket,
-            prefix,
-            endpoint,
-            region,
+            bucket: settings.bucket.clone(),
+            prefix: settings.prefix.clone(),
+            endpoint: settings.endpoint_for_display(),
+            region: settings.region.clone(),
         }
     }
 

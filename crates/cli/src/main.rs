@@ -128,7 +128,12 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
     let draining = CancellationToken::new();
     let lag = observe::GroupLag::default();
     if let Some(addr) = settings.metrics_listen {
-        let ready = observe::Readiness::new(meta.clone(), store.clone(), draining.clone());
+        let ready = observe::Readiness::new(
+            meta.clone(),
+            store.clone(),
+            writer.health(),
+            draining.clone(),
+        );
         observe::serve_admin(addr, ready, lag.clone()).await?;
         observe::spawn_publisher(
             opened.metrics.clone(),

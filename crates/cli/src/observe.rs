@@ -6,9 +6,11 @@
 //!   `metrics` facade every second, and summarised in the log at shutdown.
 //! - `GET /healthz`: 200 while the process serves (liveness).
 //! - `GET /readyz`: 200 only while the metadata store and the object store
-//!   answer (each checked with a 2 s timeout, at most once a second) and the
-//!   broker is not shutting down; otherwise 503 with the reason. Load
-//!   balancers and ECS use it to send traffic only to working brokers.
+//!   answer (each checked with a 2 s timeout, at most once a second), the
+//!   write path works (the last segment was uploaded and committed, or, after
+//!   a failure, a probe write to both stores succeeds) and the broker is not
+//!   shutting down; otherwise 503 with the reason. Load balancers and ECS use
+//!   it to send traffic only to working brokers.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,12 +24,12 @@ use hyper::{Request, Response, StatusCode};
 use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tributary_meta::MetadataStore;
 use tributary_storage::wrappers::{MetricsHandle, Op};
-use tributary_storage::ReadCache;
+use tributary_storage::{ReadCache, WriteHealth};
 
 /// How long one readiness probe of a store may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -38,6 +40,7 @@ const PROBE_CACHE: Duration = Duration::from_secs(1);
 pub struct Readiness {
     meta: Arc<dyn MetadataStore>,
     store: Arc<dyn ObjectStore>,
+    writes: WriteHealth,
     draining: CancellationToken,
     last: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
@@ -46,11 +49,13 @@ impl Readiness {
     pub fn new(
         meta: Arc<dyn MetadataStore>,
         store: Arc<dyn ObjectStore>,
+        writes: WriteHealth,
         draining: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
             meta,
             store,
+            writes,
             draining,
             last: tokio::sync::Mutex::new(None),
         })
@@ -77,6 +82,22 @@ impl Readiness {
     }
 
     async fn probe(&self) -> Result<(), String> {
+        if let Some(failure) = self.writes.failure() {
+            // Stores that answer reads can still refuse writes (disk full,
+            // read-only directory, revoked write permission, a locked
+            // database): only a write shows the path works again.
+            match self.write_probe().await {
+                Ok(()) => self.writes.recovered(),
+                Err(probe) => {
+                    return Err(format!(
+                        "write path failing for {}s: segment {} failed: {}; write probe: {probe}",
+                        failure.since.elapsed().as_secs(),
+                        failure.stage,
+                        failure.reason
+                    ))
+                }
+            }
+        }
         let now = tributary_storage::writer::now_ms();
         match tokio::time::timeout(PROBE_TIMEOUT, self.meta.live_brokers(now, 10_000)).await {
             Ok(Ok(_)) => {}
@@ -88,6 +109,35 @@ impl Readiness {
             Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => Ok(()),
             Ok(Err(e)) => Err(format!("object store: {e}")),
             Err(_) => Err("object store: no answer within 2 s".into()),
+        }
+    }
+}
+
+impl Readiness {
+    /// A create-only PUT and DELETE of a probe object, and a metadata write.
+    async fn write_probe(&self) -> Result<(), String> {
+        let key = Path::from(format!("_tributary/readyz-probe-{}", uuid::Uuid::new_v4()));
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let put = self
+            .store
+            .put_opts(&key, PutPayload::from_static(b"readyz"), opts);
+        match tokio::time::timeout(PROBE_TIMEOUT, put).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("object store PUT: {e}")),
+            Err(_) => return Err("object store PUT: no answer within 2 s".into()),
+        }
+        if let Ok(Err(e)) = tokio::time::timeout(PROBE_TIMEOUT, self.store.delete(&key)).await {
+            tracing::debug!(error = %e, "deleting the readiness probe failed");
+        }
+        let now = tributary_storage::writer::now_ms();
+        let write = self.meta.acquire_lease("readyz-probe", "readyz", now, 0);
+        match tokio::time::timeout(PROBE_TIMEOUT, write).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("metadata store write: {e}")),
+            Err(_) => Err("metadata store write: no answer within 2 s".into()),
         }
     }
 }

@@ -9,6 +9,7 @@ pub use object_store;
 
 pub mod cache;
 mod error;
+pub mod health;
 pub mod keys;
 pub mod maintenance;
 pub mod open;
@@ -19,10 +20,11 @@ pub mod writer;
 
 pub use cache::{CacheStats, ReadCache};
 pub use error::{ReadError, StorageError, WriteError};
+pub use health::WriteHealth;
 pub use maintenance::{Maintenance, MaintenanceConfig, PassReport};
 pub use open::{
     open_object_store, open_object_store_with, parse_fault_spec, FaultSpec, ObjectStoreUrl,
-    OpenedStore,
+    OpenedStore, S3Settings,
 };
 pub use reader::{FetchedPartition, Fetcher};
 pub use watermarks::Watermarks;

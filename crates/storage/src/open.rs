@@ -89,6 +89,102 @@ impl ObjectStoreUrl {
     }
 }
 
+/// The S3 connection settings a URL resolves to, with the standard AWS
+/// environment filling what the URL leaves out. The data path
+/// (`object_store`) and the start-up check (the AWS SDK) both use this, so
+/// they always talk to the same endpoint the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub prefix: String,
+    /// Custom endpoint (MinIO, LocalStack, ...); `None` is AWS itself.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub allow_http: bool,
+    /// Bucket in the path (`http://host/bucket/key`) rather than the host name.
+    pub path_style: bool,
+}
+
+/// Region when neither the URL nor the environment names one (the AWS
+/// SDK's and `object_store`'s default too).
+pub const DEFAULT_S3_REGION: &str = "us-east-1";
+
+impl S3Settings {
+    /// Resolve an `s3://` URL against the process environment.
+    pub fn from_url(raw: &str) -> Result<Self, StorageError> {
+        Self::resolve(raw, |k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// Resolve an `s3://` URL, reading the environment through `env`. Query
+    /// parameters win; then `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL` (or the
+    /// older `AWS_ENDPOINT`), `AWS_REGION` / `AWS_DEFAULT_REGION`,
+    /// `AWS_ALLOW_HTTP`. Without `path_style=`, a custom endpoint uses
+    /// path-style requests (what MinIO, LocalStack and moto answer without
+    /// wildcard DNS) and AWS itself virtual-hosted ones;
+    /// `AWS_VIRTUAL_HOSTED_STYLE_REQUEST=true` asks for virtual-hosted ones.
+    pub fn resolve(raw: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, StorageError> {
+        let ObjectStoreUrl::S3 {
+            bucket,
+            prefix,
+            endpoint,
+            region,
+            allow_http,
+            path_style,
+        } = ObjectStoreUrl::parse(raw)?
+        else {
+            return Err(StorageError::InvalidUrl {
+                url: raw.to_string(),
+                reason: "not an s3:// url".into(),
+            });
+        };
+        let url = url::Url::parse(raw).map_err(|e| StorageError::InvalidUrl {
+            url: raw.to_string(),
+            reason: e.to_string(),
+        })?;
+        let given = |key: &str| url.query_pairs().any(|(k, _)| k == key);
+        let endpoint = endpoint
+            .or_else(|| env("AWS_ENDPOINT_URL_S3"))
+            .or_else(|| env("AWS_ENDPOINT_URL"))
+            .or_else(|| env("AWS_ENDPOINT"));
+        let region = region
+            .or_else(|| env("AWS_REGION"))
+            .or_else(|| env("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| DEFAULT_S3_REGION.to_string());
+        let truthy =
+            |v: Option<String>| v.is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+        let allow_http = if given("allow_http") || given("endpoint") {
+            allow_http
+        } else {
+            truthy(env("AWS_ALLOW_HTTP"))
+                || endpoint
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("http://"))
+        };
+        let path_style = if given("path_style") {
+            path_style
+        } else if env("AWS_VIRTUAL_HOSTED_STYLE_REQUEST").is_some() {
+            !truthy(env("AWS_VIRTUAL_HOSTED_STYLE_REQUEST"))
+        } else {
+            endpoint.is_some()
+        };
+        Ok(Self {
+            bucket,
+            prefix,
+            endpoint,
+            region,
+            allow_http,
+            path_style,
+        })
+    }
+
+    /// Where requests go, for messages.
+    pub fn endpoint_for_display(&self) -> String {
+        self.endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", self.region))
+    }
+}
+
 /// An opened object store: the wrapped store the broker uses, plus handles
 /// to read its request metrics and steer its fault injection (tests only).
 #[derive(Clone)]
@@ -205,23 +301,22 @@ fn open_backend(raw: &str) -> Result<Arc<dyn ObjectStore>, StorageError> {
                 .with_fsync(true);
             Ok(Arc::new(fs))
         }
-        ObjectStoreUrl::S3 {
-            bucket,
-            prefix,
-            endpoint,
-            region,
-            allow_http,
-            path_style,
-        } => {
+        ObjectStoreUrl::S3 { .. } => {
+            let S3Settings {
+                bucket,
+                prefix,
+                endpoint,
+                region,
+                allow_http,
+                path_style,
+            } = S3Settings::from_url(raw)?;
             let mut builder = AmazonS3Builder::from_env()
                 .with_bucket_name(&bucket)
+                .with_region(region)
                 .with_allow_http(allow_http)
                 .with_virtual_hosted_style_request(!path_style);
             if let Some(endpoint) = endpoint {
                 builder = builder.with_endpoint(endpoint);
-            }
-            if let Some(region) = region {
-                builder = builder.with_region(region);
             }
             let s3 = builder.build().map_err(setup)?;
             if prefix.is_empty() {
@@ -264,6 +359,63 @@ mod tests {
         );
         assert!(ObjectStoreUrl::parse("gs://x").is_err());
         assert!(ObjectStoreUrl::parse("s3://b?bogus=1").is_err());
+    }
+
+    /// Defect 13: with the endpoint given the standard AWS way
+    /// (`AWS_ENDPOINT_URL`) the data path kept virtual-hosted, https-only
+    /// requests, so every PUT failed against the URL without the bucket.
+    #[test]
+    fn s3_settings_follow_the_aws_environment() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == k)
+                    .map(|(_, v)| (*v).to_string())
+            }
+        };
+        let s = S3Settings::resolve(
+            "s3://bkt/pre",
+            env(&[
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+                ("AWS_DEFAULT_REGION", "eu-west-1"),
+            ]),
+        )
+        .expect("resolve");
+        assert_eq!(s.endpoint.as_deref(), Some("http://127.0.0.1:4566"));
+        assert_eq!(s.region, "eu-west-1");
+        assert!(s.allow_http && s.path_style, "{s:?}");
+        assert_eq!((s.bucket.as_str(), s.prefix.as_str()), ("bkt", "pre"));
+
+        // The S3-specific variable wins; AWS_REGION over the default region.
+        let s = S3Settings::resolve(
+            "s3://bkt",
+            env(&[
+                ("AWS_ENDPOINT_URL", "http://other:1"),
+                ("AWS_ENDPOINT_URL_S3", "https://minio.example:9000"),
+                ("AWS_REGION", "ap-south-1"),
+                ("AWS_DEFAULT_REGION", "eu-west-1"),
+            ]),
+        )
+        .expect("resolve");
+        assert_eq!(s.endpoint.as_deref(), Some("https://minio.example:9000"));
+        assert_eq!(s.region, "ap-south-1");
+        assert!(!s.allow_http && s.path_style);
+
+        // The URL wins over the environment; AWS itself is virtual-hosted.
+        let s = S3Settings::resolve(
+            "s3://bkt?endpoint=http://127.0.0.1:9000&path_style=false&region=x",
+            env(&[("AWS_ENDPOINT_URL", "http://other:1"), ("AWS_REGION", "y")]),
+        )
+        .expect("resolve");
+        assert_eq!(s.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s.region, "x");
+        assert!(s.allow_http && !s.path_style);
+        let aws = S3Settings::resolve("s3://bkt", env(&[])).expect("resolve");
+        assert_eq!(aws.endpoint, None);
+        assert_eq!(aws.region, DEFAULT_S3_REGION);
+        assert!(!aws.allow_http && !aws.path_style);
+        assert!(S3Settings::resolve("file:///x", env(&[])).is_err());
     }
 
     /// Defect: file:// segment objects were never fsynced, while SQLite

@@ -26,7 +26,8 @@ use tributary_meta::{
 use tributary_segment::{PushBatch, SegmentBuilder};
 use uuid::Uuid;
 
-use crate::{keys, ReadCache, Watermarks, WriteError};
+use crate::wrappers::retry::is_retryable;
+use crate::{keys, ReadCache, Watermarks, WriteError, WriteHealth};
 
 /// Tuning of the writer.
 #[derive(Debug, Clone)]
@@ -142,6 +143,7 @@ struct Sealed {
 pub struct SegmentWriter {
     tx: mpsc::Sender<Msg>,
     done: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
+    health: WriteHealth,
 }
 
 impl SegmentWriter {
@@ -155,8 +157,15 @@ impl SegmentWriter {
     ) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let (sealed_tx, sealed_rx) = mpsc::channel(config.max_inflight_uploads.max(1));
+        let health = WriteHealth::new();
         let batcher = tokio::spawn(batcher(rx, sealed_tx, store, cache, config.clone()));
-        let committer = tokio::spawn(committer(sealed_rx, meta, watermarks, config));
+        let committer = tokio::spawn(committer(
+            sealed_rx,
+            meta,
+            watermarks,
+            config,
+            health.clone(),
+        ));
         let done = tokio::spawn(async move {
             if let Err(e) = batcher.await {
                 warn!(error = %e, "segment batcher task ended abnormally");
@@ -168,7 +177,13 @@ impl SegmentWriter {
         Self {
             tx,
             done: Arc::new(tokio::sync::Mutex::new(Some(done))),
+            health,
         }
+    }
+
+    /// Whether the last segment got through (for readiness).
+    pub fn health(&self) -> WriteHealth {
+        self.health.clone()
     }
 
     /// Append batches of one partition; resolves once they are durable and
@@ -415,6 +430,12 @@ async fn upload(
                     Err(e) => return Err(e.to_string()),
                 }
             }
+            // Credentials, a missing bucket, a malformed request: asking
+            // again cannot help, so the produces fail now, not at the deadline.
+            Err(e) if !is_retryable(&e) => {
+                error!(segment = %key, error = %e, "segment upload failed permanently");
+                return Err(format!("permanent object-store error: {e}"));
+            }
             Err(e) => {
                 warn!(segment = %key, attempt, error = %e, "segment upload retry");
                 tokio::time::sleep(backoff(attempt)).await;
@@ -430,6 +451,7 @@ async fn committer(
     meta: Arc<dyn MetadataStore>,
     watermarks: Watermarks,
     config: WriterConfig,
+    health: WriteHealth,
 ) {
     while let Some(mut sealed) = rx.recv().await {
         let uploaded = match tokio::time::timeout_at(sealed.give_up, &mut sealed.upload).await {
@@ -447,6 +469,7 @@ async fn committer(
         };
         if let Err(reason) = uploaded {
             warn!(segment = %sealed.key, %reason, "segment upload failed");
+            health.failed("upload", &reason);
             fail(
                 sealed.waiters,
                 WriteError::Upload {
@@ -480,6 +503,7 @@ async fn committer(
         };
         match commit_until_settled(meta.as_ref(), &commit, sealed.give_up, &config).await {
             Ok(outcomes) => {
+                health.recovered();
                 watermarks.notify_commit();
                 for w in sealed.waiters {
                     let slice = outcomes
@@ -495,6 +519,7 @@ async fn committer(
             }
             Err(reason) => {
                 warn!(segment = %sealed.key, %reason, "segment commit failed");
+                health.failed("commit", &reason);
                 fail(
                     sealed.waiters,
                     WriteError::Commit {

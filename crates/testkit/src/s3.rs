@@ -204,6 +204,15 @@ impl S3Server {
 
     /// Every key in `bucket` under `prefix`, sorted (ListObjectsV2, unsigned,
     /// following continuation tokens).
+    /// Delete an empty bucket (unsigned).
+    pub fn delete_bucket(&self, name: &str) -> Result<()> {
+        let (status, body) = self.http("DELETE", &format!("/{name}"), &[])?;
+        if status != 204 && status != 200 {
+            bail!("delete bucket {name}: HTTP {status}: {body}");
+        }
+        Ok(())
+    }
+
     pub fn list_keys(&self, bucket: &str, prefix: &str) -> Result<Vec<String>> {
         let mut keys = Vec::new();
         let mut token: Option<String> = None;
