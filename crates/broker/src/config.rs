@@ -30,6 +30,12 @@ pub struct BrokerConfig {
     /// takes between socket and segment: a producer with a deep queue cannot
     /// make the broker buffer it all. See [`crate::memory`].
     pub max_inflight_request_bytes: usize,
+    /// Slowest a request frame may arrive, in bytes per second, measured
+    /// over 5 s windows (or the rest of the frame, if less); a slower frame
+    /// closes its connection. Frames are counted against the request-memory
+    /// budget as their bytes arrive, so this is about not keeping buffers
+    /// and connections for clients that trickle.
+    pub request_min_bytes_per_sec: usize,
     /// Concurrent connections accepted.
     pub max_connections: usize,
     /// Requests of one connection awaiting their answer (answers stay in
@@ -59,6 +65,7 @@ impl Default for BrokerConfig {
             max_message_bytes: 1_048_588,
             max_request_bytes: 100 * 1024 * 1024,
             max_inflight_request_bytes: 64 * 1024 * 1024,
+            request_min_bytes_per_sec: 16 * 1024,
             max_connections: 10_000,
             max_inflight_per_connection: 1024,
             rack: None,

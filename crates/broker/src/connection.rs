@@ -31,7 +31,8 @@ pub struct RequestContext {
 
 type Pending = oneshot::Receiver<Option<Bytes>>;
 
-/// Longest a request frame may take to arrive once its length is read.
+/// Longest a request frame may take to arrive once its length is read
+/// (it also has to keep a minimum rate, see [`read_body`]).
 const FRAME_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Serve one connection until the client closes it, it misbehaves, or
@@ -59,30 +60,16 @@ pub async fn serve(
             warn!(%peer, len, max = broker.config.max_request_bytes, "bad request frame length; closing connection");
             break;
         }
-        // Wait for room in the broker's request-memory budget before taking
-        // the frame off the socket.
-        let permit = tokio::select! {
-            r = broker.request_memory.reserve(len as usize) => r,
-            _ = shutdown.cancelled() => break,
-        };
-        let mut buf = vec![0u8; len as usize];
-        // The frame holds its share of the budget while it arrives: a client
-        // that announces a frame and stalls is cut off, not waited for.
-        tokio::select! {
-            r = tokio::time::timeout(FRAME_BODY_TIMEOUT, reader.read_exact(&mut buf)) => match r {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    debug!(%peer, error = %e, "truncated request frame; closing connection");
-                    break;
-                }
-                Err(_) => {
-                    warn!(%peer, len, "request frame not received within {FRAME_BODY_TIMEOUT:?}; closing connection");
+        let (frame, permit) = tokio::select! {
+            r = read_body(&mut reader, len as usize, &broker) => match r {
+                Ok(read) => read,
+                Err(reason) => {
+                    warn!(%peer, len, %reason, "request frame not received; closing connection");
                     break;
                 }
             },
             _ = shutdown.cancelled() => break,
-        }
-        let frame = Bytes::from(buf);
+        };
         match prepare(&broker, frame, peer) {
             Ok(Prepared::Immediate(bytes)) => {
                 let (otx, orx) = oneshot::channel();
@@ -131,6 +118,69 @@ pub async fn serve(
     if let Err(e) = writer.await {
         warn!(%peer, error = %e, "connection writer ended abnormally");
     }
+}
+
+/// Length of one progress window of a frame body: each must bring
+/// `request_min_bytes_per_sec` times its length in bytes (or the rest of the
+/// frame), or the frame is dropped.
+const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Read a frame body of `len` bytes, counting it against the broker's
+/// request-memory budget as it arrives (see [`crate::memory`]): a large frame
+/// first waits for room, then reserves at most the budget's per-frame share
+/// and grows its reservation with the bytes received. A frame must arrive
+/// within [`FRAME_BODY_TIMEOUT`] and at `request_min_bytes_per_sec` per
+/// [`RATE_WINDOW`], so a client cannot keep budget or a buffer by
+/// trickling. `Err` says why the frame was given up.
+async fn read_body<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    len: usize,
+    broker: &Broker,
+) -> Result<(Bytes, crate::memory::Reservation), String> {
+    let memory = &broker.request_memory;
+    let mut permit = memory.reserve(len.min(memory.share())).await;
+    let started = tokio::time::Instant::now();
+    let deadline = started + FRAME_BODY_TIMEOUT;
+    let min_per_window = broker
+        .config
+        .request_min_bytes_per_sec
+        .saturating_mul(RATE_WINDOW.as_secs() as usize);
+    let mut window_end = started + RATE_WINDOW;
+    let mut window_start_len = 0usize;
+    // Capacity only: pages are touched (and memory used) as bytes arrive.
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let want = len - buf.len();
+        let mut limited = (&mut buf).limit(want);
+        let read = tokio::select! {
+            r = reader.read_buf(&mut limited) => Some(r),
+            _ = tokio::time::sleep_until(window_end.min(deadline)) => None,
+        };
+        match read {
+            Some(Ok(0)) => return Err("connection closed mid-frame".into()),
+            Some(Ok(_)) => permit.grow_to(buf.len()),
+            Some(Err(e)) => return Err(format!("read failed: {e}")),
+            None => {
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Err(format!(
+                        "frame incomplete after {FRAME_BODY_TIMEOUT:?} ({} of {len} bytes)",
+                        buf.len()
+                    ));
+                }
+                let got = buf.len() - window_start_len;
+                if got < min_per_window.min(len - window_start_len) {
+                    return Err(format!(
+                        "frame arriving at {} bytes in {RATE_WINDOW:?}, under request_min_bytes_per_sec={} ({} of {len} bytes)",
+                        got, broker.config.request_min_bytes_per_sec, buf.len()
+                    ));
+                }
+                window_start_len = buf.len();
+                window_end = now + RATE_WINDOW;
+            }
+        }
+    }
+    Ok((Bytes::from(buf), permit))
 }
 
 /// Where a request's answer goes. Holds the request's share of the

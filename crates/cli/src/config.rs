@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// stops reading new requests [default: 67108864].
     #[arg(long, env = "TRIBUTARY_MAX_INFLIGHT_REQUEST_BYTES")]
     pub max_inflight_request_bytes: Option<usize>,
+    /// Slowest a request frame may arrive, in bytes per second over 5 s
+    /// windows, before its connection is closed [default: 16384].
+    #[arg(long, env = "TRIBUTARY_REQUEST_MIN_BYTES_PER_SEC")]
+    pub request_min_bytes_per_sec: Option<usize>,
     /// Read cache size in bytes [default: 268435456].
     #[arg(long, env = "TRIBUTARY_CACHE_BYTES")]
     pub cache_bytes: Option<u64>,
@@ -109,6 +113,7 @@ struct FileConfig {
     max_message_bytes: Option<i64>,
     max_request_bytes: Option<usize>,
     max_inflight_request_bytes: Option<usize>,
+    request_min_bytes_per_sec: Option<usize>,
     cache_bytes: Option<u64>,
     node_id: Option<NodeIdValue>,
     maintenance_interval_ms: Option<u64>,
@@ -223,6 +228,12 @@ impl Settings {
             .or(file.max_inflight_request_bytes)
         {
             broker.max_inflight_request_bytes = v;
+        }
+        if let Some(v) = args
+            .request_min_bytes_per_sec
+            .or(file.request_min_bytes_per_sec)
+        {
+            broker.request_min_bytes_per_sec = v;
         }
         let file_node_id = match file.node_id {
             Some(NodeIdValue::Id(id)) => Some(NodeId::Fixed(id)),
