@@ -20,7 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
+use kafka_protocol::messages::RequestHeader;
+use kafka_protocol::protocol::{Encodable, Request, StrBytes};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
@@ -95,6 +98,118 @@ async fn max_latency(
     Ok(worst)
 }
 
+// ---------------------------------------------------------------- 19 idle connections
+
+/// 10,000 idle connections from one address (the default `max_connections`)
+/// must not lock out a client from another address, and when idle
+/// connections from many addresses fill the broker, a new client is refused
+/// at once (closed within 10 s, not left in the backlog) and gets in once
+/// `connections_max_idle_ms` (3 s here) closed the idle ones. Bounds: the
+/// new client's ApiVersions is answered within 10 s in the first case and
+/// within 30 s in the second.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_do_not_lock_out_new_clients() -> Result<()> {
+    let broker = BrokerProcess::builder(broker_bin())
+        .args(["--flush-interval-ms", "10"])
+        .env("TRIBUTARY_CONNECTIONS_MAX_IDLE_MS", "3000")
+        .start()?;
+    run_test(&broker, async {
+        let addr = broker.addr();
+        // 1. One address opens as many connections as the broker allows.
+        let idle = open_idle(addr, &["127.0.0.2"], 10_000).await?;
+        eprintln!("{} idle connections from 127.0.0.2", idle.len());
+        let answered = tokio::time::timeout(Duration::from_secs(10), api_versions(addr)).await;
+        ensure!(
+            matches!(answered, Ok(Ok(()))),
+            "a new client got no ApiVersions answer within 10 s with 10,000 idle connections open: {answered:?}"
+        );
+        drop(idle);
+        Ok(())
+    })
+    .await?;
+    drop(broker);
+
+    // 2. Many addresses, each under the per-address limit, fill the broker.
+    let broker = BrokerProcess::builder(broker_bin())
+        .args(["--flush-interval-ms", "10"])
+        .env("TRIBUTARY_CONNECTIONS_MAX_IDLE_MS", "3000")
+        .env("TRIBUTARY_MAX_CONNECTIONS", "1000")
+        .start()?;
+    run_test(&broker, async {
+        let addr = broker.addr();
+        let sources = ["127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"];
+        let idle = open_idle(addr, &sources, 1_200).await?;
+        // Refused at once: the connection is closed, not left unanswered.
+        let refused = tokio::time::timeout(Duration::from_secs(10), api_versions(addr)).await;
+        let refused_at_once = matches!(refused, Ok(Err(_)));
+        let let_in = matches!(refused, Ok(Ok(())));
+        ensure!(
+            refused_at_once || let_in,
+            "with the broker full, a new client was neither answered nor refused within 10 s"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), api_versions(addr)).await {
+                Ok(Ok(())) => break,
+                other if Instant::now() >= deadline => {
+                    bail!("idle connections were not closed within 30 s: last attempt {other:?}")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+        drop(idle);
+        Ok(())
+    })
+    .await
+}
+
+/// Open up to `n` connections spread over `sources` (loopback addresses)
+/// and keep them without sending anything. Connections the broker refuses
+/// (closed at once) are not retried.
+async fn open_idle(
+    addr: SocketAddr,
+    sources: &[&str],
+    n: usize,
+) -> Result<Vec<tokio::net::TcpStream>> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let source: std::net::IpAddr = sources[i % sources.len()].parse()?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        // The kernel completes the handshake while the backlog has room; a
+        // broker that stopped accepting leaves later connects hanging.
+        match tokio::time::timeout(Duration::from_secs(2), socket.connect(addr)).await {
+            Ok(Ok(stream)) => out.push(stream),
+            Ok(Err(e)) => bail!("connect {i} from {source}: {e}"),
+            Err(_) => {
+                eprintln!("connect {i} from {source} hangs: the backlog is full");
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One ApiVersions v0 round trip on a new connection.
+async fn api_versions(addr: SocketAddr) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    conn.write_all(&frame(
+        &kafka_protocol::messages::ApiVersionsRequest::default(),
+        0,
+        7,
+    )?)
+    .await?;
+    let len = conn
+        .read_i32()
+        .await
+        .context("no answer (connection closed)")?;
+    ensure!(len > 4, "answer of {len} bytes");
+    let mut body = vec![0u8; usize::try_from(len)?];
+    conn.read_exact(&mut body).await?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------- raw clients
 
 /// A connection that announced a frame of `len` bytes and sends the rest one
@@ -142,4 +257,20 @@ impl Drop for Trickler {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Frame `request` (length prefix, header, body) as version `version`.
+fn frame<R: Request>(request: &R, version: i16, correlation: i32) -> Result<Bytes> {
+    let mut body = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation)
+        .with_client_id(Some(StrBytes::from_static_str("abuse")))
+        .encode(&mut body, R::header_version(version))?;
+    request.encode(&mut body, version)?;
+    let mut out = BytesMut::with_capacity(body.len() + 4);
+    out.put_i32(i32::try_from(body.len()).context("frame too long")?);
+    out.put_slice(&body);
+    Ok(out.freeze())
 }

@@ -36,8 +36,17 @@ pub struct BrokerConfig {
     /// budget as their bytes arrive, so this is about not keeping buffers
     /// and connections for clients that trickle.
     pub request_min_bytes_per_sec: usize,
-    /// Concurrent connections accepted.
+    /// Concurrent connections accepted (Kafka `max.connections`); past it a
+    /// new connection is accepted and closed at once.
     pub max_connections: usize,
+    /// Concurrent connections accepted from one client address (Kafka
+    /// `max.connections.per.ip`). Kafka's default is unlimited; ours keeps
+    /// one address from taking every connection. Behind a load balancer that
+    /// hides client addresses (SNAT), raise it to `max_connections`.
+    pub max_connections_per_ip: usize,
+    /// A connection with no request for this long, and no answer pending,
+    /// is closed (Kafka `connections.max.idle.ms`, 10 min).
+    pub connections_max_idle: std::time::Duration,
     /// Requests of one connection awaiting their answer (answers stay in
     /// order). Produce answers wait for a flush, so clients that pipeline
     /// (librdkafka allows up to 1M in flight) need a deep queue: with 32 and
@@ -67,6 +76,8 @@ impl Default for BrokerConfig {
             max_inflight_request_bytes: 64 * 1024 * 1024,
             request_min_bytes_per_sec: 16 * 1024,
             max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            connections_max_idle: std::time::Duration::from_secs(600),
             max_inflight_per_connection: 1024,
             rack: None,
             groups: GroupConfig::default(),

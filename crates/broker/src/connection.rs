@@ -8,6 +8,7 @@
 //! ApiVersions) close the connection, as Apache Kafka does.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -46,13 +47,18 @@ pub async fn serve(
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Pending>(broker.config.max_inflight_per_connection.max(1));
-    let writer = tokio::spawn(write_responses(wr, rx, peer));
+    // Requests read and not yet answered (or written) on this connection.
+    let unanswered = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(write_responses(wr, rx, peer, unanswered.clone()));
     let mut reader = BufReader::with_capacity(64 * 1024, rd);
     loop {
         let len = tokio::select! {
-            r = reader.read_i32() => match r {
+            r = read_length(&mut reader, broker.config.connections_max_idle, &unanswered) => match r {
                 Ok(len) => len,
-                Err(_) => break, // closed by the client
+                Err(reason) => {
+                    debug!(%peer, %reason, "closing connection");
+                    break;
+                }
             },
             _ = shutdown.cancelled() => break,
         };
@@ -75,6 +81,7 @@ pub async fn serve(
                 let (otx, orx) = oneshot::channel();
                 let _ = otx.send(Some(bytes));
                 drop(permit);
+                unanswered.fetch_add(1, Ordering::AcqRel);
                 if tx.send(orx).await.is_err() {
                     break;
                 }
@@ -87,6 +94,7 @@ pub async fn serve(
             }) => {
                 let (otx, orx) = oneshot::channel();
                 // Reserve this request's place in the answer order first.
+                unanswered.fetch_add(1, Ordering::AcqRel);
                 if tx.send(orx).await.is_err() {
                     break;
                 }
@@ -118,6 +126,36 @@ pub async fn serve(
     if let Err(e) = writer.await {
         warn!(%peer, error = %e, "connection writer ended abnormally");
     }
+}
+
+/// Read the next frame's length. Not cancel-safe (a partly read length is
+/// lost), so a caller that cancels it closes the connection. Fails when the client closes
+/// the connection, or when it sent nothing for `idle` while no request of
+/// it was waiting for its answer (Kafka's `connections.max.idle.ms`).
+async fn read_length<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    idle: std::time::Duration,
+    unanswered: &AtomicUsize,
+) -> Result<i32, String> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    let mut idle_until = tokio::time::Instant::now() + idle;
+    while got < 4 {
+        tokio::select! {
+            r = reader.read(&mut len[got..]) => match r {
+                Ok(0) => return Err("closed by the client".into()),
+                Ok(n) => got += n,
+                Err(e) => return Err(format!("read failed: {e}")),
+            },
+            _ = tokio::time::sleep_until(idle_until) => {
+                if unanswered.load(Ordering::Acquire) == 0 {
+                    return Err(format!("idle for {idle:?} (connections_max_idle)"));
+                }
+                idle_until = tokio::time::Instant::now() + idle;
+            }
+        }
+    }
+    Ok(i32::from_be_bytes(len))
 }
 
 /// Length of one progress window of a frame body: each must bring
@@ -342,6 +380,7 @@ async fn write_responses(
     wr: tokio::net::tcp::OwnedWriteHalf,
     mut rx: mpsc::Receiver<Pending>,
     peer: SocketAddr,
+    unanswered: Arc<AtomicUsize>,
 ) {
     let mut out = BufWriter::with_capacity(64 * 1024, wr);
     loop {
@@ -368,17 +407,17 @@ async fn write_responses(
             }
             Err(oneshot::error::TryRecvError::Closed) => Err(()),
         };
-        match answer {
-            Ok(Some(bytes)) => {
-                if out.write_all(bytes.chunk()).await.is_err() {
-                    break;
-                }
-            }
-            Ok(None) => {} // acks=0: no answer
+        let written = match answer {
+            Ok(Some(bytes)) => out.write_all(bytes.chunk()).await.is_ok(),
+            Ok(None) => true, // acks=0: no answer
             Err(_) => {
                 warn!(%peer, "request failed without an answer; closing connection");
-                break;
+                false
             }
+        };
+        unanswered.fetch_sub(1, Ordering::AcqRel);
+        if !written {
+            break;
         }
     }
     let _ = out.flush().await;

@@ -66,6 +66,18 @@ pub struct ServeArgs {
     /// windows, before its connection is closed [default: 16384].
     #[arg(long, env = "TRIBUTARY_REQUEST_MIN_BYTES_PER_SEC")]
     pub request_min_bytes_per_sec: Option<usize>,
+    /// Concurrent client connections; more are closed at once (Kafka
+    /// `max.connections`) [default: 10000].
+    #[arg(long, env = "TRIBUTARY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Concurrent connections from one client address (Kafka
+    /// `max.connections.per.ip`) [default: 1000].
+    #[arg(long, env = "TRIBUTARY_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Close a connection idle this long (Kafka `connections.max.idle.ms`)
+    /// [default: 600000].
+    #[arg(long, env = "TRIBUTARY_CONNECTIONS_MAX_IDLE_MS")]
+    pub connections_max_idle_ms: Option<u64>,
     /// Read cache size in bytes [default: 268435456].
     #[arg(long, env = "TRIBUTARY_CACHE_BYTES")]
     pub cache_bytes: Option<u64>,
@@ -114,6 +126,9 @@ struct FileConfig {
     max_request_bytes: Option<usize>,
     max_inflight_request_bytes: Option<usize>,
     request_min_bytes_per_sec: Option<usize>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    connections_max_idle_ms: Option<u64>,
     cache_bytes: Option<u64>,
     node_id: Option<NodeIdValue>,
     maintenance_interval_ms: Option<u64>,
@@ -234,6 +249,18 @@ impl Settings {
             .or(file.request_min_bytes_per_sec)
         {
             broker.request_min_bytes_per_sec = v;
+        }
+        if let Some(v) = args.max_connections.or(file.max_connections) {
+            broker.max_connections = v;
+        }
+        if let Some(v) = args.max_connections_per_ip.or(file.max_connections_per_ip) {
+            broker.max_connections_per_ip = v;
+        }
+        if let Some(v) = args
+            .connections_max_idle_ms
+            .or(file.connections_max_idle_ms)
+        {
+            broker.connections_max_idle = Duration::from_millis(v);
         }
         let file_node_id = match file.node_id {
             Some(NodeIdValue::Id(id)) => Some(NodeId::Fixed(id)),
