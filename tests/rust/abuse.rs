@@ -210,6 +210,93 @@ async fn api_versions(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------- 16 unread answers
+
+/// Two connections pipeline 80 Fetches each with `i32::MAX` limits on a
+/// 23 MiB partition and never read the answers. Bound: the broker's RSS
+/// grows by less than 300 MiB over its value before the attack (the defect
+/// took it from 42 MiB to 1,871 MiB), sampled for 15 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn unread_fetch_answers_are_bounded() -> Result<()> {
+    let broker = start_broker_local(&[])?;
+    run_test(&broker, async {
+        let bootstrap = broker.bootstrap();
+        fill(&bootstrap, "big", 230, 100_000).await?;
+        let pid = broker.pid().context("broker pid")?;
+        let before = rss_bytes(pid)?;
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            let mut conn = TcpStream::connect(broker.addr())?;
+            conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+            for i in 0..80 {
+                // The broker may stop reading: a write that times out is fine.
+                if conn
+                    .write_all(&fetch_frame("big", 0, i32::MAX, 100, 1, i)?)
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            conns.push(conn);
+        }
+        let peak = watch_rss(pid, before, 300 << 20, Duration::from_secs(15)).await?;
+        eprintln!("RSS {} MiB before, peak {} MiB", before >> 20, peak >> 20);
+        drop(conns);
+        Ok(())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// Fill partition 0 of a new topic with `n` records of `size` bytes.
+async fn fill(bootstrap: &str, topic: &str, n: usize, size: usize) -> Result<()> {
+    create_topic(bootstrap, topic, 1).await?;
+    let producer = producer(bootstrap, &[("acks", "all")])?;
+    let value = "x".repeat(size);
+    let records = (0..n).map(|i| Out {
+        partition: Some(0),
+        key: i.to_string(),
+        value: value.clone(),
+        ..Out::default()
+    });
+    produce_all(&producer, topic, records).await?;
+    Ok(())
+}
+
+/// Resident set size of process `pid`.
+fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()?;
+    Ok(kib * 1024)
+}
+
+/// Sample RSS every 200 ms for `period`; fail as soon as it exceeds
+/// `before + limit`. Returns the peak.
+async fn watch_rss(pid: u32, before: u64, limit: u64, period: Duration) -> Result<u64> {
+    let end = Instant::now() + period;
+    let mut peak = before;
+    while Instant::now() < end {
+        peak = peak.max(rss_bytes(pid)?);
+        ensure!(
+            peak < before + limit,
+            "broker RSS reached {} MiB, {} MiB before the attack (bound +{} MiB)",
+            peak >> 20,
+            before >> 20,
+            limit >> 20
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(peak)
+}
+
 // ---------------------------------------------------------------- raw clients
 
 /// A connection that announced a frame of `len` bytes and sends the rest one
@@ -273,4 +360,33 @@ fn frame<R: Request>(request: &R, version: i16, correlation: i32) -> Result<Byte
     out.put_i32(i32::try_from(body.len()).context("frame too long")?);
     out.put_slice(&body);
     Ok(out.freeze())
+}
+
+/// Fetch version the raw fetches use.
+const FETCH_VERSION: i16 = 4;
+
+/// A Fetch v4 of partition `partition` from offset 0 with both byte limits
+/// at `max_bytes`.
+fn fetch_frame(
+    topic: &str,
+    partition: i32,
+    max_bytes: i32,
+    max_wait_ms: i32,
+    min_bytes: i32,
+    correlation: i32,
+) -> Result<Bytes> {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
+    let request = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(min_bytes)
+        .with_max_bytes(max_bytes)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(max_bytes)])]);
+    frame(&request, FETCH_VERSION, correlation)
 }

@@ -36,6 +36,12 @@ pub struct BrokerConfig {
     /// budget as their bytes arrive, so this is about not keeping buffers
     /// and connections for clients that trickle.
     pub request_min_bytes_per_sec: usize,
+    /// Bytes of encoded answers one connection may have waiting to be
+    /// written before the broker stops reading its requests (answers also
+    /// count against `max_inflight_request_bytes`, and while that is full a
+    /// connection with any answer waiting is not read). A client that does
+    /// not read its answers thus holds at most this plus one answer.
+    pub max_queued_answer_bytes: usize,
     /// Concurrent connections accepted (Kafka `max.connections`); past it a
     /// new connection is accepted and closed at once.
     pub max_connections: usize,
@@ -75,6 +81,7 @@ impl Default for BrokerConfig {
             max_request_bytes: 100 * 1024 * 1024,
             max_inflight_request_bytes: 64 * 1024 * 1024,
             request_min_bytes_per_sec: 16 * 1024,
+            max_queued_answer_bytes: 1024 * 1024,
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
             connections_max_idle: std::time::Duration::from_secs(600),

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info_span, warn, Instrument};
 
+use crate::memory::{RequestMemory, Reservation};
 use crate::{apis, router, Broker};
 
 /// Who sent a request.
@@ -30,7 +31,24 @@ pub struct RequestContext {
     pub correlation_id: i32,
 }
 
-type Pending = oneshot::Receiver<Option<Bytes>>;
+type Pending = oneshot::Receiver<Option<Outgoing>>;
+
+/// An encoded answer, holding its size in the broker's request-memory budget
+/// and in its connection's answer budget until it is written.
+struct Outgoing {
+    bytes: Bytes,
+    _held: (Reservation, Reservation),
+}
+
+impl Outgoing {
+    fn new(bytes: Bytes, broker: &Arc<RequestMemory>, connection: &Arc<RequestMemory>) -> Self {
+        let held = (
+            broker.reserve_now(bytes.len()),
+            connection.reserve_now(bytes.len()),
+        );
+        Self { bytes, _held: held }
+    }
+}
 
 /// Longest a request frame may take to arrive once its length is read
 /// (it also has to keep a minimum rate, see [`read_body`]).
@@ -51,7 +69,18 @@ pub async fn serve(
     let unanswered = Arc::new(AtomicUsize::new(0));
     let writer = tokio::spawn(write_responses(wr, rx, peer, unanswered.clone()));
     let mut reader = BufReader::with_capacity(64 * 1024, rd);
+    // Answers of this connection waiting to be written.
+    let answers = RequestMemory::new(broker.config.max_queued_answer_bytes);
+    let idle = broker.config.connections_max_idle;
     loop {
+        let drained = tokio::select! {
+            d = answers_drained(&answers, &broker.request_memory, idle) => d,
+            _ = shutdown.cancelled() => break,
+        };
+        if !drained {
+            warn!(%peer, "answers not read by the client for {idle:?}; closing connection");
+            break;
+        }
         let len = tokio::select! {
             r = read_length(&mut reader, broker.config.connections_max_idle, &unanswered) => match r {
                 Ok(len) => len,
@@ -79,7 +108,7 @@ pub async fn serve(
         match prepare(&broker, frame, peer) {
             Ok(Prepared::Immediate(bytes)) => {
                 let (otx, orx) = oneshot::channel();
-                let _ = otx.send(Some(bytes));
+                let _ = otx.send(Some(Outgoing::new(bytes, &broker.request_memory, &answers)));
                 drop(permit);
                 unanswered.fetch_add(1, Ordering::AcqRel);
                 if tx.send(orx).await.is_err() {
@@ -111,6 +140,7 @@ pub async fn serve(
                 let answer = Answer {
                     to: otx,
                     memory: permit,
+                    answers: answers.clone(),
                 };
                 if !run_request(&broker, ctx, api_key, version, *request, answer, span).await {
                     break;
@@ -123,8 +153,54 @@ pub async fn serve(
         }
     }
     drop(tx);
-    if let Err(e) = writer.await {
-        warn!(%peer, error = %e, "connection writer ended abnormally");
+    // Answers already read are still written, but a client that does not
+    // read them cannot keep the connection (and its answers) forever.
+    let drain = if shutdown.is_cancelled() {
+        SHUTDOWN_WRITE_DRAIN
+    } else {
+        idle
+    };
+    let abort = writer.abort_handle();
+    match tokio::time::timeout(drain, writer).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(%peer, error = %e, "connection writer ended abnormally"),
+        Err(_) => {
+            warn!(%peer, "answers not taken by the client within {drain:?}; dropping them");
+            abort.abort();
+        }
+    }
+}
+
+/// Longest a connection's remaining answers may take to be written once the
+/// broker is shutting down.
+const SHUTDOWN_WRITE_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Wait until this connection may read another request: its answers waiting
+/// to be written are under its budget and, while the broker-wide budget is
+/// full, it has none waiting (so a client that does not read its answers
+/// stops being read, and holds at most its budget plus one answer). False
+/// when that takes longer than `idle`.
+async fn answers_drained(
+    answers: &RequestMemory,
+    broker: &RequestMemory,
+    idle: std::time::Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + idle;
+    loop {
+        let mine = answers.freed();
+        let all = broker.freed();
+        tokio::pin!(mine, all);
+        mine.as_mut().enable();
+        all.as_mut().enable();
+        let held = answers.used();
+        if held < answers.budget() && (held == 0 || broker.used() < broker.budget()) {
+            return true;
+        }
+        tokio::select! {
+            _ = mine => {}
+            _ = all => {}
+            _ = tokio::time::sleep_until(deadline) => return false,
+        }
     }
 }
 
@@ -224,8 +300,10 @@ async fn read_body<R: tokio::io::AsyncRead + Unpin>(
 /// Where a request's answer goes. Holds the request's share of the
 /// broker's request-memory budget until the answer is sent (dropped with it).
 struct Answer {
-    to: oneshot::Sender<Option<Bytes>>,
-    memory: crate::memory::Reservation,
+    to: oneshot::Sender<Option<Outgoing>>,
+    memory: Reservation,
+    /// The connection's answer budget.
+    answers: Arc<RequestMemory>,
 }
 
 /// Run one request. Produce is split: its batches are queued here, in request
@@ -248,12 +326,17 @@ async fn run_request(
     // naming only `answer.to` would capture just that field, and the
     // reservation would be dropped when this function returns, before a
     // produce is answered).
-    let Answer { to, memory } = answer;
+    let Answer {
+        to,
+        memory,
+        answers,
+    } = answer;
+    let budget = broker.request_memory.clone();
     let reply = move |resp: Option<ResponseKind>| {
         let _held_until_answered = memory;
         let bytes = match resp {
             Some(resp) => match encode_response(api_key, version, correlation_id, &resp) {
-                Ok(b) => Some(b),
+                Ok(b) => Some(Outgoing::new(b, &budget, &answers)),
                 Err(e) => {
                     error!(error = %e, "cannot encode response; closing connection");
                     return; // dropping `to` closes the connection
@@ -408,7 +491,7 @@ async fn write_responses(
             Err(oneshot::error::TryRecvError::Closed) => Err(()),
         };
         let written = match answer {
-            Ok(Some(bytes)) => out.write_all(bytes.chunk()).await.is_ok(),
+            Ok(Some(answer)) => out.write_all(answer.bytes.chunk()).await.is_ok(),
             Ok(None) => true, // acks=0: no answer
             Err(_) => {
                 warn!(%peer, "request failed without an answer; closing connection");

@@ -64,6 +64,23 @@ impl RequestMemory {
         (self.budget / 8).max(SMALL_FRAME)
     }
 
+    /// Wait until the reserved total is under the budget.
+    pub async fn wait_for_room(&self) {
+        loop {
+            let freed = self.freed.notified();
+            if self.used.load(Ordering::Acquire) < self.budget {
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    /// A future that completes at the next release (register it, e.g. by
+    /// `enable`, before checking what it waits for).
+    pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
+    }
+
     /// Reserve `len` bytes at once, without waiting (bytes already held).
     pub fn reserve_now(self: &Arc<Self>, len: usize) -> Reservation {
         self.used.fetch_add(len, Ordering::AcqRel);

@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// windows, before its connection is closed [default: 16384].
     #[arg(long, env = "TRIBUTARY_REQUEST_MIN_BYTES_PER_SEC")]
     pub request_min_bytes_per_sec: Option<usize>,
+    /// Bytes of answers one connection may have waiting to be written
+    /// before its requests stop being read [default: 1048576].
+    #[arg(long, env = "TRIBUTARY_MAX_QUEUED_ANSWER_BYTES")]
+    pub max_queued_answer_bytes: Option<usize>,
     /// Concurrent client connections; more are closed at once (Kafka
     /// `max.connections`) [default: 10000].
     #[arg(long, env = "TRIBUTARY_MAX_CONNECTIONS")]
@@ -126,6 +130,7 @@ struct FileConfig {
     max_request_bytes: Option<usize>,
     max_inflight_request_bytes: Option<usize>,
     request_min_bytes_per_sec: Option<usize>,
+    max_queued_answer_bytes: Option<usize>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
     connections_max_idle_ms: Option<u64>,
@@ -249,6 +254,12 @@ impl Settings {
             .or(file.request_min_bytes_per_sec)
         {
             broker.request_min_bytes_per_sec = v;
+        }
+        if let Some(v) = args
+            .max_queued_answer_bytes
+            .or(file.max_queued_answer_bytes)
+        {
+            broker.max_queued_answer_bytes = v;
         }
         if let Some(v) = args.max_connections.or(file.max_connections) {
             broker.max_connections = v;
