@@ -23,7 +23,7 @@ use anyhow::{bail, ensure, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
 use kafka_protocol::messages::RequestHeader;
-use kafka_protocol::protocol::{Encodable, Request, StrBytes};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
@@ -247,6 +247,48 @@ async fn unread_fetch_answers_are_bounded() -> Result<()> {
     .await
 }
 
+// ---------------------------------------------------------------- 5 fetch cap
+
+/// One Fetch with `max_bytes` and `partition_max_bytes` at `i32::MAX` on a
+/// 12 MB partition, with `fetch_max_bytes` set to 4 MiB. Bound: the answer
+/// holds at most 4 MiB of records plus one batch (the defect returned all of
+/// it).
+#[tokio::test(flavor = "multi_thread")]
+async fn fetch_answer_is_capped_by_the_broker() -> Result<()> {
+    let broker = BrokerProcess::builder(broker_bin())
+        .args(["--flush-interval-ms", "10"])
+        .env("TRIBUTARY_FETCH_MAX_BYTES", (4 << 20).to_string())
+        .start()?;
+    run_test(&broker, async {
+        let bootstrap = broker.bootstrap();
+        fill(&bootstrap, "capped", 120, 100_000).await?;
+        let mut conn = TcpStream::connect(broker.addr())?;
+        conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+        conn.write_all(&fetch_frame("capped", 0, i32::MAX, 100, 1, 1)?)?;
+        let answer = read_answer(&mut conn)?;
+        let mut body = answer.clone();
+        let _ = kafka_protocol::messages::ResponseHeader::decode(&mut body, 0)?;
+        let resp = kafka_protocol::messages::FetchResponse::decode(&mut body, FETCH_VERSION)?;
+        let records: usize = resp
+            .responses
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .map(|p| p.records.as_ref().map_or(0, Bytes::len))
+            .sum();
+        eprintln!(
+            "fetch answer of {} bytes, {records} bytes of records",
+            answer.len()
+        );
+        ensure!(records > 0, "no records in the answer");
+        ensure!(
+            records <= (4 << 20) + (1 << 20),
+            "answer holds {records} bytes of records, over fetch_max_bytes=4 MiB plus one batch"
+        );
+        Ok(())
+    })
+    .await
+}
+
 // ---------------------------------------------------------------- helpers
 
 /// Fill partition 0 of a new topic with `n` records of `size` bytes.
@@ -389,4 +431,14 @@ fn fetch_frame(
                 .with_fetch_offset(0)
                 .with_partition_max_bytes(max_bytes)])]);
     frame(&request, FETCH_VERSION, correlation)
+}
+
+/// Read one answer frame (without its length prefix).
+fn read_answer(conn: &mut TcpStream) -> Result<Bytes> {
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len).context("read answer length")?;
+    let len = usize::try_from(i32::from_be_bytes(len)).context("negative answer length")?;
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).context("read answer body")?;
+    Ok(Bytes::from(body))
 }

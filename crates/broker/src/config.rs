@@ -36,6 +36,10 @@ pub struct BrokerConfig {
     /// budget as their bytes arrive, so this is about not keeping buffers
     /// and connections for clients that trickle.
     pub request_min_bytes_per_sec: usize,
+    /// Most record bytes in one Fetch answer, whatever the request's
+    /// `max_bytes` says (Kafka `fetch.max.bytes`, 55 MiB); the first batch
+    /// is still returned whole if it is bigger.
+    pub fetch_max_bytes: usize,
     /// Bytes of encoded answers one connection may have waiting to be
     /// written before the broker stops reading its requests (answers also
     /// count against `max_inflight_request_bytes`, and while that is full a
@@ -81,6 +85,7 @@ impl Default for BrokerConfig {
             max_request_bytes: 100 * 1024 * 1024,
             max_inflight_request_bytes: 64 * 1024 * 1024,
             request_min_bytes_per_sec: 16 * 1024,
+            fetch_max_bytes: 55 * 1024 * 1024,
             max_queued_answer_bytes: 1024 * 1024,
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
@@ -118,6 +123,7 @@ impl BrokerConfig {
         );
         m.insert("broker.id", self.node_id.to_string());
         m.insert("default.replication.factor", "1".to_string());
+        m.insert("fetch.max.bytes", self.fetch_max_bytes.to_string());
         m.insert("log.retention.ms", "604800000".to_string());
         m.insert("message.max.bytes", self.max_message_bytes.to_string());
         m.insert("num.partitions", self.num_partitions.to_string());

@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// windows, before its connection is closed [default: 16384].
     #[arg(long, env = "TRIBUTARY_REQUEST_MIN_BYTES_PER_SEC")]
     pub request_min_bytes_per_sec: Option<usize>,
+    /// Most record bytes in one Fetch answer (Kafka `fetch.max.bytes`)
+    /// [default: 57671680].
+    #[arg(long, env = "TRIBUTARY_FETCH_MAX_BYTES")]
+    pub fetch_max_bytes: Option<usize>,
     /// Bytes of answers one connection may have waiting to be written
     /// before its requests stop being read [default: 1048576].
     #[arg(long, env = "TRIBUTARY_MAX_QUEUED_ANSWER_BYTES")]
@@ -131,6 +135,7 @@ struct FileConfig {
     max_inflight_request_bytes: Option<usize>,
     request_min_bytes_per_sec: Option<usize>,
     max_queued_answer_bytes: Option<usize>,
+    fetch_max_bytes: Option<usize>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
     connections_max_idle_ms: Option<u64>,
@@ -254,6 +259,9 @@ impl Settings {
             .or(file.request_min_bytes_per_sec)
         {
             broker.request_min_bytes_per_sec = v;
+        }
+        if let Some(v) = args.fetch_max_bytes.or(file.fetch_max_bytes) {
+            broker.fetch_max_bytes = v;
         }
         if let Some(v) = args
             .max_queued_answer_bytes

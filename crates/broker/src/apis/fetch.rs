@@ -56,6 +56,12 @@ async fn park_and_read(broker: &Broker, req: &FetchRequest) -> FetchResponse {
     loop {
         commits.borrow_and_update();
         let (resp, bytes, errors) = read_all(broker, req).await;
+        // The answer being built counts against the request-memory budget
+        // while this fetch holds it (then the encoded answer does, until
+        // it is written).
+        let _building = broker
+            .request_memory
+            .reserve_now(usize::try_from(bytes).unwrap_or(0));
         if bytes >= i64::from(req.min_bytes.max(1)) || errors || Instant::now() >= deadline {
             return resp;
         }
@@ -87,10 +93,12 @@ async fn park_and_read(broker: &Broker, req: &FetchRequest) -> FetchResponse {
 /// Read all partitions once: the response, bytes of records in it, and
 /// whether any partition had an error.
 async fn read_all(broker: &Broker, req: &FetchRequest) -> (FetchResponse, i64, bool) {
+    // The client's limit, capped by the broker's `fetch_max_bytes`.
+    let cap = i64::try_from(broker.config.fetch_max_bytes).unwrap_or(i64::MAX);
     let mut budget = if req.max_bytes > 0 {
-        req.max_bytes as i64
+        i64::from(req.max_bytes).min(cap)
     } else {
-        i64::MAX
+        cap
     };
     let mut total = 0i64;
     let mut errors = false;
