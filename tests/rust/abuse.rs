@@ -289,6 +289,46 @@ async fn fetch_answer_is_capped_by_the_broker() -> Result<()> {
     .await
 }
 
+// ---------------------------------------------------------------- 9 acks=0
+
+/// A connection pushes 500 acks=0 produces of 900 KB (450 MB) at a broker
+/// whose uploads take 1 s (injected latency), with a 16 MiB request-memory
+/// budget and a 16 MiB cache. Bound: RSS grows by less than 250 MiB over its
+/// value before (the budget, the open and uploading segments and the cache
+/// fit in about 100 MiB; the defect queued every batch in the writer).
+#[tokio::test(flavor = "multi_thread")]
+async fn acks0_produces_stay_within_the_request_budget() -> Result<()> {
+    let broker = start_broker_local(&[
+        "--max-inflight-request-bytes",
+        "16777216",
+        "--cache-bytes",
+        "16777216",
+        "--inject-faults",
+        "latency_ms=1000-1000",
+    ])?;
+    run_test(&broker, async {
+        let bootstrap = broker.bootstrap();
+        create_topic(&bootstrap, "fire", 1).await?;
+        let pid = broker.pid().context("broker pid")?;
+        let before = rss_bytes(pid)?;
+        let addr = broker.addr();
+        let sender = tokio::task::spawn_blocking(move || -> Result<()> {
+            let mut conn = TcpStream::connect(addr)?;
+            conn.set_write_timeout(Some(Duration::from_secs(60)))?;
+            let batch = record_batch(&[0u8; 900_000])?;
+            for i in 0..500 {
+                conn.write_all(&produce_frame("fire", 0, batch.clone(), 0, i)?)?;
+            }
+            Ok(())
+        });
+        let peak = watch_rss(pid, before, 250 << 20, Duration::from_secs(20)).await?;
+        eprintln!("RSS {} MiB before, peak {} MiB", before >> 20, peak >> 20);
+        sender.abort();
+        Ok(())
+    })
+    .await
+}
+
 // ---------------------------------------------------------------- helpers
 
 /// Fill partition 0 of a new topic with `n` records of `size` bytes.
@@ -431,6 +471,60 @@ fn fetch_frame(
                 .with_fetch_offset(0)
                 .with_partition_max_bytes(max_bytes)])]);
     frame(&request, FETCH_VERSION, correlation)
+}
+
+/// A Produce v3 of `batch` to one partition.
+fn produce_frame(
+    topic: &str,
+    partition: i32,
+    batch: Bytes,
+    acks: i16,
+    correlation: i32,
+) -> Result<Bytes> {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ProduceRequest, TopicName};
+    let request = ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(batch))])]);
+    frame(&request, 3, correlation)
+}
+
+/// A v2 record batch holding one record with `value`.
+fn record_batch(value: &[u8]) -> Result<Bytes> {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let record = Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: 0,
+        key: None,
+        value: Some(Bytes::copy_from_slice(value)),
+        headers: Default::default(),
+    };
+    let records = vec![record];
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )?;
+    Ok(buf.freeze())
 }
 
 /// Read one answer frame (without its length prefix).
