@@ -329,6 +329,57 @@ async fn acks0_produces_stay_within_the_request_budget() -> Result<()> {
     .await
 }
 
+// ---------------------------------------------------------------- 17 parked fetches
+
+/// 300 connections park a Fetch with `max_wait` and `min_bytes` at
+/// `i32::MAX` on an 8 MB partition while a producer writes another topic.
+/// Bounds: the producer's slowest of 30 produces stays within 2x its value
+/// without the parked fetches plus 0.5 s (the defect: p99 0.12 s -> 6.65 s),
+/// and RSS grows by less than 300 MiB (the defect: 2,410 MiB).
+#[tokio::test(flavor = "multi_thread")]
+async fn parked_fetches_do_not_turn_commits_into_a_storm() -> Result<()> {
+    let broker = start_broker_local(&[])?;
+    run_test(&broker, async {
+        let bootstrap = broker.bootstrap();
+        fill(&bootstrap, "parked", 80, 100_000).await?;
+        create_topic(&bootstrap, "other", 1).await?;
+        let producer = producer(&bootstrap, &[("acks", "all"), ("linger.ms", "0")])?;
+        let value = "o".repeat(1000);
+        let baseline = max_latency(&producer, "other", &value, 30).await?;
+        let pid = broker.pid().context("broker pid")?;
+        let before = rss_bytes(pid)?;
+        let mut parked = Vec::new();
+        for i in 0..300 {
+            let mut conn = TcpStream::connect(broker.addr())?;
+            conn.write_all(&fetch_frame("parked", 0, i32::MAX, i32::MAX, i32::MAX, i)?)?;
+            parked.push(conn);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut worst = Duration::ZERO;
+        let mut peak = before;
+        for _ in 0..30 {
+            worst = worst.max(max_latency(&producer, "other", &value, 1).await?);
+            peak = peak.max(rss_bytes(pid)?);
+            ensure!(
+                peak < before + (300 << 20),
+                "RSS {} MiB, was {} MiB before the fetches parked",
+                peak >> 20,
+                before >> 20
+            );
+        }
+        eprintln!(
+            "slowest produce {worst:?} (baseline {baseline:?}); RSS {} -> peak {} MiB",
+            before >> 20,
+            peak >> 20
+        );
+        let bound = baseline * 2 + Duration::from_millis(500);
+        ensure!(worst <= bound, "slowest produce {worst:?}, bound {bound:?}");
+        drop(parked);
+        Ok(())
+    })
+    .await
+}
+
 // ---------------------------------------------------------------- helpers
 
 /// Fill partition 0 of a new topic with `n` records of `size` bytes.

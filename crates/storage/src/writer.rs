@@ -438,7 +438,8 @@ async fn committer(
         };
         match commit_with_retry(meta.as_ref(), &commit, &config).await {
             Ok(outcomes) => {
-                watermarks.notify_commit();
+                watermarks
+                    .notify_partitions(commit.batches.iter().map(|b| (b.topic_id, b.partition)));
                 for w in sealed.waiters {
                     let slice = outcomes
                         .get(w.first..w.first + w.count)
