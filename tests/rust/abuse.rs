@@ -380,6 +380,112 @@ async fn parked_fetches_do_not_turn_commits_into_a_storm() -> Result<()> {
     .await
 }
 
+// ---------------------------------------------------------------- 10 shutdown
+
+/// SIGTERM while a JoinGroup is parked (its group waits up to 60 s for a
+/// member that keeps heartbeating but never rejoins), 50 fetches are parked
+/// and a producer is producing. Bound: the broker exits within 5 s (the
+/// defect: 31.5 s, past Kubernetes' 30 s grace period).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_releases_parked_joins_and_fetches() -> Result<()> {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::{
+        GroupId, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse,
+    };
+
+    let mut broker = start_broker_local(&[])?;
+    let addr = broker.addr();
+    let bootstrap = broker.bootstrap();
+    let body = async {
+        create_topic(&bootstrap, "busy", 1).await?;
+        let join = |member: &str| {
+            JoinGroupRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("g1")))
+                .with_session_timeout_ms(30_000)
+                .with_rebalance_timeout_ms(60_000)
+                .with_member_id(StrBytes::from_string(member.to_owned()))
+                .with_protocol_type(StrBytes::from_static_str("consumer"))
+                .with_protocols(vec![JoinGroupRequestProtocol::default()
+                    .with_name(StrBytes::from_static_str("range"))
+                    .with_metadata(Bytes::from_static(&[0; 8]))])
+        };
+        let mut a = TcpStream::connect(addr)?;
+        a.set_read_timeout(Some(Duration::from_secs(30)))?;
+        a.write_all(&frame(&join(""), 1, 1)?)?;
+        let mut answer = read_answer(&mut a)?;
+        let _ = kafka_protocol::messages::ResponseHeader::decode(&mut answer, 0)?;
+        let joined = JoinGroupResponse::decode(&mut answer, 1)?;
+        ensure!(
+            joined.error_code == 0,
+            "first join failed: {}",
+            joined.error_code
+        );
+        let heartbeat = HeartbeatRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("g1")))
+            .with_generation_id(joined.generation_id)
+            .with_member_id(joined.member_id.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let beats = {
+            let stop = stop.clone();
+            let hb = frame(&heartbeat, 0, 5)?;
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if a.write_all(&hb).is_err() || read_answer(&mut a).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })
+        };
+        let mut b = TcpStream::connect(addr)?;
+        b.write_all(&frame(&join(""), 1, 2)?)?;
+        let mut parked = vec![b];
+        for i in 0..50 {
+            let mut conn = TcpStream::connect(addr)?;
+            conn.write_all(&fetch_frame("busy", 0, 1 << 20, 30_000, i32::MAX, i)?)?;
+            parked.push(conn);
+        }
+        let producer = producer(&bootstrap, &[("acks", "all")])?;
+        let load = tokio::spawn(async move {
+            for i in 0..100_000u32 {
+                let key = i.to_string();
+                let _ = producer
+                    .send(
+                        FutureRecord::to("busy").key(&key).payload("x"),
+                        Timeout::Never,
+                    )
+                    .await;
+            }
+        });
+        // Let B's join park (A keeps heartbeating and never rejoins).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Ok::<_, anyhow::Error>((stop, beats, parked, load))
+    };
+    let (stop, beats, parked, load) = match tokio::time::timeout(TEST_TIMEOUT, body).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return Err(e),
+        Err(_) => bail!("setup timed out"),
+    };
+    let started = Instant::now();
+    let stopped = tokio::task::block_in_place(|| broker.stop());
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    load.abort();
+    drop(parked);
+    let _ = beats.join();
+    eprintln!("broker exited {took:?} after SIGTERM: {stopped:?}");
+    ensure!(
+        stopped.is_ok(),
+        "broker did not exit after SIGTERM: {stopped:?}"
+    );
+    ensure!(
+        took <= Duration::from_secs(5),
+        "broker took {took:?} to exit after SIGTERM\n{}",
+        broker.logs_tail(30)
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------- helpers
 
 /// Fill partition 0 of a new topic with `n` records of `size` bytes.

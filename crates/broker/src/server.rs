@@ -1,6 +1,9 @@
 //! The accept loop: connection limits (broker-wide and per client address),
-//! one task per connection, and a drain on shutdown (stop accepting, let
-//! connections answer what they have read, then flush the segment writer).
+//! one task per connection, and a drain on shutdown: stop accepting, release
+//! what is parked (group joins and syncs are answered NOT_COORDINATOR,
+//! parked fetches answer with what they have), let connections answer what
+//! they have read (a client that does not take its answers gets 3 s), then
+//! flush the segment writer.
 //!
 //! The loop never stops accepting: a connection over a limit is accepted and
 //! closed at once, so a refused client learns it at once instead of waiting
@@ -56,11 +59,12 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Futu
         }
     }
     info!("shutting down: draining connections");
+    broker.draining.cancel();
+    broker.groups.shutdown();
     cancel.cancel();
     tracker.close();
     tracker.wait().await;
     broker.writer.shutdown().await;
-    broker.groups.shutdown();
     info!("shutdown complete");
 }
 

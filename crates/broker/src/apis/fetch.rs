@@ -120,6 +120,7 @@ async fn park(
         changed = commits.changed() => changed.is_ok(),
         _ = tokio::time::sleep(poll.unwrap_or(MAX_WAIT)), if poll.is_some() => true,
         _ = sleep_until(deadline) => false,
+        _ = broker.draining.cancelled() => false,
     }
 }
 
