@@ -30,8 +30,33 @@ pub struct BrokerConfig {
     /// takes between socket and segment: a producer with a deep queue cannot
     /// make the broker buffer it all. See [`crate::memory`].
     pub max_inflight_request_bytes: usize,
-    /// Concurrent connections accepted.
+    /// Slowest a request frame may arrive, in bytes per second, measured
+    /// over 5 s windows (or the rest of the frame, if less); a slower frame
+    /// closes its connection. Frames are counted against the request-memory
+    /// budget as their bytes arrive, so this is about not keeping buffers
+    /// and connections for clients that trickle.
+    pub request_min_bytes_per_sec: usize,
+    /// Most record bytes in one Fetch answer, whatever the request's
+    /// `max_bytes` says (Kafka `fetch.max.bytes`, 55 MiB); the first batch
+    /// is still returned whole if it is bigger.
+    pub fetch_max_bytes: usize,
+    /// Bytes of encoded answers one connection may have waiting to be
+    /// written before the broker stops reading its requests (answers also
+    /// count against `max_inflight_request_bytes`, and while that is full a
+    /// connection with any answer waiting is not read). A client that does
+    /// not read its answers thus holds at most this plus one answer.
+    pub max_queued_answer_bytes: usize,
+    /// Concurrent connections accepted (Kafka `max.connections`); past it a
+    /// new connection is accepted and closed at once.
     pub max_connections: usize,
+    /// Concurrent connections accepted from one client address (Kafka
+    /// `max.connections.per.ip`). Kafka's default is unlimited; ours keeps
+    /// one address from taking every connection. Behind a load balancer that
+    /// hides client addresses (SNAT), raise it to `max_connections`.
+    pub max_connections_per_ip: usize,
+    /// A connection with no request for this long, and no answer pending,
+    /// is closed (Kafka `connections.max.idle.ms`, 10 min).
+    pub connections_max_idle: std::time::Duration,
     /// Requests of one connection awaiting their answer (answers stay in
     /// order). Produce answers wait for a flush, so clients that pipeline
     /// (librdkafka allows up to 1M in flight) need a deep queue: with 32 and
@@ -59,7 +84,12 @@ impl Default for BrokerConfig {
             max_message_bytes: 1_048_588,
             max_request_bytes: 100 * 1024 * 1024,
             max_inflight_request_bytes: 64 * 1024 * 1024,
+            request_min_bytes_per_sec: 16 * 1024,
+            fetch_max_bytes: 55 * 1024 * 1024,
+            max_queued_answer_bytes: 1024 * 1024,
             max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            connections_max_idle: std::time::Duration::from_secs(600),
             max_inflight_per_connection: 1024,
             rack: None,
             groups: GroupConfig::default(),
@@ -93,6 +123,7 @@ impl BrokerConfig {
         );
         m.insert("broker.id", self.node_id.to_string());
         m.insert("default.replication.factor", "1".to_string());
+        m.insert("fetch.max.bytes", self.fetch_max_bytes.to_string());
         m.insert("log.retention.ms", "604800000".to_string());
         m.insert("message.max.bytes", self.max_message_bytes.to_string());
         m.insert("num.partitions", self.num_partitions.to_string());

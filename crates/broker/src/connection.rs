@@ -8,6 +8,7 @@
 //! ApiVersions) close the connection, as Apache Kafka does.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -19,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info_span, warn, Instrument};
 
+use crate::memory::{RequestMemory, Reservation};
 use crate::{apis, router, Broker};
 
 /// Who sent a request.
@@ -29,9 +31,27 @@ pub struct RequestContext {
     pub correlation_id: i32,
 }
 
-type Pending = oneshot::Receiver<Option<Bytes>>;
+type Pending = oneshot::Receiver<Option<Outgoing>>;
 
-/// Longest a request frame may take to arrive once its length is read.
+/// An encoded answer, holding its size in the broker's request-memory budget
+/// and in its connection's answer budget until it is written.
+struct Outgoing {
+    bytes: Bytes,
+    _held: (Reservation, Reservation),
+}
+
+impl Outgoing {
+    fn new(bytes: Bytes, broker: &Arc<RequestMemory>, connection: &Arc<RequestMemory>) -> Self {
+        let held = (
+            broker.reserve_now(bytes.len()),
+            connection.reserve_now(bytes.len()),
+        );
+        Self { bytes, _held: held }
+    }
+}
+
+/// Longest a request frame may take to arrive once its length is read
+/// (it also has to keep a minimum rate, see [`read_body`]).
 const FRAME_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Serve one connection until the client closes it, it misbehaves, or
@@ -45,13 +65,29 @@ pub async fn serve(
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Pending>(broker.config.max_inflight_per_connection.max(1));
-    let writer = tokio::spawn(write_responses(wr, rx, peer));
+    // Requests read and not yet answered (or written) on this connection.
+    let unanswered = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(write_responses(wr, rx, peer, unanswered.clone()));
     let mut reader = BufReader::with_capacity(64 * 1024, rd);
+    // Answers of this connection waiting to be written.
+    let answers = RequestMemory::new(broker.config.max_queued_answer_bytes);
+    let idle = broker.config.connections_max_idle;
     loop {
+        let drained = tokio::select! {
+            d = answers_drained(&answers, &broker.request_memory, idle) => d,
+            _ = shutdown.cancelled() => break,
+        };
+        if !drained {
+            warn!(%peer, "answers not read by the client for {idle:?}; closing connection");
+            break;
+        }
         let len = tokio::select! {
-            r = reader.read_i32() => match r {
+            r = read_length(&mut reader, broker.config.connections_max_idle, &unanswered) => match r {
                 Ok(len) => len,
-                Err(_) => break, // closed by the client
+                Err(reason) => {
+                    debug!(%peer, %reason, "closing connection");
+                    break;
+                }
             },
             _ = shutdown.cancelled() => break,
         };
@@ -59,35 +95,22 @@ pub async fn serve(
             warn!(%peer, len, max = broker.config.max_request_bytes, "bad request frame length; closing connection");
             break;
         }
-        // Wait for room in the broker's request-memory budget before taking
-        // the frame off the socket.
-        let permit = tokio::select! {
-            r = broker.request_memory.reserve(len as usize) => r,
-            _ = shutdown.cancelled() => break,
-        };
-        let mut buf = vec![0u8; len as usize];
-        // The frame holds its share of the budget while it arrives: a client
-        // that announces a frame and stalls is cut off, not waited for.
-        tokio::select! {
-            r = tokio::time::timeout(FRAME_BODY_TIMEOUT, reader.read_exact(&mut buf)) => match r {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    debug!(%peer, error = %e, "truncated request frame; closing connection");
-                    break;
-                }
-                Err(_) => {
-                    warn!(%peer, len, "request frame not received within {FRAME_BODY_TIMEOUT:?}; closing connection");
+        let (frame, permit) = tokio::select! {
+            r = read_body(&mut reader, len as usize, &broker) => match r {
+                Ok(read) => read,
+                Err(reason) => {
+                    warn!(%peer, len, %reason, "request frame not received; closing connection");
                     break;
                 }
             },
             _ = shutdown.cancelled() => break,
-        }
-        let frame = Bytes::from(buf);
+        };
         match prepare(&broker, frame, peer) {
             Ok(Prepared::Immediate(bytes)) => {
                 let (otx, orx) = oneshot::channel();
-                let _ = otx.send(Some(bytes));
+                let _ = otx.send(Some(Outgoing::new(bytes, &broker.request_memory, &answers)));
                 drop(permit);
+                unanswered.fetch_add(1, Ordering::AcqRel);
                 if tx.send(orx).await.is_err() {
                     break;
                 }
@@ -100,6 +123,7 @@ pub async fn serve(
             }) => {
                 let (otx, orx) = oneshot::channel();
                 // Reserve this request's place in the answer order first.
+                unanswered.fetch_add(1, Ordering::AcqRel);
                 if tx.send(orx).await.is_err() {
                     break;
                 }
@@ -116,6 +140,7 @@ pub async fn serve(
                 let answer = Answer {
                     to: otx,
                     memory: permit,
+                    answers: answers.clone(),
                 };
                 if !run_request(&broker, ctx, api_key, version, *request, answer, span).await {
                     break;
@@ -128,16 +153,157 @@ pub async fn serve(
         }
     }
     drop(tx);
-    if let Err(e) = writer.await {
-        warn!(%peer, error = %e, "connection writer ended abnormally");
+    // Answers already read are still written, but a client that does not
+    // read them cannot keep the connection (and its answers) forever.
+    let drain = if shutdown.is_cancelled() {
+        SHUTDOWN_WRITE_DRAIN
+    } else {
+        idle
+    };
+    let abort = writer.abort_handle();
+    match tokio::time::timeout(drain, writer).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(%peer, error = %e, "connection writer ended abnormally"),
+        Err(_) => {
+            warn!(%peer, "answers not taken by the client within {drain:?}; dropping them");
+            abort.abort();
+        }
     }
+}
+
+/// Longest a connection's remaining answers may take to be written once the
+/// broker is shutting down.
+const SHUTDOWN_WRITE_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Wait until this connection may read another request: its answers waiting
+/// to be written are under its budget and, while the broker-wide budget is
+/// full, it has none waiting (so a client that does not read its answers
+/// stops being read, and holds at most its budget plus one answer). False
+/// when that takes longer than `idle`.
+async fn answers_drained(
+    answers: &RequestMemory,
+    broker: &RequestMemory,
+    idle: std::time::Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + idle;
+    loop {
+        let mine = answers.freed();
+        let all = broker.freed();
+        tokio::pin!(mine, all);
+        mine.as_mut().enable();
+        all.as_mut().enable();
+        let held = answers.used();
+        if held < answers.budget() && (held == 0 || broker.used() < broker.budget()) {
+            return true;
+        }
+        tokio::select! {
+            _ = mine => {}
+            _ = all => {}
+            _ = tokio::time::sleep_until(deadline) => return false,
+        }
+    }
+}
+
+/// Read the next frame's length. Not cancel-safe (a partly read length is
+/// lost), so a caller that cancels it closes the connection. Fails when the client closes
+/// the connection, or when it sent nothing for `idle` while no request of
+/// it was waiting for its answer (Kafka's `connections.max.idle.ms`).
+async fn read_length<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    idle: std::time::Duration,
+    unanswered: &AtomicUsize,
+) -> Result<i32, String> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    let mut idle_until = tokio::time::Instant::now() + idle;
+    while got < 4 {
+        tokio::select! {
+            r = reader.read(&mut len[got..]) => match r {
+                Ok(0) => return Err("closed by the client".into()),
+                Ok(n) => got += n,
+                Err(e) => return Err(format!("read failed: {e}")),
+            },
+            _ = tokio::time::sleep_until(idle_until) => {
+                if unanswered.load(Ordering::Acquire) == 0 {
+                    return Err(format!("idle for {idle:?} (connections_max_idle)"));
+                }
+                idle_until = tokio::time::Instant::now() + idle;
+            }
+        }
+    }
+    Ok(i32::from_be_bytes(len))
+}
+
+/// Length of one progress window of a frame body: each must bring
+/// `request_min_bytes_per_sec` times its length in bytes (or the rest of the
+/// frame), or the frame is dropped.
+const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Read a frame body of `len` bytes, counting it against the broker's
+/// request-memory budget as it arrives (see [`crate::memory`]): a large frame
+/// first waits for room, then reserves at most the budget's per-frame share
+/// and grows its reservation with the bytes received. A frame must arrive
+/// within [`FRAME_BODY_TIMEOUT`] and at `request_min_bytes_per_sec` per
+/// [`RATE_WINDOW`], so a client cannot keep budget or a buffer by
+/// trickling. `Err` says why the frame was given up.
+async fn read_body<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    len: usize,
+    broker: &Broker,
+) -> Result<(Bytes, crate::memory::Reservation), String> {
+    let memory = &broker.request_memory;
+    let mut permit = memory.reserve(len.min(memory.share())).await;
+    let started = tokio::time::Instant::now();
+    let deadline = started + FRAME_BODY_TIMEOUT;
+    let min_per_window = broker
+        .config
+        .request_min_bytes_per_sec
+        .saturating_mul(RATE_WINDOW.as_secs() as usize);
+    let mut window_end = started + RATE_WINDOW;
+    let mut window_start_len = 0usize;
+    // Capacity only: pages are touched (and memory used) as bytes arrive.
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let want = len - buf.len();
+        let mut limited = (&mut buf).limit(want);
+        let read = tokio::select! {
+            r = reader.read_buf(&mut limited) => Some(r),
+            _ = tokio::time::sleep_until(window_end.min(deadline)) => None,
+        };
+        match read {
+            Some(Ok(0)) => return Err("connection closed mid-frame".into()),
+            Some(Ok(_)) => permit.grow_to(buf.len()),
+            Some(Err(e)) => return Err(format!("read failed: {e}")),
+            None => {
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Err(format!(
+                        "frame incomplete after {FRAME_BODY_TIMEOUT:?} ({} of {len} bytes)",
+                        buf.len()
+                    ));
+                }
+                let got = buf.len() - window_start_len;
+                if got < min_per_window.min(len - window_start_len) {
+                    return Err(format!(
+                        "frame arriving at {} bytes in {RATE_WINDOW:?}, under request_min_bytes_per_sec={} ({} of {len} bytes)",
+                        got, broker.config.request_min_bytes_per_sec, buf.len()
+                    ));
+                }
+                window_start_len = buf.len();
+                window_end = now + RATE_WINDOW;
+            }
+        }
+    }
+    Ok((Bytes::from(buf), permit))
 }
 
 /// Where a request's answer goes. Holds the request's share of the
 /// broker's request-memory budget until the answer is sent (dropped with it).
 struct Answer {
-    to: oneshot::Sender<Option<Bytes>>,
-    memory: crate::memory::Reservation,
+    to: oneshot::Sender<Option<Outgoing>>,
+    memory: Reservation,
+    /// The connection's answer budget.
+    answers: Arc<RequestMemory>,
 }
 
 /// Run one request. Produce is split: its batches are queued here, in request
@@ -160,12 +326,17 @@ async fn run_request(
     // naming only `answer.to` would capture just that field, and the
     // reservation would be dropped when this function returns, before a
     // produce is answered).
-    let Answer { to, memory } = answer;
+    let Answer {
+        to,
+        memory,
+        answers,
+    } = answer;
+    let budget = broker.request_memory.clone();
     let reply = move |resp: Option<ResponseKind>| {
         let _held_until_answered = memory;
         let bytes = match resp {
             Some(resp) => match encode_response(api_key, version, correlation_id, &resp) {
-                Ok(b) => Some(b),
+                Ok(b) => Some(Outgoing::new(b, &budget, &answers)),
                 Err(e) => {
                     error!(error = %e, "cannot encode response; closing connection");
                     return; // dropping `to` closes the connection
@@ -292,6 +463,7 @@ async fn write_responses(
     wr: tokio::net::tcp::OwnedWriteHalf,
     mut rx: mpsc::Receiver<Pending>,
     peer: SocketAddr,
+    unanswered: Arc<AtomicUsize>,
 ) {
     let mut out = BufWriter::with_capacity(64 * 1024, wr);
     loop {
@@ -318,17 +490,17 @@ async fn write_responses(
             }
             Err(oneshot::error::TryRecvError::Closed) => Err(()),
         };
-        match answer {
-            Ok(Some(bytes)) => {
-                if out.write_all(bytes.chunk()).await.is_err() {
-                    break;
-                }
-            }
-            Ok(None) => {} // acks=0: no answer
+        let written = match answer {
+            Ok(Some(answer)) => out.write_all(answer.bytes.chunk()).await.is_ok(),
+            Ok(None) => true, // acks=0: no answer
             Err(_) => {
                 warn!(%peer, "request failed without an answer; closing connection");
-                break;
+                false
             }
+        };
+        unanswered.fetch_sub(1, Ordering::AcqRel);
+        if !written {
+            break;
         }
     }
     let _ = out.flush().await;

@@ -36,6 +36,9 @@ pub struct Broker {
     pub cluster: Arc<cluster::Cluster>,
     /// [`BrokerConfig::max_inflight_request_bytes`].
     pub request_memory: Arc<memory::RequestMemory>,
+    /// Cancelled when the broker starts draining: parked fetches answer
+    /// with what they have.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 impl Broker {
@@ -65,6 +68,7 @@ impl Broker {
         let topics = topics::TopicCache::new(meta.clone());
         Arc::new(Self {
             request_memory: memory::RequestMemory::new(config.max_inflight_request_bytes),
+            draining: tokio_util::sync::CancellationToken::new(),
             config,
             meta,
             writer,

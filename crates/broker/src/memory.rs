@@ -1,15 +1,20 @@
 //! The broker-wide request-memory budget
 //! ([`BrokerConfig::max_inflight_request_bytes`](crate::BrokerConfig)).
 //!
-//! Every request frame is reserved before it is read off the socket and
-//! released when its answer is handed to the connection's writer. A frame
-//! of [`SMALL_FRAME`] bytes or more waits while the reserved total is at or
-//! over the budget; once under it, the frame is taken whole (so the total
-//! can exceed the budget by the frames admitted together, as in Kafka's
-//! memory pool, and a frame larger than the budget does not wait for the
-//! budget to empty). Smaller frames (metadata, heartbeats, group requests,
-//! fetch requests) are counted but never wait, so a saturated produce path
-//! cannot hold up a consumer group's rebalance.
+//! Every request frame is counted from the moment its length is read until
+//! its answer is handed to the connection's writer. A frame of
+//! [`SMALL_FRAME`] bytes or more waits while the reserved total is at or
+//! over the budget; once under it, the frame is admitted with an up-front
+//! reservation of at most [`RequestMemory::share`] (an eighth of the budget)
+//! and the rest is reserved as its bytes arrive ([`Reservation::grow_to`]), so
+//! a client that announces a huge frame and trickles it holds only what it
+//! sent, not the budget (the connection also drops frames that arrive
+//! slower than a minimum rate). An admitted frame never waits again, so
+//! frames admitted together always complete; the total can exceed the
+//! budget by those frames, as in Kafka's memory pool. Smaller frames
+//! (metadata, heartbeats, group requests, fetch requests) are counted but
+//! never wait, so a saturated produce path cannot hold up a consumer
+//! group's rebalance.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -47,6 +52,44 @@ impl RequestMemory {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// The budget.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// Most a frame reserves before its bytes arrive: an eighth of the
+    /// budget, at least [`SMALL_FRAME`]. Eight large frames admitted at once
+    /// fill the budget; none can claim it all by announcing a large length.
+    pub fn share(&self) -> usize {
+        (self.budget / 8).max(SMALL_FRAME)
+    }
+
+    /// Wait until the reserved total is under the budget.
+    pub async fn wait_for_room(&self) {
+        loop {
+            let freed = self.freed.notified();
+            if self.used.load(Ordering::Acquire) < self.budget {
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    /// A future that completes at the next release (register it, e.g. by
+    /// `enable`, before checking what it waits for).
+    pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
+    }
+
+    /// Reserve `len` bytes at once, without waiting (bytes already held).
+    pub fn reserve_now(self: &Arc<Self>, len: usize) -> Reservation {
+        self.used.fetch_add(len, Ordering::AcqRel);
+        Reservation {
+            memory: self.clone(),
+            len,
+        }
+    }
+
     /// Reserve `len` bytes, first waiting (for frames of [`SMALL_FRAME`] or
     /// more) until the reserved total is under the budget.
     pub async fn reserve(self: &Arc<Self>, len: usize) -> Reservation {
@@ -65,6 +108,26 @@ impl RequestMemory {
         Reservation {
             memory: self.clone(),
             len,
+        }
+    }
+}
+
+impl Reservation {
+    /// Bytes this reservation holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Hold at least `len` bytes (never waits: the bytes already arrived).
+    pub fn grow_to(&mut self, len: usize) {
+        if len > self.len {
+            self.memory.used.fetch_add(len - self.len, Ordering::AcqRel);
+            self.len = len;
         }
     }
 }

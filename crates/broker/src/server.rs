@@ -1,15 +1,23 @@
-//! The accept loop: a connection limit, one task per connection, and a drain
-//! on shutdown (stop accepting, let connections answer what they have read,
-//! then flush the segment writer).
+//! The accept loop: connection limits (broker-wide and per client address),
+//! one task per connection, and a drain on shutdown: stop accepting, release
+//! what is parked (group joins and syncs are answered NOT_COORDINATOR,
+//! parked fetches answer with what they have), let connections answer what
+//! they have read (a client that does not take its answers gets 3 s), then
+//! flush the segment writer.
+//!
+//! The loop never stops accepting: a connection over a limit is accepted and
+//! closed at once, so a refused client learns it at once instead of waiting
+//! in the listen backlog, and the backlog never fills up.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{connection, Broker};
 
@@ -17,22 +25,24 @@ use crate::{connection, Broker};
 pub async fn run(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Future<Output = ()>) {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let limit = Arc::new(Semaphore::new(broker.config.max_connections.max(1)));
+    let limits = Limits::new(
+        broker.config.max_connections.max(1),
+        broker.config.max_connections_per_ip.max(1),
+    );
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = &mut shutdown => break,
-        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = &mut shutdown => break,
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(permit) = limits.admit(peer.ip()) else {
+                    metrics::counter!("tributary_connections_refused_total").increment(1);
+                    debug!(%peer, "connection limit reached; closing new connection");
+                    drop(stream);
+                    continue;
+                };
                 let broker = broker.clone();
                 let cancel = cancel.clone();
                 tracker.spawn(async move {
@@ -49,10 +59,98 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Futu
         }
     }
     info!("shutting down: draining connections");
+    broker.draining.cancel();
+    broker.groups.shutdown();
     cancel.cancel();
     tracker.close();
     tracker.wait().await;
     broker.writer.shutdown().await;
-    broker.groups.shutdown();
     info!("shutdown complete");
+}
+
+/// Open connections, in all and per client address (entries of addresses
+/// with no connection left are removed, so the map stays bounded).
+struct Limits {
+    max: usize,
+    max_per_ip: usize,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One admitted connection; frees its place when dropped.
+struct Permit {
+    limits: Arc<Limits>,
+    ip: IpAddr,
+}
+
+impl Limits {
+    fn new(max: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            max_per_ip,
+            open: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// A place for a connection from `ip`, or `None` if a limit is reached.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Permit> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let (total, per_ip) = &mut *open;
+        let mine = per_ip.get(&ip).copied().unwrap_or(0);
+        if *total >= self.max || mine >= self.max_per_ip {
+            return None;
+        }
+        *total += 1;
+        per_ip.insert(ip, mine + 1);
+        Some(Permit {
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut open = self
+            .limits
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (total, per_ip) = &mut *open;
+        *total -= 1;
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_hold_per_address_and_in_all_and_forget_closed_addresses() {
+        let limits = Limits::new(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let b: IpAddr = "10.0.0.2".parse().expect("ip");
+        let a1 = limits.admit(a).expect("first from a");
+        let a2 = limits.admit(a).expect("second from a");
+        assert!(
+            limits.admit(a).is_none(),
+            "third from a is over the per-address limit"
+        );
+        let b1 = limits.admit(b).expect("first from b");
+        assert!(limits.admit(b).is_none(), "over the broker-wide limit");
+        drop((a1, a2));
+        assert!(limits.admit(b).is_some());
+        drop(b1);
+        let open = limits.open.lock().expect("lock");
+        assert!(
+            open.1.is_empty() && open.0 == 0,
+            "no entry left: {:?}",
+            open.1
+        );
+    }
 }

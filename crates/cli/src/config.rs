@@ -63,6 +63,30 @@ pub struct ServeArgs {
     /// stops reading new requests [default: 67108864].
     #[arg(long, env = "TRIBUTARY_MAX_INFLIGHT_REQUEST_BYTES")]
     pub max_inflight_request_bytes: Option<usize>,
+    /// Slowest a request frame may arrive, in bytes per second over 5 s
+    /// windows, before its connection is closed [default: 16384].
+    #[arg(long, env = "TRIBUTARY_REQUEST_MIN_BYTES_PER_SEC")]
+    pub request_min_bytes_per_sec: Option<usize>,
+    /// Most record bytes in one Fetch answer (Kafka `fetch.max.bytes`)
+    /// [default: 57671680].
+    #[arg(long, env = "TRIBUTARY_FETCH_MAX_BYTES")]
+    pub fetch_max_bytes: Option<usize>,
+    /// Bytes of answers one connection may have waiting to be written
+    /// before its requests stop being read [default: 1048576].
+    #[arg(long, env = "TRIBUTARY_MAX_QUEUED_ANSWER_BYTES")]
+    pub max_queued_answer_bytes: Option<usize>,
+    /// Concurrent client connections; more are closed at once (Kafka
+    /// `max.connections`) [default: 10000].
+    #[arg(long, env = "TRIBUTARY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Concurrent connections from one client address (Kafka
+    /// `max.connections.per.ip`) [default: 1000].
+    #[arg(long, env = "TRIBUTARY_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Close a connection idle this long (Kafka `connections.max.idle.ms`)
+    /// [default: 600000].
+    #[arg(long, env = "TRIBUTARY_CONNECTIONS_MAX_IDLE_MS")]
+    pub connections_max_idle_ms: Option<u64>,
     /// Read cache size in bytes [default: 268435456].
     #[arg(long, env = "TRIBUTARY_CACHE_BYTES")]
     pub cache_bytes: Option<u64>,
@@ -116,6 +140,12 @@ struct FileConfig {
     max_message_bytes: Option<i64>,
     max_request_bytes: Option<usize>,
     max_inflight_request_bytes: Option<usize>,
+    request_min_bytes_per_sec: Option<usize>,
+    max_queued_answer_bytes: Option<usize>,
+    fetch_max_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    connections_max_idle_ms: Option<u64>,
     cache_bytes: Option<u64>,
     node_id: Option<NodeIdValue>,
     maintenance_interval_ms: Option<u64>,
@@ -231,6 +261,33 @@ impl Settings {
             .or(file.max_inflight_request_bytes)
         {
             broker.max_inflight_request_bytes = v;
+        }
+        if let Some(v) = args
+            .request_min_bytes_per_sec
+            .or(file.request_min_bytes_per_sec)
+        {
+            broker.request_min_bytes_per_sec = v;
+        }
+        if let Some(v) = args.fetch_max_bytes.or(file.fetch_max_bytes) {
+            broker.fetch_max_bytes = v;
+        }
+        if let Some(v) = args
+            .max_queued_answer_bytes
+            .or(file.max_queued_answer_bytes)
+        {
+            broker.max_queued_answer_bytes = v;
+        }
+        if let Some(v) = args.max_connections.or(file.max_connections) {
+            broker.max_connections = v;
+        }
+        if let Some(v) = args.max_connections_per_ip.or(file.max_connections_per_ip) {
+            broker.max_connections_per_ip = v;
+        }
+        if let Some(v) = args
+            .connections_max_idle_ms
+            .or(file.connections_max_idle_ms)
+        {
+            broker.connections_max_idle = Duration::from_millis(v);
         }
         let file_node_id = match file.node_id {
             Some(NodeIdValue::Id(id)) => Some(NodeId::Fixed(id)),

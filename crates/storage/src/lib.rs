@@ -27,6 +27,6 @@ pub use open::{
     OpenedStore, S3Settings,
 };
 pub use reader::{FetchedPartition, Fetcher};
-pub use watermarks::Watermarks;
+pub use watermarks::{PartitionKey, PartitionWatch, Watermarks};
 pub use wrappers::{FaultyStore, MetricsHandle, MetricsStore, RetryPolicy, RetryingStore};
 pub use writer::{AppendBatch, AppendReceiver, SegmentWriter, WriterConfig};

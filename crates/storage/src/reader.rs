@@ -116,6 +116,43 @@ impl Fetcher {
         })
     }
 
+    /// Bytes a [`Fetcher::read`] from `offset` could return, up to
+    /// `max_bytes`, from the index alone (no data read, nothing copied): the
+    /// sizes of the index entries from the one holding `offset`. An
+    /// estimate for a fetch's `min_bytes` check; it may count a little
+    /// before `offset` in that first entry.
+    pub async fn available_bytes(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        offset: i64,
+        max_bytes: u64,
+    ) -> Result<u64, ReadError> {
+        let offsets = self.meta.partition_offsets(topic_id, partition).await?;
+        if offset < offsets.log_start_offset || offset > offsets.next_offset {
+            return Err(ReadError::OffsetOutOfRange {
+                offset,
+                log_start: offsets.log_start_offset,
+                high_watermark: offsets.next_offset,
+            });
+        }
+        let (mut total, mut cursor) = (0u64, offset);
+        while cursor < offsets.next_offset && total < max_bytes {
+            let entries = self
+                .meta
+                .index_entries(topic_id, partition, cursor, INDEX_PAGE)
+                .await?;
+            if entries.is_empty() {
+                break;
+            }
+            for entry in entries {
+                total += entry.byte_len;
+                cursor = entry.last_offset + 1;
+            }
+        }
+        Ok(total.min(max_bytes))
+    }
+
     /// The first offset whose record timestamp is at or after `timestamp`,
     /// with that record's batch max timestamp; `None` if every record is older.
     pub async fn offset_for_timestamp(

@@ -504,7 +504,8 @@ async fn committer(
         match commit_until_settled(meta.as_ref(), &commit, sealed.give_up, &config).await {
             Ok(outcomes) => {
                 health.recovered();
-                watermarks.notify_commit();
+                watermarks
+                    .notify_partitions(commit.batches.iter().map(|b| (b.topic_id, b.partition)));
                 for w in sealed.waiters {
                     let slice = outcomes
                         .get(w.first..w.first + w.count)

@@ -3,6 +3,12 @@
 //! one whole batch), answer at once when `min_bytes` is met, otherwise park
 //! until a commit lands or `max_wait_ms` passes.
 //!
+//! A parked fetch costs little: it wakes only on commits to its own
+//! partitions (or on commits of other brokers, whose partitions are not
+//! known), decides whether `min_bytes` is met from index sizes before
+//! copying any record, and `min_bytes` is capped at what one answer may
+//! hold (`fetch_max_bytes`), `max_wait_ms` at 30 s.
+//!
 //! Fetch sessions (KIP-227) are not kept: every answer has session id 0, which
 //! tells clients to send full fetch requests.
 
@@ -11,7 +17,7 @@ use std::time::Duration;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 use tokio::time::{sleep_until, Instant};
-use tributary_storage::ReadError;
+use tributary_storage::{PartitionKey, PartitionWatch, ReadError};
 
 use crate::error::read_error_code;
 use crate::Broker;
@@ -52,46 +58,127 @@ fn count_served(resp: &FetchResponse) {
 async fn park_and_read(broker: &Broker, req: &FetchRequest) -> FetchResponse {
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     let deadline = Instant::now() + wait;
+    // More than one answer may hold can never be met.
+    let min_bytes = i64::from(req.min_bytes.max(1)).min(answer_limit(broker, req).max(1));
     let mut commits = broker.watermarks.subscribe();
+    let watch = broker
+        .watermarks
+        .watch_partitions(&partitions(broker, req).await);
     loop {
         commits.borrow_and_update();
+        // Sizes first: a fetch waiting for more than is there copies nothing.
+        let enough = min_bytes <= 1
+            || Instant::now() >= deadline
+            || match available(broker, req).await {
+                Some(bytes) => bytes >= min_bytes,
+                None => true, // an error: the read answers it
+            };
+        if !enough {
+            if !park(broker, &watch, &mut commits, deadline).await {
+                return read_all(broker, req).await.0;
+            }
+            continue;
+        }
         let (resp, bytes, errors) = read_all(broker, req).await;
-        if bytes >= i64::from(req.min_bytes.max(1)) || errors || Instant::now() >= deadline {
+        // The answer being built counts against the request-memory budget
+        // while this fetch holds it (then the encoded answer does, until
+        // it is written).
+        let _building = broker
+            .request_memory
+            .reserve_now(usize::try_from(bytes).unwrap_or(0));
+        if bytes >= min_bytes || errors || Instant::now() >= deadline {
             return resp;
         }
-        // Commits by this broker wake the fetch at once; so do other
-        // brokers' commits while the store pushes them (LISTEN/NOTIFY), with
-        // a slow poll as a safety net; otherwise they are seen by polling.
-        let poll = broker.config.fetch_poll_interval.map(|p| {
-            if broker.watermarks.remote_listening() {
-                p.max(LISTENING_POLL)
-            } else {
-                p
-            }
-        });
-        tokio::select! {
-            changed = commits.changed() => {
-                if changed.is_err() {
-                    return resp;
-                }
-            }
-            _ = tokio::time::sleep(poll.unwrap_or(MAX_WAIT)), if poll.is_some() => {}
-            _ = sleep_until(deadline) => {
-                // One last read so data committed just now is not missed.
-                return read_all(broker, req).await.0;
+        drop(resp);
+        if !park(broker, &watch, &mut commits, deadline).await {
+            return read_all(broker, req).await.0;
+        }
+    }
+}
+
+/// Wait for a commit that may concern this fetch. False when the deadline
+/// passed (or the broker is going away): the caller answers with one last
+/// read, so data committed just now is not missed.
+async fn park(
+    broker: &Broker,
+    watch: &PartitionWatch,
+    commits: &mut tokio::sync::watch::Receiver<u64>,
+    deadline: Instant,
+) -> bool {
+    // Commits by this broker to the fetch's partitions wake it at once; so
+    // do other brokers' commits while the store pushes them (LISTEN/NOTIFY),
+    // with a slow poll as a safety net; otherwise they are seen by polling.
+    let poll = broker.config.fetch_poll_interval.map(|p| {
+        if broker.watermarks.remote_listening() {
+            p.max(LISTENING_POLL)
+        } else {
+            p
+        }
+    });
+    tokio::select! {
+        _ = watch.changed() => true,
+        changed = commits.changed() => changed.is_ok(),
+        _ = tokio::time::sleep(poll.unwrap_or(MAX_WAIT)), if poll.is_some() => true,
+        _ = sleep_until(deadline) => false,
+        _ = broker.draining.cancelled() => false,
+    }
+}
+
+/// Most record bytes one answer to `req` may hold.
+fn answer_limit(broker: &Broker, req: &FetchRequest) -> i64 {
+    let cap = i64::try_from(broker.config.fetch_max_bytes).unwrap_or(i64::MAX);
+    if req.max_bytes > 0 {
+        i64::from(req.max_bytes).min(cap)
+    } else {
+        cap
+    }
+}
+
+/// The requested partitions that exist, for commit wake-ups.
+async fn partitions(broker: &Broker, req: &FetchRequest) -> Vec<PartitionKey> {
+    let mut out = Vec::new();
+    for t in &req.topics {
+        let topic = broker.topics.get(t.topic.0.as_str()).await;
+        for p in &t.partitions {
+            if let Ok(topic) = super::partition_topic(&topic, p.partition) {
+                out.push((topic.id, p.partition));
             }
         }
     }
+    out
+}
+
+/// Record bytes a read of every partition could return within the limits,
+/// from index sizes only; `None` if a partition has an error.
+async fn available(broker: &Broker, req: &FetchRequest) -> Option<i64> {
+    let mut budget = answer_limit(broker, req);
+    let mut total = 0i64;
+    for t in &req.topics {
+        let topic = broker.topics.get(t.topic.0.as_str()).await;
+        for p in &t.partitions {
+            let topic = super::partition_topic(&topic, p.partition).ok()?;
+            let limit = i64::from(p.partition_max_bytes.max(0)).min(budget);
+            if limit <= 0 {
+                continue;
+            }
+            let n = broker
+                .fetcher
+                .available_bytes(topic.id, p.partition, p.fetch_offset, limit as u64)
+                .await
+                .ok()?;
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            total += n;
+            budget -= n;
+        }
+    }
+    Some(total)
 }
 
 /// Read all partitions once: the response, bytes of records in it, and
 /// whether any partition had an error.
 async fn read_all(broker: &Broker, req: &FetchRequest) -> (FetchResponse, i64, bool) {
-    let mut budget = if req.max_bytes > 0 {
-        req.max_bytes as i64
-    } else {
-        i64::MAX
-    };
+    // The client's limit, capped by the broker's `fetch_max_bytes`.
+    let mut budget = answer_limit(broker, req);
     let mut total = 0i64;
     let mut errors = false;
     let mut topics = Vec::with_capacity(req.topics.len());

@@ -38,7 +38,9 @@ enum Slot {
 /// Phase one of a produce, run in request order on the connection: validate
 /// every partition and queue its batches with the segment writer. Phase two
 /// (the returned future) waits for the commits and may run concurrently with
-/// later requests, because the order of batches is already fixed.
+/// later requests, because the order of batches is already fixed. For
+/// acks=0 it waits too and yields `None`: the connection holds the request's
+/// memory reservation until then.
 pub async fn submit(broker: &Broker, req: ProduceRequest, _version: i16) -> PendingProduce {
     let acks = req.acks;
     let transactional = req.transactional_id.is_some();
@@ -77,7 +79,7 @@ pub async fn submit(broker: &Broker, req: ProduceRequest, _version: i16) -> Pend
                 Ok(Some(topic)) => {
                     let mut slots = Vec::with_capacity(t.partition_data.len());
                     for p in t.partition_data {
-                        slots.push(submit_partition(broker, &topic, p, acks).await);
+                        slots.push(submit_partition(broker, &topic, p).await);
                     }
                     slots
                 }
@@ -157,21 +159,14 @@ fn error_response(index: i32, code: i16, message: &str) -> PartitionProduceRespo
         .with_error_message(Some(str_bytes(message)))
 }
 
-async fn submit_partition(
-    broker: &Broker,
-    topic: &TopicMeta,
-    data: PartitionProduceData,
-    acks: i16,
-) -> Slot {
+async fn submit_partition(broker: &Broker, topic: &TopicMeta, data: PartitionProduceData) -> Slot {
     match validate_partition(broker, topic, data) {
         Err(resp) => Slot::Ready(resp),
         Ok((index, append, log_append_time)) => {
-            if acks == 0 {
-                if let Err(e) = broker.writer.append_no_ack(topic.id, index, append).await {
-                    tracing::warn!(error = %e, "acks=0 append dropped");
-                }
-                return Slot::Ready(error_response(index, 0, ""));
-            }
+            // acks=0 is queued and awaited like any produce (only the answer
+            // is left out), so the request's memory reservation is held
+            // until its batches are sealed and committed, not released
+            // while they still sit in the writer's queue.
             let sizes = append
                 .iter()
                 .map(|a| {

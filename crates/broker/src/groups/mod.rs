@@ -209,6 +209,11 @@ impl GroupCoordinator {
     /// forgets whatever it held of the group, so that when the group comes
     /// back it starts afresh under a new claim.
     fn not_mine(&self, group_id: &str) -> bool {
+        // A coordinator shutting down serves no group: members look for
+        // the group's next coordinator instead of parking here.
+        if self.cancel.is_cancelled() {
+            return true;
+        }
         let check = lock(&self.owner).clone();
         let theirs = !group_id.is_empty() && check.is_some_and(|owns| !owns(group_id));
         if theirs {
