@@ -254,3 +254,61 @@ async fn json_logs() -> Result<()> {
     })
     .await
 }
+
+/// Issue 12, defect 15: per-topic series never left `/metrics`, so every
+/// topic ever written (and deleted) stayed on the page forever. Series not
+/// updated within `--metrics-idle-timeout-ms` are dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn deleted_topic_leaves_metrics() -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin = free_port()?;
+    let admin_arg = format!("127.0.0.1:{admin}");
+    let broker = start_broker_local(&[
+        "--metrics-listen",
+        &admin_arg,
+        "--metrics-idle-timeout-ms",
+        "2000",
+    ])?;
+    run_test(&broker, async {
+        let bootstrap = broker.bootstrap();
+        create_topic(&bootstrap, "ephemeral", 1).await?;
+        let p = producer(&bootstrap, &[("acks", "all")])?;
+        produce_all(
+            &p,
+            "ephemeral",
+            (0..10).map(|i| Out {
+                key: format!("k{i}"),
+                value: "v".into(),
+                ..Out::default()
+            }),
+        )
+        .await?;
+        let name = r#"tributary_produce_records_total{topic="ephemeral"}"#;
+        let (_, page) = get(admin, "/metrics")?;
+        anyhow::ensure!(series(&page, name) == Some(10.0), "{page}");
+        let client: AdminClient<DefaultClientContext> =
+            client_config(&bootstrap).create().context("admin client")?;
+        let deleted = client
+            .delete_topics(&["ephemeral"], &AdminOptions::new())
+            .await?;
+        anyhow::ensure!(deleted.iter().all(|r| r.is_ok()), "{deleted:?}");
+        wait_for(
+            "the deleted topic's series to leave /metrics",
+            Duration::from_secs(30),
+            || {
+                let (_, page) = get(admin, "/metrics")?;
+                Ok(match series(&page, name) {
+                    None => Ok(()),
+                    Some(v) => Err(v),
+                })
+            },
+        )
+        .await?;
+        // Series that are still updated stay.
+        let (_, page) = get(admin, "/metrics")?;
+        anyhow::ensure!(series(&page, "process_resident_memory_bytes").is_some());
+        Ok(())
+    })
+    .await
+}

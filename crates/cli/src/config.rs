@@ -106,6 +106,10 @@ pub struct ServeArgs {
     /// segment_grace_ms [default: 120000].
     #[arg(long, env = "TRIBUTARY_SEGMENT_COMMIT_DEADLINE_MS")]
     pub segment_commit_deadline_ms: Option<u64>,
+    /// Forget an idempotent producer's state once it has not written for
+    /// this long (Kafka's producer.id.expiration.ms) [default: 86400000].
+    #[arg(long, env = "TRIBUTARY_PRODUCER_ID_EXPIRATION_MS")]
+    pub producer_id_expiration_ms: Option<u64>,
     /// Merge small segments into per-partition objects [default: true].
     #[arg(long, env = "TRIBUTARY_COMPACTION")]
     pub compaction: Option<bool>,
@@ -118,6 +122,10 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on HOST:PORT at /metrics [default: off].
     #[arg(long, env = "TRIBUTARY_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// A metric series not updated for this long leaves /metrics (deleted
+    /// topics, gone groups); 0 keeps every series [default: 600000].
+    #[arg(long, env = "TRIBUTARY_METRICS_IDLE_TIMEOUT_MS")]
+    pub metrics_idle_timeout_ms: Option<u64>,
     /// TESTING ONLY: inject object-store faults, e.g.
     /// `put_fail=0.1,get_fail=0.1,put_lost=0.05,latency_ms=5-50,seed=7`.
     #[arg(long, env = "TRIBUTARY_INJECT_FAULTS", hide = true)]
@@ -151,9 +159,11 @@ struct FileConfig {
     maintenance_interval_ms: Option<u64>,
     segment_grace_ms: Option<u64>,
     segment_commit_deadline_ms: Option<u64>,
+    producer_id_expiration_ms: Option<u64>,
     compaction: Option<bool>,
     compaction_min_age_ms: Option<u64>,
     metrics_listen: Option<String>,
+    metrics_idle_timeout_ms: Option<u64>,
     rack: Option<String>,
 }
 
@@ -172,6 +182,8 @@ pub struct Settings {
     pub maintenance: MaintenanceConfig,
     pub faults: Option<FaultConfig>,
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Series idle this long leave /metrics (`None`: never).
+    pub metrics_idle_timeout: Option<Duration>,
     /// Pick the lowest free node id at start-up (`--node-id auto`).
     pub node_id_auto: bool,
 }
@@ -315,6 +327,10 @@ impl Settings {
                 .compaction
                 .or(file.compaction)
                 .unwrap_or(defaults.compaction),
+            producer_id_expiration: args
+                .producer_id_expiration_ms
+                .or(file.producer_id_expiration_ms)
+                .map_or(defaults.producer_id_expiration, Duration::from_millis),
             min_age: args
                 .compaction_min_age_ms
                 .or(file.compaction_min_age_ms)
@@ -360,8 +376,17 @@ impl Settings {
             ),
             None => None,
         };
+        let metrics_idle_timeout = match args
+            .metrics_idle_timeout_ms
+            .or(file.metrics_idle_timeout_ms)
+            .unwrap_or(600_000)
+        {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        };
         Ok(Self {
             metrics_listen,
+            metrics_idle_timeout,
             node_id_auto,
             faults,
             maintenance,

@@ -134,7 +134,7 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
             writer.health(),
             draining.clone(),
         );
-        observe::serve_admin(addr, ready, lag.clone()).await?;
+        observe::serve_admin(addr, ready, lag.clone(), settings.metrics_idle_timeout).await?;
         observe::spawn_publisher(
             opened.metrics.clone(),
             cache.clone(),

@@ -23,6 +23,7 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio::net::TcpListener;
@@ -148,6 +149,7 @@ pub async fn serve_admin(
     addr: SocketAddr,
     ready: Arc<Readiness>,
     lag: GroupLag,
+    idle_timeout: Option<Duration>,
 ) -> anyhow::Result<()> {
     // Histograms with buckets (request and commit latency in seconds, flush
     // sizes in bytes) rather than client-side summaries.
@@ -157,7 +159,11 @@ pub async fn serve_admin(
     let bytes = [
         1024.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 8388608.0, 16777216.0, 67108864.0,
     ];
+    // Series keyed by names clients choose (topics) must not outlive them:
+    // a series not updated within the idle timeout is dropped at the next
+    // scrape (gauges the publisher refreshes every second stay).
     let prometheus = PrometheusBuilder::new()
+        .idle_timeout(MetricKindMask::ALL, idle_timeout)
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
             &seconds,

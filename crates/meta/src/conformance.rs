@@ -75,6 +75,7 @@ where
     commit_deadline_and_abandon(&*make().await).await;
     idempotent_producer(&*make().await).await;
     producer_sequence_wraps(&*make().await).await;
+    producer_state_expires(&*make().await).await;
     producer_ids_unique(&*make().await).await;
     rejects_unknown_topic_or_partition(&*make().await).await;
     delete_topic_returns_orphaned_segments(&*make().await).await;
@@ -746,6 +747,49 @@ pub async fn duplicate_segment_rejected(store: &dyn MetadataStore) {
     let empty = commit(store, segment("empty", vec![])).await;
     assert!(empty.is_empty());
     assert!(store.segment_committed("empty").await.expect("committed"));
+}
+
+/// Idempotent-producer state of a producer idle for longer than the
+/// expiration is forgotten (Kafka's `producer.id.expiration.ms`): its next
+/// batch is accepted as a new producer's instead of being checked against
+/// the old sequence.
+pub async fn producer_state_expires(store: &dyn MetadataStore) {
+    let t = create(store, "t", 2).await;
+    let p = store.allocate_producer_id().await.expect("pid");
+    commit(store, segment("s1", vec![pbatch(t.id, 0, 0, p, 0, 5)])).await;
+    commit(store, segment("s2", vec![pbatch(t.id, 1, 0, p, 0, 5)])).await;
+    let hour = 3_600_000;
+    assert_eq!(
+        store
+            .expire_producers(wall_ms(), hour)
+            .await
+            .expect("expire"),
+        0,
+        "fresh producers stay"
+    );
+    let gap = |key: &str| segment(key, vec![pbatch(t.id, 0, 0, p, 10, 1)]);
+    assert_eq!(
+        commit(store, gap("gap-1")).await,
+        vec![BatchOutcome::Rejected(BatchRejection::OutOfOrderSequence)],
+        "a known producer's sequence gap is refused"
+    );
+    let removed = store
+        .expire_producers(wall_ms() + 2 * hour, hour)
+        .await
+        .expect("expire");
+    assert_eq!(removed, 2, "one state per partition the producer wrote");
+    assert!(matches!(
+        commit(store, gap("gap-2")).await[..],
+        [BatchOutcome::Appended { base_offset: 5 }]
+    ));
+    assert_eq!(
+        store
+            .expire_producers(wall_ms() + 2 * hour, 10 * hour)
+            .await
+            .expect("expire"),
+        0,
+        "the producer wrote again just now"
+    );
 }
 
 /// A commit past its deadline by the store's clock is refused and changes

@@ -102,6 +102,7 @@ delegate!(MaintenanceStore {
     fn apply_retention(&self, topic_id: Uuid, partition: i32, now_ms: i64, retention_ms: i64, retention_bytes: i64) -> Result<PartitionOffsets>;
     fn drop_expired_entries(&self, now_ms: i64) -> Result<u64>;
     fn acquire_lease(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<bool>;
+    fn expire_producers(&self, now_ms: i64, max_idle_ms: i64) -> Result<u64>;
     fn dead_segments(&self, before_ms: i64, limit: usize) -> Result<Vec<DeadSegment>>;
     fn forget_segments(&self, keys: &[String]) -> Result<()>;
     fn unknown_segments(&self, keys: &[String]) -> Result<Vec<String>>;

@@ -391,6 +391,14 @@ pub trait MaintenanceStore: Send + Sync {
         ttl_ms: i64,
     ) -> Result<bool>;
 
+    /// Forget idempotent-producer state (epoch and recent batches per
+    /// partition) of producers whose last accepted batch on that partition
+    /// is older than `now_ms - max_idle_ms` (Kafka's
+    /// `producer.id.expiration.ms`). A later batch of such a producer is
+    /// accepted as a new producer's. Returns the (partition, producer) states
+    /// removed.
+    async fn expire_producers(&self, now_ms: i64, max_idle_ms: i64) -> Result<u64>;
+
     /// Dead segments whose `dead_since_ms <= before_ms`, oldest first.
     async fn dead_segments(&self, before_ms: i64, limit: usize) -> Result<Vec<DeadSegment>>;
 

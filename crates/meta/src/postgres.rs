@@ -34,6 +34,11 @@
 //!   probe at connect); elsewhere brokers poll. Text columns are
 //!   `COLLATE "C"` so `ORDER BY` on names and keys is byte order, as in
 //!   SQLite and Rust.
+//! - Bounds: every session runs with `statement_timeout` (10 s),
+//!   `lock_timeout` (5 s) and `idle_in_transaction_session_timeout` (10 s),
+//!   each overridable as a URL query option in milliseconds
+//!   (`?lock_timeout=2000`, 0 = none), and TCP keepalive after 30 s idle, so
+//!   a frozen or partitioned broker cannot hold row locks for long.
 //! - Failures: connection and server errors are [`MetaError::Backend`]
 //!   (retryable). A connection the server closed (restart, failover) is
 //!   dropped by the pool on its next checkout, so the store recovers by
@@ -218,6 +223,14 @@ CREATE TABLE leases (
     expires_ms  BIGINT  NOT NULL
 );
 "#,
+    // v5: when each producer last wrote to each partition, so idle producer
+    // state expires (`producer.id.expiration.ms`). Existing producers count
+    // from the upgrade.
+    r#"
+ALTER TABLE producer_state ADD COLUMN last_write_ms BIGINT NOT NULL DEFAULT 0;
+UPDATE producer_state SET last_write_ms = (extract(epoch FROM now()) * 1000)::bigint;
+CREATE INDEX producer_state_by_last_write ON producer_state (last_write_ms);
+"#,
 ];
 
 /// Columns of an [`IndexEntry`], in the order [`entry_from_row`] reads them.
@@ -373,7 +386,28 @@ struct ParsedUrl {
     schema: Option<String>,
     tls: TlsMode,
     root_cert: Option<String>,
+    /// Server-side bounds set on every session (`-c NAME=ms`).
+    timeouts: Vec<(&'static str, u64)>,
+    /// Whether the URL set TCP keepalive options itself.
+    keepalives_given: bool,
 }
+
+/// Server-side session timeouts (ms), each settable as a query option of
+/// the metadata URL. Without them one broker frozen mid-commit (VM pause,
+/// SIGSTOP, network partition) would hold its partitions' row locks until
+/// TCP keepalive noticed (about 2 h), and since segments mix partitions,
+/// every produce on every broker would stall. `statement_timeout` stays
+/// below the segment writer's 15 s per-call timeout, so a commit the broker
+/// gave up on has been ended by the server too.
+pub const SESSION_TIMEOUTS: [(&str, u64); 3] = [
+    ("statement_timeout", 10_000),
+    ("lock_timeout", 5_000),
+    ("idle_in_transaction_session_timeout", 10_000),
+];
+
+/// TCP keepalive (unless the URL sets `keepalives_idle`): a silent server is
+/// noticed in about a minute, not two hours.
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
 
 /// Split `schema=NAME`, `sslmode` and `sslrootcert` off the query string;
 /// the rest goes to `tokio-postgres` unchanged.
@@ -390,7 +424,20 @@ fn parse_url(url: &str) -> Result<ParsedUrl> {
     let mut tls = TlsMode::default();
     let mut root_cert = None;
     let mut rest = Vec::new();
+    let mut timeouts: Vec<(&'static str, u64)> = SESSION_TIMEOUTS.to_vec();
+    let mut keepalives_given = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
+        if let Some((name, value)) = pair.split_once('=') {
+            if let Some(slot) = timeouts.iter_mut().find(|(n, _)| *n == name) {
+                slot.1 = value.parse().map_err(|_| {
+                    invalid(&format!(
+                        "{name} must be a number of milliseconds (0 = none)"
+                    ))
+                })?;
+                continue;
+            }
+            keepalives_given |= name.starts_with("keepalives");
+        }
         match pair.split_once('=') {
             Some(("sslmode", mode)) => tls = TlsMode::parse(mode)?,
             Some(("sslrootcert", path)) if !path.is_empty() => root_cert = Some(path.to_owned()),
@@ -423,6 +470,8 @@ fn parse_url(url: &str) -> Result<ParsedUrl> {
         schema,
         tls,
         root_cert,
+        timeouts,
+        keepalives_given,
     })
 }
 
@@ -447,12 +496,21 @@ impl PostgresStore {
         }
         config.ssl_mode(parsed.tls.ssl_mode());
         let tls = postgres_tls::connector(parsed.tls, parsed.root_cert.as_deref())?;
+        let mut options: Vec<String> = config
+            .get_options()
+            .filter(|o| !o.is_empty())
+            .map(str::to_owned)
+            .into_iter()
+            .collect();
         if let Some(schema) = &parsed.schema {
-            let options = match config.get_options() {
-                Some(o) if !o.is_empty() => format!("{o} -c search_path={schema}"),
-                _ => format!("-c search_path={schema}"),
-            };
-            config.options(&options);
+            options.push(format!("-c search_path={schema}"));
+        }
+        for (name, ms) in &parsed.timeouts {
+            options.push(format!("-c {name}={ms}"));
+        }
+        config.options(options.join(" "));
+        if !parsed.keepalives_given {
+            config.keepalives(true).keepalives_idle(KEEPALIVES_IDLE);
         }
         let location = format!(
             "hosts={:?} ports={:?} db={} schema={}",
@@ -957,16 +1015,18 @@ async fn record_producer_batch(
     base_offset: i64,
     reset: bool,
 ) -> Step<()> {
+    // Every accepted batch refreshes the producer's last write (expiry), by
+    // the database's clock.
+    execute(
+        tx,
+        "INSERT INTO producer_state (topic_id, partition_index, producer_id, epoch, last_write_ms) \
+         VALUES ($1, $2, $3, $4, (extract(epoch FROM clock_timestamp()) * 1000)::bigint) \
+         ON CONFLICT (topic_id, partition_index, producer_id) \
+         DO UPDATE SET epoch = excluded.epoch, last_write_ms = excluded.last_write_ms",
+        &[&topic_id, &partition, &p.producer_id, &p.producer_epoch],
+    )
+    .await?;
     if reset {
-        execute(
-            tx,
-            "INSERT INTO producer_state (topic_id, partition_index, producer_id, epoch) \
-             VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (topic_id, partition_index, producer_id) \
-             DO UPDATE SET epoch = excluded.epoch",
-            &[&topic_id, &partition, &p.producer_id, &p.producer_epoch],
-        )
-        .await?;
         execute(
             tx,
             "DELETE FROM producer_batches \
@@ -2297,6 +2357,8 @@ mod tests {
                 schema: None,
                 tls: TlsMode::Prefer,
                 root_cert: None,
+                timeouts: SESSION_TIMEOUTS.to_vec(),
+                keepalives_given: false,
             }
         );
         assert_eq!(
@@ -2307,6 +2369,8 @@ mod tests {
                 schema: Some("t_1".into()),
                 tls: TlsMode::Disable,
                 root_cert: None,
+                timeouts: SESSION_TIMEOUTS.to_vec(),
+                keepalives_given: false,
             }
         );
         assert_eq!(
@@ -2316,6 +2380,8 @@ mod tests {
                 schema: None,
                 tls: TlsMode::VerifyFull,
                 root_cert: Some("/etc/ca.pem".into()),
+                timeouts: SESSION_TIMEOUTS.to_vec(),
+                keepalives_given: false,
             }
         );
         assert_eq!(
@@ -2324,7 +2390,21 @@ mod tests {
                 .libpq_url,
             "postgres://h/db"
         );
+        let bounded =
+            parse_url("postgres://h/db?lock_timeout=2000&keepalives_idle=5&statement_timeout=0")
+                .expect("timeouts");
+        assert_eq!(
+            bounded.timeouts,
+            vec![
+                ("statement_timeout", 0),
+                ("lock_timeout", 2000),
+                ("idle_in_transaction_session_timeout", 10_000)
+            ]
+        );
+        assert!(bounded.keepalives_given);
+        assert_eq!(bounded.libpq_url, "postgres://h/db?keepalives_idle=5");
         for bad in [
+            "postgres://h/db?lock_timeout=soon",
             "sqlite://x.db",
             "postgres://h/db?schema=",
             "postgres://h/db?schema=1abc",

@@ -461,6 +461,21 @@ impl MaintenanceStore for PostgresStore {
         .await
     }
 
+    async fn expire_producers(&self, now_ms: i64, max_idle_ms: i64) -> Result<u64> {
+        let cutoff = now_ms.saturating_sub(max_idle_ms.max(0));
+        self.run("expire_producers", move || async move {
+            let client = self.client().await?;
+            // producer_batches rows go with their state (ON DELETE CASCADE).
+            execute(
+                &client,
+                "DELETE FROM producer_state WHERE last_write_ms < $1",
+                &[&cutoff],
+            )
+            .await
+        })
+        .await
+    }
+
     async fn dead_segments(&self, before_ms: i64, limit: usize) -> Result<Vec<DeadSegment>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run("dead_segments", move || async move {

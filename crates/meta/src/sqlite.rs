@@ -203,6 +203,14 @@ CREATE TABLE leases (
     expires_ms  INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    // v6: when each producer last wrote to each partition, so idle producer
+    // state expires (`producer.id.expiration.ms`). Existing producers count
+    // from the upgrade.
+    r#"
+ALTER TABLE producer_state ADD COLUMN last_write_ms INTEGER NOT NULL DEFAULT 0;
+UPDATE producer_state SET last_write_ms = CAST(unixepoch('subsec') * 1000 AS INTEGER);
+CREATE INDEX producer_state_by_last_write ON producer_state (last_write_ms);
+"#,
 ];
 
 /// Index entries from an offset: a range seek on `index_entries_by_last`.
@@ -752,14 +760,15 @@ fn record_producer_batch(
     reset: bool,
 ) -> rusqlite::Result<()> {
     let id = topic_id.as_bytes();
+    // Every accepted batch refreshes the producer's last write (expiry).
+    tx.prepare_cached(
+        "INSERT INTO producer_state (topic_id, partition_index, producer_id, epoch, last_write_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (topic_id, partition_index, producer_id) \
+         DO UPDATE SET epoch = excluded.epoch, last_write_ms = excluded.last_write_ms",
+    )?
+    .execute(params![id, partition, p.producer_id, p.producer_epoch, now_ms()])?;
     if reset {
-        tx.prepare_cached(
-            "INSERT INTO producer_state (topic_id, partition_index, producer_id, epoch) \
-             VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (topic_id, partition_index, producer_id) \
-             DO UPDATE SET epoch = excluded.epoch",
-        )?
-        .execute(params![id, partition, p.producer_id, p.producer_epoch])?;
         tx.prepare_cached(
             "DELETE FROM producer_batches \
              WHERE topic_id = ?1 AND partition_index = ?2 AND producer_id = ?3",

@@ -491,6 +491,23 @@ impl MaintenanceStore for SqliteStore {
         .await
     }
 
+    async fn expire_producers(&self, now_ms: i64, max_idle_ms: i64) -> Result<u64> {
+        let cutoff = now_ms.saturating_sub(max_idle_ms.max(0));
+        self.write("expire_producers", move |tx| {
+            tx.prepare_cached(
+                "DELETE FROM producer_batches WHERE (topic_id, partition_index, producer_id) IN \
+                 (SELECT topic_id, partition_index, producer_id FROM producer_state \
+                  WHERE last_write_ms < ?1)",
+            )?
+            .execute([cutoff])?;
+            let removed = tx
+                .prepare_cached("DELETE FROM producer_state WHERE last_write_ms < ?1")?
+                .execute([cutoff])?;
+            Ok(u64::try_from(removed).unwrap_or(u64::MAX))
+        })
+        .await
+    }
+
     async fn dead_segments(&self, before_ms: i64, limit: usize) -> Result<Vec<DeadSegment>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read("dead_segments", move |tx| {

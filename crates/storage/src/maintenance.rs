@@ -8,6 +8,9 @@
 //!   object, split into entries of about `compacted_entry_bytes` so reads stay
 //!   small, then swaps the index rows atomically. If the swap loses a race, the
 //!   new object is never referenced and the janitor removes it.
+//! - **Producer expiry** forgets the idempotent-producer state of producers
+//!   idle for `producer_id_expiration` (so the state clients create by
+//!   starting producers does not grow forever).
 //! - **Janitor** deletes objects of dead segments (no index row points into
 //!   them) once they have been dead for `grace`, longer than any read in
 //!   flight, and deletes orphan uploads (objects the metadata store never
@@ -47,6 +50,9 @@ pub struct MaintenanceConfig {
     pub min_age: Duration,
     /// Run compaction at all.
     pub compaction: bool,
+    /// Idempotent-producer state idle this long is forgotten (Kafka's
+    /// `producer.id.expiration.ms`, 1 day).
+    pub producer_id_expiration: Duration,
 }
 
 impl Default for MaintenanceConfig {
@@ -59,6 +65,7 @@ impl Default for MaintenanceConfig {
             compacted_entry_bytes: 1 << 20,
             min_age: Duration::from_secs(60),
             compaction: true,
+            producer_id_expiration: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -72,6 +79,7 @@ pub struct PassReport {
     pub compaction_conflicts: u64,
     pub dead_deleted: u64,
     pub orphans_deleted: u64,
+    pub producers_expired: u64,
 }
 
 /// Runs maintenance passes.
@@ -173,6 +181,9 @@ impl Maintenance {
             }
         }
         report.entries_dropped = self.meta.drop_expired_entries(now).await?;
+        let expiration =
+            i64::try_from(self.config.producer_id_expiration.as_millis()).unwrap_or(i64::MAX);
+        report.producers_expired = self.meta.expire_producers(now, expiration).await?;
         if self.config.compaction {
             for topic in &topics {
                 for partition in 0..topic.partitions {
