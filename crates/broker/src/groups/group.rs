@@ -212,6 +212,15 @@ impl Group {
         }
     }
 
+    /// Empty, with no member, no join in progress and no pending member id:
+    /// nothing would be lost by forgetting the group.
+    pub(super) fn is_idle(&self) -> bool {
+        self.state == GroupState::Empty
+            && self.members.is_empty()
+            && self.pending.is_empty()
+            && self.join_deadline.is_none()
+    }
+
     fn member_index(&self, id: &str) -> Option<usize> {
         self.members.iter().position(|m| m.id == id)
     }

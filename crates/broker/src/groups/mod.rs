@@ -84,6 +84,11 @@ pub struct GroupConfig {
     /// (Kafka `group.initial.rebalance.delay.ms`). Default 0: the first join
     /// completes as soon as every known member has joined.
     pub initial_rebalance_delay_ms: u64,
+    /// An Empty group (no members, no join in progress) not used for this
+    /// long leaves memory with its timer task and claim: group ids are
+    /// chosen by clients, so what they create must go away. Its committed
+    /// offsets stay in the store; a later request starts the group afresh.
+    pub empty_group_ttl: Duration,
 }
 
 impl Default for GroupConfig {
@@ -92,14 +97,22 @@ impl Default for GroupConfig {
             min_session_timeout_ms: 6000,
             max_session_timeout_ms: 1_800_000,
             initial_rebalance_delay_ms: 0,
+            empty_group_ttl: Duration::from_secs(300),
         }
     }
 }
 
-/// One group and the wake-up of its timer task.
+/// One group, the wake-up of its timer task, and when a request last used it.
 struct Slot {
     group: Mutex<Group>,
     wake: Notify,
+    last_used: Mutex<Instant>,
+}
+
+impl Slot {
+    fn touch(&self) {
+        *lock(&self.last_used) = Instant::now();
+    }
 }
 
 /// The classic group coordinator. Share it as `Arc<GroupCoordinator>`.
@@ -154,7 +167,7 @@ fn meta_error_code(e: &MetaError) -> i16 {
 impl GroupCoordinator {
     /// A coordinator with no groups; offsets go to `store`.
     pub fn new(store: Arc<dyn MetadataStore>, config: GroupConfig) -> Arc<Self> {
-        Arc::new(GroupCoordinator {
+        let coordinator = Arc::new(GroupCoordinator {
             store,
             config,
             groups: Mutex::new(HashMap::new()),
@@ -162,7 +175,50 @@ impl GroupCoordinator {
             owner: Mutex::new(None),
             node_id: Mutex::new(0),
             claims: Mutex::new(HashMap::new()),
-        })
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(sweep_idle_groups(
+                Arc::downgrade(&coordinator),
+                coordinator.cancel.clone(),
+                coordinator.config.empty_group_ttl,
+            ));
+        }
+        coordinator
+    }
+
+    /// Drop Empty groups unused for `ttl`, and claims of groups this broker
+    /// holds no state for (a simple consumer's commits claim the group; the
+    /// next commit claims it again). Returns how many groups went.
+    fn sweep(&self, ttl: Duration) -> usize {
+        let now = Instant::now();
+        let idle: Vec<(String, Arc<Slot>)> = {
+            let mut groups = lock(&self.groups);
+            let ids: Vec<String> = groups
+                .iter()
+                .filter(|(_, slot)| {
+                    now.saturating_duration_since(*lock(&slot.last_used)) >= ttl
+                        && lock(&slot.group).is_idle()
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| groups.remove(&id).map(|slot| (id, slot)))
+                .collect()
+        };
+        for (id, slot) in &idle {
+            lock(&slot.group).mark_dead();
+            slot.wake.notify_one();
+            tracing::debug!(group = %id, "dropped idle empty group");
+        }
+        let groups = lock(&self.groups);
+        lock(&self.claims).retain(|id, _| groups.contains_key(id));
+        idle.len()
+    }
+
+    /// Groups held in memory (tests).
+    #[cfg(test)]
+    fn group_count(&self) -> (usize, usize) {
+        (lock(&self.groups).len(), lock(&self.claims).len())
     }
 
     /// Stop every timer task and answer parked requests with NOT_COORDINATOR
@@ -176,12 +232,17 @@ impl GroupCoordinator {
     }
 
     fn get(&self, group_id: &str) -> Option<Arc<Slot>> {
-        lock(&self.groups).get(group_id).cloned()
+        let slot = lock(&self.groups).get(group_id).cloned();
+        if let Some(slot) = &slot {
+            slot.touch();
+        }
+        slot
     }
 
     fn get_or_create(&self, group_id: &str) -> Arc<Slot> {
         let mut groups = lock(&self.groups);
         if let Some(slot) = groups.get(group_id) {
+            slot.touch();
             return slot.clone();
         }
         let slot = Arc::new(Slot {
@@ -190,6 +251,7 @@ impl GroupCoordinator {
                 Duration::from_millis(self.config.initial_rebalance_delay_ms),
             )),
             wake: Notify::new(),
+            last_used: Mutex::new(Instant::now()),
         });
         groups.insert(group_id.to_string(), slot.clone());
         if !self.cancel.is_cancelled() {
@@ -692,6 +754,26 @@ impl GroupCoordinator {
 
     fn slots(&self) -> Vec<Arc<Slot>> {
         lock(&self.groups).values().cloned().collect()
+    }
+}
+
+/// Every `ttl / 2` (at most a minute), drop idle Empty groups; ends with the
+/// coordinator.
+async fn sweep_idle_groups(
+    coordinator: std::sync::Weak<GroupCoordinator>,
+    cancel: CancellationToken,
+    ttl: Duration,
+) {
+    let every = (ttl / 2).clamp(Duration::from_millis(10), Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let Some(coordinator) = coordinator.upgrade() else {
+            return;
+        };
+        coordinator.sweep(ttl);
     }
 }
 

@@ -815,3 +815,53 @@ async fn stale_coordinator_cannot_commit() {
     a.shutdown();
     b.shutdown();
 }
+
+/// Issue 12, defect 8: every group id a client ever joined (or committed
+/// under) stayed in memory forever with its timer task and claim. Empty
+/// groups unused for `empty_group_ttl` now leave memory; groups with
+/// members stay.
+#[tokio::test]
+async fn idle_empty_groups_leave_memory() {
+    let store: Arc<dyn MetadataStore> =
+        Arc::new(SqliteStore::open_in_memory().await.expect("sqlite store"));
+    store
+        .create_topic("t", 2, BTreeMap::new())
+        .await
+        .expect("create topic");
+    let c = GroupCoordinator::new(
+        store,
+        GroupConfig {
+            min_session_timeout_ms: 50,
+            empty_group_ttl: Duration::from_millis(200),
+            ..GroupConfig::default()
+        },
+    );
+    for i in 0..40 {
+        let g = format!("passing-{i}");
+        let id = member_id(&c, &g).await;
+        assert_eq!(join(&c, join_req(&g, &id, 10_000), 5).await.error_code, 0);
+        assert_eq!(leave(&c, &g, &id, 3).await.error_code, 0);
+    }
+    let id = member_id(&c, "stays").await;
+    let r = join(&c, join_req("stays", &id, 30_000), 5).await;
+    assert_eq!(r.error_code, 0);
+    assert_eq!(c.group_count().0, 41);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while c.group_count().0 > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "idle groups still held: {:?}",
+            c.group_count()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        describe(&c, "stays").await.group_state.as_str(),
+        "CompletingRebalance"
+    );
+    // A dropped group starts afresh on its next join.
+    let id = member_id(&c, "passing-0").await;
+    let r = join(&c, join_req("passing-0", &id, 10_000), 5).await;
+    assert_eq!((r.error_code, r.generation_id), (0, 1));
+    c.shutdown();
+}
