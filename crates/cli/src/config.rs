@@ -110,6 +110,10 @@ pub struct ServeArgs {
     /// this long (Kafka's producer.id.expiration.ms) [default: 86400000].
     #[arg(long, env = "TRIBUTARY_PRODUCER_ID_EXPIRATION_MS")]
     pub producer_id_expiration_ms: Option<u64>,
+    /// Drop a consumer group's committed offsets once it has had no member
+    /// and no commit for this long (Kafka's offsets.retention.minutes) [default: 10080].
+    #[arg(long, env = "TRIBUTARY_OFFSETS_RETENTION_MINUTES")]
+    pub offsets_retention_minutes: Option<u64>,
     /// Merge small segments into per-partition objects [default: true].
     #[arg(long, env = "TRIBUTARY_COMPACTION")]
     pub compaction: Option<bool>,
@@ -160,6 +164,7 @@ struct FileConfig {
     segment_grace_ms: Option<u64>,
     segment_commit_deadline_ms: Option<u64>,
     producer_id_expiration_ms: Option<u64>,
+    offsets_retention_minutes: Option<u64>,
     compaction: Option<bool>,
     compaction_min_age_ms: Option<u64>,
     metrics_listen: Option<String>,
@@ -331,6 +336,12 @@ impl Settings {
                 .producer_id_expiration_ms
                 .or(file.producer_id_expiration_ms)
                 .map_or(defaults.producer_id_expiration, Duration::from_millis),
+            offsets_retention: args
+                .offsets_retention_minutes
+                .or(file.offsets_retention_minutes)
+                .map_or(defaults.offsets_retention, |m| {
+                    Duration::from_secs(m.saturating_mul(60))
+                }),
             min_age: args
                 .compaction_min_age_ms
                 .or(file.compaction_min_age_ms)

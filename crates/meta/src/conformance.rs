@@ -84,6 +84,7 @@ where
     concurrent_commits(&*make().await).await;
     group_offsets(&*make().await).await;
     group_claims(&*make().await).await;
+    groups_expire(&*make().await).await;
     entryless_commit_is_dead(&*make().await).await;
     retention_by_time(&*make().await).await;
     retention_by_bytes(&*make().await).await;
@@ -2407,6 +2408,77 @@ pub async fn group_claims(store: &dyn MetadataStore) {
     // A group never claimed refuses every claim.
     assert!(store
         .commit_offsets("fresh", Some(a4), &[offset("t", 0, 1, None)])
+        .await
+        .is_err());
+}
+
+/// Groups idle and uncommitted for the retention lose their offsets and
+/// claim rows; active or recently committed ones keep them; a claim made
+/// before the expiry stays fenced afterwards.
+pub async fn groups_expire(store: &dyn MetadataStore) {
+    let day = 86_400_000;
+    let now = wall_ms();
+    let at = |ts: i64| CommittedOffset {
+        commit_timestamp_ms: ts,
+        ..offset("t", 0, 7, None)
+    };
+    store
+        .commit_offsets("old", None, &[at(now - 10 * day)])
+        .await
+        .expect("commit");
+    store
+        .commit_offsets("recent", None, &[at(now - day)])
+        .await
+        .expect("commit");
+    let claimed = store.claim_group("claimed", 1).await.expect("claim");
+    store
+        .commit_offsets("claimed", Some(claimed), &[at(now - 10 * day)])
+        .await
+        .expect("commit");
+    let gone = store.expire_groups(now, 7 * day).await.expect("expire");
+    assert_eq!(gone, vec!["old".to_owned()], "only the idle, old group");
+    assert!(store
+        .fetch_offsets("old", None)
+        .await
+        .expect("fetch")
+        .is_empty());
+    assert_eq!(
+        store
+            .fetch_offsets("recent", None)
+            .await
+            .expect("fetch")
+            .len(),
+        1
+    );
+
+    // A coordinator keeps its group alive; without it the group expires.
+    store
+        .touch_groups(
+            &["claimed".to_owned(), "never-claimed".to_owned()],
+            now + 9 * day,
+        )
+        .await
+        .expect("touch");
+    let gone = store
+        .expire_groups(now + 10 * day, 7 * day)
+        .await
+        .expect("expire");
+    assert_eq!(gone, vec!["recent".to_owned()]);
+    let gone = store
+        .expire_groups(now + 20 * day, 7 * day)
+        .await
+        .expect("expire");
+    assert_eq!(gone, vec!["claimed".to_owned()]);
+    assert_eq!(
+        store.list_groups().await.expect("list"),
+        Vec::<String>::new()
+    );
+
+    // The expired claim stays fenced: a new claim starts above it.
+    let again = store.claim_group("claimed", 2).await.expect("claim again");
+    assert!(again.epoch > claimed.epoch, "{again:?} after {claimed:?}");
+    assert!(store
+        .commit_offsets("claimed", Some(claimed), &[at(now)])
         .await
         .is_err());
 }

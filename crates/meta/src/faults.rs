@@ -91,6 +91,7 @@ delegate!(LogStore {
 
 delegate!(GroupStore {
     fn claim_group(&self, group: &str, node_id: i32) -> Result<GroupClaim>;
+    fn touch_groups(&self, groups: &[String], now_ms: i64) -> Result<()>;
     fn commit_offsets(&self, group: &str, claim: Option<GroupClaim>, offsets: &[CommittedOffset]) -> Result<()>;
     fn fetch_offsets(&self, group: &str, topics: Option<&[String]>) -> Result<Vec<CommittedOffset>>;
     fn list_groups(&self) -> Result<Vec<String>>;
@@ -103,6 +104,7 @@ delegate!(MaintenanceStore {
     fn drop_expired_entries(&self, now_ms: i64) -> Result<u64>;
     fn acquire_lease(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<bool>;
     fn expire_producers(&self, now_ms: i64, max_idle_ms: i64) -> Result<u64>;
+    fn expire_groups(&self, now_ms: i64, retention_ms: i64) -> Result<Vec<String>>;
     fn dead_segments(&self, before_ms: i64, limit: usize) -> Result<Vec<DeadSegment>>;
     fn forget_segments(&self, keys: &[String]) -> Result<()>;
     fn unknown_segments(&self, keys: &[String]) -> Result<Vec<String>>;

@@ -306,6 +306,11 @@ pub trait GroupStore: Send + Sync {
     /// coordinates the group after another took over cannot commit.
     async fn claim_group(&self, group: &str, node_id: i32) -> Result<GroupClaim>;
 
+    /// Mark groups as having members now (their coordinator calls this
+    /// periodically), so their offsets do not expire while they are in use.
+    /// Groups never claimed are ignored.
+    async fn touch_groups(&self, groups: &[String], now_ms: i64) -> Result<()>;
+
     /// Store committed offsets (an upsert per partition). With `claim`, the
     /// write happens only if that claim is still the group's newest, checked
     /// in the same transaction ([`MetaError::Fenced`] otherwise); `None`
@@ -398,6 +403,15 @@ pub trait MaintenanceStore: Send + Sync {
     /// accepted as a new producer's. Returns the (partition, producer) states
     /// removed.
     async fn expire_producers(&self, now_ms: i64, max_idle_ms: i64) -> Result<u64>;
+
+    /// Expire consumer groups (Kafka's `offsets.retention.minutes`): a group
+    /// whose newest committed offset and last activity
+    /// ([`GroupStore::touch_groups`], claims) are both older than
+    /// `now_ms - retention_ms` loses its offsets and its claim row. A later
+    /// claim of the same id gets an epoch above every expired one, so no
+    /// claim made before the expiry becomes valid again. At most 1,000
+    /// groups per call; returns them.
+    async fn expire_groups(&self, now_ms: i64, retention_ms: i64) -> Result<Vec<String>>;
 
     /// Dead segments whose `dead_since_ms <= before_ms`, oldest first.
     async fn dead_segments(&self, before_ms: i64, limit: usize) -> Result<Vec<DeadSegment>>;

@@ -231,6 +231,16 @@ ALTER TABLE producer_state ADD COLUMN last_write_ms BIGINT NOT NULL DEFAULT 0;
 UPDATE producer_state SET last_write_ms = (extract(epoch FROM now()) * 1000)::bigint;
 CREATE INDEX producer_state_by_last_write ON producer_state (last_write_ms);
 "#,
+    // v6: group expiry (see the SQLite schema's v7).
+    r#"
+ALTER TABLE group_coordinators ADD COLUMN last_active_ms BIGINT NOT NULL DEFAULT 0;
+UPDATE group_coordinators SET last_active_ms = (extract(epoch FROM now()) * 1000)::bigint;
+CREATE TABLE group_epoch_floor (
+    singleton  INTEGER NOT NULL PRIMARY KEY CHECK (singleton = 0),
+    floor      BIGINT  NOT NULL
+);
+INSERT INTO group_epoch_floor (singleton, floor) VALUES (0, 0);
+"#,
 ];
 
 /// Columns of an [`IndexEntry`], in the order [`entry_from_row`] reads them.
@@ -1656,10 +1666,12 @@ impl GroupStore for PostgresStore {
             let client = self.client().await?;
             let row = client
                 .query_one(
-                    "INSERT INTO group_coordinators (group_id, node_id, epoch) \
-                     VALUES ($1, $2, 1) \
+                    "INSERT INTO group_coordinators (group_id, node_id, epoch, last_active_ms) \
+                     VALUES ($1, $2, (SELECT floor FROM group_epoch_floor) + 1, \
+                     (extract(epoch FROM clock_timestamp()) * 1000)::bigint) \
                      ON CONFLICT (group_id) DO UPDATE SET node_id = excluded.node_id, \
-                     epoch = group_coordinators.epoch + 1 RETURNING epoch",
+                     epoch = group_coordinators.epoch + 1, \
+                     last_active_ms = excluded.last_active_ms RETURNING epoch",
                     &[&group, &node_id],
                 )
                 .await?;
@@ -1667,6 +1679,24 @@ impl GroupStore for PostgresStore {
                 node_id,
                 epoch: row.try_get(0)?,
             })
+        })
+        .await
+    }
+
+    async fn touch_groups(&self, groups: &[String], now_ms: i64) -> Result<()> {
+        if groups.is_empty() {
+            return Ok(());
+        }
+        self.run("touch_groups", move || async move {
+            let client = self.client().await?;
+            execute(
+                &client,
+                "UPDATE group_coordinators SET last_active_ms = GREATEST(last_active_ms, $2) \
+                 WHERE group_id = ANY($1)",
+                &[&groups, &now_ms],
+            )
+            .await?;
+            Ok(())
         })
         .await
     }

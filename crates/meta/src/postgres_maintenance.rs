@@ -476,6 +476,53 @@ impl MaintenanceStore for PostgresStore {
         .await
     }
 
+    async fn expire_groups(&self, now_ms: i64, retention_ms: i64) -> Result<Vec<String>> {
+        let cutoff = now_ms.saturating_sub(retention_ms.max(0));
+        self.run("expire_groups", move || async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let groups: Vec<String> = query(
+                &tx,
+                "SELECT g FROM (SELECT group_id AS g FROM group_offsets \
+                 UNION SELECT group_id FROM group_coordinators) AS candidates \
+                 WHERE COALESCE((SELECT MAX(commit_timestamp_ms) FROM group_offsets \
+                                 WHERE group_id = g), 0) < $1 \
+                   AND COALESCE((SELECT last_active_ms FROM group_coordinators \
+                                 WHERE group_id = g), 0) < $1 \
+                 ORDER BY g LIMIT 1000",
+                &[&cutoff],
+            )
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+            if !groups.is_empty() {
+                execute(
+                    &tx,
+                    "UPDATE group_epoch_floor SET floor = GREATEST(floor, COALESCE( \
+                     (SELECT MAX(epoch) FROM group_coordinators WHERE group_id = ANY($1)), 0))",
+                    &[&groups],
+                )
+                .await?;
+                execute(
+                    &tx,
+                    "DELETE FROM group_offsets WHERE group_id = ANY($1)",
+                    &[&groups],
+                )
+                .await?;
+                execute(
+                    &tx,
+                    "DELETE FROM group_coordinators WHERE group_id = ANY($1)",
+                    &[&groups],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(groups)
+        })
+        .await
+    }
+
     async fn dead_segments(&self, before_ms: i64, limit: usize) -> Result<Vec<DeadSegment>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run("dead_segments", move || async move {

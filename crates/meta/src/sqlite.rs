@@ -211,6 +211,20 @@ ALTER TABLE producer_state ADD COLUMN last_write_ms INTEGER NOT NULL DEFAULT 0;
 UPDATE producer_state SET last_write_ms = CAST(unixepoch('subsec') * 1000 AS INTEGER);
 CREATE INDEX producer_state_by_last_write ON producer_state (last_write_ms);
 "#,
+    // v7: group expiry (`offsets.retention.minutes`). A coordinator marks its
+    // groups with members active; a group idle and uncommitted for the
+    // retention loses its offsets and claim row. New claim rows start above
+    // every epoch an expired row had (`group_epoch_floor`), so a claim from
+    // before the expiry can never become valid again.
+    r#"
+ALTER TABLE group_coordinators ADD COLUMN last_active_ms INTEGER NOT NULL DEFAULT 0;
+UPDATE group_coordinators SET last_active_ms = CAST(unixepoch('subsec') * 1000 AS INTEGER);
+CREATE TABLE group_epoch_floor (
+    singleton  INTEGER NOT NULL PRIMARY KEY CHECK (singleton = 0),
+    floor      INTEGER NOT NULL
+);
+INSERT INTO group_epoch_floor (singleton, floor) VALUES (0, 0);
+"#,
 ];
 
 /// Index entries from an offset: a range seek on `index_entries_by_last`.
@@ -1296,13 +1310,33 @@ impl GroupStore for SqliteStore {
         let group = group.to_owned();
         self.write("claim_group", move |tx| {
             let epoch: i64 = tx.query_row(
-                "INSERT INTO group_coordinators (group_id, node_id, epoch) VALUES (?1, ?2, 1) \
+                "INSERT INTO group_coordinators (group_id, node_id, epoch, last_active_ms) \
+                 VALUES (?1, ?2, (SELECT floor FROM group_epoch_floor) + 1, ?3) \
                  ON CONFLICT (group_id) DO UPDATE SET node_id = excluded.node_id, \
-                 epoch = group_coordinators.epoch + 1 RETURNING epoch",
-                params![group, node_id],
+                 epoch = group_coordinators.epoch + 1, last_active_ms = excluded.last_active_ms \
+                 RETURNING epoch",
+                params![group, node_id, now_ms()],
                 |r| r.get(0),
             )?;
             Ok(GroupClaim { node_id, epoch })
+        })
+        .await
+    }
+
+    async fn touch_groups(&self, groups: &[String], now_ms: i64) -> Result<()> {
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let groups = groups.to_vec();
+        self.write("touch_groups", move |tx| {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE group_coordinators SET last_active_ms = MAX(last_active_ms, ?2) \
+                 WHERE group_id = ?1",
+            )?;
+            for g in &groups {
+                stmt.execute(params![g, now_ms])?;
+            }
+            Ok(())
         })
         .await
     }

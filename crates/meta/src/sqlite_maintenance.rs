@@ -508,6 +508,37 @@ impl MaintenanceStore for SqliteStore {
         .await
     }
 
+    async fn expire_groups(&self, now_ms: i64, retention_ms: i64) -> Result<Vec<String>> {
+        let cutoff = now_ms.saturating_sub(retention_ms.max(0));
+        self.write("expire_groups", move |tx| {
+            let groups = tx
+                .prepare_cached(
+                    "SELECT g FROM (SELECT group_id AS g FROM group_offsets \
+                     UNION SELECT group_id FROM group_coordinators) \
+                     WHERE COALESCE((SELECT MAX(commit_timestamp_ms) FROM group_offsets \
+                                     WHERE group_id = g), 0) < ?1 \
+                       AND COALESCE((SELECT last_active_ms FROM group_coordinators \
+                                     WHERE group_id = g), 0) < ?1 \
+                     ORDER BY g LIMIT 1000",
+                )?
+                .query_map([cutoff], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for g in &groups {
+                tx.prepare_cached(
+                    "UPDATE group_epoch_floor SET floor = MAX(floor, \
+                     COALESCE((SELECT epoch FROM group_coordinators WHERE group_id = ?1), 0))",
+                )?
+                .execute([g])?;
+                tx.prepare_cached("DELETE FROM group_offsets WHERE group_id = ?1")?
+                    .execute([g])?;
+                tx.prepare_cached("DELETE FROM group_coordinators WHERE group_id = ?1")?
+                    .execute([g])?;
+            }
+            Ok(groups)
+        })
+        .await
+    }
+
     async fn dead_segments(&self, before_ms: i64, limit: usize) -> Result<Vec<DeadSegment>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read("dead_segments", move |tx| {

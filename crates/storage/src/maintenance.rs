@@ -11,6 +11,8 @@
 //! - **Producer expiry** forgets the idempotent-producer state of producers
 //!   idle for `producer_id_expiration` (so the state clients create by
 //!   starting producers does not grow forever).
+//! - **Group expiry** drops the offsets and claim rows of consumer groups
+//!   idle and uncommitted for `offsets_retention`.
 //! - **Janitor** deletes objects of dead segments (no index row points into
 //!   them) once they have been dead for `grace`, longer than any read in
 //!   flight, and deletes orphan uploads (objects the metadata store never
@@ -53,6 +55,9 @@ pub struct MaintenanceConfig {
     /// Idempotent-producer state idle this long is forgotten (Kafka's
     /// `producer.id.expiration.ms`, 1 day).
     pub producer_id_expiration: Duration,
+    /// Consumer groups idle and uncommitted this long lose their offsets
+    /// (Kafka's `offsets.retention.minutes`, 7 days).
+    pub offsets_retention: Duration,
 }
 
 impl Default for MaintenanceConfig {
@@ -66,6 +71,7 @@ impl Default for MaintenanceConfig {
             min_age: Duration::from_secs(60),
             compaction: true,
             producer_id_expiration: Duration::from_secs(24 * 3600),
+            offsets_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -80,6 +86,7 @@ pub struct PassReport {
     pub dead_deleted: u64,
     pub orphans_deleted: u64,
     pub producers_expired: u64,
+    pub groups_expired: u64,
 }
 
 /// Runs maintenance passes.
@@ -184,6 +191,13 @@ impl Maintenance {
         let expiration =
             i64::try_from(self.config.producer_id_expiration.as_millis()).unwrap_or(i64::MAX);
         report.producers_expired = self.meta.expire_producers(now, expiration).await?;
+        let retention =
+            i64::try_from(self.config.offsets_retention.as_millis()).unwrap_or(i64::MAX);
+        let expired = self.meta.expire_groups(now, retention).await?;
+        if !expired.is_empty() {
+            info!(groups = ?expired, "consumer groups expired (offsets retention)");
+        }
+        report.groups_expired = expired.len() as u64;
         if self.config.compaction {
             for topic in &topics {
                 for partition in 0..topic.partitions {

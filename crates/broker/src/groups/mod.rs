@@ -774,6 +774,19 @@ async fn sweep_idle_groups(
             return;
         };
         coordinator.sweep(ttl);
+        // Groups in use keep their stored offsets from expiring
+        // (`offsets.retention.minutes` counts from the last activity).
+        let active: Vec<String> = lock(&coordinator.groups)
+            .iter()
+            .filter(|(_, slot)| !lock(&slot.group).is_idle())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        if let Err(e) = coordinator.store.touch_groups(&active, now).await {
+            tracing::warn!(error = %e, groups = active.len(), "marking active groups failed");
+        }
     }
 }
 
