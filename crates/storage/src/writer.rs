@@ -427,6 +427,13 @@ async fn upload(
                             bytes.len()
                         ))
                     }
+                    // The object is there (ours, by its unique key); only
+                    // the check failed. Ask again rather than fail a
+                    // produce whose data landed.
+                    Err(e) if is_retryable(&e) => {
+                        warn!(segment = %key, attempt, error = %e, "checking an uploaded segment failed; retrying");
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
                     Err(e) => return Err(e.to_string()),
                 }
             }
@@ -900,6 +907,36 @@ mod tests {
             .await
             .expect("offsets");
         assert_eq!(offsets.next_offset, 0);
+        w.shutdown().await;
+    }
+
+    /// Suspicion confirmed: a retried create-only PUT that found the object
+    /// (the first attempt landed, its answer was lost) checked it with a
+    /// HEAD, and a transient HEAD error failed the produce although the
+    /// object was there.
+    #[tokio::test]
+    async fn transient_head_error_after_already_exists_is_retried() {
+        let mut rig = new_rig(Box::new(|_, _| Fault::None)).await;
+        let faulty = crate::wrappers::FaultyStore::new(
+            Arc::new(InMemory::new()),
+            crate::wrappers::FaultConfig {
+                put_succeeds_then_errors_ratio: 1.0,
+                fail_first_n_gets: 1,
+                ..Default::default()
+            },
+        );
+        rig.store = Arc::new(faulty.clone());
+        let w = writer(&rig, Duration::from_secs(30));
+        let outcome = w.append(rig.topic, 0, vec![batch(1)]).await;
+        assert_eq!(
+            outcome.expect("the object landed, so the append succeeds"),
+            vec![BatchOutcome::Appended { base_offset: 0 }]
+        );
+        assert_eq!(
+            faulty.injected().get_failures,
+            1,
+            "the HEAD failure happened"
+        );
         w.shutdown().await;
     }
 
