@@ -79,6 +79,7 @@ where
     producer_ids_unique(&*make().await).await;
     rejects_unknown_topic_or_partition(&*make().await).await;
     delete_topic_returns_orphaned_segments(&*make().await).await;
+    delete_topic_drops_its_group_offsets(&*make().await).await;
     advance_log_start(&*make().await).await;
     unknown_partition_errors(&*make().await).await;
     concurrent_commits(&*make().await).await;
@@ -1251,6 +1252,44 @@ pub async fn rejects_unknown_topic_or_partition(store: &dyn MetadataStore) {
 }
 
 /// delete_topic returns exactly the segments no other topic still uses.
+/// Deleting a topic drops every group's committed offsets for it in the
+/// same transaction (they were dropped by the broker afterwards, so a crash
+/// in between left offsets a re-created topic inherited); other topics'
+/// offsets stay.
+pub async fn delete_topic_drops_its_group_offsets(store: &dyn MetadataStore) {
+    create(store, "doomed", 2).await;
+    create(store, "kept", 1).await;
+    for g in ["g1", "g2"] {
+        store
+            .commit_offsets(
+                g,
+                None,
+                &[
+                    offset("doomed", 0, 5, None),
+                    offset("doomed", 1, 6, None),
+                    offset("kept", 0, 7, None),
+                ],
+            )
+            .await
+            .expect("commit");
+    }
+    store.delete_topic("doomed").await.expect("delete");
+    for g in ["g1", "g2"] {
+        assert_eq!(
+            store.fetch_offsets(g, None).await.expect("fetch"),
+            vec![offset("kept", 0, 7, None)],
+            "{g}"
+        );
+    }
+    create(store, "doomed", 2).await;
+    let topics = ["doomed".to_owned()];
+    assert!(store
+        .fetch_offsets("g1", Some(&topics))
+        .await
+        .expect("fetch")
+        .is_empty());
+}
+
 pub async fn delete_topic_returns_orphaned_segments(store: &dyn MetadataStore) {
     let a = create(store, "a", 2).await;
     let b = create(store, "b", 1).await;

@@ -197,7 +197,8 @@ pub trait TopicStore: Send + Sync {
         configs: BTreeMap<String, String>,
     ) -> Result<TopicMeta>;
 
-    /// Delete a topic, its partitions, index entries and producer state.
+    /// Delete a topic, its partitions, index entries, producer state and
+    /// every group's committed offsets for it, in one transaction.
     /// Returns the segment keys that no longer hold any live chunk; they are
     /// now dead (at the wall-clock time of the call) and listed by
     /// [`MaintenanceStore::dead_segments`], so the janitor deletes their

@@ -1274,6 +1274,9 @@ async fn delete_topic_tx(tx: &Transaction<'_>, name: &str) -> Step<Vec<String>> 
     ] {
         execute(tx, sql, &[&id]).await?;
     }
+    // As Kafka does, committed offsets of the deleted partitions go too, in
+    // the same transaction, so a re-created topic never inherits them.
+    execute(tx, "DELETE FROM group_offsets WHERE topic = $1", &[&name]).await?;
     // The segment rows stay (dead) until the janitor has deleted the objects
     // and forgets them: readers may still be mid-GET.
     mark_dead_if_unused(tx, keys.iter().map(String::as_str), now_ms()).await

@@ -971,6 +971,10 @@ fn delete_topic_tx(tx: &Transaction<'_>, name: &str) -> Step<Vec<String>> {
     ] {
         tx.prepare_cached(sql)?.execute([id])?;
     }
+    // As Kafka does, committed offsets of the deleted partitions go too, in
+    // the same transaction, so a re-created topic never inherits them.
+    tx.prepare_cached("DELETE FROM group_offsets WHERE topic = ?1")?
+        .execute([&topic.name])?;
     // The segment rows stay (dead) until the janitor has deleted the objects
     // and forgets them: readers may still be mid-GET.
     Ok(mark_dead_if_unused(

@@ -168,12 +168,8 @@ pub async fn delete_topics(
                 broker.topics.invalidate(&name).await;
                 // The segments are now dead; the janitor deletes their objects
                 // after the grace period (readers may be mid-GET).
+                // Its committed group offsets went in the same transaction.
                 tracing::info!(topic = %name, segments = orphans.len(), "deleted topic");
-                // As Kafka does, committed offsets of the deleted partitions
-                // go too, so a re-created topic starts clean for every group.
-                if let Err(e) = drop_group_offsets(broker, &name).await {
-                    tracing::warn!(topic = %name, error = %e, "dropping committed offsets of deleted topic failed");
-                }
                 responses.push(result);
             }
             Err(e) => responses.push(
@@ -184,22 +180,6 @@ pub async fn delete_topics(
         }
     }
     DeleteTopicsResponse::default().with_responses(responses)
-}
-
-async fn drop_group_offsets(broker: &Broker, topic: &str) -> Result<(), tributary_meta::MetaError> {
-    let topics = [topic.to_string()];
-    for group in broker.meta.list_groups().await? {
-        let offsets = broker.meta.fetch_offsets(&group, Some(&topics)).await?;
-        if offsets.is_empty() {
-            continue;
-        }
-        let partitions: Vec<(String, i32)> = offsets
-            .into_iter()
-            .map(|o| (o.topic, o.partition))
-            .collect();
-        broker.meta.delete_offsets(&group, &partitions).await?;
-    }
-    Ok(())
 }
 
 pub async fn create_partitions(
