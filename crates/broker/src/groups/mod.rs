@@ -107,6 +107,10 @@ struct Slot {
     group: Mutex<Group>,
     wake: Notify,
     last_used: Mutex<Instant>,
+    /// Held by an OffsetCommit from its generation check until its store
+    /// write ends, so a commit checked under an older generation can never
+    /// land after a newer one.
+    commits: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Slot {
@@ -252,6 +256,7 @@ impl GroupCoordinator {
             )),
             wake: Notify::new(),
             last_used: Mutex::new(Instant::now()),
+            commits: Arc::new(tokio::sync::Mutex::new(())),
         });
         groups.insert(group_id.to_string(), slot.clone());
         if !self.cancel.is_cancelled() {

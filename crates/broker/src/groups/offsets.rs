@@ -91,7 +91,13 @@ impl GroupCoordinator {
             None
         };
         let generation = req.generation_id_or_member_epoch;
-        let group_error = match self.get(&group_id) {
+        let slot = self.get(&group_id);
+        // Checked and written in order: see `Slot::commits`.
+        let _ordered = match &slot {
+            Some(slot) => Some(slot.commits.clone().lock_owned().await),
+            None => None,
+        };
+        let group_error = match slot {
             _ if self.not_mine(&group_id) => Some(code(ResponseError::NotCoordinator)),
             Some(slot) => {
                 let r = lock(&slot.group).validate_commit(

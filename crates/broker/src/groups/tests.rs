@@ -865,3 +865,78 @@ async fn idle_empty_groups_leave_memory() {
     assert_eq!((r.error_code, r.generation_id), (0, 1));
     c.shutdown();
 }
+
+/// Issue 12 suspicion, confirmed: OffsetCommit checked the generation under
+/// the group lock, then awaited the store, so a commit checked under an old
+/// generation could land after a newer commit and move the offset back.
+#[tokio::test]
+async fn stale_commit_cannot_land_after_a_newer_one() {
+    use tributary_meta::faults::{FaultyMeta, MetaFaults};
+
+    /// The first `commit_offsets` call stalls before reaching the store.
+    struct SlowFirstCommit(std::sync::atomic::AtomicBool);
+    #[async_trait::async_trait]
+    impl MetaFaults for SlowFirstCommit {
+        async fn before(&self, op: &'static str) -> tributary_meta::Result<()> {
+            if op == "commit_offsets" && !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            Ok(())
+        }
+        async fn after(&self, _op: &'static str, _ok: bool) -> tributary_meta::Result<()> {
+            Ok(())
+        }
+    }
+
+    let sqlite: Arc<dyn MetadataStore> =
+        Arc::new(SqliteStore::open_in_memory().await.expect("sqlite store"));
+    sqlite
+        .create_topic("t", 2, BTreeMap::new())
+        .await
+        .expect("create topic");
+    let store: Arc<dyn MetadataStore> = Arc::new(FaultyMeta::new(
+        sqlite,
+        Arc::new(SlowFirstCommit(std::sync::atomic::AtomicBool::new(false))),
+    ));
+    let c = GroupCoordinator::new(
+        store,
+        GroupConfig {
+            min_session_timeout_ms: 50,
+            ..GroupConfig::default()
+        },
+    );
+    let id = member_id(&c, "g").await;
+    let r = join(&c, join_req("g", &id, 10_000), 5).await;
+    assert_eq!(r.error_code, 0);
+    let gen = r.generation_id;
+    let sr = c
+        .sync_group(sync_req("g", &id, gen, &[(&id, b"a")]), 3)
+        .await;
+    assert_eq!(sr.error_code, 0);
+    // The member commits offset 10 under its generation; the write stalls.
+    let stale = {
+        let c = c.clone();
+        let req = commit_req("g", &id, gen, &[("t", 0, 10, None)]);
+        tokio::spawn(async move { c.offset_commit(req, 7).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Meanwhile the member leaves and a newer commit (the group is Empty:
+    // a simple commit) moves the offset to 20.
+    assert_eq!(leave(&c, "g", &id, 3).await.error_code, 0);
+    let newer = c
+        .offset_commit(commit_req("g", "", -1, &[("t", 0, 20, None)]), 7)
+        .await;
+    assert_eq!(newer.topics[0].partitions[0].error_code, 0);
+    let stale = stale.await.expect("stale commit task");
+    assert_eq!(stale.topics[0].partitions[0].error_code, 0);
+    let committed = c
+        .store
+        .fetch_offsets("g", None)
+        .await
+        .expect("fetch offsets");
+    assert_eq!(
+        committed[0].offset, 20,
+        "the stale commit moved the offset back"
+    );
+    c.shutdown();
+}
