@@ -5,8 +5,9 @@
 //!
 //! It is unnecessary to interact directly with these types for most use cases.
 use super::{Decodable, Decoder, Encodable, Encoder, NewType, StrBytes};
-use crate::protocol::buf::{ByteBuf, ByteBufMut};
+use crate::protocol::buf::{ByteBuf, ByteBufMut, NotEnoughBytesError};
 use anyhow::{bail, Result};
+use bytes::Buf;
 use std::convert::TryFrom;
 use std::string::String as StdString;
 
@@ -24,6 +25,27 @@ macro_rules! define_copy_impl {
             }
         }
     )
+}
+
+// Tributary patch (see vendor/kafka-protocol/TRIBUTARY.md): lengths read from
+// the wire must not decide how much memory is reserved before the bytes that
+// back them have been seen.
+
+/// Capacity to reserve for `n` decoded items: never more bytes than are left
+/// in `buf`, so a claimed length cannot reserve memory beyond the input's
+/// size. The vector still grows to `n` if the items really are there.
+pub(crate) fn cautious_capacity<T>(n: usize, buf: &impl Buf) -> usize {
+    n.min(buf.remaining() / std::mem::size_of::<T>().max(1))
+}
+
+/// `n` if `buf` holds at least `n` more bytes, else the error the copy would
+/// have failed with, before anything is allocated for them.
+fn ensure_remaining(buf: &impl Buf, n: usize) -> Result<usize> {
+    if buf.remaining() < n {
+        Err(NotEnoughBytesError.into())
+    } else {
+        Ok(n)
+    }
 }
 
 /// A boolean value.
@@ -359,7 +381,7 @@ impl Decoder<Option<StdString>> for String {
         match Int16.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                let mut strbuf = vec![0; n as usize];
+                let mut strbuf = vec![0; ensure_remaining(buf, n as usize)?];
                 buf.try_copy_to_slice(&mut strbuf)?;
                 Ok(Some(std::string::String::from_utf8(strbuf)?))
             }
@@ -511,7 +533,7 @@ impl Decoder<Option<StdString>> for CompactString {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                let mut strbuf = vec![0; (n - 1) as usize];
+                let mut strbuf = vec![0; ensure_remaining(buf, (n - 1) as usize)?];
                 buf.try_copy_to_slice(&mut strbuf)?;
                 Ok(Some(std::string::String::from_utf8(strbuf)?))
             }
@@ -655,7 +677,7 @@ impl Decoder<Option<Vec<u8>>> for Bytes {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                let mut data = vec![0; n as usize];
+                let mut data = vec![0; ensure_remaining(buf, n as usize)?];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
             }
@@ -804,7 +826,7 @@ impl Decoder<Option<Vec<u8>>> for CompactBytes {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                let mut data = vec![0; (n - 1) as usize];
+                let mut data = vec![0; ensure_remaining(buf, (n - 1) as usize)?];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
             }
@@ -985,7 +1007,7 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                let mut result = Vec::with_capacity(n as usize);
+                let mut result = Vec::with_capacity(cautious_capacity::<T>(n as usize, buf));
                 for _ in 0..n {
                     result.push(self.0.decode(buf)?);
                 }
@@ -1093,7 +1115,7 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                let mut result = Vec::with_capacity((n - 1) as usize);
+                let mut result = Vec::with_capacity(cautious_capacity::<T>((n - 1) as usize, buf));
                 for _ in 1..n {
                     result.push(self.0.decode(buf)?);
                 }
