@@ -10,6 +10,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY .cargo ./.cargo
 COPY crates ./crates
+# kafka-protocol with its pre-allocation patch ([patch.crates-io] in Cargo.toml).
+COPY vendor ./vendor
 COPY benches ./benches
 COPY tests ./tests
 RUN cargo build --release --locked -p tributary-cli --bin tributary \

@@ -6,7 +6,9 @@
 #   2. cargo fmt --check, clippy -D warnings, release build of the broker,
 #   3. cargo test --workspace (Rust unit + end-to-end tests with rdkafka), then
 #      the end-to-end tests again on a moto S3 server (TRIBUTARY_TEST_STORE=s3),
-#   4. pytest tests/python (confluent-kafka and kcat against the release binary).
+#   4. pytest tests/python (confluent-kafka and kcat against the release binary),
+#   5. every fuzz target for FUZZ_SECONDS (default 15) each (scripts/fuzz.sh;
+#      installs cargo-fuzz, pinned, into ~/.cache/tributary/tools if missing).
 # Every step runs even if an earlier one failed (except those that need its
 # output); the exit code is non-zero if any step failed.
 set -uo pipefail
@@ -85,6 +87,15 @@ install_openssl() {
     apt_install openssl
 }
 
+# libFuzzer (built by the fuzz targets' libfuzzer-sys) is C++.
+install_cxx() {
+    if command -v c++ >/dev/null 2>&1; then
+        echo "c++ present: $(c++ --version | head -1)"
+        return 0
+    fi
+    apt_install g++
+}
+
 # A venv per requirements file content, reused across runs.
 VENV=""
 setup_venv() {
@@ -140,6 +151,7 @@ python_tests() {
 step "install kcat" install_kcat
 step "install postgresql" install_postgres
 step "install openssl" install_openssl
+step "install g++" install_cxx
 VENV_OK=0
 step "python venv ($REQUIREMENTS)" setup_venv && VENV_OK=1
 step "cargo fmt --check" cargo fmt --all -- --check
@@ -154,6 +166,11 @@ if [ "$BUILD_OK" -eq 1 ] && [ "$VENV_OK" -eq 1 ]; then
 else
     skip "pytest tests/python" "needs the release build and the venv"
 fi
+
+# Coverage-guided fuzzing: fails on a crash, a hang (10 s per input) or an
+# input that makes a parser allocate far beyond its size (README: Fuzzing).
+FUZZ_SECONDS=${FUZZ_SECONDS:-15}
+step "fuzz targets (${FUZZ_SECONDS}s each)" ./scripts/fuzz.sh --seconds "$FUZZ_SECONDS"
 
 printf '\n\033[1m==> summary\033[0m\n'
 printf '%s\n' "${SUMMARY[@]}"

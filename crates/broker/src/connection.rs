@@ -13,12 +13,14 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
-use kafka_protocol::protocol::{Decodable, Encodable};
+use kafka_protocol::protocol::Encodable;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info_span, warn, Instrument};
+
+use tributary_protocol::request;
 
 use crate::memory::{RequestMemory, Reservation};
 use crate::{apis, router, Broker};
@@ -401,26 +403,29 @@ enum Prepared {
     },
 }
 
-fn prepare(broker: &Broker, mut frame: Bytes, peer: SocketAddr) -> Result<Prepared, String> {
-    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
-    let version = i16::from_be_bytes([frame[2], frame[3]]);
-    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+fn prepare(broker: &Broker, frame: Bytes, peer: SocketAddr) -> Result<Prepared, String> {
+    // serve() only passes frames of at least 8 bytes.
+    let prefix = request::frame_prefix(&frame).ok_or("request frame shorter than its prefix")?;
+    let (raw_key, version) = (prefix.api_key, prefix.version);
     let api_key = ApiKey::try_from(raw_key).map_err(|_| format!("unknown api key {raw_key}"))?;
     if !router::is_supported(api_key, version) {
         if api_key == ApiKey::ApiVersions {
             debug!(%peer, version, "unsupported ApiVersions version; answering with v0");
             let resp = router::api_versions_unsupported();
-            return encode_response(api_key, 0, correlation_id, &ResponseKind::ApiVersions(resp))
-                .map(Prepared::Immediate);
+            return encode_response(
+                api_key,
+                0,
+                prefix.correlation_id,
+                &ResponseKind::ApiVersions(resp),
+            )
+            .map(Prepared::Immediate);
         }
         return Err(format!(
             "unsupported version api={api_key:?} version={version}"
         ));
     }
-    let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version))
-        .map_err(|e| format!("bad request header api={api_key:?} version={version}: {e}"))?;
-    let request = RequestKind::decode(api_key, &mut frame, version)
-        .map_err(|e| format!("bad request body api={api_key:?} version={version}: {e}"))?;
+    let (header, request) =
+        request::decode_request(frame, api_key, version).map_err(|e| e.to_string())?;
     let _ = broker;
     Ok(Prepared::Run {
         api_key,

@@ -139,7 +139,7 @@ pub struct ServeArgs {
 /// The same keys, from a TOML file.
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
-struct FileConfig {
+pub struct FileConfig {
     listen: Option<String>,
     advertised_listener: Option<String>,
     data_dir: Option<PathBuf>,
@@ -199,6 +199,11 @@ impl Settings {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        Self::layer(args, file)
+    }
+
+    /// `args` over `file` over the defaults.
+    pub fn layer(args: ServeArgs, file: FileConfig) -> anyhow::Result<Self> {
         let listen = args
             .listen
             .or(file.listen)
@@ -443,7 +448,12 @@ enum NodeIdValue {
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("bad config file {}", path.display()))
+    parse_file(&text).with_context(|| format!("bad config file {}", path.display()))
+}
+
+/// The contents of a `--config` file.
+pub fn parse_file(text: &str) -> anyhow::Result<FileConfig> {
+    Ok(toml::from_str(text)?)
 }
 
 fn parse_host_port(s: &str) -> anyhow::Result<(String, i32)> {

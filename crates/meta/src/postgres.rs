@@ -485,15 +485,27 @@ fn parse_url(url: &str) -> Result<ParsedUrl> {
     })
 }
 
+/// The parsed URL and the `tokio-postgres` settings it names, before the
+/// defaults and TLS [`PostgresStore::connect`] adds.
+fn config_from_url(url: &str) -> Result<(ParsedUrl, tokio_postgres::Config)> {
+    let parsed = parse_url(url)?;
+    let config = tokio_postgres::Config::from_str(&parsed.libpq_url)
+        .map_err(|e| MetaError::InvalidArgument(format!("postgres url options error={e}")))?;
+    Ok((parsed, config))
+}
+
+/// Check a PostgreSQL URL without connecting.
+pub(crate) fn check_url(url: &str) -> Result<()> {
+    config_from_url(url).map(|_| ())
+}
+
 impl PostgresStore {
     /// Connect to `url` (see the module docs), create the schema if asked
     /// and bring it up to date. Fails with [`MetaError::Backend`] if the
     /// server cannot be reached, [`MetaError::InvalidArgument`] for a
     /// malformed URL.
     pub async fn connect(url: &str) -> Result<Self> {
-        let parsed = parse_url(url)?;
-        let mut config = tokio_postgres::Config::from_str(&parsed.libpq_url)
-            .map_err(|e| MetaError::InvalidArgument(format!("postgres url options error={e}")))?;
+        let (parsed, mut config) = config_from_url(url)?;
         let connect_timeout = match config.get_connect_timeout() {
             Some(t) => *t,
             None => {

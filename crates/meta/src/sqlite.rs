@@ -534,7 +534,7 @@ fn migrate(conn: &mut Connection) -> Step<()> {
 }
 
 /// `None` for an in-memory database, else the file path.
-fn parse_url(url: &str) -> Result<Option<PathBuf>> {
+pub(crate) fn parse_url(url: &str) -> Result<Option<PathBuf>> {
     let invalid = || MetaError::InvalidArgument(format!("sqlite url url={url}"));
     let rest = url.strip_prefix("sqlite:").ok_or_else(invalid)?;
     let rest = rest.split_once('?').map_or(rest, |(path, _query)| path);

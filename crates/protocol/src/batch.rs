@@ -32,9 +32,9 @@
 //! |     53 | baseSequence          | i32  |
 //! |     57 | recordCount           | i32  |
 
+use std::io::{BufReader, Read};
+
 use bytes::{Buf, Bytes};
-use kafka_protocol::compression::{self as cmpr, Decompressor};
-use kafka_protocol::records::{Compression, RecordBatchDecoder};
 
 /// Length of the RecordBatch v2 header, up to and including `recordCount`.
 pub const HEADER_LEN: usize = 61;
@@ -61,10 +61,6 @@ const ATTR_TRANSACTIONAL: i16 = 1 << 4;
 const ATTR_CONTROL: i16 = 1 << 5;
 /// Attribute bits 0-2: compression codec.
 const ATTR_COMPRESSION_MASK: i16 = 0x07;
-
-/// Smallest possible encoded record: length, attributes, timestamp delta,
-/// offset delta, key length, value length and header count, one byte each.
-const MIN_RECORD_LEN: usize = 7;
 
 /// Why a record batch was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -355,8 +351,11 @@ pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
 /// `base_offset` is its real base offset (stored batches carry 0 in their
 /// header). Batches whose `maxTimestamp` is below `timestamp` are answered
 /// from the header alone, as Kafka does. For LogAppendTime batches every
-/// record has `maxTimestamp`. Otherwise the records are decoded
-/// (decompressing gzip/snappy/lz4/zstd as needed) and scanned in order.
+/// record has `maxTimestamp`. Otherwise the records are decompressed as a
+/// stream (gzip/snappy/lz4/zstd) and scanned in order, never held whole:
+/// memory is the decompressor's (a bounded zstd window; snappy, which has no
+/// streaming form, at most [`SNAPPY_MAX_RATIO`] times the batch), whatever
+/// the records add up to.
 pub fn first_offset_at_or_after_timestamp(
     batch: &Bytes,
     base_offset: i64,
@@ -379,46 +378,124 @@ pub fn first_offset_at_or_after_timestamp(
             last_offset_delta: header.last_offset_delta,
         });
     }
-    // Never trust record_count for an allocation: the decoder reserves that
-    // many records, so require the (decompressed) bytes to be able to hold
-    // them before handing them over.
-    let min_records_len = usize::try_from(header.record_count)
-        .unwrap_or(usize::MAX)
-        .saturating_mul(MIN_RECORD_LEN);
-    let decompress = |buf: &mut Bytes, compression: Compression| -> anyhow::Result<Bytes> {
-        let records = decompress_records(buf, compression)?;
-        if records.len() < min_records_len {
-            anyhow::bail!(
-                "record count does not fit the records bytes record_count={} len={}",
-                header.record_count,
-                records.len()
-            );
+    let decode = |e: std::io::Error| BatchError::Decode(e.to_string());
+    let mut records = BufReader::new(records_reader(
+        &batch[HEADER_LEN..total],
+        header.compression(),
+    )?);
+    let mut found = None;
+    // Every record is read (not only up to the answer), so a batch whose
+    // records do not match its header is an error, as before; memory stays
+    // that of the decompressor, whatever the records add up to.
+    for _ in 0..header.record_count {
+        let len = read_varint(&mut records).map_err(decode)?;
+        let len = u64::try_from(len)
+            .map_err(|_| BatchError::Decode(format!("negative record length len={len}")))?;
+        let mut record = (&mut records).take(len);
+        let mut attributes = [0u8; 1];
+        record.read_exact(&mut attributes).map_err(decode)?;
+        let timestamp_delta = read_varint(&mut record).map_err(decode)?;
+        let offset_delta = read_varint(&mut record).map_err(decode)?;
+        if found.is_none() && header.base_timestamp.saturating_add(timestamp_delta) >= timestamp {
+            found = Some(base_offset.saturating_add(offset_delta));
         }
-        Ok(records)
-    };
-    let mut buf = batch.slice(..total);
-    let set = RecordBatchDecoder::decode_with_custom_compression(&mut buf, Some(decompress))
-        .map_err(|err| BatchError::Decode(format!("{err:#}")))?;
-    Ok(set
-        .records
-        .iter()
-        .find(|record| record.timestamp >= timestamp)
-        .map(|record| base_offset + (record.offset - header.base_offset)))
+        // Key, value and headers are not needed: skip them.
+        let skipped = std::io::copy(&mut record, &mut std::io::sink()).map_err(decode)?;
+        if record.limit() != 0 {
+            return Err(BatchError::Decode(format!(
+                "record truncated len={len} skipped={skipped}"
+            )));
+        }
+    }
+    Ok(found)
 }
 
-/// Decompresses the records section of a batch with the codec named in its
-/// attributes, using `kafka-protocol`'s implementations.
-fn decompress_records(buf: &mut Bytes, compression: Compression) -> anyhow::Result<Bytes> {
-    fn take(b: &mut Bytes) -> anyhow::Result<Bytes> {
-        Ok(std::mem::take(b))
+/// The zstd window (2^N bytes) a batch may ask its decoder for. A frame
+/// header chooses it, up to 2^27 (128 MiB) by default; Kafka clients'
+/// levels use at most 2^21 for a batch, so 2^23 leaves room and bounds what
+/// a tiny batch can make us allocate.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+/// Most bytes one byte of a raw snappy block can decompress to: the densest
+/// element, a 3-byte copy, yields 64 bytes. A block whose header claims more
+/// is corrupt, and is refused before its output buffer is allocated.
+const SNAPPY_MAX_RATIO: usize = 22;
+/// The header of snappy-java's framing (Kafka's Java client), followed by
+/// two 4-byte version fields and then length-prefixed raw snappy blocks.
+const XERIAL_MAGIC: [u8; 8] = [0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0];
+
+/// A reader of the decompressed records section of a batch.
+fn records_reader<'a>(records: &'a [u8], codec: u8) -> Result<Box<dyn Read + 'a>, BatchError> {
+    let setup = |e: std::io::Error| BatchError::Decode(e.to_string());
+    Ok(match codec {
+        0 => Box::new(records),
+        1 => Box::new(flate2::read::GzDecoder::new(records)),
+        2 => Box::new(std::io::Cursor::new(snappy_decompress(records)?)),
+        3 => Box::new(lz4::Decoder::new(records).map_err(setup)?),
+        4 => {
+            let mut d = zstd::stream::read::Decoder::with_buffer(records).map_err(setup)?;
+            d.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(setup)?;
+            Box::new(d)
+        }
+        other => return Err(BatchError::UnsupportedCompression(other)),
+    })
+}
+
+/// Decompress a snappy records section: raw snappy (librdkafka) or
+/// snappy-java's framing (the Java client). The output is at most
+/// [`SNAPPY_MAX_RATIO`] times the input.
+fn snappy_decompress(input: &[u8]) -> Result<Vec<u8>, BatchError> {
+    let corrupt = |e: snap::Error| BatchError::Decode(format!("snappy: {e}"));
+    let mut out = Vec::new();
+    let mut block = |block: &[u8]| -> Result<(), BatchError> {
+        let len = snap::raw::decompress_len(block).map_err(corrupt)?;
+        if len > block.len().saturating_mul(SNAPPY_MAX_RATIO) {
+            return Err(BatchError::Decode(format!(
+                "snappy block claims {len} bytes from {}",
+                block.len()
+            )));
+        }
+        let start = out.len();
+        out.resize(start + len, 0);
+        snap::raw::Decoder::new()
+            .decompress(block, &mut out[start..])
+            .map_err(corrupt)?;
+        Ok(())
+    };
+    match input.strip_prefix(&XERIAL_MAGIC[..]) {
+        Some(framed) => {
+            let mut rest = framed.get(8..).ok_or(BatchError::Truncated)?;
+            while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+                let len = usize::try_from(u32::from_be_bytes(*len)).unwrap_or(usize::MAX);
+                let Some((data, tail)) = tail.split_at_checked(len) else {
+                    return Err(BatchError::Truncated);
+                };
+                block(data)?;
+                rest = tail;
+            }
+            if !rest.is_empty() {
+                return Err(BatchError::Truncated);
+            }
+        }
+        None => block(input)?,
     }
-    match compression {
-        Compression::None => take(buf),
-        Compression::Gzip => <cmpr::Gzip as Decompressor<Bytes>>::decompress(buf, take),
-        Compression::Snappy => <cmpr::Snappy as Decompressor<Bytes>>::decompress(buf, take),
-        Compression::Lz4 => <cmpr::Lz4 as Decompressor<Bytes>>::decompress(buf, take),
-        Compression::Zstd => <cmpr::Zstd as Decompressor<Bytes>>::decompress(buf, take),
+    Ok(out)
+}
+
+/// A zigzag varint (Kafka's VARINT/VARLONG) of at most 10 bytes.
+fn read_varint(r: &mut impl Read) -> std::io::Result<i64> {
+    let mut value = 0u64;
+    for shift in (0..70).step_by(7) {
+        let mut byte = [0u8; 1];
+        r.read_exact(&mut byte)?;
+        value |= u64::from(byte[0] & 0x7f) << shift.min(63);
+        if byte[0] & 0x80 == 0 {
+            return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
+        }
     }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "varint longer than 10 bytes",
+    ))
 }
 
 /// Turn a batch into a LogAppendTime batch stamped `now_ms`, as Kafka does
@@ -440,7 +517,10 @@ pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
 mod tests {
     use super::*;
     use bytes::BytesMut;
-    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+        TimestampType,
+    };
 
     const ALL_CODECS: [Compression; 5] = [
         Compression::None,
@@ -813,5 +893,95 @@ mod tests {
     fn crc32c_known_vector() {
         // RFC 3720 test vector: 32 bytes of zeros.
         assert_eq!(crc32c(&[0u8; 32]), 0x8a91_36aa);
+    }
+
+    /// Found by the `record_batch` fuzz target: a 103-byte snappy batch
+    /// whose block header claims far more than snappy can expand to made
+    /// the decoder allocate 220 MB before failing.
+    #[test]
+    fn timestamp_lookup_refuses_snappy_claims_before_allocating() {
+        let crash = "00000000000000000000005b00000000028a1d2a200002000000000000018bcfe568\
+                     100000018bcfe568ffff00000002cef21dab0004000000000000018bcfe5680100\
+                     00018bcfe50e76616c2a652d32020a74726163650661626310cd932e0000000010\
+                     cd932e";
+        let batch: Vec<u8> = (0..crash.len())
+            .step_by(2)
+            .filter_map(|i| u8::from_str_radix(crash.get(i..i + 2)?, 16).ok())
+            .collect();
+        assert_eq!(batch.len(), 103);
+        let result = first_offset_at_or_after_timestamp(&Bytes::from(batch), 0, i64::MIN);
+        assert!(
+            matches!(&result, Err(BatchError::Decode(m)) if m.contains("snappy")),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn snappy_java_framing_decompresses() {
+        let payload = b"hello snappy-java framing, hello again".repeat(20);
+        let block = snap::raw::Encoder::new()
+            .compress_vec(&payload)
+            .expect("compress");
+        let mut framed = XERIAL_MAGIC.to_vec();
+        framed.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
+        for half in [&block[..], &block[..]] {
+            framed.extend_from_slice(&u32::try_from(half.len()).expect("small").to_be_bytes());
+            framed.extend_from_slice(half);
+        }
+        let out = snappy_decompress(&framed).expect("decompress");
+        assert_eq!(out, [payload.clone(), payload].concat());
+        framed.pop();
+        assert!(snappy_decompress(&framed).is_err());
+    }
+
+    /// A zstd frame asking for a window past [`ZSTD_WINDOW_LOG_MAX`] is refused.
+    #[test]
+    fn zstd_window_is_bounded() {
+        let data = vec![7u8; 1 << 16];
+        // No pledged size, so the frame header keeps the 2^26 window.
+        let mut frame = Vec::new();
+        {
+            let mut enc = zstd::stream::write::Encoder::new(&mut frame, 3).expect("encoder");
+            enc.set_parameter(zstd::zstd_safe::CParameter::WindowLog(26))
+                .expect("window log");
+            std::io::Write::write_all(&mut enc, &data).expect("write");
+            enc.finish().expect("finish");
+        }
+        let mut out = Vec::new();
+        let result = records_reader(&frame, 4).and_then(|mut r| {
+            r.read_to_end(&mut out)
+                .map_err(|e| BatchError::Decode(e.to_string()))
+        });
+        assert!(result.is_err(), "a 2^26 window was accepted");
+        // The same data with a normal window decompresses.
+        let small = zstd::bulk::compress(&data, 3).expect("compress");
+        let mut out = Vec::new();
+        records_reader(&small, 4)
+            .expect("reader")
+            .read_to_end(&mut out)
+            .expect("decompress");
+        assert_eq!(out, data);
+    }
+
+    /// The streaming scan answers what kafka-protocol's full decoder does.
+    #[test]
+    fn timestamp_lookup_matches_full_decode() {
+        for codec in ALL_CODECS {
+            let batch = encode(0, &[30, 10, 20, 40, 25], codec);
+            let records = RecordBatchDecoder::decode(&mut batch.clone())
+                .expect("decode")
+                .records;
+            for ts in [0, 10, 11, 25, 26, 30, 31, 40] {
+                let expected = records
+                    .iter()
+                    .find(|r| r.timestamp >= ts)
+                    .map(|r| r.offset + 7);
+                assert_eq!(
+                    first_offset_at_or_after_timestamp(&batch, 7, ts).expect("lookup"),
+                    expected,
+                    "{codec:?} ts={ts}"
+                );
+            }
+        }
     }
 }
