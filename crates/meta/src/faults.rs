@@ -3,7 +3,8 @@
 //! reaches the store, and afterwards whether to lose its answer (the call
 //! took effect but the caller sees an error, as after a timeout).
 //!
-//! The segment writes (`commit_segment`, `abandon_segment`) run as their own
+//! The segment writes (`commit_segment`, `abandon_segment`, and compaction's
+//! `replace_entries`) run as their own
 //! task once past `before`, as a request a database has received runs to its
 //! end whether or not the caller still waits: a stall in
 //! [`MetaFaults::in_store`] then makes a commit land late, after its caller
@@ -146,7 +147,13 @@ delegate!(MaintenanceStore {
     fn forget_segments(&self, keys: &[String]) -> Result<()>;
     fn unknown_segments(&self, keys: &[String]) -> Result<Vec<String>>;
     fn compaction_candidates(&self, topic_id: Uuid, partition: i32, small_entry_bytes: u64, max_total_bytes: u64, limit: usize) -> Result<Vec<IndexEntry>>;
-    fn replace_entries(&self, old: &[IndexEntry], new_key: &str, new_size: u64, new: &[IndexEntry], now_ms: i64) -> Result<bool>;
+} detached {
+    fn replace_entries(&self, old: &[IndexEntry], new_key: &str, new_size: u64, new: &[IndexEntry], now_ms: i64) -> Result<bool> {
+        let (old, new_key, new) = (old.to_vec(), new_key.to_owned(), new.to_vec());
+        move |inner: Arc<dyn MetadataStore>| async move {
+            inner.replace_entries(&old, &new_key, new_size, &new, now_ms).await
+        }
+    }
 });
 
 #[async_trait]
