@@ -6,8 +6,10 @@
 #   2. cargo fmt --check, clippy -D warnings, release build of the broker,
 #   3. cargo test --workspace (Rust unit + end-to-end tests with rdkafka), then
 #      the end-to-end tests again on a moto S3 server (TRIBUTARY_TEST_STORE=s3),
-#   4. pytest tests/python (confluent-kafka and kcat against the release binary),
-#   5. every fuzz target for FUZZ_SECONDS (default 15) each (scripts/fuzz.sh;
+#   4. the deterministic simulation (crates/sim): 1000 seeds, each replayed
+#      twice to check determinism (scripts/simulate.sh runs more),
+#   5. pytest tests/python (confluent-kafka and kcat against the release binary),
+#   6. every fuzz target for FUZZ_SECONDS (default 15) each (scripts/fuzz.sh;
 #      installs cargo-fuzz, pinned, into ~/.cache/tributary/tools if missing).
 # Every step runs even if an earlier one failed (except those that need its
 # output); the exit code is non-zero if any step failed.
@@ -161,6 +163,7 @@ BUILD_OK=0
 step "cargo build --release -p tributary-cli" cargo build --release -p tributary-cli --bins --example loadgen && BUILD_OK=1
 step "cargo test --workspace" cargo_tests
 step "end-to-end tests on S3 (moto)" cargo_tests_s3
+step "simulation: 1000 seeds (scripts/simulate.sh)" scripts/simulate.sh --seeds 1000 --check-determinism
 if [ "$BUILD_OK" -eq 1 ] && [ "$VENV_OK" -eq 1 ]; then
     step "pytest tests/python" python_tests
 else

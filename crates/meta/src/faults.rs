@@ -2,6 +2,13 @@
 //! every call first asks a [`MetaFaults`] whether to fail or stall before it
 //! reaches the store, and afterwards whether to lose its answer (the call
 //! took effect but the caller sees an error, as after a timeout).
+//!
+//! The segment writes (`commit_segment`, `abandon_segment`, and compaction's
+//! `replace_entries`) run as their own
+//! task once past `before`, as a request a database has received runs to its
+//! end whether or not the caller still waits: a stall in
+//! [`MetaFaults::in_store`] then makes a commit land late, after its caller
+//! gave up.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +31,9 @@ pub trait MetaFaults: Send + Sync {
     /// After the store answered (`ok` tells how): an error replaces the
     /// answer, although the call took effect.
     async fn after(&self, op: &'static str, ok: bool) -> Result<()>;
+    /// Inside the store, before a segment write it received takes effect;
+    /// a stall here is not cancelled by the caller giving up.
+    async fn in_store(&self, _op: &'static str) {}
 }
 
 /// The error [`MetaFaults`] implementations return: retryable, like a lost
@@ -52,6 +62,10 @@ impl FaultyMeta {
 /// with the fault hooks around each call.
 macro_rules! delegate {
     ($trait:ident { $( fn $name:ident(&self $(, $arg:ident : $ty:ty)* ) -> $ret:ty; )* }) => {
+        delegate!($trait { $( fn $name(&self $(, $arg : $ty)*) -> $ret; )* } detached {});
+    };
+    ($trait:ident { $( fn $name:ident(&self $(, $arg:ident : $ty:ty)* ) -> $ret:ty; )* }
+     detached { $( fn $dname:ident(&self $(, $darg:ident : $dty:ty)* ) -> $dret:ty $owned:block )* }) => {
         #[async_trait]
         impl $trait for FaultyMeta {
             $(
@@ -59,6 +73,26 @@ macro_rules! delegate {
                     self.faults.before(stringify!($name)).await?;
                     let result = self.inner.$name($($arg),*).await;
                     self.faults.after(stringify!($name), result.is_ok()).await?;
+                    result
+                }
+            )*
+            $(
+                async fn $dname(&self $(, $darg: $dty)*) -> $dret {
+                    let op = stringify!($dname);
+                    self.faults.before(op).await?;
+                    // `$owned` turns the borrowed arguments into a call the
+                    // spawned task owns.
+                    let call = $owned;
+                    let (inner, faults) = (self.inner.clone(), self.faults.clone());
+                    let task = tokio::spawn(async move {
+                        faults.in_store(op).await;
+                        call(inner).await
+                    });
+                    let result = match task.await {
+                        Ok(result) => result,
+                        Err(e) => Err(MetaError::Backend { op, source: Box::new(e) }),
+                    };
+                    self.faults.after(op, result.is_ok()).await?;
                     result
                 }
             )*
@@ -77,9 +111,7 @@ delegate!(TopicStore {
 });
 
 delegate!(LogStore {
-    fn commit_segment(&self, commit: &SegmentCommit) -> Result<Vec<BatchOutcome>>;
     fn segment_committed(&self, key: &str) -> Result<bool>;
-    fn abandon_segment(&self, key: &str, size: u64) -> Result<bool>;
     fn segment_entries(&self, key: &str) -> Result<Vec<IndexEntry>>;
     fn partition_offsets(&self, topic_id: Uuid, partition: i32) -> Result<PartitionOffsets>;
     fn index_entries(&self, topic_id: Uuid, partition: i32, from_offset: i64, limit: usize) -> Result<Vec<IndexEntry>>;
@@ -87,6 +119,15 @@ delegate!(LogStore {
     fn advance_log_start(&self, topic_id: Uuid, partition: i32, offset: i64) -> Result<PartitionOffsets>;
     fn allocate_producer_id(&self) -> Result<(i64, i16)>;
     fn list_segments(&self) -> Result<Vec<String>>;
+} detached {
+    fn commit_segment(&self, commit: &SegmentCommit) -> Result<Vec<BatchOutcome>> {
+        let commit = commit.clone();
+        move |inner: Arc<dyn MetadataStore>| async move { inner.commit_segment(&commit).await }
+    }
+    fn abandon_segment(&self, key: &str, size: u64) -> Result<bool> {
+        let key = key.to_owned();
+        move |inner: Arc<dyn MetadataStore>| async move { inner.abandon_segment(&key, size).await }
+    }
 });
 
 delegate!(GroupStore {
@@ -109,7 +150,13 @@ delegate!(MaintenanceStore {
     fn forget_segments(&self, keys: &[String]) -> Result<()>;
     fn unknown_segments(&self, keys: &[String]) -> Result<Vec<String>>;
     fn compaction_candidates(&self, topic_id: Uuid, partition: i32, small_entry_bytes: u64, max_total_bytes: u64, limit: usize) -> Result<Vec<IndexEntry>>;
-    fn replace_entries(&self, old: &[IndexEntry], new_key: &str, new_size: u64, new: &[IndexEntry], now_ms: i64) -> Result<bool>;
+} detached {
+    fn replace_entries(&self, old: &[IndexEntry], new_key: &str, new_size: u64, new: &[IndexEntry], now_ms: i64) -> Result<bool> {
+        let (old, new_key, new) = (old.to_vec(), new_key.to_owned(), new.to_vec());
+        move |inner: Arc<dyn MetadataStore>| async move {
+            inner.replace_entries(&old, &new_key, new_size, &new, now_ms).await
+        }
+    }
 });
 
 #[async_trait]

@@ -255,6 +255,9 @@ pub struct SqliteStore {
     /// The store's clock: refuses commits past their deadline
     /// ([`crate::CommitDeadline`]) and dates abandoned segments.
     clock: Arc<dyn Clock>,
+    /// Run calls on the calling thread instead of the blocking pool
+    /// ([`SqliteStore::with_inline_calls`]).
+    inline: bool,
 }
 
 struct Inner {
@@ -354,6 +357,7 @@ impl SqliteStore {
                 location,
             }),
             clock: crate::clock::system(),
+            inline: false,
         }
     }
 
@@ -364,6 +368,30 @@ impl SqliteStore {
         self
     }
 
+    /// Run every call on the calling thread, inside the future's first
+    /// poll, instead of on the blocking pool. Only for deterministic
+    /// simulations of in-memory databases: the async thread blocks for the
+    /// duration of each call, but nothing else runs meanwhile, so a paused
+    /// tokio clock cannot advance during a call and the interleaving of
+    /// tasks is the same on every run.
+    pub fn with_inline_calls(mut self) -> Self {
+        self.inline = true;
+        self
+    }
+
+    /// Run `f` on the blocking pool, or inline (see
+    /// [`SqliteStore::with_inline_calls`]).
+    async fn call<T, F>(&self, op: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Step<T> + Send + 'static,
+    {
+        if self.inline {
+            return f().map_err(|fail| fail.into_meta(op));
+        }
+        blocking(op, f).await
+    }
+
     /// Run `f` in a `BEGIN IMMEDIATE` transaction on the writer; commit if it
     /// returns `Ok`, roll back otherwise.
     pub(crate) async fn write<T, F>(&self, op: &'static str, f: F) -> Result<T>
@@ -372,7 +400,7 @@ impl SqliteStore {
         F: FnOnce(&Transaction<'_>) -> Step<T> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        blocking(op, move || {
+        self.call(op, move || {
             let mut conn = lock(&inner.writer);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let out = f(&tx)?;
@@ -390,7 +418,7 @@ impl SqliteStore {
         F: FnOnce(&Transaction<'_>) -> Step<T> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        blocking(op, move || {
+        self.call(op, move || {
             let mut conn = if inner.readers.is_empty() {
                 lock(&inner.writer)
             } else {

@@ -5,29 +5,29 @@
 //! sortable by creation time, which the janitor relies on.
 
 use object_store::path::Path;
-use uuid::Uuid;
+
+use crate::entropy;
 
 /// Folder of all segment objects.
 pub const SEGMENTS_PREFIX: &str = "segments";
 
 /// A fresh, never-reused segment key.
 pub fn new_segment_key(now_ms: i64) -> String {
-    format!(
-        "{SEGMENTS_PREFIX}/{:015}-{}.seg",
-        now_ms.max(0),
-        Uuid::new_v4().simple()
-    )
+    format!("{SEGMENTS_PREFIX}/{:015}-{}.seg", now_ms.max(0), unique())
 }
 
 /// A fresh key for a per-partition object written by compaction. It differs
 /// from a writer segment's key only by its `-c.seg` suffix, so compaction
 /// can tell what it has already merged.
 pub fn new_compacted_segment_key(now_ms: i64) -> String {
-    format!(
-        "{SEGMENTS_PREFIX}/{:015}-{}-c.seg",
-        now_ms.max(0),
-        Uuid::new_v4().simple()
-    )
+    format!("{SEGMENTS_PREFIX}/{:015}-{}-c.seg", now_ms.max(0), unique())
+}
+
+/// A fresh v4 uuid, from [`entropy`] (seeded in simulations).
+fn unique() -> uuid::fmt::Simple {
+    uuid::Builder::from_random_bytes(entropy::bytes16())
+        .into_uuid()
+        .simple()
 }
 
 /// Whether a key names an object written by compaction.

@@ -8,6 +8,7 @@
 pub use object_store;
 
 pub mod cache;
+pub mod entropy;
 mod error;
 pub mod health;
 pub mod keys;

@@ -25,11 +25,10 @@ use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use tributary_meta::{IndexEntry, MetaError, MetadataStore, TopicMeta};
+use tributary_meta::{Clock, IndexEntry, MetaError, MetadataStore, TopicMeta};
 use tributary_protocol::batch::split_stored_batches;
 use tributary_segment::{PushBatch, SegmentBuilder};
 
-use crate::writer::now_ms;
 use crate::{keys, ReadCache};
 
 /// Kafka's default `retention.ms` (7 days).
@@ -58,6 +57,9 @@ pub struct MaintenanceConfig {
     /// Consumer groups idle and uncommitted this long lose their offsets
     /// (Kafka's `offsets.retention.minutes`, 7 days).
     pub offsets_retention: Duration,
+    /// Time for retention, compaction ages, leases and the janitor's grace
+    /// (the machine's clock outside simulations).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for MaintenanceConfig {
@@ -72,6 +74,7 @@ impl Default for MaintenanceConfig {
             compaction: true,
             producer_id_expiration: Duration::from_secs(24 * 3600),
             offsets_retention: Duration::from_secs(7 * 24 * 3600),
+            clock: tributary_meta::clock::system(),
         }
     }
 }
@@ -128,6 +131,10 @@ impl Maintenance {
         self
     }
 
+    fn now_ms(&self) -> i64 {
+        self.config.clock.now_ms()
+    }
+
     /// Whether this broker may run a pass now.
     async fn holds_lease(&self) -> Result<bool, MetaError> {
         let Some(holder) = &self.lease_holder else {
@@ -135,7 +142,9 @@ impl Maintenance {
         };
         let ttl =
             i64::try_from(self.config.interval.as_millis().saturating_mul(3)).unwrap_or(i64::MAX);
-        self.meta.acquire_lease(LEASE, holder, now_ms(), ttl).await
+        self.meta
+            .acquire_lease(LEASE, holder, self.now_ms(), ttl)
+            .await
     }
 
     /// Run a pass every `interval` until `shutdown` fires.
@@ -171,7 +180,7 @@ impl Maintenance {
     /// One full pass: retention, compaction, janitor.
     pub async fn run_pass(&self) -> Result<PassReport, MetaError> {
         let mut report = PassReport::default();
-        let now = now_ms();
+        let now = self.now_ms();
         let topics = self.meta.list_topics().await?;
         for topic in &topics {
             let (retention_ms, retention_bytes) = retention_of(topic);
@@ -237,7 +246,7 @@ impl Maintenance {
         // Leave the newest entries alone: tail readers and the writer's
         // in-cache segments are there.
         let min_age_ms = self.config.min_age.as_millis() as i64;
-        let cutoff = now_ms() - min_age_ms;
+        let cutoff = self.now_ms() - min_age_ms;
         // Never re-merge what compaction already wrote: start after the last
         // entry that lives in a compacted object.
         let fresh = match candidates
@@ -260,7 +269,9 @@ impl Maintenance {
         // big enough, or once its oldest entry is ten times `min_age` old.
         let run_bytes: u64 = old.iter().map(|e| e.byte_len).sum();
         let oldest = keys::segment_key_time_ms(&old[0].segment_key).unwrap_or(0);
-        if run_bytes < self.config.max_compacted_bytes / 8 && now_ms() - oldest < min_age_ms * 10 {
+        if run_bytes < self.config.max_compacted_bytes / 8
+            && self.now_ms() - oldest < min_age_ms * 10
+        {
             return Ok(None);
         }
         let mut builder = SegmentBuilder::new();
@@ -316,7 +327,7 @@ impl Maintenance {
             }
         }
         let built = builder.finish();
-        let key = keys::new_compacted_segment_key(now_ms());
+        let key = keys::new_compacted_segment_key(self.now_ms());
         let mut new_entries = Vec::with_capacity(groups.len());
         for (i, (first, handles, max_ts)) in groups.iter().enumerate() {
             let start = built.batches[handles[0]].byte_start;
@@ -353,7 +364,7 @@ impl Maintenance {
         self.cache.insert_object(&key, &built.bytes).await;
         let swapped = self
             .meta
-            .replace_entries(&old, &key, size, &new_entries, now_ms())
+            .replace_entries(&old, &key, size, &new_entries, self.now_ms())
             .await?;
         if swapped {
             info!(topic = %topic.name, partition, merged = old.len(), entries = new_entries.len(), segment = %key, size, "compacted");
@@ -365,7 +376,7 @@ impl Maintenance {
 
     /// Delete objects of segments dead for longer than the grace period.
     pub async fn delete_dead_segments(&self) -> Result<u64, MetaError> {
-        let before = now_ms() - self.config.grace.as_millis() as i64;
+        let before = self.now_ms() - self.config.grace.as_millis() as i64;
         let mut deleted = 0;
         loop {
             let dead = self.meta.dead_segments(before, 500).await?;
@@ -400,7 +411,7 @@ impl Maintenance {
     /// ([`tributary_meta::CommitDeadline`]). The listing is streamed and
     /// checked 500 keys at a time, so a large bucket is never held whole.
     pub async fn delete_orphans(&self) -> Result<u64, MetaError> {
-        let cutoff = now_ms() - self.config.grace.as_millis() as i64;
+        let cutoff = self.now_ms() - self.config.grace.as_millis() as i64;
         let prefix = keys::path(keys::SEGMENTS_PREFIX);
         let mut listing = self.store.list(Some(&prefix));
         let mut deleted = 0;

@@ -280,13 +280,17 @@ async fn batcher(
     loop {
         let deadline = open.as_ref().map(|o| o.deadline);
         let msg = tokio::select! {
-            msg = rx.recv() => msg,
+            // The flush interval first: a steady stream of appends never
+            // holds a segment back, and the choice is the same on every
+            // run (a deterministic simulation replays it).
+            biased;
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 if let Some(o) = open.take() {
                     sealer.seal(o, "interval").await;
                 }
                 continue;
             }
+            msg = rx.recv() => msg,
         };
         let Some(Msg::Append(append)) = msg else {
             break;
@@ -572,7 +576,7 @@ async fn commit_until_settled(
         let error = match result {
             Ok(Ok(_))
                 if config.inject_commit_lost > 0.0
-                    && rand::random::<f64>() < config.inject_commit_lost =>
+                    && crate::entropy::f64() < config.inject_commit_lost =>
             {
                 "injected fault: commit answer lost".to_owned()
             }
@@ -680,7 +684,7 @@ fn fail(waiters: Vec<Waiter>, error: WriteError) {
 
 fn backoff(attempt: u32) -> Duration {
     let base = 50u64 << attempt.min(6);
-    let jitter = rand::random::<u64>() % (base / 2 + 1);
+    let jitter = crate::entropy::u64() % (base / 2 + 1);
     Duration::from_millis(base + jitter)
 }
 

@@ -43,7 +43,6 @@ use object_store::{
     MultipartUpload, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions,
     PutOptions, PutPayload, PutResult, RenameOptions, Result,
 };
-use rand::Rng;
 use tracing::{info, warn};
 
 /// Store name used in the `Generic` errors this wrapper creates.
@@ -96,7 +95,7 @@ impl RetryPolicy {
     pub fn jittered_backoff(&self, attempt: u32) -> Duration {
         let cap = self.backoff_cap(attempt);
         let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(rand::rng().random_range(0..=nanos))
+        Duration::from_nanos(crate::entropy::u64() % nanos.saturating_add(1).max(1))
     }
 }
 
