@@ -55,7 +55,8 @@ async fn slowloris_frame_does_not_hold_the_request_budget() -> Result<()> {
             .await
             .context("produce while a connection trickles a 95 MiB frame")?;
         eprintln!("200 KB produce during the attack: max {attacked:?}");
-        let bound = baseline * 2 + Duration::from_secs(1);
+        // Generous slack for a busy machine; the defect took 59 s.
+        let bound = baseline * 2 + Duration::from_secs(3);
         ensure!(
             attacked <= bound,
             "produce took {attacked:?} during the attack, bound {bound:?} (baseline {baseline:?})"
@@ -372,7 +373,8 @@ async fn parked_fetches_do_not_turn_commits_into_a_storm() -> Result<()> {
             before >> 20,
             peak >> 20
         );
-        let bound = baseline * 2 + Duration::from_millis(500);
+        // Generous slack for a busy machine; the defect took 6.65 s.
+        let bound = baseline * 2 + Duration::from_secs(2);
         ensure!(worst <= bound, "slowest produce {worst:?}, bound {bound:?}");
         drop(parked);
         Ok(())
