@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -13,20 +12,8 @@ use common::*;
 use rdkafka::consumer::Consumer;
 use tributary_testkit::{free_port, PgServer};
 
-/// `GET path` over HTTP/1.0: (status, body).
 fn get(port: u16, path: &str) -> Result<(u16, String)> {
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(conn, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text)?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .context("status line")?
-        .parse()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Ok((status, body.to_owned()))
+    http_get(port, path)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -440,23 +440,6 @@ async fn endpoint_from_aws_environment_serves_produce_and_fetch() -> Result<()> 
     .await
 }
 
-/// `GET path` on the admin endpoint: (status, body).
-fn admin_get(port: u16, path: &str) -> Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(conn, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text)?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .context("status line")?
-        .parse()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Ok((status, body.to_owned()))
-}
-
 /// Defects 14 and 20: a bucket that disappears under a running broker is a
 /// permanent error. The writer retried it for minutes while producers got
 /// no answer and `/readyz` stayed green (its HEAD probe reads a 404 as
@@ -477,7 +460,7 @@ async fn vanished_bucket_fails_fast_and_turns_readyz_red() -> Result<()> {
     run_test(&broker, async {
         let bootstrap = broker.bootstrap();
         create_topic(&bootstrap, "vanish", 1).await?;
-        ensure!(admin_get(admin, "/readyz")?.0 == 200);
+        ensure!(http_get(admin, "/readyz")?.0 == 200);
         s3.delete_bucket("vanishing")?;
         let p = producer(
             &bootstrap,
@@ -495,7 +478,7 @@ async fn vanished_bucket_fails_fast_and_turns_readyz_red() -> Result<()> {
         .await;
         ensure!(sent.is_err(), "a produce into a deleted bucket succeeded");
         let why = wait_for("/readyz to turn red", Duration::from_secs(20), || {
-            let (status, body) = admin_get(admin, "/readyz")?;
+            let (status, body) = http_get(admin, "/readyz")?;
             Ok(if status == 503 {
                 Ok(body)
             } else {
@@ -513,7 +496,7 @@ async fn vanished_bucket_fails_fast_and_turns_readyz_red() -> Result<()> {
         );
         s3.create_bucket("vanishing")?;
         wait_for("/readyz to recover", Duration::from_secs(30), || {
-            let (status, body) = admin_get(admin, "/readyz")?;
+            let (status, body) = http_get(admin, "/readyz")?;
             Ok(if status == 200 {
                 Ok(())
             } else {

@@ -11,7 +11,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -104,12 +103,8 @@ async fn missing_object_serves_what_precedes_it() -> Result<()> {
 }
 
 fn metric(port: u16, name: &str) -> Result<f64> {
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(conn, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text)?;
-    Ok(text
+    let (_, page) = http_get(port, "/metrics")?;
+    Ok(page
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or(0.0))

@@ -63,14 +63,7 @@ impl Fetcher {
         max_bytes: usize,
         at_least_one: bool,
     ) -> Result<FetchedPartition, ReadError> {
-        let offsets = self.meta.partition_offsets(topic_id, partition).await?;
-        if offset < offsets.log_start_offset || offset > offsets.next_offset {
-            return Err(ReadError::OffsetOutOfRange {
-                offset,
-                log_start: offsets.log_start_offset,
-                high_watermark: offsets.next_offset,
-            });
-        }
+        let offsets = self.offsets_around(topic_id, partition, offset).await?;
         // The batches to return (slices of cached data) and their base
         // offsets; copied once, into a buffer of the exact size, at the end.
         let mut picked = Picked::default();
@@ -128,14 +121,7 @@ impl Fetcher {
         offset: i64,
         max_bytes: u64,
     ) -> Result<u64, ReadError> {
-        let offsets = self.meta.partition_offsets(topic_id, partition).await?;
-        if offset < offsets.log_start_offset || offset > offsets.next_offset {
-            return Err(ReadError::OffsetOutOfRange {
-                offset,
-                log_start: offsets.log_start_offset,
-                high_watermark: offsets.next_offset,
-            });
-        }
+        let offsets = self.offsets_around(topic_id, partition, offset).await?;
         let (mut total, mut cursor) = (0u64, offset);
         while cursor < offsets.next_offset && total < max_bytes {
             let entries = self
@@ -170,7 +156,7 @@ impl Fetcher {
             return Ok(None);
         };
         loop {
-            let bytes = self.entry_bytes(&entry).await?;
+            let (bytes, _) = self.entry_bytes(&entry).await?;
             let batches = split_stored_batches(&bytes).map_err(|e| ReadError::Corrupt {
                 key: entry.segment_key.clone(),
                 reason: e.to_string(),
@@ -205,9 +191,28 @@ impl Fetcher {
         }
     }
 
-    async fn entry_bytes(&self, entry: &IndexEntry) -> Result<Bytes, ReadError> {
+    /// The partition's offsets, if `offset` lies within them.
+    async fn offsets_around(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        offset: i64,
+    ) -> Result<PartitionOffsets, ReadError> {
+        let offsets = self.meta.partition_offsets(topic_id, partition).await?;
+        if offset < offsets.log_start_offset || offset > offsets.next_offset {
+            return Err(ReadError::OffsetOutOfRange {
+                offset,
+                log_start: offsets.log_start_offset,
+                high_watermark: offsets.next_offset,
+            });
+        }
+        Ok(offsets)
+    }
+
+    /// An entry's bytes, and whether they are the ones this broker uploaded.
+    async fn entry_bytes(&self, entry: &IndexEntry) -> Result<(Bytes, Origin), ReadError> {
         self.cache
-            .read(
+            .read_with_origin(
                 &entry.segment_key,
                 entry.byte_start..entry.byte_start + entry.byte_len,
             )
@@ -232,17 +237,7 @@ impl Fetcher {
             key: entry.segment_key.clone(),
             reason,
         };
-        let (bytes, origin) = self
-            .cache
-            .read_with_origin(
-                &entry.segment_key,
-                entry.byte_start..entry.byte_start + entry.byte_len,
-            )
-            .await
-            .map_err(|source| ReadError::Object {
-                key: entry.segment_key.clone(),
-                source,
-            })?;
+        let (bytes, origin) = self.entry_bytes(entry).await?;
         let batches = split_stored_batches(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let mut base = entry.base_offset;
         for batch in batches {
