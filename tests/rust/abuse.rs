@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
-use kafka_protocol::messages::RequestHeader;
-use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use kafka_protocol::protocol::{Decodable, Request, StrBytes};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
@@ -589,14 +588,7 @@ impl Drop for Trickler {
 
 /// Frame `request` (length prefix, header, body) as version `version`.
 fn frame<R: Request>(request: &R, version: i16, correlation: i32) -> Result<Bytes> {
-    let mut body = BytesMut::new();
-    RequestHeader::default()
-        .with_request_api_key(R::KEY)
-        .with_request_api_version(version)
-        .with_correlation_id(correlation)
-        .with_client_id(Some(StrBytes::from_static_str("abuse")))
-        .encode(&mut body, R::header_version(version))?;
-    request.encode(&mut body, version)?;
+    let body = encode_request(request, version, correlation, "abuse")?;
     let mut out = BytesMut::with_capacity(body.len() + 4);
     out.put_i32(i32::try_from(body.len()).context("frame too long")?);
     out.put_slice(&body);

@@ -407,14 +407,7 @@ impl Conn {
     fn call<R: Request>(&mut self, request: &R, version: i16) -> Result<R::Response> {
         let correlation = self.next_correlation;
         self.next_correlation += 1;
-        let mut frame = BytesMut::new();
-        RequestHeader::default()
-            .with_request_api_key(R::KEY)
-            .with_request_api_version(version)
-            .with_correlation_id(correlation)
-            .with_client_id(Some(StrBytes::from_static_str("bad-input")))
-            .encode(&mut frame, R::header_version(version))?;
-        request.encode(&mut frame, version)?;
+        let frame = encode_request(request, version, correlation, "bad-input")?;
         send_frame(&mut self.stream, &frame)?;
         let mut body = read_frame(&mut self.stream)?.with_context(|| {
             format!("connection closed instead of answering api key {}", R::KEY)

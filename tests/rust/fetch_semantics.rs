@@ -37,7 +37,7 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, BrokerId, FetchRequest, ListOffsetsRequest, MetadataRequest,
-    MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    MetadataResponse, ProduceRequest, ProduceResponse, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use kafka_protocol::records::{
@@ -1195,14 +1195,7 @@ impl Conn {
     fn send<R: Request>(&mut self, request: &R, version: i16) -> Result<i32> {
         let correlation = self.next_correlation;
         self.next_correlation += 1;
-        let mut frame = BytesMut::new();
-        RequestHeader::default()
-            .with_request_api_key(R::KEY)
-            .with_request_api_version(version)
-            .with_correlation_id(correlation)
-            .with_client_id(Some(StrBytes::from_static_str("fetch-semantics")))
-            .encode(&mut frame, R::header_version(version))?;
-        request.encode(&mut frame, version)?;
+        let frame = encode_request(request, version, correlation, "fetch-semantics")?;
         send_frame(&mut self.stream, &frame)?;
         Ok(correlation)
     }

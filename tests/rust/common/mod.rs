@@ -436,3 +436,23 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     Ok((status, body.to_owned()))
 }
+
+/// A request's header and body as version `version` (no length prefix), for
+/// tests that speak raw Kafka frames.
+pub fn encode_request<R: kafka_protocol::protocol::Request>(
+    request: &R,
+    version: i16,
+    correlation: i32,
+    client_id: &'static str,
+) -> Result<bytes::BytesMut> {
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    let mut frame = bytes::BytesMut::new();
+    kafka_protocol::messages::RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation)
+        .with_client_id(Some(StrBytes::from_static_str(client_id)))
+        .encode(&mut frame, R::header_version(version))?;
+    request.encode(&mut frame, version)?;
+    Ok(frame)
+}

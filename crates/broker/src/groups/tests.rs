@@ -38,7 +38,8 @@ fn enc<T: Encodable>(r: &T, version: i16) {
         .expect("response encodes at its version");
 }
 
-async fn setup() -> (Arc<GroupCoordinator>, Arc<dyn MetadataStore>) {
+/// An in-memory store with topics `t` (2 partitions) and `u` (1).
+async fn store_with_topics() -> Arc<dyn MetadataStore> {
     let store: Arc<dyn MetadataStore> =
         Arc::new(SqliteStore::open_in_memory().await.expect("sqlite store"));
     store
@@ -49,6 +50,11 @@ async fn setup() -> (Arc<GroupCoordinator>, Arc<dyn MetadataStore>) {
         .create_topic("u", 1, BTreeMap::new())
         .await
         .expect("create topic");
+    store
+}
+
+async fn setup() -> (Arc<GroupCoordinator>, Arc<dyn MetadataStore>) {
+    let store = store_with_topics().await;
     // Short minimum so timeout tests run on the real clock in well under a
     // second (tokio's `test-util` is not enabled for this crate).
     let config = GroupConfig {
@@ -822,14 +828,8 @@ async fn stale_coordinator_cannot_commit() {
 /// members stay.
 #[tokio::test]
 async fn idle_empty_groups_leave_memory() {
-    let store: Arc<dyn MetadataStore> =
-        Arc::new(SqliteStore::open_in_memory().await.expect("sqlite store"));
-    store
-        .create_topic("t", 2, BTreeMap::new())
-        .await
-        .expect("create topic");
     let c = GroupCoordinator::new(
-        store,
+        store_with_topics().await,
         GroupConfig {
             min_session_timeout_ms: 50,
             empty_group_ttl: Duration::from_millis(200),
@@ -888,14 +888,8 @@ async fn stale_commit_cannot_land_after_a_newer_one() {
         }
     }
 
-    let sqlite: Arc<dyn MetadataStore> =
-        Arc::new(SqliteStore::open_in_memory().await.expect("sqlite store"));
-    sqlite
-        .create_topic("t", 2, BTreeMap::new())
-        .await
-        .expect("create topic");
     let store: Arc<dyn MetadataStore> = Arc::new(FaultyMeta::new(
-        sqlite,
+        store_with_topics().await,
         Arc::new(SlowFirstCommit(std::sync::atomic::AtomicBool::new(false))),
     ));
     let c = GroupCoordinator::new(
