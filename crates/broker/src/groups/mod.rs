@@ -786,9 +786,7 @@ async fn sweep_idle_groups(
             .filter(|(_, slot)| !lock(&slot.group).is_idle())
             .map(|(id, _)| id.clone())
             .collect();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let now = tributary_meta::Clock::now_ms(&tributary_meta::SystemClock);
         if let Err(e) = coordinator.store.touch_groups(&active, now).await {
             tracing::warn!(error = %e, groups = active.len(), "marking active groups failed");
         }
