@@ -6,10 +6,18 @@
 //!
 //! Assignments hash the partition or group onto the live brokers ordered by
 //! node id, so every broker computes the same answer from the same list.
+//!
+//! Time comes from the registry's clock (the database's, on PostgreSQL), not
+//! the broker's: a broker whose clock is off would otherwise look dead to the
+//! others while it believes itself live, and two brokers would coordinate the
+//! same groups. A broker whose heartbeats keep failing knows the others will
+//! soon count it dead; before they can, it drops itself from its own view, so
+//! it stops coordinating groups the others are about to take over.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tributary_meta::{BrokerInfo, MetaError, MetadataStore};
 use tributary_storage::Watermarks;
@@ -38,6 +46,8 @@ pub struct Cluster {
     meta: Arc<dyn MetadataStore>,
     config: ClusterConfig,
     live: RwLock<Vec<BrokerInfo>>,
+    /// When the last successful heartbeat started.
+    last_beat: Mutex<Option<Instant>>,
     /// Called after the live broker list changed.
     on_change: RwLock<Vec<ChangeHook>>,
 }
@@ -53,6 +63,7 @@ impl Cluster {
             meta,
             config,
             live,
+            last_beat: Mutex::new(None),
             on_change: RwLock::new(Vec::new()),
         })
     }
@@ -64,14 +75,48 @@ impl Cluster {
 
     /// Announce this broker and refresh the live list once.
     pub async fn beat(&self) -> Result<(), MetaError> {
-        let now = now_ms();
+        let started = Instant::now();
+        let now = self.meta.clock_ms().await?;
         let ttl = self.config.ttl.as_millis() as i64;
         self.meta.heartbeat_broker(&self.me, now, ttl).await?;
+        *self.last_beat.lock().unwrap_or_else(|e| e.into_inner()) = Some(started);
         let mut live = self.meta.live_brokers(now, ttl).await?;
         if !live.iter().any(|b| b.node_id == self.me.node_id) {
             live.push(self.me.clone());
             live.sort_by_key(|b| b.node_id);
         }
+        self.set_live(live);
+        Ok(())
+    }
+
+    /// After a failed heartbeat: once the last successful one is nearly
+    /// `ttl` old (one interval short), the other brokers are about to count
+    /// this one dead and take its groups, so it leaves its own view first.
+    /// Alone in the registry it keeps itself (there is nobody to hand over
+    /// to). Returns whether this broker is now out of its own view.
+    pub fn lapse_if_expired(&self) -> bool {
+        let last = *self.last_beat.lock().unwrap_or_else(|e| e.into_inner());
+        let limit = self
+            .config
+            .ttl
+            .saturating_sub(self.config.heartbeat_interval);
+        if last.is_some_and(|t| t.elapsed() < limit) {
+            return false;
+        }
+        let others: Vec<BrokerInfo> = self
+            .brokers()
+            .into_iter()
+            .filter(|b| b.node_id != self.me.node_id)
+            .collect();
+        if others.is_empty() {
+            return false;
+        }
+        self.set_live(others);
+        true
+    }
+
+    /// Replace the live list, running the change hooks if it changed.
+    fn set_live(&self, live: Vec<BrokerInfo>) {
         let changed = {
             let mut held = self.live.write().unwrap_or_else(|e| e.into_inner());
             let changed = *held != live;
@@ -88,7 +133,6 @@ impl Cluster {
                 hook();
             }
         }
-        Ok(())
     }
 
     /// Run `hook` whenever the live broker list changes (after the new list
@@ -110,7 +154,11 @@ impl Cluster {
                     _ = stop.cancelled() => break,
                 }
                 if let Err(e) = this.beat().await {
-                    tracing::warn!(error = %e, "broker heartbeat failed; keeping the last known brokers");
+                    if this.lapse_if_expired() {
+                        tracing::warn!(error = %e, "broker heartbeats failing for the registry's ttl; coordinating no groups until one succeeds");
+                    } else {
+                        tracing::warn!(error = %e, "broker heartbeat failed; keeping the last known brokers");
+                    }
                 }
             }
             if let Err(e) = this.meta.deregister_broker(this.me.node_id).await {
@@ -169,7 +217,8 @@ pub async fn register_with_free_id(
     let ttl = config.ttl.as_millis() as i64;
     for id in 0..MAX_IDS {
         me.node_id = id;
-        match meta.heartbeat_broker(&me, now_ms(), ttl).await {
+        let now = meta.clock_ms().await?;
+        match meta.heartbeat_broker(&me, now, ttl).await {
             Ok(()) => return Ok(me),
             // Held by another live broker.
             Err(MetaError::InvalidArgument(_)) => continue,
@@ -239,10 +288,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-fn now_ms() -> i64 {
-    tributary_storage::writer::now_ms()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +339,135 @@ mod tests {
     fn fnv_is_stable() {
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+    use tributary_meta::faults::{injected, FaultyMeta, MetaFaults};
+    use tributary_meta::{Clock, SqliteStore};
+
+    use super::*;
+
+    fn info(node_id: i32) -> BrokerInfo {
+        BrokerInfo {
+            node_id,
+            host: "127.0.0.1".into(),
+            port: 9000 + node_id,
+            rack: None,
+        }
+    }
+
+    /// Heartbeats fail while the flag is set.
+    struct Partitioned(AtomicBool);
+
+    #[async_trait]
+    impl MetaFaults for Partitioned {
+        async fn before(&self, op: &'static str) -> tributary_meta::Result<()> {
+            if self.0.load(Ordering::SeqCst) {
+                return Err(injected(op));
+            }
+            Ok(())
+        }
+        async fn after(&self, _op: &'static str, _ok: bool) -> tributary_meta::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Groups each broker believes it coordinates.
+    fn coordinated(c: &Cluster) -> Vec<String> {
+        (0..64)
+            .map(|i| format!("group-{i}"))
+            .filter(|g| c.is_coordinator(g))
+            .collect()
+    }
+
+    /// Issue 12 suspicion, confirmed: a broker whose registry heartbeats
+    /// failed kept its last broker list, so it went on coordinating its
+    /// groups while the others, seeing its heartbeats expire, took them
+    /// over: two coordinators per group. Now it leaves its own view before
+    /// the others can count it dead.
+    #[tokio::test]
+    async fn a_broker_cut_off_from_the_registry_stops_coordinating() {
+        let store: Arc<dyn MetadataStore> =
+            Arc::new(SqliteStore::open_in_memory().await.expect("sqlite"));
+        let cut = Arc::new(Partitioned(AtomicBool::new(false)));
+        let a_store: Arc<dyn MetadataStore> = Arc::new(FaultyMeta::new(store.clone(), cut.clone()));
+        let config = ClusterConfig {
+            heartbeat_interval: Duration::from_millis(20),
+            ttl: Duration::from_millis(200),
+        };
+        let a = Cluster::new(info(1), a_store, config.clone());
+        let b = Cluster::new(info(2), store.clone(), config);
+        a.beat().await.expect("a beats");
+        b.beat().await.expect("b beats");
+        a.beat().await.expect("a sees b");
+        assert_eq!(a.brokers().len(), 2);
+        let (mine_a, mine_b) = (coordinated(&a), coordinated(&b));
+        assert!(!mine_a.is_empty() && !mine_b.is_empty());
+        assert!(mine_a.iter().all(|g| !mine_b.contains(g)));
+
+        let stop = CancellationToken::new();
+        let (ta, tb) = (a.spawn(stop.clone()), b.spawn(stop.clone()));
+        cut.0.store(true, Ordering::SeqCst);
+        // Wait until b counts a dead and coordinates every group.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while coordinated(&b).len() < 64 {
+            assert!(Instant::now() < deadline, "b never took a's groups over");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let both: Vec<String> = coordinated(&a)
+            .into_iter()
+            .filter(|g| b.is_coordinator(g))
+            .collect();
+        assert!(
+            both.is_empty(),
+            "groups with two coordinators while a is cut off: {both:?}"
+        );
+
+        // Reconnected, a is back in everyone's view.
+        cut.0.store(false, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while coordinated(&a).is_empty() || coordinated(&b).len() == 64 {
+            assert!(Instant::now() < deadline, "a never came back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        let _ = (ta.await, tb.await);
+    }
+
+    /// A clock far from the machine's.
+    #[derive(Debug)]
+    struct Shifted(i64);
+
+    impl Clock for Shifted {
+        fn now_ms(&self) -> i64 {
+            tributary_meta::SystemClock.now_ms() + self.0
+        }
+    }
+
+    /// Issue 12 suspicion, confirmed: heartbeats were stamped with the
+    /// broker's clock and judged by the reader's, so a broker whose clock
+    /// ran behind looked dead to the others. Brokers now use the registry's
+    /// clock: what the store calls now is what a heartbeat records.
+    #[tokio::test]
+    async fn heartbeats_use_the_registry_clock() {
+        let hour = 3_600_000;
+        let store = SqliteStore::open_in_memory()
+            .await
+            .expect("sqlite")
+            .with_clock(Arc::new(Shifted(hour)));
+        let store: Arc<dyn MetadataStore> = Arc::new(store);
+        let a = Cluster::new(info(1), store.clone(), ClusterConfig::default());
+        a.beat().await.expect("beat");
+        let registry_now = store.clock_ms().await.expect("clock");
+        let live = store
+            .live_brokers(registry_now, 10_000)
+            .await
+            .expect("live");
+        assert_eq!(live, vec![info(1)], "live by the registry's clock");
     }
 }

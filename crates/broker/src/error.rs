@@ -40,7 +40,9 @@ pub fn rejection_code(r: BatchRejection) -> i16 {
         BatchRejection::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition.code(),
         BatchRejection::OutOfOrderSequence => ResponseError::OutOfOrderSequenceNumber.code(),
         BatchRejection::InvalidProducerEpoch => ResponseError::InvalidProducerEpoch.code(),
-        BatchRejection::OutcomeUnknown => ResponseError::KafkaStorageError.code(),
+        BatchRejection::OutcomeUnknown | BatchRejection::AwaitingEarlierRetry => {
+            ResponseError::KafkaStorageError.code()
+        }
     }
 }
 

@@ -85,6 +85,7 @@ where
     concurrent_commits(&*make().await).await;
     group_offsets(&*make().await).await;
     group_claims(&*make().await).await;
+    group_state_saved(&*make().await).await;
     groups_expire(&*make().await).await;
     entryless_commit_is_dead(&*make().await).await;
     retention_by_time(&*make().await).await;
@@ -2449,6 +2450,60 @@ pub async fn group_claims(store: &dyn MetadataStore) {
         .commit_offsets("fresh", Some(a4), &[offset("t", 0, 1, None)])
         .await
         .is_err());
+}
+
+/// A coordinator's saved membership survives later claims (that is how a
+/// new coordinator carries the group on), only the newest claim may save,
+/// and deleting or expiring the group drops it.
+pub async fn group_state_saved(store: &dyn MetadataStore) {
+    assert_eq!(store.load_group("g").await.expect("load"), None);
+    let a = store.claim_group("g", 1).await.expect("claim by 1");
+    assert_eq!(store.load_group("g").await.expect("load"), None);
+    store.save_group("g", a, b"gen 1").await.expect("save");
+    store
+        .save_group("g", a, b"gen 2")
+        .await
+        .expect("save again");
+    assert_eq!(
+        store.load_group("g").await.expect("load").as_deref(),
+        Some(&b"gen 2"[..])
+    );
+
+    let b = store.claim_group("g", 2).await.expect("claim by 2");
+    assert_eq!(
+        store.load_group("g").await.expect("load").as_deref(),
+        Some(&b"gen 2"[..]),
+        "a claim keeps the saved state"
+    );
+    match store.save_group("g", a, b"stale").await {
+        Err(MetaError::Fenced { .. }) => {}
+        other => panic!("a save under an old claim must be fenced: {other:?}"),
+    }
+    // Never claimed: nothing to save under.
+    assert!(matches!(
+        store.save_group("h", a, b"x").await,
+        Err(MetaError::Fenced { .. })
+    ));
+    store.save_group("g", b, b"gen 3").await.expect("save by 2");
+    assert_eq!(
+        store.load_group("g").await.expect("load").as_deref(),
+        Some(&b"gen 3"[..])
+    );
+    assert_eq!(store.load_group("h").await.expect("load"), None);
+
+    store.delete_group("g").await.expect("delete");
+    assert_eq!(store.load_group("g").await.expect("load"), None);
+
+    // Expiry drops it with the claim row.
+    let c = store.claim_group("old", 1).await.expect("claim");
+    store.save_group("old", c, b"empty").await.expect("save");
+    let later = wall_ms() + 30 * 86_400_000;
+    let gone = store
+        .expire_groups(later, 86_400_000)
+        .await
+        .expect("expire");
+    assert!(gone.contains(&"old".to_owned()), "{gone:?}");
+    assert_eq!(store.load_group("old").await.expect("load"), None);
 }
 
 /// Groups idle and uncommitted for the retention lose their offsets and

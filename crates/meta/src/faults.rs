@@ -132,6 +132,8 @@ delegate!(LogStore {
 
 delegate!(GroupStore {
     fn claim_group(&self, group: &str, node_id: i32) -> Result<GroupClaim>;
+    fn save_group(&self, group: &str, claim: GroupClaim, state: &[u8]) -> Result<()>;
+    fn load_group(&self, group: &str) -> Result<Option<Vec<u8>>>;
     fn touch_groups(&self, groups: &[String], now_ms: i64) -> Result<()>;
     fn commit_offsets(&self, group: &str, claim: Option<GroupClaim>, offsets: &[CommittedOffset]) -> Result<()>;
     fn fetch_offsets(&self, group: &str, topics: Option<&[String]>) -> Result<Vec<CommittedOffset>>;
@@ -161,6 +163,13 @@ delegate!(MaintenanceStore {
 
 #[async_trait]
 impl BrokerRegistry for FaultyMeta {
+    async fn clock_ms(&self) -> Result<i64> {
+        self.faults.before("clock_ms").await?;
+        let result = self.inner.clock_ms().await;
+        self.faults.after("clock_ms", result.is_ok()).await?;
+        result
+    }
+
     async fn heartbeat_broker(&self, info: &BrokerInfo, now_ms: i64, ttl_ms: i64) -> Result<()> {
         self.faults.before("heartbeat_broker").await?;
         let result = self.inner.heartbeat_broker(info, now_ms, ttl_ms).await;

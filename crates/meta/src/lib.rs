@@ -157,6 +157,11 @@ pub enum BatchRejection {
     /// not in the index (it was a duplicate or refused). The producer should
     /// retry; an idempotent retry then gets the real answer.
     OutcomeUnknown,
+    /// Not a store answer: an earlier batch of this idempotent producer on
+    /// this partition failed and its retry has not come yet, so this batch
+    /// was not committed (it would have taken the earlier batch's offsets).
+    /// The producer retries both, in order.
+    AwaitingEarlierRetry,
 }
 
 /// One index row: a run of consecutive batches of one partition stored
@@ -298,7 +303,10 @@ pub trait LogStore: Send + Sync {
     async fn list_segments(&self) -> Result<Vec<String>>;
 }
 
-/// Consumer-group committed offsets. Membership lives in the coordinator.
+/// Consumer groups: coordinator claims, committed offsets and the
+/// membership the coordinator saved (generation, protocol, members and
+/// assignment, in an encoding the coordinator owns), so a group survives a
+/// coordinator restart or move.
 #[async_trait]
 pub trait GroupStore: Send + Sync {
     /// Make `node_id` the coordinator of `group`: the group's coordinator
@@ -306,6 +314,15 @@ pub trait GroupStore: Send + Sync {
     /// any earlier claim fail from then on, so a broker that still believes it
     /// coordinates the group after another took over cannot commit.
     async fn claim_group(&self, group: &str, node_id: i32) -> Result<GroupClaim>;
+
+    /// Save the group's membership (`state`, opaque to the store) under
+    /// `claim`: [`MetaError::Fenced`] unless that claim is still the group's
+    /// newest, checked in the same transaction. A claim keeps the state; a
+    /// new claimant reads it with [`GroupStore::load_group`].
+    async fn save_group(&self, group: &str, claim: GroupClaim, state: &[u8]) -> Result<()>;
+
+    /// The membership last saved by [`GroupStore::save_group`], if any.
+    async fn load_group(&self, group: &str) -> Result<Option<Vec<u8>>>;
 
     /// Mark groups as having members now (their coordinator calls this
     /// periodically), so their offsets do not expire while they are in use.
@@ -333,7 +350,7 @@ pub trait GroupStore: Send + Sync {
     /// Groups that have committed offsets, ordered.
     async fn list_groups(&self) -> Result<Vec<String>>;
 
-    /// Remove all offsets of a group.
+    /// Remove all offsets and the saved membership of a group.
     async fn delete_group(&self, group: &str) -> Result<()>;
 
     /// Remove the offsets of some partitions of a group.
@@ -477,6 +494,12 @@ pub struct BrokerInfo {
 /// whose last heartbeat is older than the TTL is not live.
 #[async_trait]
 pub trait BrokerRegistry: Send + Sync {
+    /// The registry's clock in ms since the Unix epoch: the database's on a
+    /// shared store. Brokers stamp their heartbeats and judge liveness by
+    /// this one clock, so brokers whose own clocks disagree still agree on
+    /// who is live (and so on who coordinates each group).
+    async fn clock_ms(&self) -> Result<i64>;
+
     /// Insert or refresh `info` with `last_seen = now_ms`. Another live
     /// broker (heartbeat within `ttl_ms`) holding the same node id with a
     /// different host:port is an error ([`MetaError::InvalidArgument`]): two

@@ -241,6 +241,10 @@ CREATE TABLE group_epoch_floor (
 );
 INSERT INTO group_epoch_floor (singleton, floor) VALUES (0, 0);
 "#,
+    // v7: saved group membership (see the SQLite schema's v8).
+    r#"
+ALTER TABLE group_coordinators ADD COLUMN state BYTEA NULL;
+"#,
 ];
 
 /// Columns of an [`IndexEntry`], in the order [`entry_from_row`] reads them.
@@ -791,7 +795,7 @@ pub(crate) async fn execute<C: GenericClient>(
 
 /// The database's clock in ms since the Unix epoch (not the transaction's
 /// start time: `clock_timestamp()` moves during a transaction).
-const SQL_NOW_MS: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+pub(crate) const SQL_NOW_MS: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
@@ -1698,6 +1702,48 @@ impl GroupStore for PostgresStore {
         .await
     }
 
+    async fn save_group(&self, group: &str, claim: GroupClaim, state: &[u8]) -> Result<()> {
+        self.run("save_group", move || async move {
+            let client = self.client().await?;
+            let saved = execute(
+                &client,
+                "UPDATE group_coordinators SET state = $4, \
+                 last_active_ms = GREATEST(last_active_ms, \
+                 (extract(epoch FROM clock_timestamp()) * 1000)::bigint) \
+                 WHERE group_id = $1 AND node_id = $2 AND epoch = $3",
+                &[&group, &claim.node_id, &claim.epoch, &state],
+            )
+            .await?;
+            if saved != 1 {
+                return Err(MetaError::Fenced {
+                    group: group.to_owned(),
+                    node_id: claim.node_id,
+                    epoch: claim.epoch,
+                }
+                .into());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_group(&self, group: &str) -> Result<Option<Vec<u8>>> {
+        self.run("load_group", move || async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT state FROM group_coordinators WHERE group_id = $1",
+                    &[&group],
+                )
+                .await?;
+            Ok(match row {
+                Some(row) => row.try_get::<_, Option<Vec<u8>>>(0)?,
+                None => None,
+            })
+        })
+        .await
+    }
+
     async fn touch_groups(&self, groups: &[String], now_ms: i64) -> Result<()> {
         if groups.is_empty() {
             return Ok(());
@@ -1852,6 +1898,12 @@ impl GroupStore for PostgresStore {
             execute(
                 &client,
                 "DELETE FROM group_offsets WHERE group_id = $1",
+                &[&group],
+            )
+            .await?;
+            execute(
+                &client,
+                "UPDATE group_coordinators SET state = NULL WHERE group_id = $1",
                 &[&group],
             )
             .await?;

@@ -11,7 +11,7 @@
 
 use async_trait::async_trait;
 
-use crate::postgres::{begin_write, execute, query, query_opt, Step};
+use crate::postgres::{begin_write, execute, query, query_one, query_opt, Step, SQL_NOW_MS};
 use crate::sqlite_registry::{id_in_use, live_cutoff};
 use crate::{BrokerInfo, BrokerRegistry, CommitFeed, MetaError, PostgresStore, Result};
 
@@ -22,6 +22,15 @@ const CLAIM_ATTEMPTS: usize = 3;
 
 #[async_trait]
 impl BrokerRegistry for PostgresStore {
+    async fn clock_ms(&self) -> Result<i64> {
+        self.run("clock_ms", move || async move {
+            let client = self.client().await?;
+            let row = query_one(&client, SQL_NOW_MS, &[]).await?;
+            Ok(row.try_get::<_, i64>(0)?)
+        })
+        .await
+    }
+
     async fn heartbeat_broker(&self, info: &BrokerInfo, now_ms: i64, ttl_ms: i64) -> Result<()> {
         let cutoff = live_cutoff(now_ms, ttl_ms);
         self.run("heartbeat_broker", move || async move {

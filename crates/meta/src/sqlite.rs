@@ -225,6 +225,12 @@ CREATE TABLE group_epoch_floor (
 );
 INSERT INTO group_epoch_floor (singleton, floor) VALUES (0, 0);
 "#,
+    // v8: the membership a group's coordinator saved (generation, protocol,
+    // members, assignment; encoded by the coordinator), so a new coordinator
+    // carries on a stable group instead of making it rebalance.
+    r#"
+ALTER TABLE group_coordinators ADD COLUMN state BLOB NULL;
+"#,
 ];
 
 /// Index entries from an offset: a range seek on `index_entries_by_last`.
@@ -359,6 +365,11 @@ impl SqliteStore {
             clock: crate::clock::system(),
             inline: false,
         }
+    }
+
+    /// The store's clock.
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// Use `clock` as the store's clock (simulations; the default is the
@@ -1355,6 +1366,41 @@ impl GroupStore for SqliteStore {
         .await
     }
 
+    async fn save_group(&self, group: &str, claim: GroupClaim, state: &[u8]) -> Result<()> {
+        let group = group.to_owned();
+        let state = state.to_vec();
+        self.write("save_group", move |tx| {
+            let saved = tx.execute(
+                "UPDATE group_coordinators SET state = ?4, \
+                 last_active_ms = MAX(last_active_ms, ?5) \
+                 WHERE group_id = ?1 AND node_id = ?2 AND epoch = ?3",
+                params![group, claim.node_id, claim.epoch, state, now_ms()],
+            )?;
+            if saved != 1 {
+                return Err(MetaError::Fenced {
+                    group,
+                    node_id: claim.node_id,
+                    epoch: claim.epoch,
+                }
+                .into());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_group(&self, group: &str) -> Result<Option<Vec<u8>>> {
+        let group = group.to_owned();
+        self.read("load_group", move |tx| {
+            Ok(tx
+                .prepare_cached("SELECT state FROM group_coordinators WHERE group_id = ?1")?
+                .query_row([&group], |r| r.get::<_, Option<Vec<u8>>>(0))
+                .optional()?
+                .flatten())
+        })
+        .await
+    }
+
     async fn touch_groups(&self, groups: &[String], now_ms: i64) -> Result<()> {
         if groups.is_empty() {
             return Ok(());
@@ -1488,6 +1534,8 @@ impl GroupStore for SqliteStore {
         let group = group.to_owned();
         self.write("delete_group", move |tx| {
             tx.prepare_cached("DELETE FROM group_offsets WHERE group_id = ?1")?
+                .execute([&group])?;
+            tx.prepare_cached("UPDATE group_coordinators SET state = NULL WHERE group_id = ?1")?
                 .execute([&group])?;
             Ok(())
         })

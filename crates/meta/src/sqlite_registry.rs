@@ -26,6 +26,11 @@ pub(crate) fn id_in_use(node_id: i32, host: &str, port: i32) -> MetaError {
 
 #[async_trait]
 impl BrokerRegistry for SqliteStore {
+    /// One machine: the store's clock (the system's, or a simulation's).
+    async fn clock_ms(&self) -> Result<i64> {
+        Ok(self.clock().now_ms())
+    }
+
     async fn heartbeat_broker(&self, info: &BrokerInfo, now_ms: i64, ttl_ms: i64) -> Result<()> {
         let info = info.clone();
         let cutoff = live_cutoff(now_ms, ttl_ms);

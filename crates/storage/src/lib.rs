@@ -14,6 +14,7 @@ pub mod health;
 pub mod keys;
 pub mod maintenance;
 pub mod open;
+pub mod producer_gaps;
 pub mod reader;
 pub mod watermarks;
 pub mod wrappers;

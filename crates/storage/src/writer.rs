@@ -7,7 +7,9 @@
 //! Uploads of several sealed segments run concurrently (up to
 //! `max_inflight_uploads`), but commits happen strictly in seal order, so the
 //! offsets of one partition follow the order in which its batches arrived and
-//! idempotent producers' sequences stay in order.
+//! idempotent producers' sequences stay in order. When a segment fails, later
+//! batches of the idempotent producers in it wait for their retries (see
+//! [`crate::producer_gaps`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use tributary_meta::{
 use tributary_segment::{PushBatch, SegmentBuilder};
 use uuid::Uuid;
 
+use crate::producer_gaps::ProducerGaps;
 use crate::wrappers::retry::is_retryable;
 use crate::{keys, ReadCache, Watermarks, WriteError, WriteHealth};
 
@@ -464,6 +467,7 @@ async fn committer(
     config: WriterConfig,
     health: WriteHealth,
 ) {
+    let mut gaps = ProducerGaps::default();
     while let Some(mut sealed) = rx.recv().await {
         let uploaded = match tokio::time::timeout_at(sealed.give_up, &mut sealed.upload).await {
             Ok(Ok(r)) => r,
@@ -481,6 +485,7 @@ async fn committer(
         if let Err(reason) = uploaded {
             warn!(segment = %sealed.key, %reason, "segment upload failed");
             health.failed("upload", &reason);
+            gaps.failed(producer_batches(&sealed.metas, None), Instant::now());
             fail(
                 sealed.waiters,
                 WriteError::Upload {
@@ -490,6 +495,17 @@ async fn committer(
             );
             continue;
         }
+        // Batches of producers with an earlier batch still to be retried
+        // stay out of the index (their bytes are dead weight in the object).
+        let admitted: Vec<bool> = sealed
+            .metas
+            .iter()
+            .map(|m| {
+                m.producer
+                    .as_ref()
+                    .is_none_or(|p| gaps.admit(m.topic_id, m.partition, p))
+            })
+            .collect();
         let commit = SegmentCommit {
             key: sealed.key.clone(),
             size: sealed.size,
@@ -497,7 +513,9 @@ async fn committer(
                 .metas
                 .iter()
                 .zip(&sealed.locations)
-                .map(|(m, &(byte_start, byte_len))| PendingBatch {
+                .zip(&admitted)
+                .filter(|(_, admitted)| **admitted)
+                .map(|((m, &(byte_start, byte_len)), _)| PendingBatch {
                     topic_id: m.topic_id,
                     partition: m.partition,
                     byte_start,
@@ -513,8 +531,18 @@ async fn committer(
             }),
         };
         match commit_until_settled(meta.as_ref(), &commit, sealed.give_up, &config).await {
-            Ok(outcomes) => {
+            Ok(committed) => {
                 health.recovered();
+                let mut committed = committed.into_iter();
+                let outcomes: Vec<BatchOutcome> = admitted
+                    .iter()
+                    .map(|admitted| match admitted {
+                        true => committed
+                            .next()
+                            .unwrap_or(BatchOutcome::Rejected(BatchRejection::OutcomeUnknown)),
+                        false => BatchOutcome::Rejected(BatchRejection::AwaitingEarlierRetry),
+                    })
+                    .collect();
                 watermarks
                     .notify_partitions(commit.batches.iter().map(|b| (b.topic_id, b.partition)));
                 for w in sealed.waiters {
@@ -532,6 +560,10 @@ async fn committer(
             Err(reason) => {
                 warn!(segment = %sealed.key, %reason, "segment commit failed");
                 health.failed("commit", &reason);
+                gaps.failed(
+                    producer_batches(&sealed.metas, Some(&admitted)),
+                    Instant::now(),
+                );
                 fail(
                     sealed.waiters,
                     WriteError::Commit {
@@ -674,6 +706,19 @@ async fn resolve_commit(
         .collect();
     debug!(segment = %commit.key, "resolved a lost commit answer from the index");
     Ok(outcomes)
+}
+
+/// The idempotent batches of a failed segment (only the `admitted` ones:
+/// the others were refused, not failed).
+fn producer_batches<'a>(
+    metas: &'a [BatchMeta],
+    admitted: Option<&'a [bool]>,
+) -> impl Iterator<Item = (Uuid, i32, &'a ProducerBatch)> + 'a {
+    metas
+        .iter()
+        .enumerate()
+        .filter(move |(i, _)| admitted.is_none_or(|a| a.get(*i).copied().unwrap_or(true)))
+        .filter_map(|(_, m)| m.producer.as_ref().map(|p| (m.topic_id, m.partition, p)))
 }
 
 fn fail(waiters: Vec<Waiter>, error: WriteError) {
@@ -911,6 +956,72 @@ mod tests {
             .await
             .expect("offsets");
         assert_eq!(offsets.next_offset, 0);
+        w.shutdown().await;
+    }
+
+    /// Issue 12 suspicion, confirmed: a producer the store has no state for
+    /// passes with any sequence, so when the segment with its first batch
+    /// (sequences 0-2) failed, its next batch (3-5) committed at offset 0
+    /// and the retry of 0-2 was then refused as out of order. Later batches
+    /// now wait for the failed one's retry.
+    #[tokio::test]
+    async fn new_producer_stays_in_order_across_a_failed_segment() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let failing = Arc::new(AtomicBool::new(true));
+        let f = failing.clone();
+        let rig = new_rig(Box::new(move |op, _| match op {
+            "commit_segment" if f.load(Ordering::SeqCst) => Fault::Fail,
+            _ => Fault::None,
+        }))
+        .await;
+        let w = writer(&rig, Duration::from_millis(300));
+        let seq = |base: i32| AppendBatch {
+            producer: Some(ProducerBatch {
+                producer_id: 1000,
+                producer_epoch: 0,
+                base_sequence: base,
+                last_sequence: base + 2,
+            }),
+            ..batch(3)
+        };
+        let err = w
+            .append(rig.topic, 0, vec![seq(0)])
+            .await
+            .expect_err("abandoned");
+        assert!(err.is_retryable(), "{err}");
+        failing.store(false, Ordering::SeqCst);
+        // The next batch was already on its way when the first failed.
+        let later = w.append(rig.topic, 0, vec![seq(3)]).await.expect("answer");
+        assert_eq!(
+            later,
+            vec![BatchOutcome::Rejected(BatchRejection::AwaitingEarlierRetry)],
+            "the later batch must not take the failed batch's offsets"
+        );
+        // Another producer and another partition's batches are not held up.
+        let other = AppendBatch {
+            producer: Some(ProducerBatch {
+                producer_id: 2000,
+                producer_epoch: 0,
+                base_sequence: 7,
+                last_sequence: 9,
+            }),
+            ..batch(3)
+        };
+        assert_eq!(
+            w.append(rig.topic, 0, vec![other])
+                .await
+                .expect("other producer"),
+            vec![BatchOutcome::Appended { base_offset: 0 }]
+        );
+        // The producer retries in order.
+        assert_eq!(
+            w.append(rig.topic, 0, vec![seq(0)]).await.expect("retry"),
+            vec![BatchOutcome::Appended { base_offset: 3 }]
+        );
+        assert_eq!(
+            w.append(rig.topic, 0, vec![seq(3)]).await.expect("retry"),
+            vec![BatchOutcome::Appended { base_offset: 6 }]
+        );
         w.shutdown().await;
     }
 

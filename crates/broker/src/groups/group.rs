@@ -21,6 +21,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::saved::{SavedGroup, SavedMember};
+
 pub(super) const NONE: i16 = 0;
 
 pub(super) fn code(e: ResponseError) -> i16 {
@@ -192,6 +194,13 @@ pub(super) struct Group {
     join_deadline: Option<Instant>,
     initial_delay_until: Option<Instant>,
     initial_delay: Duration,
+    /// Grows whenever what [`Group::to_save`] returns changes, so the
+    /// coordinator saves each change once.
+    changes: u64,
+    /// The generation whose leader assignment is being saved: its members'
+    /// SyncGroup answers wait until the save ends (Kafka answers them only
+    /// once the group record is written).
+    saving: Option<i32>,
 }
 
 impl Group {
@@ -209,6 +218,139 @@ impl Group {
             join_deadline: None,
             initial_delay_until: None,
             initial_delay,
+            changes: 0,
+            saving: None,
+        }
+    }
+
+    /// The group as a previous coordinator saved it: Stable with its
+    /// members (each with a fresh session), or Empty at its generation.
+    pub(super) fn restore(
+        id: String,
+        initial_delay: Duration,
+        saved: SavedGroup,
+        now: Instant,
+    ) -> Self {
+        let mut g = Group::new(id, initial_delay);
+        g.generation_id = saved.generation_id;
+        g.protocol_type = saved.protocol_type;
+        g.protocol_name = saved.protocol_name;
+        g.leader = saved.leader;
+        for m in saved.members {
+            if let Some(instance) = &m.instance_id {
+                g.static_members.insert(instance.clone(), m.id.clone());
+            }
+            g.members.push(Member {
+                id: m.id,
+                instance_id: m.instance_id,
+                client_id: m.client_id,
+                client_host: m.client_host,
+                session_timeout: m.session_timeout,
+                rebalance_timeout: m.rebalance_timeout,
+                protocols: g
+                    .protocol_name
+                    .iter()
+                    .map(|p| (p.clone(), m.metadata.clone()))
+                    .collect(),
+                assignment: m.assignment,
+                awaiting_join: None,
+                awaiting_sync: None,
+                deadline: now + m.session_timeout,
+            });
+        }
+        if !g.members.is_empty() {
+            g.state = GroupState::Stable;
+            if !g.leader.as_deref().is_some_and(|l| g.has_member(l)) {
+                g.leader = g.members.first().map(|m| m.id.clone());
+            }
+        }
+        g
+    }
+
+    /// How many saveable changes the group went through.
+    pub(super) fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// What to save now, if the group is in a state Kafka records: Stable
+    /// (or its assignment being saved) with members, or Empty. Mid-rebalance
+    /// the previous record stays. Also returns the generation whose
+    /// assignment this save completes, if any.
+    pub(super) fn to_save(&self) -> Option<(SavedGroup, Option<i32>)> {
+        let saving = self
+            .saving
+            .filter(|g| *g == self.generation_id && self.state == GroupState::CompletingRebalance);
+        if !(matches!(self.state, GroupState::Stable | GroupState::Empty) || saving.is_some()) {
+            return None;
+        }
+        let protocol = self.protocol_name.as_deref();
+        let members = self
+            .members
+            .iter()
+            .map(|m| SavedMember {
+                id: m.id.clone(),
+                instance_id: m.instance_id.clone(),
+                client_id: m.client_id.clone(),
+                client_host: m.client_host.clone(),
+                session_timeout: m.session_timeout,
+                rebalance_timeout: m.rebalance_timeout,
+                metadata: m.metadata(protocol),
+                assignment: m.assignment.clone(),
+            })
+            .collect();
+        let saved = SavedGroup {
+            generation_id: self.generation_id,
+            protocol_type: self.protocol_type.clone(),
+            protocol_name: self.protocol_name.clone(),
+            leader: self.leader.clone(),
+            members,
+        };
+        Some((saved, saving))
+    }
+
+    /// The save of `generation`'s assignment ended. On success the group
+    /// becomes Stable and every parked SyncGroup gets its assignment; on
+    /// failure they get `Err(code)` and the group rebalances, as in Kafka.
+    /// Nothing happens if the group moved on meanwhile.
+    pub(super) fn assignment_saved(
+        &mut self,
+        generation: i32,
+        result: Result<(), i16>,
+        now: Instant,
+    ) {
+        if self.saving != Some(generation)
+            || self.generation_id != generation
+            || self.state != GroupState::CompletingRebalance
+        {
+            return;
+        }
+        self.saving = None;
+        match result {
+            Ok(()) => {
+                self.state = GroupState::Stable;
+                let outcomes: Vec<SyncOutcome> = self
+                    .members
+                    .iter()
+                    .map(|m| self.sync_ok(m.assignment.clone()))
+                    .collect();
+                for (m, outcome) in self.members.iter_mut().zip(outcomes) {
+                    if let Some(tx) = m.awaiting_sync.take() {
+                        let _ = tx.send(outcome);
+                        m.deadline = now + m.session_timeout;
+                    }
+                }
+            }
+            Err(error) => {
+                for m in &mut self.members {
+                    m.assignment = Bytes::new();
+                    if let Some(tx) = m.awaiting_sync.take() {
+                        let _ = tx.send(SyncOutcome::error(error));
+                        m.deadline = now + m.session_timeout;
+                    }
+                }
+                self.prepare_rebalance(now);
+                self.maybe_complete_join(now);
+            }
         }
     }
 
@@ -452,6 +594,9 @@ impl Group {
         if self.leader.as_deref() == Some(old_id) {
             self.leader = Some(new_id.clone());
         }
+        // The saved record must name the new member id, or a coordinator
+        // move would bring back the fenced one.
+        self.changes += 1;
         let is_leader = self.leader.as_deref() == Some(new_id.as_str());
         match self.state {
             GroupState::Stable if unchanged && !is_leader => {
@@ -477,6 +622,7 @@ impl Group {
     }
 
     fn prepare_rebalance(&mut self, now: Instant) {
+        self.saving = None;
         if self.state == GroupState::CompletingRebalance {
             let err = code(ResponseError::RebalanceInProgress);
             for m in &mut self.members {
@@ -527,11 +673,13 @@ impl Group {
         }
         self.join_deadline = None;
         self.initial_delay_until = None;
+        self.saving = None;
         self.generation_id = self.generation_id.wrapping_add(1);
         if self.members.is_empty() {
             self.state = GroupState::Empty;
             self.protocol_name = None;
             self.leader = None;
+            self.changes += 1;
             return;
         }
         if !self.leader.as_deref().is_some_and(|l| self.has_member(l)) {
@@ -693,18 +841,9 @@ impl Group {
                             .map(|(_, a)| a.clone())
                             .unwrap_or_default();
                     }
-                    self.state = GroupState::Stable;
-                    let outcomes: Vec<SyncOutcome> = self
-                        .members
-                        .iter()
-                        .map(|m| self.sync_ok(m.assignment.clone()))
-                        .collect();
-                    for (m, outcome) in self.members.iter_mut().zip(outcomes) {
-                        if let Some(tx) = m.awaiting_sync.take() {
-                            let _ = tx.send(outcome);
-                            m.deadline = now + m.session_timeout;
-                        }
-                    }
+                    // Stable once saved: see `assignment_saved`.
+                    self.saving = Some(self.generation_id);
+                    self.changes += 1;
                 }
                 Reply::Wait(rx)
             }

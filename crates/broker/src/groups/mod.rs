@@ -2,10 +2,15 @@
 //!
 //! Owns group membership (JoinGroup, SyncGroup, Heartbeat, LeaveGroup),
 //! group listing/description/deletion and committed offsets (OffsetCommit,
-//! OffsetFetch, OffsetDelete). Membership lives only in memory on the broker
-//! that coordinates the group; committed offsets are durable in the
-//! [`MetadataStore`] before a commit is acknowledged, so another broker can
-//! take over the group after a failure (members then simply rejoin).
+//! OffsetFetch, OffsetDelete). Membership is served from memory on the
+//! broker that coordinates the group and saved in the [`MetadataStore`] as
+//! Kafka records it: when a generation's assignment is complete (members get
+//! their SyncGroup answer only after the save) and when the group empties
+//! (see [`saved`]). A coordinator that first sees a group claims it and
+//! loads what was saved, so after a restart or a move a stable group's
+//! heartbeats and commits of its current generation go on working and
+//! nobody rebalances. Committed offsets are durable in the store before a
+//! commit is acknowledged.
 //!
 //! Several brokers: each group has one coordinator, chosen by the cluster
 //! view ([`GroupCoordinator::set_owner_check`]); the others answer
@@ -29,11 +34,13 @@
 
 mod group;
 mod offsets;
+mod saved;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -111,6 +118,11 @@ struct Slot {
     /// write ends, so a commit checked under an older generation can never
     /// land after a newer one.
     commits: Arc<tokio::sync::Mutex<()>>,
+    /// Held while the group's membership is saved; the state is read after
+    /// taking it, so the newest state is always the one saved last.
+    saves: tokio::sync::Mutex<()>,
+    /// [`Group::changes`] as of the last successful save.
+    saved_changes: AtomicU64,
 }
 
 impl Slot {
@@ -121,6 +133,8 @@ impl Slot {
 
 /// The classic group coordinator. Share it as `Arc<GroupCoordinator>`.
 pub struct GroupCoordinator {
+    /// This coordinator, for the tasks it spawns (saves, timers).
+    me: Weak<GroupCoordinator>,
     store: Arc<dyn MetadataStore>,
     config: GroupConfig,
     groups: Mutex<HashMap<String, Arc<Slot>>>,
@@ -171,7 +185,8 @@ fn meta_error_code(e: &MetaError) -> i16 {
 impl GroupCoordinator {
     /// A coordinator with no groups; offsets go to `store`.
     pub fn new(store: Arc<dyn MetadataStore>, config: GroupConfig) -> Arc<Self> {
-        let coordinator = Arc::new(GroupCoordinator {
+        let coordinator = Arc::new_cyclic(|me| GroupCoordinator {
+            me: me.clone(),
             store,
             config,
             groups: Mutex::new(HashMap::new()),
@@ -243,26 +258,142 @@ impl GroupCoordinator {
         slot
     }
 
-    fn get_or_create(&self, group_id: &str) -> Arc<Slot> {
+    fn initial_delay(&self) -> Duration {
+        Duration::from_millis(self.config.initial_rebalance_delay_ms)
+    }
+
+    /// The group's slot; `make` builds the group if it is not in memory.
+    fn get_or_insert(&self, group_id: &str, make: impl FnOnce() -> Group) -> Arc<Slot> {
         let mut groups = lock(&self.groups);
         if let Some(slot) = groups.get(group_id) {
             slot.touch();
             return slot.clone();
         }
+        let group = make();
         let slot = Arc::new(Slot {
-            group: Mutex::new(Group::new(
-                group_id.to_string(),
-                Duration::from_millis(self.config.initial_rebalance_delay_ms),
-            )),
+            saved_changes: AtomicU64::new(group.changes()),
+            group: Mutex::new(group),
             wake: Notify::new(),
             last_used: Mutex::new(Instant::now()),
             commits: Arc::new(tokio::sync::Mutex::new(())),
+            saves: tokio::sync::Mutex::new(()),
         });
         groups.insert(group_id.to_string(), slot.clone());
         if !self.cancel.is_cancelled() {
-            tokio::spawn(run_timers(slot.clone(), self.cancel.clone()));
+            tokio::spawn(run_timers(
+                self.me.clone(),
+                group_id.to_string(),
+                slot.clone(),
+                self.cancel.clone(),
+            ));
         }
         slot
+    }
+
+    /// The group as this coordinator serves it: in memory, or else claimed
+    /// and loaded from what its previous coordinator saved, or else (with
+    /// `create`) new. `Ok(None)`: unknown and not created.
+    async fn load(&self, group_id: &str, create: bool) -> Result<Option<Arc<Slot>>, i16> {
+        if let Some(slot) = self.get(group_id) {
+            return Ok(Some(slot));
+        }
+        // Claim first: saves under older claims fail from now on, so what
+        // is read next is the group's last word.
+        self.claim(group_id).await?;
+        let saved = self.store.load_group(group_id).await.map_err(|e| {
+            tracing::warn!(group = %group_id, error = %e, "loading group failed");
+            meta_error_code(&e)
+        })?;
+        let saved = saved.and_then(|bytes| match saved::SavedGroup::decode(&bytes) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(group = %group_id, error = %e, "starting the group afresh");
+                None
+            }
+        });
+        let slot = match saved {
+            Some(saved) => {
+                tracing::info!(
+                    group = %group_id,
+                    generation = saved.generation_id,
+                    members = saved.members.len(),
+                    "carrying on the group as saved"
+                );
+                self.get_or_insert(group_id, || {
+                    Group::restore(
+                        group_id.to_string(),
+                        self.initial_delay(),
+                        saved,
+                        Instant::now(),
+                    )
+                })
+            }
+            None if create => self.get_or_insert(group_id, || {
+                Group::new(group_id.to_string(), self.initial_delay())
+            }),
+            None => return Ok(None),
+        };
+        Ok(Some(slot))
+    }
+
+    /// Save the group's membership in the background if it changed since
+    /// the last save (a task, so a client hanging up mid-save cannot leave
+    /// the other members' SyncGroup answers waiting).
+    fn save_soon(&self, group_id: &str, slot: &Arc<Slot>) {
+        if lock(&slot.group).changes() == slot.saved_changes.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        let (id, slot) = (group_id.to_string(), slot.clone());
+        tokio::spawn(async move { me.save(&id, &slot).await });
+    }
+
+    /// Save the group's current membership under this broker's claim and
+    /// finish a SyncGroup phase waiting for it. A save fenced by another
+    /// broker's claim drops the group here.
+    async fn save(&self, group_id: &str, slot: &Slot) {
+        let _one_at_a_time = slot.saves.lock().await;
+        let (changes, to_save) = {
+            let g = lock(&slot.group);
+            (g.changes(), g.to_save())
+        };
+        if changes == slot.saved_changes.load(Ordering::Acquire) {
+            return;
+        }
+        let Some((saved, completes)) = to_save else {
+            return;
+        };
+        let claim = self.claim(group_id).await;
+        let result = match claim {
+            Ok(claim) => match self
+                .store
+                .save_group(group_id, claim, &saved.encode())
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    tracing::warn!(group = %group_id, error = %e, "saving group failed");
+                    Err((meta_error_code(&e), matches!(e, MetaError::Fenced { .. })))
+                }
+            },
+            Err(c) => Err((c, false)),
+        };
+        if result.is_ok() {
+            slot.saved_changes.store(changes, Ordering::Release);
+        }
+        if let Some(generation) = completes {
+            lock(&slot.group).assignment_saved(
+                generation,
+                result.map_err(|(c, _)| c),
+                Instant::now(),
+            );
+            slot.wake.notify_one();
+        }
+        if let (Err((_, true)), Ok(claim)) = (result, claim) {
+            self.forget(group_id, Some(claim));
+        }
     }
 
     /// Make this coordinator, on broker `node_id`, answer NOT_COORDINATOR
@@ -400,22 +531,17 @@ impl GroupCoordinator {
                 .map(|p| (p.name.to_string(), p.metadata.clone()))
                 .collect(),
         };
-        if let Err(c) = self.claim(&group_id).await {
-            return join_response(version, JoinOutcome::error(c, member_id));
-        }
-        let slot = if member_id.is_empty() {
-            self.get_or_create(&group_id)
-        } else {
-            match self.get(&group_id) {
-                Some(slot) => slot,
-                None => {
-                    let o = JoinOutcome::error(code(ResponseError::UnknownMemberId), member_id);
-                    return join_response(version, o);
-                }
+        let slot = match self.load(&group_id, member_id.is_empty()).await {
+            Ok(Some(slot)) => slot,
+            Ok(None) => {
+                let o = JoinOutcome::error(code(ResponseError::UnknownMemberId), member_id);
+                return join_response(version, o);
             }
+            Err(c) => return join_response(version, JoinOutcome::error(c, member_id)),
         };
         let reply = lock(&slot.group).join(params, Instant::now());
         slot.wake.notify_one();
+        self.save_soon(&group_id, &slot);
         let outcome = match reply {
             Reply::Now(o) => o,
             Reply::Wait(rx) => rx.await.unwrap_or_else(|_| {
@@ -440,11 +566,15 @@ impl GroupCoordinator {
                 SyncOutcome::error(code(ResponseError::NotCoordinator)),
             );
         }
-        let Some(slot) = self.get(&group_id) else {
-            return sync_response(
-                version,
-                SyncOutcome::error(code(ResponseError::UnknownMemberId)),
-            );
+        let slot = match self.load(&group_id, false).await {
+            Ok(Some(slot)) => slot,
+            Ok(None) => {
+                return sync_response(
+                    version,
+                    SyncOutcome::error(code(ResponseError::UnknownMemberId)),
+                )
+            }
+            Err(c) => return sync_response(version, SyncOutcome::error(c)),
         };
         let params = SyncParams {
             member_id: req.member_id.to_string(),
@@ -472,6 +602,7 @@ impl GroupCoordinator {
         };
         let reply = lock(&slot.group).sync(params, Instant::now());
         slot.wake.notify_one();
+        self.save_soon(&group_id, &slot);
         let outcome = match reply {
             Reply::Now(o) => o,
             Reply::Wait(rx) => rx
@@ -484,11 +615,16 @@ impl GroupCoordinator {
     /// Heartbeat (v0-4).
     pub async fn heartbeat(&self, req: HeartbeatRequest, version: i16) -> HeartbeatResponse {
         let group_id = req.group_id.0.to_string();
-        let error = if group_id.is_empty() {
-            code(ResponseError::InvalidGroupId)
+        let loaded = if group_id.is_empty() {
+            Err(code(ResponseError::InvalidGroupId))
         } else if self.not_mine(&group_id) {
-            code(ResponseError::NotCoordinator)
-        } else if let Some(slot) = self.get(&group_id) {
+            Err(code(ResponseError::NotCoordinator))
+        } else {
+            self.load(&group_id, false).await
+        };
+        let error = if let Err(c) = loaded {
+            c
+        } else if let Ok(Some(slot)) = loaded {
             let instance = if version >= 3 {
                 opt_str(&req.group_instance_id)
             } else {
@@ -519,11 +655,16 @@ impl GroupCoordinator {
         } else {
             vec![(req.member_id.to_string(), None)]
         };
-        let (top, errors): (i16, Vec<i16>) = if group_id.is_empty() {
-            (code(ResponseError::InvalidGroupId), Vec::new())
+        let loaded = if group_id.is_empty() {
+            Err(code(ResponseError::InvalidGroupId))
         } else if self.not_mine(&group_id) {
-            (code(ResponseError::NotCoordinator), Vec::new())
-        } else if let Some(slot) = self.get(&group_id) {
+            Err(code(ResponseError::NotCoordinator))
+        } else {
+            self.load(&group_id, false).await
+        };
+        let (top, errors): (i16, Vec<i16>) = if let Err(c) = loaded {
+            (c, Vec::new())
+        } else if let Ok(Some(slot)) = loaded {
             let mut g = lock(&slot.group);
             if g.state == GroupState::Dead {
                 (code(ResponseError::CoordinatorNotAvailable), Vec::new())
@@ -535,6 +676,7 @@ impl GroupCoordinator {
                     .collect();
                 drop(g);
                 slot.wake.notify_one();
+                self.save_soon(&group_id, &slot);
                 (NONE, errs)
             }
         } else {
@@ -793,8 +935,14 @@ async fn sweep_idle_groups(
     }
 }
 
-/// Per-group timer: evict silent members, finish overdue join phases.
-async fn run_timers(slot: Arc<Slot>, cancel: CancellationToken) {
+/// Per-group timer: evict silent members, finish overdue join phases, and
+/// save what that changed.
+async fn run_timers(
+    coordinator: Weak<GroupCoordinator>,
+    group_id: String,
+    slot: Arc<Slot>,
+    cancel: CancellationToken,
+) {
     loop {
         let next = {
             let mut g = lock(&slot.group);
@@ -804,6 +952,9 @@ async fn run_timers(slot: Arc<Slot>, cancel: CancellationToken) {
             g.tick(Instant::now());
             g.next_deadline()
         };
+        if let Some(coordinator) = coordinator.upgrade() {
+            coordinator.save_soon(&group_id, &slot);
+        }
         let sleep = async {
             match next {
                 Some(t) => tokio::time::sleep_until(t).await,

@@ -91,15 +91,19 @@ impl GroupCoordinator {
             None
         };
         let generation = req.generation_id_or_member_epoch;
-        let slot = self.get(&group_id);
+        let slot = if self.not_mine(&group_id) {
+            Err(code(ResponseError::NotCoordinator))
+        } else {
+            self.load(&group_id, false).await
+        };
         // Checked and written in order: see `Slot::commits`.
         let _ordered = match &slot {
-            Some(slot) => Some(slot.commits.clone().lock_owned().await),
-            None => None,
+            Ok(Some(slot)) => Some(slot.commits.clone().lock_owned().await),
+            Ok(None) | Err(_) => None,
         };
         let group_error = match slot {
-            _ if self.not_mine(&group_id) => Some(code(ResponseError::NotCoordinator)),
-            Some(slot) => {
+            Err(c) => Some(c),
+            Ok(Some(slot)) => {
                 let r = lock(&slot.group).validate_commit(
                     req.member_id.as_str(),
                     instance.as_deref(),
@@ -108,8 +112,8 @@ impl GroupCoordinator {
                 );
                 r.err()
             }
-            None if generation < 0 => None,
-            None => Some(code(ResponseError::IllegalGeneration)),
+            Ok(None) if generation < 0 => None,
+            Ok(None) => Some(code(ResponseError::IllegalGeneration)),
         };
 
         // errors[topic index][partition index]
@@ -382,7 +386,14 @@ impl GroupCoordinator {
         if group_id.is_empty() {
             return fail(code(ResponseError::InvalidGroupId));
         }
-        let subscribed: HashSet<String> = match self.get(&group_id) {
+        if self.not_mine(&group_id) {
+            return fail(code(ResponseError::NotCoordinator));
+        }
+        let slot = match self.load(&group_id, false).await {
+            Ok(slot) => slot,
+            Err(c) => return fail(c),
+        };
+        let subscribed: HashSet<String> = match slot {
             Some(slot) => {
                 let g = lock(&slot.group);
                 match g.state {

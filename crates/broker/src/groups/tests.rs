@@ -767,7 +767,8 @@ async fn shutdown_answers_parked_joins() {
 
 /// Two brokers that both believe they coordinate "g" (their views of the
 /// live brokers disagree for a moment): the one that claimed the group last
-/// wins; the other's commits are fenced and it drops the group.
+/// wins and carries the group on as saved; the other's commits are fenced
+/// and it drops the group.
 #[tokio::test]
 async fn stale_coordinator_cannot_commit() {
     let (a, store) = setup().await;
@@ -775,51 +776,174 @@ async fn stale_coordinator_cannot_commit() {
     a.set_owner_check(1, Arc::new(|_: &str| true));
     b.set_owner_check(2, Arc::new(|_: &str| true));
 
-    let (_, a_leader, a_gen) = stable_group(&a, "g", 1).await;
+    let (ids, leader, gen) = stable_group(&a, "g", 2).await;
     let ok = a
-        .offset_commit(commit_req("g", &a_leader, a_gen, &[("t", 0, 10, None)]), 7)
+        .offset_commit(commit_req("g", &leader, gen, &[("t", 0, 10, None)]), 7)
         .await;
     assert_eq!(commit_errors(&ok), vec![("t".into(), 0, 0)]);
 
-    // The group moves to b: its members join there, b claims the group.
-    let (_, b_leader, b_gen) = stable_group(&b, "g", 1).await;
+    // The group moves to b: b claims it at the first request and carries
+    // the saved generation on.
+    assert_eq!(heartbeat(&b, "g", &leader, gen).await, 0);
+    let fresh = b
+        .offset_commit(commit_req("g", &leader, gen, &[("t", 0, 20, None)]), 7)
+        .await;
+    assert_eq!(commit_errors(&fresh), vec![("t".into(), 0, 0)]);
     let stale = a
-        .offset_commit(commit_req("g", &a_leader, a_gen, &[("t", 0, 99, None)]), 7)
+        .offset_commit(commit_req("g", &leader, gen, &[("t", 0, 99, None)]), 7)
         .await;
     assert_eq!(
         commit_errors(&stale),
         vec![("t".into(), 0, 16)],
         "NOT_COORDINATOR: a's claim is fenced"
     );
-    assert_eq!(
-        heartbeat(&a, "g", &a_leader, a_gen).await,
-        25,
-        "a dropped the group (UNKNOWN_MEMBER_ID: members must rejoin)"
-    );
-    let fresh = b
-        .offset_commit(commit_req("g", &b_leader, b_gen, &[("t", 0, 20, None)]), 7)
-        .await;
-    assert_eq!(commit_errors(&fresh), vec![("t".into(), 0, 0)]);
+    assert_eq!(a.group_count(), (0, 0), "a dropped the group");
     assert_eq!(fetch(&b, "g", Some(&[("t", &[0])]), 7).await[0].2, 20);
 
-    // A simple (member-less) commit through a claims the group back; b is
-    // fenced in turn.
-    let simple = a
-        .offset_commit(commit_req("g2", "", -1, &[("t", 1, 5, None)]), 7)
-        .await;
-    assert_eq!(commit_errors(&simple)[0].2, 0);
-    let _ = a.join_group(join_req("g", "", 10_000), 7, "c", "h").await;
+    // The other member's heartbeat reaches a, which claims the group back
+    // (as saved); b is fenced in turn.
+    assert_eq!(heartbeat(&a, "g", &ids[1], gen).await, 0);
     let fenced = b
-        .offset_commit(commit_req("g", &b_leader, b_gen, &[("t", 0, 30, None)]), 7)
+        .offset_commit(commit_req("g", &leader, gen, &[("t", 0, 30, None)]), 7)
         .await;
     assert_eq!(commit_errors(&fenced)[0].2, 16);
     assert_eq!(fetch(&a, "g", Some(&[("t", &[0])]), 7).await[0].2, 20);
 
     // A group the owner check gives away is dropped at the next request.
-    b.set_owner_check(2, Arc::new(|_: &str| false));
-    assert_eq!(heartbeat(&b, "g", &b_leader, b_gen).await, 16);
+    a.set_owner_check(1, Arc::new(|_: &str| false));
+    assert_eq!(heartbeat(&a, "g", &leader, gen).await, 16);
+    assert_eq!(a.group_count(), (0, 0));
     a.shutdown();
     b.shutdown();
+}
+
+/// Issue 12, defect 12: membership lived in memory only, so after a
+/// coordinator restart (or a move) a stable group's heartbeats got
+/// UNKNOWN_MEMBER_ID and its commits ILLEGAL_GENERATION: the commit was
+/// lost and the group rebalanced. The coordinator now saves the group when
+/// a generation's assignment is complete, and a new coordinator carries it
+/// on.
+#[tokio::test]
+async fn restarted_coordinator_carries_a_stable_group_on() {
+    let (a, store) = setup().await;
+    let (ids, leader, gen) = stable_group(&a, "g", 3).await;
+    a.shutdown();
+    drop(a);
+
+    let b = GroupCoordinator::new(
+        store.clone(),
+        GroupConfig {
+            min_session_timeout_ms: 50,
+            ..GroupConfig::default()
+        },
+    );
+    for id in &ids {
+        assert_eq!(heartbeat(&b, "g", id, gen).await, 0, "heartbeat of {id}");
+    }
+    let r = b
+        .offset_commit(commit_req("g", &ids[2], gen, &[("t", 1, 42, None)]), 7)
+        .await;
+    assert_eq!(commit_errors(&r), vec![("t".into(), 1, 0)]);
+    let d = describe(&b, "g").await;
+    assert_eq!(d.group_state.as_str(), "Stable");
+    assert_eq!(d.protocol_data.as_str(), "range");
+    let mut described: Vec<(String, Bytes)> = d
+        .members
+        .iter()
+        .map(|m| (m.member_id.to_string(), m.member_assignment.clone()))
+        .collect();
+    described.sort();
+    let mut expected: Vec<(String, Bytes)> = ids
+        .iter()
+        .map(|i| (i.clone(), Bytes::copy_from_slice(i.as_bytes())))
+        .collect();
+    expected.sort();
+    assert_eq!(described, expected, "members and assignments as saved");
+    // A member's re-sync gets its saved assignment.
+    let r = b.sync_group(sync_req("g", &ids[1], gen, &[]), 5).await;
+    assert_eq!(
+        (r.error_code, r.assignment.as_ref()),
+        (0, ids[1].as_bytes())
+    );
+
+    // Life goes on: a member leaves, the rest rebalance to the next
+    // generation with the old leader still leading.
+    assert_eq!(leave(&b, "g", &ids[0], 3).await.error_code, 0);
+    let rest: Vec<String> = ids[1..].to_vec();
+    let joined = join_all(&b, "g", &rest).await;
+    assert!(joined
+        .iter()
+        .all(|r| r.error_code == 0 && r.generation_id == gen + 1));
+    let new_leader = joined[0].leader.to_string();
+    if ids[0] != leader {
+        assert_eq!(new_leader, leader);
+    }
+    sync_all(&b, "g", gen + 1, &new_leader, &rest).await;
+    b.shutdown();
+}
+
+/// Members get their SyncGroup answer only once the generation is saved:
+/// when the save fails they get the error and the group rebalances, as in
+/// Kafka (an assignment nobody could carry on after a move is not handed
+/// out).
+#[tokio::test]
+async fn sync_waits_for_the_save() {
+    use tributary_meta::faults::{FaultyMeta, MetaFaults};
+
+    /// `save_group` fails while the flag is set.
+    struct FailingSave(std::sync::atomic::AtomicBool);
+    #[async_trait::async_trait]
+    impl MetaFaults for FailingSave {
+        async fn before(&self, op: &'static str) -> tributary_meta::Result<()> {
+            if op == "save_group" && self.0.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(tributary_meta::faults::injected(op));
+            }
+            Ok(())
+        }
+        async fn after(&self, _op: &'static str, _ok: bool) -> tributary_meta::Result<()> {
+            Ok(())
+        }
+    }
+    let faults = Arc::new(FailingSave(std::sync::atomic::AtomicBool::new(true)));
+    let store: Arc<dyn MetadataStore> =
+        Arc::new(FaultyMeta::new(store_with_topics().await, faults.clone()));
+    let c = GroupCoordinator::new(
+        store.clone(),
+        GroupConfig {
+            min_session_timeout_ms: 50,
+            ..GroupConfig::default()
+        },
+    );
+    let ids = vec![member_id(&c, "g").await, member_id(&c, "g").await];
+    let joined = join_all(&c, "g", &ids).await;
+    let (gen, leader) = (joined[0].generation_id, joined[0].leader.to_string());
+    let follower = ids
+        .iter()
+        .find(|i| **i != leader)
+        .expect("follower")
+        .clone();
+    let parked = {
+        let (c, req) = (c.clone(), sync_req("g", &follower, gen, &[]));
+        tokio::spawn(async move { c.sync_group(req, 5).await })
+    };
+    tokio::task::yield_now().await;
+    let assign: Vec<(&str, &[u8])> = ids.iter().map(|i| (i.as_str(), i.as_bytes())).collect();
+    let lr = c.sync_group(sync_req("g", &leader, gen, &assign), 5).await;
+    assert_eq!(lr.error_code, 15, "COORDINATOR_NOT_AVAILABLE: not saved");
+    assert_eq!(parked.await.expect("sync").error_code, 15);
+    assert_eq!(
+        describe(&c, "g").await.group_state.as_str(),
+        "PreparingRebalance"
+    );
+    assert_eq!(store.load_group("g").await.expect("load"), None);
+
+    // With the store back, the next generation is saved and handed out.
+    faults.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    let joined = join_all(&c, "g", &ids).await;
+    let (gen, leader) = (joined[0].generation_id, joined[0].leader.to_string());
+    sync_all(&c, "g", gen, &leader, &ids).await;
+    assert!(store.load_group("g").await.expect("load").is_some());
+    c.shutdown();
 }
 
 /// Issue 12, defect 8: every group id a client ever joined (or committed
@@ -859,10 +983,11 @@ async fn idle_empty_groups_leave_memory() {
         describe(&c, "stays").await.group_state.as_str(),
         "CompletingRebalance"
     );
-    // A dropped group starts afresh on its next join.
+    // A dropped group comes back as saved (Empty at generation 2: joined,
+    // then emptied) on its next join.
     let id = member_id(&c, "passing-0").await;
     let r = join(&c, join_req("passing-0", &id, 10_000), 5).await;
-    assert_eq!((r.error_code, r.generation_id), (0, 1));
+    assert_eq!((r.error_code, r.generation_id), (0, 3));
     c.shutdown();
 }
 
