@@ -385,3 +385,106 @@ async fn stream(
     audit_acked(&others[1].bootstrap(), TOPIC, PARTITIONS, &acked).await?;
     Ok(())
 }
+
+/// Issue 12, defect 12, across brokers: a stable group whose coordinator is
+/// SIGKILLed moves to the other broker without a rebalance. The new
+/// coordinator loads the group as the old one saved it, so the member's
+/// heartbeats and commits of its generation keep working: one assignment,
+/// no revocation, and the commit after the move lands.
+#[tokio::test(flavor = "multi_thread")]
+async fn stable_group_moves_without_a_rebalance() -> Result<()> {
+    let pg = PgServer::start()?;
+    let url = format!("{}?schema=group_move", pg.url());
+    let objects = tempfile::tempdir()?;
+    let objects_url = format!("file://{}", objects.path().display());
+    let mut brokers = Vec::new();
+    for id in 1..=2 {
+        brokers.push(start_broker_local(&[
+            "--metadata",
+            &url,
+            "--object-store",
+            &objects_url,
+            "--node-id",
+            &id.to_string(),
+        ])?);
+    }
+    let mut coordinator = brokers.pop().context("broker 2")?;
+    let survivor = brokers.pop().context("broker 1")?;
+    let result = group_moves(&survivor, &mut coordinator).await;
+    run_test(&survivor, async { result }).await
+}
+
+async fn group_moves(survivor: &BrokerProcess, coordinator: &mut BrokerProcess) -> Result<()> {
+    const MOVE_TOPIC: &str = "group-move";
+    let live: Vec<BrokerInfo> = (1..=2)
+        .map(|node_id| BrokerInfo {
+            node_id,
+            host: String::new(),
+            port: 0,
+            rack: None,
+        })
+        .collect();
+    let group = (0..)
+        .map(|i| format!("moving-group-{i}"))
+        .find(|g| coordinator_among(&live, g).map(|b| b.node_id) == Some(2))
+        .expect("some group hashes to broker 2");
+    let outs = |phase: &'static str| {
+        (0..2).flat_map(move |p| {
+            (0..10).map(move |i| Out {
+                partition: Some(p),
+                key: format!("p{p}"),
+                value: format!("{phase}:{p}:{i}"),
+                ..Out::default()
+            })
+        })
+    };
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let bootstrap = format!("{},{}", survivor.bootstrap(), coordinator.bootstrap());
+        // Both brokers list each other before the group forms.
+        let probe = consumer(&survivor.bootstrap(), "probe", &[])?;
+        wait_for("both brokers in Metadata", Duration::from_secs(30), || {
+            let listed = tokio::task::block_in_place(|| probe.fetch_metadata(None, OP_TIMEOUT))
+                .map(|md| md.brokers().len())
+                .unwrap_or(0);
+            Ok(if listed == 2 { Ok(()) } else { Err(listed) })
+        })
+        .await?;
+        create_topic(&survivor.bootstrap(), MOVE_TOPIC, 2).await?;
+        let writer = producer(&survivor.bootstrap(), &[("acks", "all")])?;
+        produce_all(&writer, MOVE_TOPIC, outs("before")).await?;
+
+        let member = counting_consumer(&bootstrap, &group)?;
+        member.subscribe(&[MOVE_TOPIC]).context("subscribe")?;
+        let first = read_counted(&member, 20, "before the move").await?;
+        check_dense(&first, |_| 0)?;
+        member
+            .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+            .context("commit before the move")?;
+        ensure!(member.context().counts() == (1, 0));
+
+        tokio::task::block_in_place(|| coordinator.kill_9())?;
+        produce_all(&writer, MOVE_TOPIC, outs("after")).await?;
+        let second = read_counted(&member, 20, "after the move").await?;
+        check_dense(&second, |_| 10)?;
+        // The commit needs the group's new coordinator: retried until the
+        // registry has dropped the killed broker (its 10 s TTL).
+        wait_for("a commit after the move", Duration::from_secs(60), || {
+            let committed = tokio::task::block_in_place(|| {
+                member.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+            });
+            Ok(committed.map_err(|e| e.to_string()))
+        })
+        .await?;
+        // A few heartbeats with the new coordinator: a rebalance shows here.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(500), member.recv()).await;
+        let (assigns, revokes) = member.context().counts();
+        ensure!(
+            (assigns, revokes) == (1, 0),
+            "the group rebalanced when it moved: {assigns} assigns, {revokes} revokes"
+        );
+        Ok(())
+    })
+    .await
+    .context("stable_group_moves_without_a_rebalance timed out")?
+}

@@ -7,15 +7,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use common::*;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 
 const TOPIC: &str = "restart-resume";
 const GROUP: &str = "restart-resume-group";
@@ -151,52 +148,6 @@ fn check_committed(tpl: &TopicPartitionList) -> Result<()> {
 const MOVE_TOPIC: &str = "group-survives-restart";
 const MOVE_GROUP: &str = "group-survives-restart-group";
 
-/// Rebalance events one consumer went through.
-#[derive(Default)]
-struct CountRebalances {
-    assigns: AtomicUsize,
-    revokes: AtomicUsize,
-}
-
-impl ClientContext for CountRebalances {}
-
-impl ConsumerContext for CountRebalances {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(_) => self.assigns.fetch_add(1, Ordering::SeqCst),
-            Rebalance::Revoke(_) => self.revokes.fetch_add(1, Ordering::SeqCst),
-            Rebalance::Error(_) => 0,
-        };
-    }
-}
-
-async fn read_n(
-    consumer: &StreamConsumer<CountRebalances>,
-    n: usize,
-    phase: &str,
-) -> Result<Vec<Rec>> {
-    let mut out = Vec::new();
-    let mut errors = 0;
-    while out.len() < n {
-        let msg = tokio::time::timeout(Duration::from_secs(90), consumer.recv())
-            .await
-            .with_context(|| format!("{phase}: {} of {n} records read", out.len()))?;
-        match msg {
-            Ok(msg) => out.push(Rec::from_message(&msg)),
-            // The broker being down for a moment is reported here.
-            Err(err) => {
-                errors += 1;
-                eprintln!("{phase}: consumer error (tolerated {errors}/50): {err}");
-                ensure!(
-                    errors <= 50,
-                    "{phase}: too many consumer errors, last: {err}"
-                );
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Issue 12, defect 12: a stable group outlives its coordinator. The broker
 /// is killed (SIGKILL) and restarted under a consumer that keeps its
 /// session: the consumer's heartbeats and commits of its generation go on
@@ -218,25 +169,14 @@ async fn group_survives(broker: &mut BrokerProcess) -> Result<()> {
         produce_all(&writer, MOVE_TOPIC, outs_to("before")).await?;
         drop(writer);
 
-        let mut config = client_config(&bootstrap);
-        config
-            .set("group.id", MOVE_GROUP)
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            // Long enough that the restart (seconds) never ends the session.
-            .set("session.timeout.ms", "45000")
-            .set("heartbeat.interval.ms", "500");
-        let consumer: StreamConsumer<CountRebalances> = config
-            .create_with_context(CountRebalances::default())
-            .context("create consumer")?;
+        let consumer = counting_consumer(&bootstrap, MOVE_GROUP)?;
         consumer.subscribe(&[MOVE_TOPIC]).context("subscribe")?;
-        let first = read_n(&consumer, 20, "before the restart").await?;
+        let first = read_counted(&consumer, 20, "before the restart").await?;
         check_dense(&first, |_| 0)?;
         consumer
             .commit_consumer_state(CommitMode::Sync)
             .context("commit before the restart")?;
-        ensure!(consumer.context().assigns.load(Ordering::SeqCst) == 1);
+        ensure!(consumer.context().counts() == (1, 0));
 
         tokio::task::block_in_place(|| broker.kill_9())?;
         tokio::task::block_in_place(|| broker.restart())?;
@@ -244,7 +184,7 @@ async fn group_survives(broker: &mut BrokerProcess) -> Result<()> {
         let writer = producer(&bootstrap, &[("acks", "all")])?;
         produce_all(&writer, MOVE_TOPIC, outs_to("after")).await?;
 
-        let second = read_n(&consumer, 20, "after the restart").await?;
+        let second = read_counted(&consumer, 20, "after the restart").await?;
         check_dense(&second, |_| 10)?;
         consumer
             .commit_consumer_state(CommitMode::Sync)
@@ -252,10 +192,7 @@ async fn group_survives(broker: &mut BrokerProcess) -> Result<()> {
         // A few heartbeats' worth: a rebalance would show up here.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let _ = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await;
-        let (assigns, revokes) = (
-            consumer.context().assigns.load(Ordering::SeqCst),
-            consumer.context().revokes.load(Ordering::SeqCst),
-        );
+        let (assigns, revokes) = consumer.context().counts();
         ensure!(
             (assigns, revokes) == (1, 0),
             "the group rebalanced across the restart: {assigns} assigns, {revokes} revokes"

@@ -13,12 +13,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::future_producer::Delivery;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::ClientContext;
 use rdkafka::Message;
+use std::sync::atomic::{AtomicUsize, Ordering};
 pub use tributary_testkit::BrokerProcess;
 
 /// Upper bound for one whole test body; a hang becomes a failure with logs.
@@ -455,4 +457,77 @@ pub fn encode_request<R: kafka_protocol::protocol::Request>(
         .encode(&mut frame, R::header_version(version))?;
     request.encode(&mut frame, version)?;
     Ok(frame)
+}
+
+/// Counts the rebalances one consumer goes through.
+#[derive(Default)]
+pub struct CountRebalances {
+    assigns: AtomicUsize,
+    revokes: AtomicUsize,
+}
+
+impl CountRebalances {
+    /// (assignments, revocations) so far.
+    pub fn counts(&self) -> (usize, usize) {
+        (
+            self.assigns.load(Ordering::SeqCst),
+            self.revokes.load(Ordering::SeqCst),
+        )
+    }
+}
+
+impl ClientContext for CountRebalances {}
+
+impl ConsumerContext for CountRebalances {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(_) => self.assigns.fetch_add(1, Ordering::SeqCst),
+            Rebalance::Revoke(_) => self.revokes.fetch_add(1, Ordering::SeqCst),
+            Rebalance::Error(_) => 0,
+        };
+    }
+}
+
+/// A group consumer (earliest, manual commits) that counts its rebalances,
+/// with a session long enough (45 s) to outlast a broker restart or a
+/// coordinator move.
+pub fn counting_consumer(bootstrap: &str, group: &str) -> Result<StreamConsumer<CountRebalances>> {
+    let mut config = client_config(bootstrap);
+    config
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", "45000")
+        .set("heartbeat.interval.ms", "500");
+    config
+        .create_with_context(CountRebalances::default())
+        .context("create consumer")
+}
+
+/// Reads `n` records from a counting consumer, tolerating up to 50 client
+/// errors (a broker going away is reported through `recv`).
+pub async fn read_counted(
+    consumer: &StreamConsumer<CountRebalances>,
+    n: usize,
+    phase: &str,
+) -> Result<Vec<Rec>> {
+    let mut out = Vec::new();
+    let mut errors = 0;
+    while out.len() < n {
+        let msg = tokio::time::timeout(Duration::from_secs(90), consumer.recv())
+            .await
+            .map_err(|_| anyhow!("{phase}: {} of {n} records read", out.len()))?;
+        match msg {
+            Ok(msg) => out.push(Rec::from_message(&msg)),
+            Err(err) => {
+                errors += 1;
+                eprintln!("{phase}: consumer error (tolerated {errors}/50): {err}");
+                if errors > 50 {
+                    bail!("{phase}: too many consumer errors, last: {err}");
+                }
+            }
+        }
+    }
+    Ok(out)
 }
