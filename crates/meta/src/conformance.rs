@@ -2173,7 +2173,7 @@ pub async fn replace_entries_swaps(store: &dyn MetadataStore) {
     };
     let new = vec![new_entry(5, 8, 0, 20, 100), new_entry(9, 10, 20, 10, 300)];
     assert!(store
-        .replace_entries(&old, "compacted", 30, &new, 5_000)
+        .replace_entries(&old, "compacted", 30, &new, 5_000, None)
         .await
         .expect("replace"));
 
@@ -2290,33 +2290,55 @@ pub async fn replace_entries_refuses_stale(store: &dyn MetadataStore) {
         );
     };
 
+    // A compacted object older than its deadline (by the store's clock)
+    // is never indexed: the janitor may have deleted it as an orphan.
+    let late = CommitDeadline {
+        created_ms: wall_ms() - 60_000,
+        max_age_ms: 30_000,
+    };
+    let r = store
+        .replace_entries(&old, "x0", 10, &[into("x0", 0, 7)], 1, Some(late))
+        .await;
+    assert!(
+        matches!(r, Err(MetaError::CommitTooLate { ref key, .. }) if key == "x0"),
+        "{r:?}"
+    );
+    unchanged(old.clone(), "x0", "a swap past its deadline").await;
+
     let mut changed = old.clone();
     changed[1].byte_len = 11;
     assert!(!store
-        .replace_entries(&changed, "x1", 10, &[into("x1", 0, 7)], 1)
+        .replace_entries(&changed, "x1", 10, &[into("x1", 0, 7)], 1, None)
         .await
         .expect("replace"));
     unchanged(old.clone(), "x1", "an old entry differs").await;
 
     assert!(!store
-        .replace_entries(&old, "x2", 10, &[into("x2", 0, 6)], 1)
+        .replace_entries(&old, "x2", 10, &[into("x2", 0, 6)], 1, None)
         .await
         .expect("replace"));
     unchanged(old.clone(), "x2", "new ends early").await;
     assert!(!store
-        .replace_entries(&old, "x3", 10, &[into("x3", 0, 2), into("x3", 4, 7)], 1)
+        .replace_entries(
+            &old,
+            "x3",
+            10,
+            &[into("x3", 0, 2), into("x3", 4, 7)],
+            1,
+            None
+        )
         .await
         .expect("replace"));
     unchanged(old.clone(), "x3", "new has a gap").await;
     let gappy = vec![old[0].clone(), old[2].clone()];
     assert!(!store
-        .replace_entries(&gappy, "x4", 10, &[into("x4", 0, 5)], 1)
+        .replace_entries(&gappy, "x4", 10, &[into("x4", 0, 5)], 1, None)
         .await
         .expect("replace"));
     unchanged(old.clone(), "x4", "old is not consecutive").await;
 
     let r = store
-        .replace_entries(&old[3..], "s0", 10, &[into("s0", 6, 7)], 1)
+        .replace_entries(&old[3..], "s0", 10, &[into("s0", 6, 7)], 1, None)
         .await;
     assert!(
         matches!(r, Err(MetaError::SegmentExists(ref k)) if k == "s0"),
@@ -2324,7 +2346,7 @@ pub async fn replace_entries_refuses_stale(store: &dyn MetadataStore) {
     );
     assert_eq!(entries(store, t.id, 0, 0).await, old);
     let r = store
-        .replace_entries(&[], "x5", 10, &[into("x5", 0, 7)], 1)
+        .replace_entries(&[], "x5", 10, &[into("x5", 0, 7)], 1, None)
         .await;
     assert!(
         matches!(r, Err(MetaError::InvalidArgument(_))),
@@ -2333,14 +2355,14 @@ pub async fn replace_entries_refuses_stale(store: &dyn MetadataStore) {
 
     // A real swap, then the same swap again from a stale view.
     assert!(store
-        .replace_entries(&old[..2], "y", 10, &[into("y", 0, 3)], 7)
+        .replace_entries(&old[..2], "y", 10, &[into("y", 0, 3)], 7, None)
         .await
         .expect("replace"));
     let swapped = entries(store, t.id, 0, 0).await;
     assert_eq!(swapped[0].segment_key, "y");
     assert_eq!(dead_keys(store, 7).await, keys(&["s0", "s1"]));
     assert!(!store
-        .replace_entries(&old[..2], "y2", 10, &[into("y2", 0, 3)], 8)
+        .replace_entries(&old[..2], "y2", 10, &[into("y2", 0, 3)], 8, None)
         .await
         .expect("stale replace"));
     assert_eq!(entries(store, t.id, 0, 0).await, swapped);
@@ -2356,7 +2378,7 @@ pub async fn replace_entries_refuses_stale(store: &dyn MetadataStore) {
     store.advance_log_start(t.id, 0, 6).await.expect("advance");
     store.drop_expired_entries(9).await.expect("drop");
     assert!(!store
-        .replace_entries(&old[2..], "z", 10, &[into("z", 4, 7)], 10)
+        .replace_entries(&old[2..], "z", 10, &[into("z", 4, 7)], 10, None)
         .await
         .expect("replace after retention"));
     assert_eq!(

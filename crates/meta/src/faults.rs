@@ -17,9 +17,9 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::{
-    BatchOutcome, BrokerInfo, BrokerRegistry, CommitFeed, CommittedOffset, DeadSegment, GroupClaim,
-    GroupStore, IndexEntry, LogStore, MaintenanceStore, MetaError, MetadataStore, PartitionOffsets,
-    Result, SegmentCommit, TopicMeta, TopicStore,
+    BatchOutcome, BrokerInfo, BrokerRegistry, CommitDeadline, CommitFeed, CommittedOffset,
+    DeadSegment, GroupClaim, GroupStore, IndexEntry, LogStore, MaintenanceStore, MetaError,
+    MetadataStore, PartitionOffsets, Result, SegmentCommit, TopicMeta, TopicStore,
 };
 
 /// Decides the faults of a [`FaultyMeta`]. `op` is the trait method's name.
@@ -153,10 +153,10 @@ delegate!(MaintenanceStore {
     fn unknown_segments(&self, keys: &[String]) -> Result<Vec<String>>;
     fn compaction_candidates(&self, topic_id: Uuid, partition: i32, small_entry_bytes: u64, max_total_bytes: u64, limit: usize) -> Result<Vec<IndexEntry>>;
 } detached {
-    fn replace_entries(&self, old: &[IndexEntry], new_key: &str, new_size: u64, new: &[IndexEntry], now_ms: i64) -> Result<bool> {
+    fn replace_entries(&self, old: &[IndexEntry], new_key: &str, new_size: u64, new: &[IndexEntry], now_ms: i64, deadline: Option<CommitDeadline>) -> Result<bool> {
         let (old, new_key, new) = (old.to_vec(), new_key.to_owned(), new.to_vec());
         move |inner: Arc<dyn MetadataStore>| async move {
-            inner.replace_entries(&old, &new_key, new_size, &new, now_ms).await
+            inner.replace_entries(&old, &new_key, new_size, &new, now_ms, deadline).await
         }
     }
 });

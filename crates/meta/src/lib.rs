@@ -469,6 +469,10 @@ pub trait MaintenanceStore: Send + Sync {
     /// [`MetaError::InvalidArgument`] for an empty `old`, entries of another
     /// partition, `new` entries not pointing into `new_key` or past
     /// `new_size`; [`MetaError::SegmentExists`] if `new_key` is already known.
+    /// With `deadline`, a swap of an object older than it allows by the
+    /// store's clock is refused ([`MetaError::CommitTooLate`], checked last
+    /// in the transaction), as for [`LogStore::commit_segment`]: the janitor
+    /// deletes objects no index records once they are past its grace.
     async fn replace_entries(
         &self,
         old: &[IndexEntry],
@@ -476,6 +480,7 @@ pub trait MaintenanceStore: Send + Sync {
         new_size: u64,
         new: &[IndexEntry],
         now_ms: i64,
+        deadline: Option<CommitDeadline>,
     ) -> Result<bool>;
 }
 

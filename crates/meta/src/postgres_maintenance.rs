@@ -23,11 +23,12 @@ use uuid::Uuid;
 
 use crate::postgres::{
     begin_read, begin_write, entries_from_rows, execute, i64_arg, insert_entries, query, query_one,
-    query_opt, require_partition, u64_col, PartitionRow, Step, SQL_ENTRIES_FROM,
+    query_opt, require_partition, u64_col, PartitionRow, Step, SQL_ENTRIES_FROM, SQL_NOW_MS,
 };
 use crate::sqlite_maintenance::check_replace;
 use crate::{
-    DeadSegment, IndexEntry, MaintenanceStore, MetaError, PartitionOffsets, PostgresStore, Result,
+    CommitDeadline, DeadSegment, IndexEntry, MaintenanceStore, MetaError, PartitionOffsets,
+    PostgresStore, Result,
 };
 use deadpool_postgres::Transaction;
 
@@ -647,6 +648,7 @@ impl MaintenanceStore for PostgresStore {
         new_size: u64,
         new: &[IndexEntry],
         now_ms: i64,
+        deadline: Option<CommitDeadline>,
     ) -> Result<bool> {
         if !check_replace(old, new_key, new_size, new)? {
             return Ok(false);
@@ -657,6 +659,11 @@ impl MaintenanceStore for PostgresStore {
             let tx = begin_write(&mut client).await?;
             let swapped = replace_entries_tx(&tx, old, new_key, new_size, new, now_ms).await?;
             if swapped {
+                if let Some(deadline) = deadline {
+                    // The database's clock, last: only COMMIT follows.
+                    let row = query_one(&tx, SQL_NOW_MS, &[]).await?;
+                    deadline.check(new_key, row.try_get(0)?)?;
+                }
                 tx.commit().await?;
             }
             Ok(swapped)

@@ -23,7 +23,8 @@ use uuid::Uuid;
 
 use crate::sqlite::{entry_from_row, require_partition, PartitionRow, Step, SQL_ENTRIES_FROM};
 use crate::{
-    DeadSegment, IndexEntry, MaintenanceStore, MetaError, PartitionOffsets, Result, SqliteStore,
+    CommitDeadline, DeadSegment, IndexEntry, MaintenanceStore, MetaError, PartitionOffsets, Result,
+    SqliteStore,
 };
 
 /// Keys per `IN (...)` lookup in [`MaintenanceStore::unknown_segments`]
@@ -636,6 +637,7 @@ impl MaintenanceStore for SqliteStore {
         new_size: u64,
         new: &[IndexEntry],
         now_ms: i64,
+        deadline: Option<CommitDeadline>,
     ) -> Result<bool> {
         if !check_replace(old, new_key, new_size, new)? {
             return Ok(false);
@@ -643,8 +645,13 @@ impl MaintenanceStore for SqliteStore {
         let old = old.to_vec();
         let new = new.to_vec();
         let new_key = new_key.to_owned();
+        let clock = self.clock().clone();
         self.write("replace_entries", move |tx| {
-            replace_entries_tx(tx, &old, &new_key, new_size, &new, now_ms)
+            let swapped = replace_entries_tx(tx, &old, &new_key, new_size, &new, now_ms)?;
+            if let (true, Some(deadline)) = (swapped, deadline) {
+                deadline.check(&new_key, clock.now_ms())?;
+            }
+            Ok(swapped)
         })
         .await
     }
@@ -765,7 +772,7 @@ mod tests {
             max_timestamp: 50,
         };
         assert!(store
-            .replace_entries(&old, "ab", 20, &[new], 1)
+            .replace_entries(&old, "ab", 20, &[new], 1, None)
             .await
             .expect("replace"));
         assert_eq!(running_max(&store), vec![(0, 50), (2, 50)]);

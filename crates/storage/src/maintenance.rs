@@ -25,7 +25,7 @@ use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use tributary_meta::{Clock, IndexEntry, MetaError, MetadataStore, TopicMeta};
+use tributary_meta::{Clock, CommitDeadline, IndexEntry, MetaError, MetadataStore, TopicMeta};
 use tributary_protocol::batch::split_stored_batches;
 use tributary_segment::{PushBatch, SegmentBuilder};
 
@@ -327,7 +327,8 @@ impl Maintenance {
             }
         }
         let built = builder.finish();
-        let key = keys::new_compacted_segment_key(self.now_ms());
+        let created_ms = self.now_ms();
+        let key = keys::new_compacted_segment_key(created_ms);
         let mut new_entries = Vec::with_capacity(groups.len());
         for (i, (first, handles, max_ts)) in groups.iter().enumerate() {
             let start = built.batches[handles[0]].byte_start;
@@ -364,7 +365,21 @@ impl Maintenance {
         self.cache.insert_object(&key, &built.bytes).await;
         let swapped = self
             .meta
-            .replace_entries(&old, &key, size, &new_entries, self.now_ms())
+            .replace_entries(
+                &old,
+                &key,
+                size,
+                &new_entries,
+                self.now_ms(),
+                // The janitor deletes unindexed objects past the grace, so
+                // the swap must land well before (by the store's clock): the
+                // same margin as the writer's commit deadline (grace >= 2x).
+                Some(CommitDeadline {
+                    created_ms,
+                    max_age_ms: i64::try_from(self.config.grace.as_millis() / 2)
+                        .unwrap_or(i64::MAX),
+                }),
+            )
             .await?;
         if swapped {
             info!(topic = %topic.name, partition, merged = old.len(), entries = new_entries.len(), segment = %key, size, "compacted");
