@@ -98,3 +98,63 @@ fn claimed_array_lengths_reserve_nothing_for_any_supported_api_and_version() {
         failures.join("\n")
     );
 }
+
+/// Frames that really hold many minimal items (not just claim them): an
+/// item a few bytes long on the wire can be ~100 bytes in memory, so before
+/// the item allowance such a frame decoded to ~100x its size (Produce v9
+/// with empty topic entries: 84x). Now every decode stays within twice the
+/// allowance (a vector may double while it grows) plus slack.
+#[test]
+fn frames_full_of_tiny_items_stay_within_the_item_allowance() {
+    const ITEMS: u32 = 8_000;
+    let mut failures = Vec::new();
+    for spec in router::api_table() {
+        for version in spec.min..=spec.max {
+            let flexible = spec.key.request_header_version(version) >= 2;
+            let fill: u8 = if flexible { 1 } else { 0 };
+            for at in 0..=16usize {
+                for per_item in [1usize, 2, 3, 4, 6, 8] {
+                    let mut f = BytesMut::new();
+                    f.put_i16(spec.key as i16);
+                    f.put_i16(version);
+                    f.put_i32(1);
+                    f.put_i16(1);
+                    f.put_u8(b't');
+                    if flexible {
+                        f.put_u8(0);
+                    }
+                    f.put_bytes(fill, at);
+                    if flexible {
+                        let mut v = ITEMS + 1;
+                        while v >= 0x80 {
+                            f.put_u8((v as u8) | 0x80);
+                            v >>= 7;
+                        }
+                        f.put_u8(v as u8);
+                    } else {
+                        f.put_u32(ITEMS);
+                    }
+                    f.put_bytes(fill, ITEMS as usize * per_item + 64);
+                    let frame = f.freeze();
+                    let bound = 2 * request::item_allowance(frame.len()) + SLACK;
+                    let region = Region::new(GLOBAL);
+                    let decoded = request::decode_request(frame, spec.key, version);
+                    let allocated = region.change().bytes_allocated;
+                    drop(decoded);
+                    if allocated > bound {
+                        failures.push(format!(
+                            "{:?} v{version}: {allocated} bytes (bound {bound}) with the items at body byte {at}, {per_item} bytes each",
+                            spec.key
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} decodes past the item allowance:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

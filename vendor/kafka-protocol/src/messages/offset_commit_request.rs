@@ -260,6 +260,7 @@ impl Decodable for OffsetCommitRequest {
         let mut unknown_tagged_fields = BTreeMap::new();
         if version >= 8 {
             let num_tagged_fields = types::UnsignedVarInt.decode(buf)?;
+            types::take_tagged_fields(num_tagged_fields)?; // Tributary patch
             for _ in 0..num_tagged_fields {
                 let tag: u32 = types::UnsignedVarInt.decode(buf)?;
                 let size: u32 = types::UnsignedVarInt.decode(buf)?;
@@ -454,6 +455,7 @@ impl Decodable for OffsetCommitRequestPartition {
         let mut unknown_tagged_fields = BTreeMap::new();
         if version >= 8 {
             let num_tagged_fields = types::UnsignedVarInt.decode(buf)?;
+            types::take_tagged_fields(num_tagged_fields)?; // Tributary patch
             for _ in 0..num_tagged_fields {
                 let tag: u32 = types::UnsignedVarInt.decode(buf)?;
                 let size: u32 = types::UnsignedVarInt.decode(buf)?;
@@ -630,6 +632,7 @@ impl Decodable for OffsetCommitRequestTopic {
         let mut unknown_tagged_fields = BTreeMap::new();
         if version >= 8 {
             let num_tagged_fields = types::UnsignedVarInt.decode(buf)?;
+            types::take_tagged_fields(num_tagged_fields)?; // Tributary patch
             for _ in 0..num_tagged_fields {
                 let tag: u32 = types::UnsignedVarInt.decode(buf)?;
                 let size: u32 = types::UnsignedVarInt.decode(buf)?;

@@ -140,6 +140,7 @@ impl Decodable for OffsetCommitResponse {
         let mut unknown_tagged_fields = BTreeMap::new();
         if version >= 8 {
             let num_tagged_fields = types::UnsignedVarInt.decode(buf)?;
+            types::take_tagged_fields(num_tagged_fields)?; // Tributary patch
             for _ in 0..num_tagged_fields {
                 let tag: u32 = types::UnsignedVarInt.decode(buf)?;
                 let size: u32 = types::UnsignedVarInt.decode(buf)?;
@@ -272,6 +273,7 @@ impl Decodable for OffsetCommitResponsePartition {
         let mut unknown_tagged_fields = BTreeMap::new();
         if version >= 8 {
             let num_tagged_fields = types::UnsignedVarInt.decode(buf)?;
+            types::take_tagged_fields(num_tagged_fields)?; // Tributary patch
             for _ in 0..num_tagged_fields {
                 let tag: u32 = types::UnsignedVarInt.decode(buf)?;
                 let size: u32 = types::UnsignedVarInt.decode(buf)?;
@@ -462,6 +464,7 @@ impl Decodable for OffsetCommitResponseTopic {
         let mut unknown_tagged_fields = BTreeMap::new();
         if version >= 8 {
             let num_tagged_fields = types::UnsignedVarInt.decode(buf)?;
+            types::take_tagged_fields(num_tagged_fields)?; // Tributary patch
             for _ in 0..num_tagged_fields {
                 let tag: u32 = types::UnsignedVarInt.decode(buf)?;
                 let size: u32 = types::UnsignedVarInt.decode(buf)?;

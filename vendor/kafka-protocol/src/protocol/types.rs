@@ -31,6 +31,56 @@ macro_rules! define_copy_impl {
 // the wire must not decide how much memory is reserved before the bytes that
 // back them have been seen.
 
+thread_local! {
+    /// Bytes of array items the decode running on this thread may still
+    /// produce; `None`: no limit. See [`with_item_allowance`].
+    static ITEM_ALLOWANCE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Run `decode` with at most `bytes` of array items (counted at their
+/// in-memory size) decoded on this thread; an array that would go past it
+/// fails to decode. A frame's bytes bound how many items it holds, but an
+/// item a few bytes long on the wire can be a hundred bytes in memory, so a
+/// frame of many tiny items can cost ~100x its size without this.
+pub fn with_item_allowance<R>(bytes: usize, decode: impl FnOnce() -> R) -> R {
+    let outer = ITEM_ALLOWANCE.with(|a| a.replace(Some(bytes)));
+    let result = decode();
+    ITEM_ALLOWANCE.with(|a| a.set(outer));
+    result
+}
+
+/// Count `n` items of `T` against the allowance before decoding them.
+fn take_items<T>(n: usize) -> Result<()> {
+    take_bytes(n.saturating_mul(std::mem::size_of::<T>()), n)
+}
+
+/// Count `n` tagged fields of one struct against the allowance before
+/// decoding them: each unknown one is kept in a `BTreeMap`, whose first
+/// entry allocates a node of several hundred bytes for a field two bytes
+/// long on the wire.
+pub fn take_tagged_fields(n: u32) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    take_bytes(512usize.saturating_add((n as usize).saturating_mul(64)), n as usize)
+}
+
+/// Count `bytes` (for `n` items) against the allowance.
+fn take_bytes(bytes: usize, n: usize) -> Result<()> {
+    ITEM_ALLOWANCE.with(|a| match a.get() {
+        None => Ok(()),
+        Some(left) => {
+            if bytes > left {
+                bail!(
+                    "{n} array items or tagged fields ({bytes} bytes in memory) exceed what the request may decode ({left} bytes left)"
+                );
+            }
+            a.set(Some(left - bytes));
+            Ok(())
+        }
+    })
+}
+
 /// Capacity to reserve for `n` decoded items: never more bytes than are left
 /// in `buf`, so a claimed length cannot reserve memory beyond the input's
 /// size. The vector still grows to `n` if the items really are there.
@@ -1007,6 +1057,7 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
+                take_items::<T>(n as usize)?;
                 let mut result = Vec::with_capacity(cautious_capacity::<T>(n as usize, buf));
                 for _ in 0..n {
                     result.push(self.0.decode(buf)?);
@@ -1115,6 +1166,7 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
+                take_items::<T>((n - 1) as usize)?;
                 let mut result = Vec::with_capacity(cautious_capacity::<T>((n - 1) as usize, buf));
                 for _ in 1..n {
                     result.push(self.0.decode(buf)?);
