@@ -3,7 +3,7 @@
 //! Stored batches keep their producer's bytes, with base offset 0 in the
 //! header (the index knows the real base offset of the first batch of a
 //! chunk; the following batches are consecutive). Compressed batches are
-//! decompressed here; control batches (transaction markers) are skipped;
+//! decompressed here, into at most [`MAX_DECOMPRESSED_BATCH`] bytes each; control batches (transaction markers) are skipped;
 //! `LogAppendTime` batches give every record the batch's max timestamp, as a
 //! Kafka consumer sees it.
 
@@ -16,8 +16,13 @@ use arrow_array::builder::{
 use arrow_array::{ArrayRef, BooleanArray, RecordBatch, StructArray};
 use arrow_schema::{ArrowError, DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
-use kafka_protocol::records::RecordBatchDecoder;
-use tributary_protocol::batch::split_stored_batches;
+use tributary_protocol::batch::{decode_records, split_stored_batches};
+
+/// Most bytes one batch's records may decompress to. Client batches are at
+/// most a few MiB before compression; a stored batch that expands past this
+/// (a compression bomb a producer sent) stops the export with an error
+/// naming its offset instead of taking the machine's memory.
+pub const MAX_DECOMPRESSED_BATCH: usize = 256 << 20;
 
 /// One record as exported.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,11 +61,10 @@ pub fn decode_chunk(
             base = next;
             continue;
         }
-        let mut buf = view.bytes.clone();
-        let set = RecordBatchDecoder::decode(&mut buf)
+        let records = decode_records(&view.bytes, MAX_DECOMPRESSED_BATCH)
             .map_err(|e| format!("batch at offset {base}: {e}"))?;
-        for r in set.records {
-            let offset = base + (r.offset - h.base_offset);
+        for r in records {
+            let offset = base + r.offset_delta;
             if offset < from || offset >= until {
                 continue;
             }
@@ -73,11 +77,7 @@ pub fn decode_chunk(
                 },
                 key: r.key,
                 value: r.value,
-                headers: r
-                    .headers
-                    .into_iter()
-                    .map(|(k, v)| (k.as_str().to_owned(), v))
-                    .collect(),
+                headers: r.headers,
             });
         }
         base = next;

@@ -98,6 +98,148 @@ pub enum BatchError {
     /// The records inside the batch could not be decoded.
     #[error("record decode failed: {0}")]
     Decode(String),
+    /// The records section decompresses to more than the caller allows
+    /// (a compression bomb, or a batch far beyond any client's batch size).
+    #[error("records decompress to more than {limit} bytes")]
+    TooLarge {
+        /// The caller's limit.
+        limit: usize,
+    },
+}
+
+/// One record of a batch, as a consumer sees it. Key, values and header
+/// values are slices of one buffer holding the (decompressed) records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRecord {
+    /// Added to the batch's base offset.
+    pub offset_delta: i64,
+    /// The record's own timestamp (base timestamp + delta); callers apply
+    /// LogAppendTime from the header.
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+}
+
+/// Decode the records of one complete `batch` (header included; extra
+/// trailing bytes are ignored). The records section is decompressed with
+/// the same bounded decoders as the timestamp scan into at most
+/// `max_decompressed` bytes: a batch that would decompress to more is
+/// refused with [`BatchError::TooLarge`] once that much has been read, so a
+/// compression bomb costs the limit, not what it expands to. Uncompressed
+/// batches are not copied.
+pub fn decode_records(
+    batch: &Bytes,
+    max_decompressed: usize,
+) -> Result<Vec<BatchRecord>, BatchError> {
+    let header = parse_header(batch)?;
+    let total = header.total_len();
+    if batch.len() < total {
+        return Err(BatchError::Truncated);
+    }
+    if header.record_count < 0 {
+        return Err(BatchError::InvalidRecordCount {
+            record_count: header.record_count,
+            last_offset_delta: header.last_offset_delta,
+        });
+    }
+    let section = batch.slice(HEADER_LEN..total);
+    let records = if header.compression() == 0 {
+        if section.len() > max_decompressed {
+            return Err(BatchError::TooLarge {
+                limit: max_decompressed,
+            });
+        }
+        section
+    } else {
+        let reader = records_reader(&section, header.compression())?;
+        let mut out = Vec::new();
+        let limit = u64::try_from(max_decompressed).unwrap_or(u64::MAX);
+        reader
+            .take(limit.saturating_add(1))
+            .read_to_end(&mut out)
+            .map_err(|e| BatchError::Decode(e.to_string()))?;
+        if out.len() > max_decompressed {
+            return Err(BatchError::TooLarge {
+                limit: max_decompressed,
+            });
+        }
+        Bytes::from(out)
+    };
+    parse_records(&records, header.record_count, header.base_timestamp)
+}
+
+/// The `count` records of a decompressed records section.
+fn parse_records(
+    section: &Bytes,
+    count: i32,
+    base_timestamp: i64,
+) -> Result<Vec<BatchRecord>, BatchError> {
+    let bad = |what: &str| BatchError::Decode(what.to_owned());
+    let mut at = 0usize;
+    // One varint at `at`.
+    let varint = |at: &mut usize| -> Result<i64, BatchError> {
+        let mut rest = section.get(*at..).unwrap_or_default();
+        let before = rest.len();
+        let v = read_varint(&mut rest).map_err(|e| BatchError::Decode(e.to_string()))?;
+        *at += before - rest.len();
+        Ok(v)
+    };
+    // A length-prefixed byte string at `at` (-1: null).
+    let bytes = |at: &mut usize, len: i64| -> Result<Option<Bytes>, BatchError> {
+        if len < 0 {
+            return Ok(None);
+        }
+        let len = usize::try_from(len).map_err(|_| bad("length"))?;
+        let end = at.checked_add(len).filter(|e| *e <= section.len());
+        let end = end.ok_or_else(|| bad("field past the end of the records"))?;
+        let out = section.slice(*at..end);
+        *at = end;
+        Ok(Some(out))
+    };
+    // Every record takes at least 7 bytes: never reserve more than the
+    // section can hold.
+    let count = usize::try_from(count).unwrap_or(0);
+    let mut out = Vec::with_capacity(count.min(section.len() / 7));
+    for _ in 0..count {
+        let len = varint(&mut at)?;
+        let len = usize::try_from(len).map_err(|_| bad("negative record length"))?;
+        let end = at
+            .checked_add(len)
+            .filter(|e| *e <= section.len())
+            .ok_or(BatchError::Truncated)?;
+        // attributes (unused in v2 records)
+        at += 1;
+        let timestamp_delta = varint(&mut at)?;
+        let offset_delta = varint(&mut at)?;
+        let key_len = varint(&mut at)?;
+        let key = bytes(&mut at, key_len)?;
+        let value_len = varint(&mut at)?;
+        let value = bytes(&mut at, value_len)?;
+        let header_count = varint(&mut at)?;
+        let header_count =
+            usize::try_from(header_count).map_err(|_| bad("negative header count"))?;
+        let mut headers = Vec::with_capacity(header_count.min(end.saturating_sub(at) / 2));
+        for _ in 0..header_count {
+            let key_len = varint(&mut at)?;
+            let key = bytes(&mut at, key_len)?.ok_or_else(|| bad("null header key"))?;
+            let key =
+                String::from_utf8(key.to_vec()).map_err(|_| bad("header key is not UTF-8"))?;
+            let value_len = varint(&mut at)?;
+            headers.push((key, bytes(&mut at, value_len)?));
+        }
+        if at != end {
+            return Err(bad("record length does not match its fields"));
+        }
+        out.push(BatchRecord {
+            offset_delta,
+            timestamp: base_timestamp.saturating_add(timestamp_delta),
+            key,
+            value,
+            headers,
+        });
+    }
+    Ok(out)
 }
 
 /// The fixed 61-byte header of a RecordBatch v2.
@@ -932,6 +1074,87 @@ mod tests {
         assert_eq!(out, [payload.clone(), payload].concat());
         framed.pop();
         assert!(snappy_decompress(&framed).is_err());
+    }
+
+    /// The bounded decoder reads what kafka-protocol's full decoder does,
+    /// for every codec, with keys, values, nulls and headers.
+    #[test]
+    fn decode_records_matches_full_decode() {
+        for codec in ALL_CODECS {
+            let mut records: Vec<Record> = (0..20).map(|o| record(o, 1_000 + o)).collect();
+            records[3].key = None;
+            records[4].value = None;
+            records[5].headers.insert(
+                kafka_protocol::protocol::StrBytes::from_static_str("h1"),
+                Some(Bytes::from_static(b"v1")),
+            );
+            records[5].headers.insert(
+                kafka_protocol::protocol::StrBytes::from_static_str("h2"),
+                None,
+            );
+            let mut buf = BytesMut::new();
+            RecordBatchEncoder::encode(
+                &mut buf,
+                &records,
+                &RecordEncodeOptions {
+                    version: 2,
+                    compression: codec,
+                },
+            )
+            .expect("encode");
+            let batch = buf.freeze();
+            let decoded = decode_records(&batch, 1 << 20).expect("decode");
+            let expected = RecordBatchDecoder::decode(&mut batch.clone())
+                .expect("full decode")
+                .records;
+            assert_eq!(decoded.len(), expected.len(), "{codec:?}");
+            for (d, e) in decoded.iter().zip(&expected) {
+                assert_eq!(d.offset_delta, e.offset, "{codec:?}");
+                assert_eq!(d.timestamp, e.timestamp, "{codec:?}");
+                assert_eq!(d.key, e.key, "{codec:?}");
+                assert_eq!(d.value, e.value, "{codec:?}");
+                let headers: Vec<(String, Option<Bytes>)> = e
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect();
+                assert_eq!(d.headers, headers, "{codec:?}");
+            }
+            // Every truncation is an error, never a panic.
+            for cut in HEADER_LEN..batch.len() {
+                assert!(decode_records(&batch.slice(..cut), 1 << 20).is_err());
+            }
+        }
+    }
+
+    /// A compression bomb: a few KiB of zstd that expand to 64 MiB cost the
+    /// limit, not the expansion.
+    #[test]
+    fn decode_records_refuses_a_compression_bomb() {
+        let section = zstd::bulk::compress(&vec![0u8; 64 << 20], 3).expect("compress");
+        assert!(section.len() < 64 << 10, "{} bytes", section.len());
+        let mut batch = BytesMut::new();
+        batch.extend_from_slice(&0i64.to_be_bytes());
+        let batch_length = i32::try_from(HEADER_LEN - 12 + section.len()).expect("fits");
+        batch.extend_from_slice(&batch_length.to_be_bytes());
+        batch.extend_from_slice(&0i32.to_be_bytes()); // leader epoch
+        batch.extend_from_slice(&[2]); // magic
+        batch.extend_from_slice(&0u32.to_be_bytes()); // crc (not checked here)
+        batch.extend_from_slice(&4i16.to_be_bytes()); // attributes: zstd
+        batch.extend_from_slice(&0i32.to_be_bytes()); // last offset delta
+        batch.extend_from_slice(&0i64.to_be_bytes()); // base timestamp
+        batch.extend_from_slice(&0i64.to_be_bytes()); // max timestamp
+        batch.extend_from_slice(&(-1i64).to_be_bytes()); // producer id
+        batch.extend_from_slice(&(-1i16).to_be_bytes()); // producer epoch
+        batch.extend_from_slice(&(-1i32).to_be_bytes()); // base sequence
+        batch.extend_from_slice(&1i32.to_be_bytes()); // record count
+        assert_eq!(batch.len(), HEADER_LEN);
+        batch.extend_from_slice(&section);
+        let batch = batch.freeze();
+        match decode_records(&batch, 8 << 20) {
+            Err(BatchError::TooLarge { limit }) => assert_eq!(limit, 8 << 20),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
     }
 
     /// A zstd frame asking for a window past [`ZSTD_WINDOW_LOG_MAX`] is refused.

@@ -227,6 +227,7 @@ fn validate_partition(
                 | BatchError::InvalidRecordCount { .. }
                 | BatchError::InvalidLength(_)
                 | BatchError::Decode(_) => ResponseError::CorruptMessage.code(),
+                BatchError::TooLarge { .. } => ResponseError::MessageTooLarge.code(),
             };
             tracing::debug!(topic = %topic.name, partition = index, error = %e, "rejected record batch");
             return Err(error_response(index, code, &e.to_string()));
