@@ -347,8 +347,9 @@ mod registry_tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use async_trait::async_trait;
+    use tributary_meta::clock::ShiftedClock;
     use tributary_meta::faults::{injected, FaultyMeta, MetaFaults};
-    use tributary_meta::{Clock, SqliteStore};
+    use tributary_meta::SqliteStore;
 
     use super::*;
 
@@ -439,16 +440,6 @@ mod registry_tests {
         let _ = (ta.await, tb.await);
     }
 
-    /// A clock far from the machine's.
-    #[derive(Debug)]
-    struct Shifted(i64);
-
-    impl Clock for Shifted {
-        fn now_ms(&self) -> i64 {
-            tributary_meta::SystemClock.now_ms() + self.0
-        }
-    }
-
     /// Issue 12 suspicion, confirmed: heartbeats were stamped with the
     /// broker's clock and judged by the reader's, so a broker whose clock
     /// ran behind looked dead to the others. Brokers now use the registry's
@@ -459,7 +450,7 @@ mod registry_tests {
         let store = SqliteStore::open_in_memory()
             .await
             .expect("sqlite")
-            .with_clock(Arc::new(Shifted(hour)));
+            .with_clock(Arc::new(ShiftedClock(hour)));
         let store: Arc<dyn MetadataStore> = Arc::new(store);
         let a = Cluster::new(info(1), store.clone(), ClusterConfig::default());
         a.beat().await.expect("beat");

@@ -31,12 +31,12 @@ const PER_FRAME_BYTE: usize = 64;
 const SLACK: usize = 16 << 10;
 
 /// A frame for `api_key`/`version` whose body is `at` filler bytes, then a
-/// length claiming [`CLAIMED`] items (an INT32 in classic versions, an
-/// unsigned varint N+1 in flexible ones), then [`FILL`] filler bytes.
+/// length claiming `claimed` items (an INT32 in classic versions, an
+/// unsigned varint N+1 in flexible ones), then `tail` filler bytes.
 /// Filler decodes as empty strings, empty arrays and zero numbers (0x00 in
 /// classic versions, 0x01 in flexible ones), so some `at` puts the claim on
 /// each array length the body has before its first variable-size element.
-fn frame(api_key: ApiKey, version: i16, at: usize) -> Bytes {
+fn frame(api_key: ApiKey, version: i16, at: usize, claimed: u32, tail: usize) -> Bytes {
     let flexible = api_key.request_header_version(version) >= 2;
     let mut f = BytesMut::new();
     f.put_i16(api_key as i16);
@@ -50,16 +50,16 @@ fn frame(api_key: ApiKey, version: i16, at: usize) -> Bytes {
     let fill = if flexible { 1 } else { 0 };
     f.put_bytes(fill, at);
     if flexible {
-        let mut n = CLAIMED + 1;
+        let mut n = claimed + 1;
         while n >= 0x80 {
             f.put_u8((n as u8) | 0x80);
             n >>= 7;
         }
         f.put_u8(n as u8);
     } else {
-        f.put_u32(CLAIMED);
+        f.put_u32(claimed);
     }
-    f.put_bytes(fill, FILL);
+    f.put_bytes(fill, tail);
     f.freeze()
 }
 
@@ -71,7 +71,7 @@ fn claimed_array_lengths_reserve_nothing_for_any_supported_api_and_version() {
         for version in spec.min..=spec.max {
             let mut worst = (0, 0);
             for at in 0..=FILL {
-                let frame = frame(spec.key, version, at);
+                let frame = frame(spec.key, version, at, CLAIMED, FILL);
                 let bound = PER_FRAME_BYTE * frame.len() + SLACK;
                 let region = Region::new(GLOBAL);
                 let decoded = request::decode_request(frame, spec.key, version);
@@ -110,32 +110,10 @@ fn frames_full_of_tiny_items_stay_within_the_item_allowance() {
     let mut failures = Vec::new();
     for spec in router::api_table() {
         for version in spec.min..=spec.max {
-            let flexible = spec.key.request_header_version(version) >= 2;
-            let fill: u8 = if flexible { 1 } else { 0 };
             for at in 0..=16usize {
                 for per_item in [1usize, 2, 3, 4, 6, 8] {
-                    let mut f = BytesMut::new();
-                    f.put_i16(spec.key as i16);
-                    f.put_i16(version);
-                    f.put_i32(1);
-                    f.put_i16(1);
-                    f.put_u8(b't');
-                    if flexible {
-                        f.put_u8(0);
-                    }
-                    f.put_bytes(fill, at);
-                    if flexible {
-                        let mut v = ITEMS + 1;
-                        while v >= 0x80 {
-                            f.put_u8((v as u8) | 0x80);
-                            v >>= 7;
-                        }
-                        f.put_u8(v as u8);
-                    } else {
-                        f.put_u32(ITEMS);
-                    }
-                    f.put_bytes(fill, ITEMS as usize * per_item + 64);
-                    let frame = f.freeze();
+                    let tail = ITEMS as usize * per_item + 64;
+                    let frame = frame(spec.key, version, at, ITEMS, tail);
                     let bound = 2 * request::item_allowance(frame.len()) + SLACK;
                     let region = Region::new(GLOBAL);
                     let decoded = request::decode_request(frame, spec.key, version);

@@ -27,3 +27,14 @@ impl Clock for SystemClock {
 pub fn system() -> Arc<dyn Clock> {
     Arc::new(SystemClock)
 }
+
+/// The machine's clock moved by `.0` milliseconds: a broker whose clock is
+/// off, in tests of clocks that disagree.
+#[derive(Debug, Clone, Copy)]
+pub struct ShiftedClock(pub i64);
+
+impl Clock for ShiftedClock {
+    fn now_ms(&self) -> i64 {
+        SystemClock.now_ms().saturating_add(self.0)
+    }
+}

@@ -132,11 +132,7 @@ pub fn decode_records(
     batch: &Bytes,
     max_decompressed: usize,
 ) -> Result<Vec<BatchRecord>, BatchError> {
-    let header = parse_header(batch)?;
-    let total = header.total_len();
-    if batch.len() < total {
-        return Err(BatchError::Truncated);
-    }
+    let (header, total) = whole_batch(batch)?;
     if header.record_count < 0 {
         return Err(BatchError::InvalidRecordCount {
             record_count: header.record_count,
@@ -167,6 +163,16 @@ pub fn decode_records(
         Bytes::from(out)
     };
     parse_records(&records, header.record_count, header.base_timestamp)
+}
+
+/// The header of a batch `batch` holds whole, and the batch's length.
+fn whole_batch(batch: &[u8]) -> Result<(BatchHeader, usize), BatchError> {
+    let header = parse_header(batch)?;
+    let total = header.total_len();
+    if batch.len() < total {
+        return Err(BatchError::Truncated);
+    }
+    Ok((header, total))
 }
 
 /// The `count` records of a decompressed records section.
@@ -503,11 +509,7 @@ pub fn first_offset_at_or_after_timestamp(
     base_offset: i64,
     timestamp: i64,
 ) -> Result<Option<i64>, BatchError> {
-    let header = parse_header(batch)?;
-    let total = header.total_len();
-    if batch.len() < total {
-        return Err(BatchError::Truncated);
-    }
+    let (header, total) = whole_batch(batch)?;
     if header.max_timestamp < timestamp {
         return Ok(None);
     }

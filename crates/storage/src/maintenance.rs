@@ -518,19 +518,10 @@ pub enum CompactionError {
 #[cfg(test)]
 mod tests {
     use object_store::memory::InMemory;
+    use tributary_meta::clock::ShiftedClock;
     use tributary_meta::SqliteStore;
 
     use super::*;
-
-    /// A clock `offset_ms` away from the machine's.
-    #[derive(Debug)]
-    struct Skewed(i64);
-
-    impl Clock for Skewed {
-        fn now_ms(&self) -> i64 {
-            tributary_meta::SystemClock.now_ms() + self.0
-        }
-    }
 
     /// Issue 12 suspicion (broker clocks decide lease expiry), confirmed:
     /// a broker whose clock ran an hour ahead found the lease of a broker
@@ -547,7 +538,7 @@ mod tests {
                 store.clone(),
                 ReadCache::new(store.clone(), 1 << 20, 4096),
                 MaintenanceConfig {
-                    clock: Arc::new(Skewed(skew_ms)),
+                    clock: Arc::new(ShiftedClock(skew_ms)),
                     ..MaintenanceConfig::default()
                 },
             )
@@ -615,7 +606,7 @@ mod tests {
             MaintenanceConfig {
                 grace: std::time::Duration::from_millis(1),
                 // The objects' last_modified is now: judge them an hour on.
-                clock: Arc::new(Skewed(3_600_000)),
+                clock: Arc::new(ShiftedClock(3_600_000)),
                 ..MaintenanceConfig::default()
             },
         );

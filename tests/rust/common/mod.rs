@@ -119,6 +119,14 @@ pub fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> Result<FutureProduce
 /// A group consumer that starts at the earliest offset and commits nothing
 /// automatically unless `extra` says so.
 pub fn consumer(bootstrap: &str, group: &str, extra: &[(&str, &str)]) -> Result<StreamConsumer> {
+    let mut config = group_config(bootstrap, group);
+    apply(&mut config, extra);
+    config.create().context("create consumer")
+}
+
+/// What every test consumer of `group` starts from: earliest, no automatic
+/// commits, a 10 s session with 1 s heartbeats.
+fn group_config(bootstrap: &str, group: &str) -> ClientConfig {
     let mut config = client_config(bootstrap);
     config
         .set("group.id", group)
@@ -127,8 +135,7 @@ pub fn consumer(bootstrap: &str, group: &str, extra: &[(&str, &str)]) -> Result<
         .set("enable.partition.eof", "false")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000");
-    apply(&mut config, extra);
-    config.create().context("create consumer")
+    config
 }
 
 pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) -> Result<()> {
@@ -271,7 +278,10 @@ pub async fn produce_all(
 
 /// Receives one record, or `None` if nothing arrives within `wait`.
 /// Client-reported errors are returned as `Err` so callers can decide.
-pub async fn recv(consumer: &StreamConsumer, wait: Duration) -> Result<Option<Rec>> {
+pub async fn recv<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    wait: Duration,
+) -> Result<Option<Rec>> {
     match tokio::time::timeout(wait, consumer.recv()).await {
         Err(_) => Ok(None),
         Ok(Ok(msg)) => Ok(Some(Rec::from_message(&msg))),
@@ -282,8 +292,8 @@ pub async fn recv(consumer: &StreamConsumer, wait: Duration) -> Result<Option<Re
 /// Receives until `n` records arrived (then returns them) or `deadline`
 /// passes (then fails, saying how many came). Up to 50 transient client
 /// errors are tolerated and printed.
-pub async fn consume_n(
-    consumer: &StreamConsumer,
+pub async fn consume_n<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
     n: usize,
     deadline: Duration,
 ) -> Result<Vec<Rec>> {
@@ -492,12 +502,8 @@ impl ConsumerContext for CountRebalances {
 /// with a session long enough (45 s) to outlast a broker restart or a
 /// coordinator move.
 pub fn counting_consumer(bootstrap: &str, group: &str) -> Result<StreamConsumer<CountRebalances>> {
-    let mut config = client_config(bootstrap);
+    let mut config = group_config(bootstrap, group);
     config
-        .set("group.id", group)
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
         .set("session.timeout.ms", "45000")
         .set("heartbeat.interval.ms", "500");
     config
@@ -505,29 +511,31 @@ pub fn counting_consumer(bootstrap: &str, group: &str) -> Result<StreamConsumer<
         .context("create consumer")
 }
 
-/// Reads `n` records from a counting consumer, tolerating up to 50 client
-/// errors (a broker going away is reported through `recv`).
-pub async fn read_counted(
+/// Ten records for each of `partitions` partitions, valued
+/// `{phase}:{partition}:{i}` and keyed by partition.
+pub fn ten_per_partition(phase: &'static str, partitions: i32) -> impl Iterator<Item = Out> {
+    (0..partitions).flat_map(move |p| {
+        (0..10).map(move |i| Out {
+            partition: Some(p),
+            key: format!("p{p}"),
+            value: format!("{phase}:{p}:{i}"),
+            ..Out::default()
+        })
+    })
+}
+
+/// Fails if `consumer` was revoked or reassigned since its first
+/// assignment, after a few heartbeats' worth of waiting (a rebalance
+/// started by the coordinator shows up within them).
+pub async fn ensure_no_rebalance(
     consumer: &StreamConsumer<CountRebalances>,
-    n: usize,
-    phase: &str,
-) -> Result<Vec<Rec>> {
-    let mut out = Vec::new();
-    let mut errors = 0;
-    while out.len() < n {
-        let msg = tokio::time::timeout(Duration::from_secs(90), consumer.recv())
-            .await
-            .map_err(|_| anyhow!("{phase}: {} of {n} records read", out.len()))?;
-        match msg {
-            Ok(msg) => out.push(Rec::from_message(&msg)),
-            Err(err) => {
-                errors += 1;
-                eprintln!("{phase}: consumer error (tolerated {errors}/50): {err}");
-                if errors > 50 {
-                    bail!("{phase}: too many consumer errors, last: {err}");
-                }
-            }
-        }
+    when: &str,
+) -> Result<()> {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await;
+    let (assigns, revokes) = consumer.context().counts();
+    if (assigns, revokes) != (1, 0) {
+        bail!("the group rebalanced {when}: {assigns} assigns, {revokes} revokes");
     }
-    Ok(out)
+    Ok(())
 }
