@@ -149,7 +149,9 @@ pub fn decode_records(
         section
     } else {
         let reader = records_reader(&section, header.compression())?;
-        let mut out = Vec::new();
+        // Room for a typical ratio up front, so the buffer is rarely copied
+        // while it grows (never more than the limit).
+        let mut out = Vec::with_capacity(section.len().saturating_mul(4).min(max_decompressed));
         let limit = u64::try_from(max_decompressed).unwrap_or(u64::MAX);
         reader
             .take(limit.saturating_add(1))
@@ -183,13 +185,18 @@ fn parse_records(
 ) -> Result<Vec<BatchRecord>, BatchError> {
     let bad = |what: &str| BatchError::Decode(what.to_owned());
     let mut at = 0usize;
-    // One varint at `at`.
+    // One zigzag varint at `at` (at most 10 bytes).
     let varint = |at: &mut usize| -> Result<i64, BatchError> {
-        let mut rest = section.get(*at..).unwrap_or_default();
-        let before = rest.len();
-        let v = read_varint(&mut rest).map_err(|e| BatchError::Decode(e.to_string()))?;
-        *at += before - rest.len();
-        Ok(v)
+        let mut value = 0u64;
+        for shift in (0..70).step_by(7) {
+            let byte = *section.get(*at).ok_or(BatchError::Truncated)?;
+            *at += 1;
+            value |= u64::from(byte & 0x7f) << shift.min(63);
+            if byte & 0x80 == 0 {
+                return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
+            }
+        }
+        Err(bad("varint longer than 10 bytes"))
     };
     // A length-prefixed byte string at `at` (-1: null).
     let bytes = |at: &mut usize, len: i64| -> Result<Option<Bytes>, BatchError> {
