@@ -365,7 +365,10 @@ impl GroupCoordinator {
         let Some((saved, completes)) = to_save else {
             return;
         };
-        let claim = self.claim(group_id).await;
+        // Only under the claim this broker already holds: a save still
+        // queued when the group moved away must not claim it back.
+        let held = lock(&self.claims).get(group_id).copied();
+        let claim = held.ok_or(code(ResponseError::NotCoordinator));
         let result = match claim {
             Ok(claim) => match self
                 .store
