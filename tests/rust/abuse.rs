@@ -315,7 +315,7 @@ async fn acks0_produces_stay_within_the_request_budget() -> Result<()> {
         let sender = tokio::task::spawn_blocking(move || -> Result<()> {
             let mut conn = TcpStream::connect(addr)?;
             conn.set_write_timeout(Some(Duration::from_secs(60)))?;
-            let batch = record_batch(&[0u8; 900_000])?;
+            let batch = record_batch(&[&[0u8; 900_000][..]])?;
             for i in 0..500 {
                 conn.write_all(&produce_frame("fire", 0, batch.clone(), 0, i)?)?;
             }
@@ -643,39 +643,6 @@ fn produce_frame(
                 .with_index(partition)
                 .with_records(Some(batch))])]);
     frame(&request, 3, correlation)
-}
-
-/// A v2 record batch holding one record with `value`.
-fn record_batch(value: &[u8]) -> Result<Bytes> {
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
-    let record = Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp: 0,
-        key: None,
-        value: Some(Bytes::copy_from_slice(value)),
-        headers: Default::default(),
-    };
-    let records = vec![record];
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )?;
-    Ok(buf.freeze())
 }
 
 /// Read one answer frame (without its length prefix).

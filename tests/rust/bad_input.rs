@@ -9,7 +9,7 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -22,9 +22,6 @@ use kafka_protocol::messages::{
     ApiVersionsRequest, FetchRequest, ProduceRequest, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -147,7 +144,7 @@ fn raw_checks(addr: SocketAddr) -> Result<()> {
     let mut conn = Conn::connect(addr)?;
 
     // 6. A valid batch lands at offset 0 (baseline for the checks below).
-    let good = batch(&[b"raw-0", b"raw-1", b"raw-2"])?;
+    let good = record_batch(&[b"raw-0", b"raw-1", b"raw-2"])?;
     let answer = conn.produce(produce_version, TOPIC, 0, good)?;
     ensure!(
         answer.error_code == 0 && answer.base_offset == 0,
@@ -157,7 +154,7 @@ fn raw_checks(addr: SocketAddr) -> Result<()> {
     );
 
     // 7. Bad CRC: CORRUPT_MESSAGE, nothing stored.
-    let mut corrupt = BytesMut::from(&batch(&[b"corrupt"])?[..]);
+    let mut corrupt = BytesMut::from(&record_batch(&[b"corrupt"])?[..]);
     // Batch header: baseOffset(8) length(4) leaderEpoch(4) magic(1) crc(4).
     corrupt[17] ^= 0xFF;
     let answer = conn.produce(produce_version, TOPIC, 0, corrupt.freeze())?;
@@ -171,7 +168,7 @@ fn raw_checks(addr: SocketAddr) -> Result<()> {
     let big_value: Vec<u8> = (0..MAX_MESSAGE_BYTES * 2)
         .map(|i| (i % 251) as u8)
         .collect();
-    let answer = conn.produce(produce_version, TOPIC, 0, batch(&[&big_value])?)?;
+    let answer = conn.produce(produce_version, TOPIC, 0, record_batch(&[&big_value])?)?;
     ensure!(
         answer.error_code == MESSAGE_TOO_LARGE,
         "oversized batch answered error {}, expected {MESSAGE_TOO_LARGE}",
@@ -179,13 +176,13 @@ fn raw_checks(addr: SocketAddr) -> Result<()> {
     );
 
     // 9. Unknown topic (auto-create off) and unknown partition.
-    let answer = conn.produce(produce_version, "no-such-topic", 0, batch(&[b"x"])?)?;
+    let answer = conn.produce(produce_version, "no-such-topic", 0, record_batch(&[b"x"])?)?;
     ensure!(
         answer.error_code == UNKNOWN_TOPIC_OR_PARTITION,
         "unknown topic answered error {}, expected {UNKNOWN_TOPIC_OR_PARTITION}",
         answer.error_code
     );
-    let answer = conn.produce(produce_version, TOPIC, 7, batch(&[b"x"])?)?;
+    let answer = conn.produce(produce_version, TOPIC, 7, record_batch(&[b"x"])?)?;
     ensure!(
         answer.error_code == UNKNOWN_TOPIC_OR_PARTITION,
         "unknown partition answered error {}, expected {UNKNOWN_TOPIC_OR_PARTITION}",
@@ -210,7 +207,7 @@ fn raw_checks(addr: SocketAddr) -> Result<()> {
     );
 
     // The connection that carried the bad requests still works.
-    let answer = conn.produce(produce_version, TOPIC, 0, batch(&[b"raw-3"])?)?;
+    let answer = conn.produce(produce_version, TOPIC, 0, record_batch(&[b"raw-3"])?)?;
     ensure!(
         answer.error_code == 0 && answer.base_offset == 3,
         "produce after rejected requests answered error {} base offset {}",
@@ -350,41 +347,6 @@ fn pick_version(versions: &ApiVersionsResponse, key: i16, lo: i16, hi: i16) -> R
         api.max_version
     );
     Ok(version)
-}
-
-/// A v2 record batch, uncompressed, one record per value.
-fn batch(values: &[&[u8]]) -> Result<Bytes> {
-    let now = i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis())?;
-    let records: Vec<Record> = values
-        .iter()
-        .enumerate()
-        .map(|(i, value)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: -1,
-            timestamp: now,
-            key: Some(Bytes::from(format!("key-{i}"))),
-            value: Some(Bytes::copy_from_slice(value)),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .context("encode record batch")?;
-    Ok(buf.freeze())
 }
 
 fn topic_name(name: &str) -> TopicName {

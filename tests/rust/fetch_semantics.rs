@@ -22,7 +22,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::{Buf, Bytes, BytesMut};
@@ -40,9 +40,7 @@ use kafka_protocol::messages::{
     MetadataResponse, ProduceRequest, ProduceResponse, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Record, RecordBatchDecoder};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Generous upper bound for "answers promptly" (the machine is shared).
@@ -85,12 +83,12 @@ fn inside_batch(addr: SocketAddr) -> Result<()> {
     let mut conn = Conn::connect(addr)?;
     let first: Vec<String> = (0..10).map(|i| format!("first-{i}")).collect();
     let second: Vec<String> = (0..5).map(|i| format!("second-{i}")).collect();
-    let answer = conn.produce_one("inside", 0, batch_of(&first)?)?;
+    let answer = conn.produce_one("inside", 0, record_batch(&first)?)?;
     ensure!(
         answer.error_code == NONE && answer.base_offset == 0,
         "first batch answered {answer:?}"
     );
-    let answer = conn.produce_one("inside", 0, batch_of(&second)?)?;
+    let answer = conn.produce_one("inside", 0, record_batch(&second)?)?;
     ensure!(
         answer.error_code == NONE && answer.base_offset == 10,
         "second batch answered {answer:?}"
@@ -156,7 +154,7 @@ fn across_partitions(addr: SocketAddr) -> Result<()> {
         let values: Vec<String> = (0..100)
             .map(|i| format!("p{p}-{i:04}-{}", "x".repeat(990)))
             .collect();
-        let answer = conn.produce_one("across", p, batch_of(&values)?)?;
+        let answer = conn.produce_one("across", p, record_batch(&values)?)?;
         ensure!(
             answer.error_code == NONE,
             "produce to partition {p}: {answer:?}"
@@ -206,7 +204,7 @@ fn fill_limits_topic(conn: &mut Conn) -> Result<usize> {
             let values: Vec<String> = (0..10)
                 .map(|i| format!("p{p}-b{b}-r{i}-{}", "y".repeat(90)))
                 .collect();
-            let bytes = batch_of(&values)?;
+            let bytes = record_batch(&values)?;
             batch_len = batch_len.max(bytes.len());
             let answer = conn.produce_one(LIMITS_TOPIC, p, bytes)?;
             ensure!(
@@ -360,7 +358,7 @@ async fn fetch_min_bytes_and_long_poll() -> Result<()> {
 
 fn min_bytes_and_long_poll(addr: SocketAddr) -> Result<()> {
     let mut conn = Conn::connect(addr)?;
-    let answer = conn.produce_one("wait", 0, batch_of(&["w-0"])?)?;
+    let answer = conn.produce_one("wait", 0, record_batch(&["w-0"])?)?;
     ensure!(
         answer.error_code == NONE && answer.base_offset == 0,
         "{answer:?}"
@@ -414,7 +412,7 @@ fn min_bytes_and_long_poll(addr: SocketAddr) -> Result<()> {
     let producer = std::thread::spawn(move || -> Result<PartitionProduceResponse> {
         std::thread::sleep(Duration::from_millis(500));
         let mut other = Conn::connect(addr)?;
-        other.produce_one("wait", 0, batch_of(&["w-1"])?)
+        other.produce_one("wait", 0, record_batch(&["w-1"])?)
     });
     let started = Instant::now();
     let response = conn.fetch(&[("wait", &[(0, 1)])], MIB, MIB, 1, 10_000)?;
@@ -451,7 +449,7 @@ async fn fetch_offset_out_of_range() -> Result<()> {
 
 fn offset_out_of_range(addr: SocketAddr) -> Result<()> {
     let mut conn = Conn::connect(addr)?;
-    let answer = conn.produce_one("range", 0, batch_of(&["a", "b", "c"])?)?;
+    let answer = conn.produce_one("range", 0, record_batch(&["a", "b", "c"])?)?;
     ensure!(answer.error_code == NONE, "{answer:?}");
 
     for offset in [3 + 5, -1, -5] {
@@ -517,7 +515,7 @@ async fn list_offsets_earliest_latest_and_unknown_topic() -> Result<()> {
 fn list_offsets(addr: SocketAddr) -> Result<()> {
     let mut conn = Conn::connect(addr)?;
     let values: Vec<String> = (0..7).map(|i| format!("lo-{i}")).collect();
-    let answer = conn.produce_one("lo-full", 0, batch_of(&values)?)?;
+    let answer = conn.produce_one("lo-full", 0, record_batch(&values)?)?;
     ensure!(answer.error_code == NONE, "{answer:?}");
 
     let (lo, hi) = conn.version_range(ApiKey::ListOffsets)?;
@@ -595,8 +593,8 @@ async fn produce_bad_crc_fails_only_its_partition() -> Result<()> {
 
 fn bad_crc_one_partition(addr: SocketAddr) -> Result<()> {
     let mut conn = Conn::connect(addr)?;
-    let good = batch_of(&["good-0", "good-1", "good-2"])?;
-    let mut corrupt = BytesMut::from(&batch_of(&["bad-0", "bad-1"])?[..]);
+    let good = record_batch(&["good-0", "good-1", "good-2"])?;
+    let mut corrupt = BytesMut::from(&record_batch(&["bad-0", "bad-1"])?[..]);
     // Batch header: baseOffset(8) length(4) leaderEpoch(4) magic(1) crc(4).
     corrupt[18] ^= 0x5A;
     let request = produce_request(1, "crc", vec![(0, good), (1, corrupt.freeze())]);
@@ -650,7 +648,7 @@ async fn produce_acks_zero_gets_no_answer() -> Result<()> {
 fn acks_zero(addr: SocketAddr) -> Result<()> {
     let mut conn = Conn::connect(addr)?;
     let version = conn.version(ApiKey::Produce, 3, 11)?;
-    let request = produce_request(0, "acks0", vec![(0, batch_of(&["z-0", "z-1"])?)]);
+    let request = produce_request(0, "acks0", vec![(0, record_batch(&["z-0", "z-1"])?)]);
     let produce_id = conn.send(&request, version)?;
     let versions_id = conn.send(&ApiVersionsRequest::default(), 0)?;
     let mut frame = read_frame(&mut conn.stream)?;
@@ -704,7 +702,7 @@ fn pipelined_produce(addr: SocketAddr) -> Result<()> {
     let mut ids = Vec::new();
     for i in 0..N {
         let values = [format!("pipe-{i}-a"), format!("pipe-{i}-b")];
-        let request = produce_request(-1, "pipeline", vec![(0, batch_of(&values)?)]);
+        let request = produce_request(-1, "pipeline", vec![(0, record_batch(&values)?)]);
         ids.push(conn.send(&request, version)?);
     }
     let mut bases = Vec::new();
@@ -922,55 +920,6 @@ fn read_uvarint(buf: &mut Bytes) -> Result<u32> {
 }
 
 // ------------------------------------------------------------ record batches
-
-fn now_ms() -> Result<i64> {
-    Ok(i64::try_from(
-        SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis(),
-    )?)
-}
-
-/// A v2 record batch, uncompressed, one record per value.
-fn batch_of<S: AsRef<str>>(values: &[S]) -> Result<Bytes> {
-    let now = now_ms()?;
-    let records: Vec<Record> = values
-        .iter()
-        .enumerate()
-        .map(|(i, value)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // kafka-protocol starts a new batch wherever offset - sequence
-            // changes; this keeps one batch with base sequence -1.
-            sequence: i as i32 - 1,
-            timestamp: now,
-            key: Some(Bytes::from(format!("key-{i}"))),
-            value: Some(Bytes::copy_from_slice(value.as_ref().as_bytes())),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .context("encode record batch")?;
-    let length = i32::from_be_bytes(buf[8..12].try_into()?);
-    ensure!(
-        usize::try_from(length)? + 12 == buf.len(),
-        "{} values were encoded as more than one batch",
-        values.len()
-    );
-    Ok(buf.freeze())
-}
 
 /// One complete batch from a fetch answer.
 struct FetchedBatch {

@@ -539,3 +539,55 @@ pub async fn ensure_no_rebalance(
     }
     Ok(())
 }
+
+/// A v2 record batch, uncompressed, one record per value (keys `key-{i}`,
+/// timestamps now), always exactly one batch.
+pub fn record_batch<V: AsRef<[u8]>>(values: &[V]) -> Result<bytes::Bytes> {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )?;
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // kafka-protocol starts a new batch wherever offset - sequence
+            // changes; this keeps one batch with base sequence -1.
+            sequence: i as i32 - 1,
+            timestamp: now,
+            key: Some(bytes::Bytes::from(format!("key-{i}"))),
+            value: Some(bytes::Bytes::copy_from_slice(value.as_ref())),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .context("encode record batch")?;
+    let length = i32::from_be_bytes(buf[8..12].try_into()?);
+    if usize::try_from(length)? + 12 != buf.len() {
+        bail!(
+            "{} values were encoded as more than one batch",
+            values.len()
+        );
+    }
+    Ok(buf.freeze())
+}
