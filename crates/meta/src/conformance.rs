@@ -172,16 +172,10 @@ fn pbatch(
             producer_id: producer.0,
             producer_epoch: producer.1,
             base_sequence,
-            last_sequence: kafka_sequence_add(base_sequence, count - 1),
+            last_sequence: tributary_protocol::sequence::add(base_sequence, count - 1),
         }),
         ..batch(topic_id, partition, byte_start, 50, i64::from(count), 0)
     }
-}
-
-/// `seq + n` wrapping from `i32::MAX` to 0, as Kafka does.
-fn kafka_sequence_add(seq: i32, n: i32) -> i32 {
-    let modulus = i64::from(i32::MAX) + 1;
-    i32::try_from((i64::from(seq) + i64::from(n)) % modulus).expect("below modulus")
 }
 
 fn segment(key: &str, batches: Vec<PendingBatch>) -> SegmentCommit {

@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod request;
+pub mod sequence;
 
 pub use batch::{
     count_records, crc32c, first_offset_at_or_after_timestamp, parse_header, set_base_offset,

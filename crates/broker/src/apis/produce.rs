@@ -13,6 +13,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use tributary_meta::{BatchOutcome, ProducerBatch, TopicMeta};
 use tributary_protocol::batch::{set_log_append_time, split_batches, BatchError, BatchView};
+use tributary_protocol::sequence;
 use tributary_storage::{AppendBatch, AppendReceiver, WriteError};
 
 use super::str_bytes;
@@ -302,7 +303,7 @@ fn append_batch(b: &BatchView) -> AppendBatch {
         producer_id: h.producer_id,
         producer_epoch: h.producer_epoch,
         base_sequence: h.base_sequence,
-        last_sequence: last_sequence(h.base_sequence, h.last_offset_delta),
+        last_sequence: sequence::last_of_batch(h.base_sequence, h.last_offset_delta),
     });
     AppendBatch {
         bytes: b.bytes.clone(),
@@ -311,27 +312,5 @@ fn append_batch(b: &BatchView) -> AppendBatch {
         first_timestamp: h.base_timestamp,
         max_timestamp: h.max_timestamp,
         producer,
-    }
-}
-
-/// Kafka's sequence arithmetic: sequences wrap from i32::MAX to 0.
-fn last_sequence(base: i32, delta: i32) -> i32 {
-    if base > i32::MAX - delta {
-        delta - (i32::MAX - base) - 1
-    } else {
-        base + delta
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sequences_wrap_like_kafka() {
-        assert_eq!(last_sequence(0, 4), 4);
-        assert_eq!(last_sequence(i32::MAX, 0), i32::MAX);
-        assert_eq!(last_sequence(i32::MAX, 1), 0);
-        assert_eq!(last_sequence(i32::MAX - 1, 3), 1);
     }
 }

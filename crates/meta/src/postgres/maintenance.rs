@@ -18,63 +18,30 @@
 use std::collections::{BTreeSet, HashSet};
 
 use async_trait::async_trait;
+use deadpool_postgres::Transaction;
 use tracing::warn;
 use uuid::Uuid;
 
-use crate::postgres::{
-    begin_read, begin_write, entries_from_rows, execute, i64_arg, insert_entries, query, query_one,
-    query_opt, require_partition, u64_col, PartitionRow, Step, SQL_ENTRIES_FROM, SQL_NOW_MS,
+use super::conn::PostgresStore;
+use super::error::Step;
+use super::rows::{
+    entries_from_rows, insert_entries, mark_dead_if_unused, require_partition, SQL_ENTRIES_FROM,
 };
-use crate::sqlite_maintenance::check_replace;
+use super::sql::{
+    begin_read, begin_write, execute, i64_arg, query, query_one, query_opt, u64_col, SQL_NOW_MS,
+};
+use crate::rules::compaction::{self, CandidateRun};
+use crate::rules::retention::RetentionWalk;
+use crate::rules::PartitionRow;
 use crate::{
-    CommitDeadline, DeadSegment, IndexEntry, MaintenanceStore, MetaError, PartitionOffsets,
-    PostgresStore, Result,
+    CommitDeadline, DeadSegment, IndexEntry, MaintenanceStore, MetaError, PartitionOffsets, Result,
 };
-use deadpool_postgres::Transaction;
 
 /// Entries per page when walking a partition's index.
 const PAGE: i64 = 512;
 
 /// Keys per `= ANY($1)` lookup in [`MaintenanceStore::unknown_segments`].
 const KEYS_PER_LOOKUP: usize = 1000;
-
-/// Mark each of `keys` dead at `now_ms` if it is alive and no index entry
-/// points into it any more. Returns the keys that became dead, sorted.
-pub(crate) async fn mark_dead_if_unused<'a>(
-    tx: &Transaction<'_>,
-    keys: impl IntoIterator<Item = &'a str>,
-    now_ms: i64,
-) -> Step<Vec<String>> {
-    let keys: Vec<String> = keys
-        .into_iter()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
-    query(
-        tx,
-        "SELECT key FROM segments WHERE key = ANY($1) ORDER BY key FOR UPDATE",
-        &[&keys],
-    )
-    .await?;
-    let mut dead = query(
-        tx,
-        "UPDATE segments SET dead_since_ms = $2 \
-         WHERE key = ANY($1) AND dead_since_ms IS NULL \
-           AND NOT EXISTS (SELECT 1 FROM index_entries WHERE segment_key = segments.key) \
-         RETURNING key",
-        &[&keys, &now_ms],
-    )
-    .await?
-    .iter()
-    .map(|r| r.try_get::<_, String>(0))
-    .collect::<std::result::Result<Vec<_>, _>>()?;
-    dead.sort();
-    Ok(dead)
-}
 
 /// Delete the index rows of a partition wholly below `offset`; returns how
 /// many went and the segments they pointed into.
@@ -113,7 +80,7 @@ async fn entries_page(
 }
 
 /// The log start retention leaves a partition at (see
-/// [`MaintenanceStore::apply_retention`]). A negative limit is disabled.
+/// [`MaintenanceStore::apply_retention`] and [`RetentionWalk`]).
 async fn retention_log_start(
     tx: &Transaction<'_>,
     topic_id: Uuid,
@@ -123,29 +90,26 @@ async fn retention_log_start(
     retention_ms: i64,
     retention_bytes: i64,
 ) -> Step<PartitionOffsets> {
-    let mut log_start = p.log_start_offset;
-    let cutoff = (retention_ms >= 0).then(|| now_ms.saturating_sub(retention_ms));
-    let limit_bytes = (retention_bytes >= 0).then_some(retention_bytes);
-    let unchanged = |log_start| PartitionOffsets {
-        log_start_offset: log_start,
+    let offsets = |log_start_offset| PartitionOffsets {
+        log_start_offset,
         next_offset: p.next_offset,
     };
-    if cutoff.is_none() && limit_bytes.is_none() {
-        return Ok(unchanged(log_start));
-    }
-    // Bytes of the entries still visible (at or after the log start).
-    let mut bytes_left: i64 = match limit_bytes {
-        Some(_) => query_one(
+    let Some(mut walk) =
+        RetentionWalk::new(p.log_start_offset, now_ms, retention_ms, retention_bytes)
+    else {
+        return Ok(offsets(p.log_start_offset));
+    };
+    if walk.needs_visible_bytes() {
+        let visible: i64 = query_one(
             tx,
             "SELECT CAST(COALESCE(SUM(byte_len), 0) AS BIGINT) FROM index_entries \
              WHERE topic_id = $1 AND partition_index = $2 AND last_offset >= $3",
-            &[&topic_id, &partition, &log_start],
+            &[&topic_id, &partition, &walk.from_offset()],
         )
         .await?
-        .try_get(0)?,
-        None => 0,
-    };
-    // The newest entry is always kept.
+        .try_get(0)?;
+        walk = walk.with_visible_bytes(visible);
+    }
     let newest: Option<i64> = query_opt(
         tx,
         "SELECT last_offset FROM index_entries \
@@ -156,26 +120,18 @@ async fn retention_log_start(
     .await?
     .map(|r| r.try_get(0))
     .transpose()?;
-    let mut from = log_start;
+    let mut from = walk.from_offset();
     loop {
         let page = entries_page(tx, topic_id, partition, from).await?;
         let full = i64::try_from(page.len()).unwrap_or(i64::MAX) >= PAGE;
         for entry in &page {
-            if Some(entry.last_offset) == newest {
-                return Ok(unchanged(log_start));
+            if !walk.step(entry, Some(entry.last_offset) == newest) {
+                return Ok(offsets(walk.log_start()));
             }
-            let len = i64::try_from(entry.byte_len).unwrap_or(i64::MAX);
-            bytes_left = bytes_left.saturating_sub(len);
-            let expired = cutoff.is_some_and(|c| entry.max_timestamp < c);
-            let too_big = limit_bytes.is_some_and(|limit| bytes_left > limit);
-            if !(expired || too_big) {
-                return Ok(unchanged(log_start));
-            }
-            log_start = log_start.max(entry.last_offset + 1);
         }
         match page.last() {
             Some(last) if full => from = last.last_offset.saturating_add(1),
-            _ => return Ok(unchanged(log_start)),
+            _ => return Ok(offsets(walk.log_start())),
         }
     }
 }
@@ -269,15 +225,16 @@ async fn replace_entries_tx(
             &[&topic_id, &partition, &e.base_offset],
         )
         .await?;
-        let unchanged = match row {
-            Some(r) => {
-                r.try_get::<_, i64>(0)? == e.last_offset
-                    && r.try_get::<_, String>(1)? == e.segment_key
-                    && u64_col(&r, 2, "byte_start")? == e.byte_start
-                    && u64_col(&r, 3, "byte_len")? == e.byte_len
-            }
-            None => false,
+        let found = match &row {
+            Some(r) => Some((
+                r.try_get::<_, i64>(0)?,
+                r.try_get::<_, &str>(1)?,
+                u64_col(r, 2, "byte_start")?,
+                u64_col(r, 3, "byte_len")?,
+            )),
+            None => None,
         };
+        let unchanged = compaction::unchanged(e, found);
         if !unchanged {
             return Ok(false);
         }
@@ -295,7 +252,7 @@ async fn replace_entries_tx(
     }
 
     // Running max of the partition just before the replaced range.
-    let mut running: i64 = query_opt(
+    let running_before: i64 = query_opt(
         tx,
         "SELECT running_max_timestamp FROM index_entries \
          WHERE topic_id = $1 AND partition_index = $2 AND base_offset < $3 \
@@ -315,11 +272,7 @@ async fn replace_entries_tx(
         &[&topic_id, &partition, &bases],
     )
     .await?;
-    let mut with_running = Vec::with_capacity(new.len());
-    for e in new {
-        running = running.max(e.max_timestamp);
-        with_running.push((e, running));
-    }
+    let (with_running, running) = compaction::with_running_max(new, running_before);
     insert_entries(tx, with_running).await?;
     // The new entries cover the same records, so their max timestamps should
     // not exceed the old ones; if they do, keep the running max monotone
@@ -345,7 +298,7 @@ async fn replace_entries_tx(
 }
 
 /// The first run of at least two consecutive small entries (see
-/// [`MaintenanceStore::compaction_candidates`]).
+/// [`MaintenanceStore::compaction_candidates`] and [`CandidateRun`]).
 async fn compaction_candidates_tx(
     tx: &Transaction<'_>,
     topic_id: Uuid,
@@ -355,47 +308,25 @@ async fn compaction_candidates_tx(
     limit: usize,
 ) -> Step<Vec<IndexEntry>> {
     let p = require_partition(tx, topic_id, partition, false).await?;
-    let mut run: Vec<IndexEntry> = Vec::new();
-    if limit < 2 {
-        return Ok(run);
+    let mut run = CandidateRun::new(small_entry_bytes, max_total_bytes, limit);
+    if !run.is_possible() {
+        return Ok(Vec::new());
     }
-    let mut run_bytes = 0u64;
     let mut from = p.log_start_offset;
     loop {
         let page = entries_page(tx, topic_id, partition, from).await?;
         let full = i64::try_from(page.len()).unwrap_or(i64::MAX) >= PAGE;
         let next_from = page.last().map(|e| e.last_offset.saturating_add(1));
         for entry in page {
-            let small = entry.byte_len < small_entry_bytes && entry.byte_len <= max_total_bytes;
-            let fits = run.len() < limit
-                && run_bytes
-                    .checked_add(entry.byte_len)
-                    .is_some_and(|total| total <= max_total_bytes);
-            if small && fits {
-                run_bytes += entry.byte_len;
-                run.push(entry);
-                continue;
-            }
-            if run.len() >= 2 {
-                return Ok(run);
-            }
-            // A run of one merges with nothing: look further.
-            run.clear();
-            run_bytes = 0;
-            if small {
-                run_bytes = entry.byte_len;
-                run.push(entry);
+            if !run.step(entry) {
+                return Ok(run.finish());
             }
         }
         match next_from {
             Some(next) if full => from = next,
-            _ => break,
+            _ => return Ok(run.finish()),
         }
     }
-    if run.len() < 2 {
-        run.clear();
-    }
-    Ok(run)
 }
 
 #[async_trait]
@@ -650,7 +581,7 @@ impl MaintenanceStore for PostgresStore {
         now_ms: i64,
         deadline: Option<CommitDeadline>,
     ) -> Result<bool> {
-        if !check_replace(old, new_key, new_size, new)? {
+        if !compaction::check_replace(old, new_key, new_size, new)? {
             return Ok(false);
         }
         let new_size = i64_arg(new_size, "segment size")?;

@@ -21,10 +21,14 @@ use rusqlite::{params, params_from_iter, OptionalExtension, Transaction};
 use tracing::warn;
 use uuid::Uuid;
 
-use crate::sqlite::{entry_from_row, require_partition, PartitionRow, Step, SQL_ENTRIES_FROM};
+use super::conn::SqliteStore;
+use super::error::Step;
+use super::rows::{entry_from_row, mark_dead_if_unused, require_partition, SQL_ENTRIES_FROM};
+use crate::rules::compaction::{self, CandidateRun};
+use crate::rules::retention::RetentionWalk;
+use crate::rules::PartitionRow;
 use crate::{
     CommitDeadline, DeadSegment, IndexEntry, MaintenanceStore, MetaError, PartitionOffsets, Result,
-    SqliteStore,
 };
 
 /// Keys per `IN (...)` lookup in [`MaintenanceStore::unknown_segments`]
@@ -34,31 +38,10 @@ const KEYS_PER_LOOKUP: usize = 256;
 /// Dead segments, oldest first: a range seek on the partial index
 /// `segments_by_dead` (the primary key `key` is part of every index entry of
 /// a `WITHOUT ROWID` table, so the order needs no sort).
-pub(crate) const SQL_DEAD_SEGMENTS: &str = "SELECT key, size, dead_since_ms FROM segments \
+pub(super) const SQL_DEAD_SEGMENTS: &str = "SELECT key, size, dead_since_ms FROM segments \
      INDEXED BY segments_by_dead \
      WHERE dead_since_ms IS NOT NULL AND dead_since_ms <= ?1 \
      ORDER BY dead_since_ms, key LIMIT ?2";
-
-/// Mark each of `keys` dead at `now_ms` if it is alive and no index entry
-/// points into it any more. Returns the keys that became dead, in order.
-pub(crate) fn mark_dead_if_unused<'a>(
-    tx: &Transaction<'_>,
-    keys: impl IntoIterator<Item = &'a str>,
-    now_ms: i64,
-) -> rusqlite::Result<Vec<String>> {
-    let mut stmt = tx.prepare_cached(
-        "UPDATE segments SET dead_since_ms = ?2 \
-         WHERE key = ?1 AND dead_since_ms IS NULL \
-           AND NOT EXISTS (SELECT 1 FROM index_entries WHERE segment_key = ?1)",
-    )?;
-    let mut dead = Vec::new();
-    for key in keys.into_iter().collect::<BTreeSet<_>>() {
-        if stmt.execute(params![key, now_ms])? > 0 {
-            dead.push(key.to_owned());
-        }
-    }
-    Ok(dead)
-}
 
 /// Delete the index rows of a partition wholly below `offset`; returns how
 /// many went and the segments they pointed into.
@@ -84,7 +67,7 @@ fn delete_entries_below(
 }
 
 /// The log start retention leaves a partition at (see
-/// [`MaintenanceStore::apply_retention`]). A negative limit is disabled.
+/// [`MaintenanceStore::apply_retention`] and [`RetentionWalk`]).
 fn retention_log_start(
     tx: &Transaction<'_>,
     topic_id: Uuid,
@@ -94,52 +77,40 @@ fn retention_log_start(
     retention_ms: i64,
     retention_bytes: i64,
 ) -> Step<PartitionOffsets> {
-    let mut log_start = p.log_start_offset;
-    let cutoff = (retention_ms >= 0).then(|| now_ms.saturating_sub(retention_ms));
-    let limit_bytes = (retention_bytes >= 0).then_some(retention_bytes);
-    if cutoff.is_none() && limit_bytes.is_none() {
-        return Ok(PartitionOffsets {
-            log_start_offset: log_start,
-            next_offset: p.next_offset,
-        });
-    }
-    // Bytes of the entries still visible (at or after the log start).
-    let mut bytes_left: i64 = match limit_bytes {
-        Some(_) => tx
+    let offsets = |log_start_offset| PartitionOffsets {
+        log_start_offset,
+        next_offset: p.next_offset,
+    };
+    let Some(mut walk) =
+        RetentionWalk::new(p.log_start_offset, now_ms, retention_ms, retention_bytes)
+    else {
+        return Ok(offsets(p.log_start_offset));
+    };
+    if walk.needs_visible_bytes() {
+        let visible: i64 = tx
             .prepare_cached(
                 "SELECT COALESCE(SUM(byte_len), 0) FROM index_entries \
                  WHERE topic_id = ?1 AND partition_index = ?2 AND last_offset >= ?3",
             )?
-            .query_row(params![topic_id.as_bytes(), partition, log_start], |r| {
-                r.get(0)
-            })?,
-        None => 0,
-    };
+            .query_row(
+                params![topic_id.as_bytes(), partition, walk.from_offset()],
+                |r| r.get(0),
+            )?;
+        walk = walk.with_visible_bytes(visible);
+    }
     let mut stmt = tx.prepare_cached(SQL_ENTRIES_FROM)?;
     let mut rows = stmt
         .query_map(
-            params![topic_id.as_bytes(), partition, log_start, i64::MAX],
+            params![topic_id.as_bytes(), partition, walk.from_offset(), i64::MAX],
             entry_from_row,
         )?
         .peekable();
     while let Some(entry) = rows.next() {
-        let entry = entry?;
-        if rows.peek().is_none() {
-            break; // the newest entry is always kept
-        }
-        let len = i64::try_from(entry.byte_len).unwrap_or(i64::MAX);
-        bytes_left = bytes_left.saturating_sub(len);
-        let expired = cutoff.is_some_and(|c| entry.max_timestamp < c);
-        let too_big = limit_bytes.is_some_and(|limit| bytes_left > limit);
-        if !(expired || too_big) {
+        if !walk.step(&entry?, rows.peek().is_none()) {
             break;
         }
-        log_start = log_start.max(entry.last_offset + 1);
     }
-    Ok(PartitionOffsets {
-        log_start_offset: log_start,
-        next_offset: p.next_offset,
-    })
+    Ok(offsets(walk.log_start()))
 }
 
 fn apply_retention_tx(
@@ -202,83 +173,6 @@ fn drop_expired_entries_tx(tx: &Transaction<'_>, now_ms: i64) -> Step<u64> {
     Ok(removed)
 }
 
-/// Checks of a replace request that do not need the database. `Err` for
-/// requests no state of the store could make valid.
-pub(crate) fn validate_replace(
-    old: &[IndexEntry],
-    new_key: &str,
-    new_size: u64,
-    new: &[IndexEntry],
-) -> Result<()> {
-    let invalid =
-        |what: &str| MetaError::InvalidArgument(format!("replace entries {what} key={new_key}"));
-    let Some(first) = old.first() else {
-        return Err(invalid("without old entries"));
-    };
-    if i64::try_from(new_size).is_err() {
-        return Err(invalid("size too large"));
-    }
-    if old
-        .iter()
-        .any(|e| e.topic_id != first.topic_id || e.partition != first.partition)
-    {
-        return Err(invalid("old entries span partitions"));
-    }
-    for e in new {
-        if e.topic_id != first.topic_id || e.partition != first.partition {
-            return Err(invalid("new entry of another partition"));
-        }
-        if e.segment_key != new_key {
-            return Err(invalid("new entry points into another segment"));
-        }
-        let end = e.byte_start.checked_add(e.byte_len);
-        if end.is_none_or(|end| end > new_size) {
-            return Err(invalid("new entry byte range past the segment end"));
-        }
-    }
-    Ok(())
-}
-
-/// Whether `entries` are non-empty, each well-formed, and together cover
-/// `from ..= to` contiguously.
-/// The checks every backend's `replace_entries` makes before touching the
-/// store: `Err` for malformed input, `Ok(false)` when `old` and `new` do not
-/// cover exactly the same offsets (the swap is refused), `Ok(true)` to go on.
-pub(crate) fn check_replace(
-    old: &[IndexEntry],
-    new_key: &str,
-    new_size: u64,
-    new: &[IndexEntry],
-) -> Result<bool> {
-    validate_replace(old, new_key, new_size, new)?;
-    let (Some(first), Some(last)) = (old.first(), old.last()) else {
-        return Ok(false);
-    };
-    if !covers_exactly(old, first.base_offset, last.last_offset)
-        || !covers_exactly(new, first.base_offset, last.last_offset)
-    {
-        warn!(
-            segment = %new_key,
-            from = first.base_offset,
-            to = last.last_offset,
-            "replace entries refused: old or new entries do not cover the range exactly"
-        );
-        return Ok(false);
-    }
-    Ok(true)
-}
-
-pub(crate) fn covers_exactly(entries: &[IndexEntry], from: i64, to: i64) -> bool {
-    let mut next = from;
-    for e in entries {
-        if e.base_offset != next || e.last_offset < e.base_offset {
-            return false;
-        }
-        next = e.last_offset.saturating_add(1);
-    }
-    !entries.is_empty() && next.checked_sub(1) == Some(to)
-}
-
 fn replace_entries_tx(
     tx: &Transaction<'_>,
     old: &[IndexEntry],
@@ -309,12 +203,10 @@ fn replace_entries_tx(
                 ))
             })
             .optional()?;
-        let unchanged = row.is_some_and(|(last_offset, key, byte_start, byte_len)| {
-            last_offset == e.last_offset
-                && key == e.segment_key
-                && byte_start == e.byte_start
-                && byte_len == e.byte_len
-        });
+        let found = row
+            .as_ref()
+            .map(|(last, key, start, len)| (*last, key.as_str(), *start, *len));
+        let unchanged = compaction::unchanged(e, found);
         if !unchanged {
             return Ok(false);
         }
@@ -331,7 +223,7 @@ fn replace_entries_tx(
     }
 
     // Running max of the partition just before the replaced range.
-    let mut running: i64 = tx
+    let running_before: i64 = tx
         .prepare_cached(
             "SELECT running_max_timestamp FROM index_entries \
              WHERE topic_id = ?1 AND partition_index = ?2 AND base_offset < ?3 \
@@ -353,8 +245,8 @@ fn replace_entries_tx(
          segment_key, byte_start, byte_len, max_timestamp, running_max_timestamp) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    for e in new {
-        running = running.max(e.max_timestamp);
+    let (new, running) = compaction::with_running_max(new, running_before);
+    for (e, running) in new {
         insert.execute(params![
             id,
             partition,
@@ -387,7 +279,7 @@ fn replace_entries_tx(
 }
 
 /// The first run of at least two consecutive small entries (see
-/// [`MaintenanceStore::compaction_candidates`]).
+/// [`MaintenanceStore::compaction_candidates`] and [`CandidateRun`]).
 fn compaction_candidates_tx(
     tx: &Transaction<'_>,
     topic_id: Uuid,
@@ -397,43 +289,21 @@ fn compaction_candidates_tx(
     limit: usize,
 ) -> Step<Vec<IndexEntry>> {
     let p = require_partition(tx, topic_id, partition)?;
-    let mut run: Vec<IndexEntry> = Vec::new();
-    if limit < 2 {
-        return Ok(run);
+    let mut run = CandidateRun::new(small_entry_bytes, max_total_bytes, limit);
+    if !run.is_possible() {
+        return Ok(Vec::new());
     }
-    let mut run_bytes = 0u64;
     let mut stmt = tx.prepare_cached(SQL_ENTRIES_FROM)?;
     let rows = stmt.query_map(
         params![topic_id.as_bytes(), partition, p.log_start_offset, i64::MAX],
         entry_from_row,
     )?;
     for entry in rows {
-        let entry = entry?;
-        let small = entry.byte_len < small_entry_bytes && entry.byte_len <= max_total_bytes;
-        let fits = run.len() < limit
-            && run_bytes
-                .checked_add(entry.byte_len)
-                .is_some_and(|total| total <= max_total_bytes);
-        if small && fits {
-            run_bytes += entry.byte_len;
-            run.push(entry);
-            continue;
-        }
-        if run.len() >= 2 {
-            return Ok(run);
-        }
-        // A run of one merges with nothing: look further.
-        run.clear();
-        run_bytes = 0;
-        if small {
-            run_bytes = entry.byte_len;
-            run.push(entry);
+        if !run.step(entry?) {
+            break;
         }
     }
-    if run.len() < 2 {
-        run.clear();
-    }
-    Ok(run)
+    Ok(run.finish())
 }
 
 #[async_trait]
@@ -639,7 +509,7 @@ impl MaintenanceStore for SqliteStore {
         now_ms: i64,
         deadline: Option<CommitDeadline>,
     ) -> Result<bool> {
-        if !check_replace(old, new_key, new_size, new)? {
+        if !compaction::check_replace(old, new_key, new_size, new)? {
             return Ok(false);
         }
         let old = old.to_vec();
@@ -664,7 +534,7 @@ mod tests {
     use rusqlite::Connection;
 
     use super::*;
-    use crate::sqlite::MIGRATIONS;
+    use crate::sqlite::schema::MIGRATIONS;
     use crate::{LogStore, PendingBatch, SegmentCommit, TopicStore};
 
     fn one_batch(key: &str, topic_id: Uuid, byte_len: u64, max_timestamp: i64) -> SegmentCommit {

@@ -9,20 +9,9 @@
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 
-use crate::{BrokerInfo, BrokerRegistry, MetaError, Result, SqliteStore};
-
-/// Oldest `last_seen_ms` that still counts as live: `now_ms - ttl_ms`,
-/// saturating instead of overflowing on extreme arguments.
-pub(crate) fn live_cutoff(now_ms: i64, ttl_ms: i64) -> i64 {
-    now_ms.saturating_sub(ttl_ms)
-}
-
-/// The error for a heartbeat whose node id a different live broker holds.
-pub(crate) fn id_in_use(node_id: i32, host: &str, port: i32) -> MetaError {
-    MetaError::InvalidArgument(format!(
-        "broker id {node_id} is already used by live broker {host}:{port}"
-    ))
-}
+use super::conn::SqliteStore;
+use crate::rules::registry::{live_cutoff, may_claim};
+use crate::{BrokerInfo, BrokerRegistry, Result};
 
 #[async_trait]
 impl BrokerRegistry for SqliteStore {
@@ -39,11 +28,12 @@ impl BrokerRegistry for SqliteStore {
                 .prepare_cached("SELECT host, port, last_seen_ms FROM brokers WHERE node_id = ?1")?
                 .query_row([info.node_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
-            if let Some((host, port, last_seen_ms)) = held {
-                if (host != info.host || port != info.port) && last_seen_ms >= cutoff {
-                    return Err(id_in_use(info.node_id, &host, port).into());
-                }
-            }
+            may_claim(
+                &info,
+                held.as_ref()
+                    .map(|(host, port, seen)| (host.as_str(), *port, *seen)),
+                cutoff,
+            )?;
             tx.prepare_cached(
                 "INSERT INTO brokers (node_id, host, port, rack, last_seen_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?5) \
@@ -98,7 +88,7 @@ mod tests {
     use rusqlite::Connection;
 
     use super::*;
-    use crate::sqlite::MIGRATIONS;
+    use crate::sqlite::schema::MIGRATIONS;
     use crate::TopicStore;
 
     /// A v2 database (before the registry) gains the `brokers` table and

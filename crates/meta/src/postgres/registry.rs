@@ -11,9 +11,12 @@
 
 use async_trait::async_trait;
 
-use crate::postgres::{begin_write, execute, query, query_one, query_opt, Step, SQL_NOW_MS};
-use crate::sqlite_registry::{id_in_use, live_cutoff};
-use crate::{BrokerInfo, BrokerRegistry, CommitFeed, MetaError, PostgresStore, Result};
+use super::conn::PostgresStore;
+use super::error::Step;
+use super::listen::spawn_commit_feed;
+use super::sql::{begin_write, execute, query, query_one, query_opt, SQL_NOW_MS};
+use crate::rules::registry::{id_contended, id_in_use, live_cutoff};
+use crate::{BrokerInfo, BrokerRegistry, CommitFeed, Result};
 
 /// How often a refused heartbeat looks for the holder before giving up
 /// (the holder can only vanish on databases that do not lock the row of a
@@ -74,13 +77,7 @@ impl BrokerRegistry for PostgresStore {
                     return Err(id_in_use(info.node_id, &host, port).into());
                 }
             }
-            Err::<(), _>(
-                MetaError::InvalidArgument(format!(
-                    "broker id {} is contended by other brokers",
-                    info.node_id
-                ))
-                .into(),
-            )
+            Err::<(), _>(id_contended(info.node_id).into())
         })
         .await
     }
@@ -125,7 +122,13 @@ impl BrokerRegistry for PostgresStore {
     }
 
     fn commit_feed(&self) -> Option<CommitFeed> {
-        self.spawn_commit_feed()
+        self.notify.then(|| {
+            spawn_commit_feed(
+                self.listen_config.clone(),
+                self.tls.clone(),
+                self.instance.clone(),
+            )
+        })
     }
 }
 
@@ -136,6 +139,7 @@ mod tests {
     use tributary_testkit::PgServer;
 
     use super::*;
+    use crate::MetaError;
 
     fn broker(node_id: i32, port: i32) -> BrokerInfo {
         BrokerInfo {

@@ -20,46 +20,43 @@ use tokio_postgres::AsyncMessage;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{debug, info, warn};
 
-use crate::{CommitFeed, PostgresStore, RemoteCommits};
+use crate::{CommitFeed, RemoteCommits};
 
 /// The channel segment commits are announced on.
-pub(crate) const COMMIT_CHANNEL: &str = "tributary_commits";
+pub(super) const COMMIT_CHANNEL: &str = "tributary_commits";
 
 /// Longest wait between reconnection attempts of the listener.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-impl PostgresStore {
-    /// Start the listener task; `None` when the database cannot notify.
-    pub(crate) fn spawn_commit_feed(&self) -> Option<CommitFeed> {
-        if !self.notify {
-            return None;
-        }
-        let (tx, rx) = watch::channel(RemoteCommits::default());
-        let config = self.listen_config.clone();
-        let tls = self.tls.clone();
-        let me = self.instance.clone();
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                tokio::select! {
-                    () = tx.closed() => return,
-                    ended = listen_once(&config, tls.clone(), &me, &tx) => {
-                        tx.send_modify(|s| s.listening = false);
-                        match ended {
-                            Ok(()) => backoff = Duration::from_millis(100),
-                            Err(e) => warn!(error = %e, "commit listener lost its connection; polling until it is back"),
-                        }
+/// Start the listener task on a connection of its own (`config`, `tls`);
+/// notifications from store `me` (this broker's) are skipped.
+pub(super) fn spawn_commit_feed(
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    me: String,
+) -> CommitFeed {
+    let (tx, rx) = watch::channel(RemoteCommits::default());
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                () = tx.closed() => return,
+                ended = listen_once(&config, tls.clone(), &me, &tx) => {
+                    tx.send_modify(|s| s.listening = false);
+                    match ended {
+                        Ok(()) => backoff = Duration::from_millis(100),
+                        Err(e) => warn!(error = %e, "commit listener lost its connection; polling until it is back"),
                     }
                 }
-                tokio::select! {
-                    () = tx.closed() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
-        });
-        Some(rx)
-    }
+            tokio::select! {
+                () = tx.closed() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    });
+    rx
 }
 
 /// One connection's life: connect, `LISTEN`, forward notifications until

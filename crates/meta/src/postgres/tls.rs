@@ -30,7 +30,7 @@ use crate::{MetaError, Result};
 
 /// libpq's `sslmode` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) enum TlsMode {
+pub(super) enum TlsMode {
     Disable,
     #[default]
     Prefer,
@@ -40,7 +40,7 @@ pub(crate) enum TlsMode {
 }
 
 impl TlsMode {
-    pub(crate) fn parse(value: &str) -> Result<Self> {
+    pub(super) fn parse(value: &str) -> Result<Self> {
         Ok(match value {
             "disable" => TlsMode::Disable,
             "allow" | "prefer" => TlsMode::Prefer,
@@ -57,7 +57,7 @@ impl TlsMode {
     }
 
     /// What `tokio-postgres` is told: whether TLS is tried and required.
-    pub(crate) fn ssl_mode(self) -> SslMode {
+    pub(super) fn ssl_mode(self) -> SslMode {
         match self {
             TlsMode::Disable => SslMode::Disable,
             TlsMode::Prefer => SslMode::Prefer,
@@ -68,7 +68,7 @@ impl TlsMode {
 
 /// The connector for `mode`, trusting the CA certificates in `root_cert`
 /// (a PEM file) or else the system's roots.
-pub(crate) fn connector(mode: TlsMode, root_cert: Option<&str>) -> Result<MakeRustlsConnect> {
+pub(super) fn connector(mode: TlsMode, root_cert: Option<&str>) -> Result<MakeRustlsConnect> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let check = match (mode, root_cert) {
         (TlsMode::Disable | TlsMode::Prefer, _) | (TlsMode::Require, None) => Check::Nothing,
