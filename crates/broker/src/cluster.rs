@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tributary_meta::{BrokerInfo, MetaError, MetadataStore};
+use tributary_meta::{BrokerInfo, BrokerRegistry, MetaError};
 use tributary_storage::Watermarks;
 use uuid::Uuid;
 
@@ -43,7 +43,7 @@ impl Default for ClusterConfig {
 /// This broker's view of the live brokers.
 pub struct Cluster {
     me: BrokerInfo,
-    meta: Arc<dyn MetadataStore>,
+    registry: Arc<dyn BrokerRegistry>,
     config: ClusterConfig,
     live: RwLock<Vec<BrokerInfo>>,
     /// When the last successful heartbeat started.
@@ -56,11 +56,15 @@ pub struct Cluster {
 pub type ChangeHook = Box<dyn Fn() + Send + Sync>;
 
 impl Cluster {
-    pub fn new(me: BrokerInfo, meta: Arc<dyn MetadataStore>, config: ClusterConfig) -> Arc<Self> {
+    pub fn new(
+        me: BrokerInfo,
+        registry: Arc<dyn BrokerRegistry>,
+        config: ClusterConfig,
+    ) -> Arc<Self> {
         let live = RwLock::new(vec![me.clone()]);
         Arc::new(Self {
             me,
-            meta,
+            registry,
             config,
             live,
             last_beat: Mutex::new(None),
@@ -76,11 +80,11 @@ impl Cluster {
     /// Announce this broker and refresh the live list once.
     pub async fn beat(&self) -> Result<(), MetaError> {
         let started = Instant::now();
-        let now = self.meta.clock_ms().await?;
+        let now = self.registry.clock_ms().await?;
         let ttl = self.config.ttl.as_millis() as i64;
-        self.meta.heartbeat_broker(&self.me, now, ttl).await?;
+        self.registry.heartbeat_broker(&self.me, now, ttl).await?;
         *self.last_beat.lock().unwrap_or_else(|e| e.into_inner()) = Some(started);
-        let mut live = self.meta.live_brokers(now, ttl).await?;
+        let mut live = self.registry.live_brokers(now, ttl).await?;
         if !live.iter().any(|b| b.node_id == self.me.node_id) {
             live.push(self.me.clone());
             live.sort_by_key(|b| b.node_id);
@@ -161,7 +165,7 @@ impl Cluster {
                     }
                 }
             }
-            if let Err(e) = this.meta.deregister_broker(this.me.node_id).await {
+            if let Err(e) = this.registry.deregister_broker(this.me.node_id).await {
                 tracing::warn!(error = %e, "deregistering this broker failed");
             }
         })
@@ -209,7 +213,7 @@ impl Cluster {
 /// auto`, for autoscaled brokers). The registry decides races: of two
 /// brokers trying one id, one gets it and the other moves on.
 pub async fn register_with_free_id(
-    meta: &dyn MetadataStore,
+    registry: &dyn BrokerRegistry,
     mut me: BrokerInfo,
     config: &ClusterConfig,
 ) -> Result<BrokerInfo, MetaError> {
@@ -217,8 +221,8 @@ pub async fn register_with_free_id(
     let ttl = config.ttl.as_millis() as i64;
     for id in 0..MAX_IDS {
         me.node_id = id;
-        let now = meta.clock_ms().await?;
-        match meta.heartbeat_broker(&me, now, ttl).await {
+        let now = registry.clock_ms().await?;
+        match registry.heartbeat_broker(&me, now, ttl).await {
             Ok(()) => return Ok(me),
             // Held by another live broker.
             Err(MetaError::InvalidArgument(_)) => continue,
@@ -234,11 +238,11 @@ pub async fn register_with_free_id(
 /// as the metadata store can push their commits (`None` when it cannot:
 /// fetches then poll at `fetch_poll_interval`). Ends at `stop`.
 pub fn follow_remote_commits(
-    meta: &dyn MetadataStore,
+    registry: &dyn BrokerRegistry,
     watermarks: Watermarks,
     stop: CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let mut feed = meta.commit_feed()?;
+    let mut feed = registry.commit_feed()?;
     Some(tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -393,10 +397,9 @@ mod registry_tests {
     /// the others can count it dead.
     #[tokio::test]
     async fn a_broker_cut_off_from_the_registry_stops_coordinating() {
-        let store: Arc<dyn MetadataStore> =
-            Arc::new(SqliteStore::open_in_memory().await.expect("sqlite"));
+        let store = Arc::new(SqliteStore::open_in_memory().await.expect("sqlite"));
         let cut = Arc::new(Partitioned(AtomicBool::new(false)));
-        let a_store: Arc<dyn MetadataStore> = Arc::new(FaultyMeta::new(store.clone(), cut.clone()));
+        let a_store = Arc::new(FaultyMeta::new(store.clone(), cut.clone()));
         let config = ClusterConfig {
             heartbeat_interval: Duration::from_millis(20),
             ttl: Duration::from_millis(200),
@@ -451,7 +454,7 @@ mod registry_tests {
             .await
             .expect("sqlite")
             .with_clock(Arc::new(ShiftedClock(hour)));
-        let store: Arc<dyn MetadataStore> = Arc::new(store);
+        let store = Arc::new(store);
         let a = Cluster::new(info(1), store.clone(), ClusterConfig::default());
         a.beat().await.expect("beat");
         let registry_now = store.clock_ms().await.expect("clock");

@@ -19,7 +19,7 @@ pub mod topics;
 
 use std::sync::Arc;
 
-use tributary_meta::MetadataStore;
+use tributary_meta::{LogStore, Stores, TopicStore};
 use tributary_storage::{Fetcher, SegmentWriter, Watermarks};
 
 pub use config::BrokerConfig;
@@ -27,7 +27,11 @@ pub use config::BrokerConfig;
 /// Everything a request handler needs. Shared by all connections.
 pub struct Broker {
     pub config: BrokerConfig,
-    pub meta: Arc<dyn MetadataStore>,
+    /// Topics and their configs (admin APIs, Metadata).
+    pub topic_store: Arc<dyn TopicStore>,
+    /// Log boundaries and producer ids (ListOffsets, DeleteRecords,
+    /// InitProducerId).
+    pub log: Arc<dyn LogStore>,
     pub writer: SegmentWriter,
     pub fetcher: Fetcher,
     pub watermarks: Watermarks,
@@ -45,13 +49,17 @@ impl Broker {
     /// Assemble a broker from its parts.
     pub fn new(
         config: BrokerConfig,
-        meta: Arc<dyn MetadataStore>,
+        meta: &Stores,
         writer: SegmentWriter,
         fetcher: Fetcher,
         watermarks: Watermarks,
         cluster: Arc<cluster::Cluster>,
     ) -> Arc<Self> {
-        let groups = groups::GroupCoordinator::new(meta.clone(), config.groups.clone());
+        let groups = groups::GroupCoordinator::new(
+            meta.groups.clone(),
+            meta.topics.clone(),
+            config.groups.clone(),
+        );
         let owner = cluster.clone();
         groups.set_owner_check(
             cluster.me().node_id,
@@ -65,12 +73,13 @@ impl Broker {
                 groups.release_moved_groups();
             }
         }));
-        let topics = topics::TopicCache::new(meta.clone());
+        let topics = topics::TopicCache::new(meta.topics.clone());
         Arc::new(Self {
             request_memory: memory::RequestMemory::new(config.max_inflight_request_bytes),
             draining: tokio_util::sync::CancellationToken::new(),
             config,
-            meta,
+            topic_store: meta.topics.clone(),
+            log: meta.log.clone(),
             writer,
             fetcher,
             watermarks,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moka::future::Cache;
-use tributary_meta::{MetaError, MetadataStore, TopicMeta};
+use tributary_meta::{MetaError, TopicMeta, TopicStore};
 
 /// Longest topic name Kafka accepts.
 pub const MAX_TOPIC_NAME_LEN: usize = 249;
@@ -35,12 +35,12 @@ pub fn invalid_topic_name(name: &str) -> Option<&'static str> {
 /// created or deleted elsewhere show up soon.
 #[derive(Clone)]
 pub struct TopicCache {
-    meta: Arc<dyn MetadataStore>,
+    meta: Arc<dyn TopicStore>,
     by_name: Cache<String, Arc<TopicMeta>>,
 }
 
 impl TopicCache {
-    pub fn new(meta: Arc<dyn MetadataStore>) -> Self {
+    pub fn new(meta: Arc<dyn TopicStore>) -> Self {
         Self {
             meta,
             by_name: Cache::builder()

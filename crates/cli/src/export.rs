@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use tributary_export::{Codec, End, ExportOptions, Exporter, KeyFormat, Start, Summary};
-use tributary_meta::open_metadata;
+use tributary_meta::{open_metadata, Stores};
 use tributary_storage::{open_object_store_with, wrappers::RetryPolicy};
 
 use crate::config::{ServeArgs, Settings, StoreArgs};
@@ -168,7 +168,7 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
     let dest = open_object_store_with(&args.to, None, RetryPolicy::default())
         .with_context(|| format!("cannot open destination {}", args.to))?
         .store;
-    let exporter = Exporter::new(meta, source, dest);
+    let exporter = Exporter::new(&Stores::new(meta), source, dest);
     let plans = exporter.plan(&opts).await?;
     let total: u64 = plans.iter().map(|p| p.records()).sum();
 

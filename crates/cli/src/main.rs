@@ -7,8 +7,6 @@ mod export;
 mod init;
 mod observe;
 
-use std::sync::Arc;
-
 /// jemalloc, configured in .cargo/config.toml to hand freed memory back.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -22,7 +20,7 @@ use tributary_broker::cluster::{
     follow_remote_commits, register_with_free_id, Cluster, ClusterConfig,
 };
 use tributary_broker::Broker;
-use tributary_meta::{open_metadata, BrokerInfo, MetadataStore};
+use tributary_meta::{open_metadata, BrokerInfo, Stores};
 use tributary_storage::{
     open_object_store_with, wrappers::RetryPolicy, Fetcher, Maintenance, ReadCache, SegmentWriter,
     Watermarks,
@@ -97,9 +95,10 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
     init::check_serve(&settings.object_store, create_bucket).await?;
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
-    let meta: Arc<dyn MetadataStore> = open_metadata(&settings.metadata)
-        .await
-        .with_context(|| format!("cannot open metadata store {}", redact(&settings.metadata)))?;
+    let meta =
+        Stores::new(open_metadata(&settings.metadata).await.with_context(|| {
+            format!("cannot open metadata store {}", redact(&settings.metadata))
+        })?);
     let opened = open_object_store_with(
         &settings.object_store,
         settings.faults.clone(),
@@ -118,22 +117,18 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
     let watermarks = Watermarks::new();
     let writer = SegmentWriter::start(
         store.clone(),
-        meta.clone(),
+        meta.log.clone(),
         cache.clone(),
         watermarks.clone(),
         settings.writer.clone(),
     );
-    let fetcher = Fetcher::new(meta.clone(), cache.clone());
+    let fetcher = Fetcher::new(meta.log.clone(), cache.clone());
     let maintenance_stop = CancellationToken::new();
     let draining = CancellationToken::new();
     let lag = observe::GroupLag::default();
     if let Some(addr) = settings.metrics_listen {
-        let ready = observe::Readiness::new(
-            meta.clone(),
-            store.clone(),
-            writer.health(),
-            draining.clone(),
-        );
+        let ready =
+            observe::Readiness::new(&meta, store.clone(), writer.health(), draining.clone());
         observe::serve_admin(addr, ready, lag.clone(), settings.metrics_idle_timeout).await?;
         observe::spawn_publisher(
             opened.metrics.clone(),
@@ -164,7 +159,7 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
         rack: broker_config.rack.clone(),
     };
     if settings.node_id_auto {
-        me = register_with_free_id(&*meta, me, &cluster_config)
+        me = register_with_free_id(&*meta.registry, me, &cluster_config)
             .await
             .context("cannot pick a node id (--node-id auto)")?;
         broker_config.node_id = me.node_id;
@@ -179,7 +174,7 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
         "tributary broker started"
     );
     let maintenance = Maintenance::new(
-        meta.clone(),
+        &meta,
         store.clone(),
         cache.clone(),
         settings.maintenance.clone(),
@@ -190,14 +185,17 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
         uuid::Uuid::new_v4()
     ))
     .spawn(maintenance_stop.clone());
-    let cluster = Cluster::new(me, meta.clone(), cluster_config);
+    let cluster = Cluster::new(me, meta.registry.clone(), cluster_config);
     cluster
         .beat()
         .await
         .context("cannot register this broker in the metadata store")?;
     let heartbeats = cluster.spawn(maintenance_stop.clone());
-    let remote_commits =
-        follow_remote_commits(&*meta, watermarks.clone(), maintenance_stop.clone());
+    let remote_commits = follow_remote_commits(
+        &*meta.registry,
+        watermarks.clone(),
+        maintenance_stop.clone(),
+    );
     if settings.metrics_listen.is_some() {
         let cluster = cluster.clone();
         observe::spawn_lag_reporter(
@@ -207,7 +205,7 @@ async fn serve(args: config::ServeArgs, create_bucket: bool) -> anyhow::Result<(
             maintenance_stop.clone(),
         );
     }
-    let broker = Broker::new(broker_config, meta, writer, fetcher, watermarks, cluster);
+    let broker = Broker::new(broker_config, &meta, writer, fetcher, watermarks, cluster);
     let stop = async {
         shutdown_signal().await;
         // Load balancers see /readyz fail while connections drain.

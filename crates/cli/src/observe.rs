@@ -28,7 +28,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tributary_meta::MetadataStore;
+use tributary_meta::{BrokerRegistry, MaintenanceStore, Stores};
 use tributary_storage::wrappers::{MetricsHandle, Op};
 use tributary_storage::{ReadCache, WriteHealth};
 
@@ -39,7 +39,10 @@ const PROBE_CACHE: Duration = Duration::from_secs(1);
 
 /// Whether this broker can serve: its stores answer and it is not draining.
 pub struct Readiness {
-    meta: Arc<dyn MetadataStore>,
+    /// Read probe: the live brokers.
+    registry: Arc<dyn BrokerRegistry>,
+    /// Write probe: a lease nobody else takes.
+    maintenance: Arc<dyn MaintenanceStore>,
     store: Arc<dyn ObjectStore>,
     writes: WriteHealth,
     draining: CancellationToken,
@@ -48,13 +51,14 @@ pub struct Readiness {
 
 impl Readiness {
     pub fn new(
-        meta: Arc<dyn MetadataStore>,
+        meta: &Stores,
         store: Arc<dyn ObjectStore>,
         writes: WriteHealth,
         draining: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
-            meta,
+            registry: meta.registry.clone(),
+            maintenance: meta.maintenance.clone(),
             store,
             writes,
             draining,
@@ -100,7 +104,7 @@ impl Readiness {
             }
         }
         let now = tributary_storage::writer::now_ms();
-        match tokio::time::timeout(PROBE_TIMEOUT, self.meta.live_brokers(now, 10_000)).await {
+        match tokio::time::timeout(PROBE_TIMEOUT, self.registry.live_brokers(now, 10_000)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(format!("metadata store: {e}")),
             Err(_) => return Err("metadata store: no answer within 2 s".into()),
@@ -134,7 +138,9 @@ impl Readiness {
             tracing::debug!(error = %e, "deleting the readiness probe failed");
         }
         let now = tributary_storage::writer::now_ms();
-        let write = self.meta.acquire_lease("readyz-probe", "readyz", now, 0);
+        let write = self
+            .maintenance
+            .acquire_lease("readyz-probe", "readyz", now, 0);
         match tokio::time::timeout(PROBE_TIMEOUT, write).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("metadata store write: {e}")),
@@ -317,7 +323,7 @@ const LAG_INTERVAL: Duration = Duration::from_secs(10);
 /// [`LAG_INTERVAL`] until `stop`: per committed partition, the high
 /// watermark minus the committed offset.
 pub fn spawn_lag_reporter(
-    meta: Arc<dyn MetadataStore>,
+    meta: Stores,
     mine: impl Fn(&str) -> bool + Send + Sync + 'static,
     lag: GroupLag,
     stop: CancellationToken,
@@ -325,7 +331,7 @@ pub fn spawn_lag_reporter(
     tokio::spawn(async move {
         loop {
             // On failure the series go away rather than repeat stale values.
-            let text = match measure_lag(&*meta, &mine).await {
+            let text = match measure_lag(&meta, &mine).await {
                 Ok(text) => text,
                 Err(e) => {
                     tracing::debug!(error = %e, "consumer-group lag not measured");
@@ -344,27 +350,27 @@ pub fn spawn_lag_reporter(
 }
 
 async fn measure_lag(
-    meta: &dyn MetadataStore,
+    meta: &Stores,
     mine: &(impl Fn(&str) -> bool + Sync),
 ) -> Result<String, tributary_meta::MetaError> {
     use std::fmt::Write;
     let mut topics = std::collections::HashMap::new();
     let mut lag = String::new();
     let mut committed = String::new();
-    for group in meta.list_groups().await? {
+    for group in meta.groups.list_groups().await? {
         if !mine(&group) {
             continue;
         }
-        for o in meta.fetch_offsets(&group, None).await? {
+        for o in meta.groups.fetch_offsets(&group, None).await? {
             if !topics.contains_key(&o.topic) {
-                let id = meta.get_topic(&o.topic).await?.map(|t| t.id);
+                let id = meta.topics.get_topic(&o.topic).await?.map(|t| t.id);
                 topics.insert(o.topic.clone(), id);
             }
             // Offsets of deleted topics are not lag.
             let Some(Some(id)) = topics.get(&o.topic) else {
                 continue;
             };
-            let Ok(offsets) = meta.partition_offsets(*id, o.partition).await else {
+            let Ok(offsets) = meta.log.partition_offsets(*id, o.partition).await else {
                 continue;
             };
             let labels = format!(

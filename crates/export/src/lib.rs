@@ -37,7 +37,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use thiserror::Error;
 use tracing::{info, warn};
-use tributary_meta::{MetaError, MetadataStore, TopicMeta};
+use tributary_meta::{LogStore, MetaError, Stores, TopicMeta, TopicStore};
 use tributary_storage::{keys, Fetcher, ReadCache};
 
 use arrow_schema::SchemaRef;
@@ -215,22 +215,24 @@ pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
 
 /// Everything an export reads from and writes to.
 pub struct Exporter {
-    meta: Arc<dyn MetadataStore>,
+    topics: Arc<dyn TopicStore>,
+    log: Arc<dyn LogStore>,
     source: Arc<dyn ObjectStore>,
     dest: Arc<dyn ObjectStore>,
 }
 
 impl Exporter {
-    pub fn new(
-        meta: Arc<dyn MetadataStore>,
-        source: Arc<dyn ObjectStore>,
-        dest: Arc<dyn ObjectStore>,
-    ) -> Self {
-        Self { meta, source, dest }
+    pub fn new(meta: &Stores, source: Arc<dyn ObjectStore>, dest: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            topics: meta.topics.clone(),
+            log: meta.log.clone(),
+            source,
+            dest,
+        }
     }
 
     async fn topic(&self, name: &str) -> Result<TopicMeta, ExportError> {
-        self.meta
+        self.topics
             .get_topic(name)
             .await?
             .ok_or_else(|| ExportError::UnknownTopic(name.to_owned()))
@@ -251,7 +253,7 @@ impl Exporter {
         };
         // Time lookups go through the same reader the broker uses.
         let fetcher = Fetcher::new(
-            self.meta.clone(),
+            self.log.clone(),
             ReadCache::new(self.source.clone(), 8 << 20, 1 << 20),
         );
         let mut plans = Vec::with_capacity(partitions.len());
@@ -263,7 +265,7 @@ impl Exporter {
                     count: topic.partitions,
                 });
             }
-            let offsets = self.meta.partition_offsets(topic.id, p).await?;
+            let offsets = self.log.partition_offsets(topic.id, p).await?;
             let (log_start, hw) = (offsets.log_start_offset, offsets.next_offset);
             let by_time = |ts: i64| {
                 let fetcher = &fetcher;
@@ -789,7 +791,7 @@ impl<'a> RangeReader<'a> {
             let Some(entry) = self.page.pop_front() else {
                 let page = self
                     .exporter
-                    .meta
+                    .log
                     .index_entries(self.topic.id, self.partition, self.next, 64)
                     .await?;
                 if page.is_empty() {

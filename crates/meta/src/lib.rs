@@ -1,10 +1,14 @@
 //! The metadata store: the single source of truth for topics, partitions,
 //! offsets, the segment index, consumer-group offsets and producer state.
 //!
-//! The contract is split by plane into three narrow traits ([`TopicStore`],
-//! [`LogStore`], [`GroupStore`]); [`MetadataStore`] is their union, which a
-//! backend implements by implementing all three. Every backend must pass the
-//! conformance suite in [`conformance`].
+//! The contract is split by plane into five narrow traits ([`TopicStore`],
+//! [`LogStore`], [`GroupStore`], [`MaintenanceStore`], [`BrokerRegistry`]).
+//! A backend implements all five ([`MetadataStore`] is their union, used only
+//! where a store is opened); components take the handles they use from
+//! [`Stores`], so a test double implements only what its component calls.
+//! Every backend must pass the conformance suite in [`conformance`]. The
+//! Kafka decisions the backends share live in [`rules`]; a backend only
+//! translates them to its SQL.
 //!
 //! Offsets are assigned here, inside [`LogStore::commit_segment`], in one
 //! transaction per segment, so offsets stay dense and idempotent-producer
@@ -14,6 +18,7 @@
 //! (shared by many brokers); [`open_metadata`] picks one from a URL.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -537,7 +542,8 @@ pub struct RemoteCommits {
 /// Receiver of [`RemoteCommits`].
 pub type CommitFeed = tokio::sync::watch::Receiver<RemoteCommits>;
 
-/// Everything a broker needs from the metadata store.
+/// Everything a backend implements. Components never take it: they take the
+/// handle of the plane they use from [`Stores`].
 pub trait MetadataStore:
     TopicStore + LogStore + GroupStore + MaintenanceStore + BrokerRegistry
 {
@@ -546,4 +552,36 @@ pub trait MetadataStore:
 impl<T: TopicStore + LogStore + GroupStore + MaintenanceStore + BrokerRegistry> MetadataStore
     for T
 {
+}
+
+/// One metadata store as a handle per plane. Each component takes the
+/// handles it uses (the writer and fetcher [`LogStore`], the cluster view
+/// [`BrokerRegistry`], the topic cache [`TopicStore`], ...); tests may fill
+/// a plane with a double and the others with a real store.
+#[derive(Clone)]
+pub struct Stores {
+    pub topics: Arc<dyn TopicStore>,
+    pub log: Arc<dyn LogStore>,
+    pub groups: Arc<dyn GroupStore>,
+    pub maintenance: Arc<dyn MaintenanceStore>,
+    pub registry: Arc<dyn BrokerRegistry>,
+}
+
+impl Stores {
+    /// Every plane served by `store`.
+    pub fn new(store: Arc<dyn MetadataStore>) -> Self {
+        Self {
+            topics: store.clone(),
+            log: store.clone(),
+            groups: store.clone(),
+            maintenance: store.clone(),
+            registry: store,
+        }
+    }
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
+    }
 }

@@ -42,7 +42,7 @@ use object_store::ObjectStore;
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 use tributary_meta::faults::FaultyMeta;
-use tributary_meta::{BatchOutcome, Clock, MetadataStore, SqliteStore, TopicMeta};
+use tributary_meta::{BatchOutcome, Clock, LogStore, SqliteStore, Stores, TopicMeta, TopicStore};
 use tributary_storage::{
     entropy, AppendBatch, Fetcher, Maintenance, MaintenanceConfig, ReadCache, ReadError,
     SegmentWriter, Watermarks, WriterConfig,
@@ -249,7 +249,7 @@ struct World {
     params: Params,
     options: Options,
     topic: TopicMeta,
-    meta: Arc<dyn MetadataStore>,
+    meta: Arc<SqliteStore>,
     objects: Arc<Objects>,
     chaos: Arc<Chaos>,
     trace: Arc<Trace>,
@@ -321,7 +321,7 @@ async fn simulate(seed: u64, options: Options) -> Report {
         master.fork(2),
         trace.clone(),
     ));
-    let meta: Arc<dyn MetadataStore> = Arc::new(
+    let meta = Arc::new(
         SqliteStore::open_in_memory()
             .await
             .expect("in-memory sqlite opens")
@@ -406,14 +406,14 @@ fn start_broker(world: &Arc<World>, b: usize) -> CancellationToken {
         crashed.clone(),
         who.clone(),
     ));
-    let meta: Arc<dyn MetadataStore> = Arc::new(FaultyMeta::new(
+    let meta = Stores::new(Arc::new(FaultyMeta::new(
         world.meta.clone(),
         Arc::new(meta::MetaChaos {
             chaos: world.chaos.clone(),
             crashed: crashed.clone(),
             who: who.clone(),
         }),
-    ));
+    )));
     let cache = ReadCache::new(store.clone(), 64 << 20, 4096);
     let forever = Duration::from_secs(365 * 24 * 3600);
     let (commit_deadline, metadata_call_timeout) = if world.options.commit_deadlines {
@@ -426,7 +426,7 @@ fn start_broker(world: &Arc<World>, b: usize) -> CancellationToken {
     };
     let writer = SegmentWriter::start(
         store.clone(),
-        meta.clone(),
+        meta.log.clone(),
         cache.clone(),
         Watermarks::new(),
         WriterConfig {
@@ -440,7 +440,7 @@ fn start_broker(world: &Arc<World>, b: usize) -> CancellationToken {
         },
     );
     let _maintenance = Maintenance::new(
-        meta.clone(),
+        &meta,
         store,
         cache.clone(),
         maintenance_config(p, clock.clone()),
@@ -449,7 +449,7 @@ fn start_broker(world: &Arc<World>, b: usize) -> CancellationToken {
     .spawn(CancellationToken::new());
     tokio::spawn(reader(
         world.clone(),
-        Fetcher::new(meta, cache),
+        Fetcher::new(meta.log.clone(), cache),
         crashed.clone(),
         who.clone(),
     ));
@@ -695,7 +695,7 @@ async fn audit(world: &Arc<World>) {
     check(world, &store, "settled").await;
     let clock = SimClock::new(world.start, 0);
     let maintenance = Maintenance::new(
-        world.meta.clone(),
+        &Stores::new(world.meta.clone()),
         store.clone(),
         ReadCache::new(store.clone(), 64 << 20, 4096),
         maintenance_config(p, clock),

@@ -25,7 +25,10 @@ use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use tributary_meta::{Clock, CommitDeadline, IndexEntry, MetaError, MetadataStore, TopicMeta};
+use tributary_meta::{
+    BrokerRegistry, Clock, CommitDeadline, IndexEntry, LogStore, MaintenanceStore, MetaError,
+    Stores, TopicMeta, TopicStore,
+};
 use tributary_protocol::batch::split_stored_batches;
 use tributary_segment::{PushBatch, SegmentBuilder};
 
@@ -95,7 +98,11 @@ pub struct PassReport {
 /// Runs maintenance passes.
 #[derive(Clone)]
 pub struct Maintenance {
-    meta: Arc<dyn MetadataStore>,
+    topics: Arc<dyn TopicStore>,
+    log: Arc<dyn LogStore>,
+    maintenance: Arc<dyn MaintenanceStore>,
+    /// The store's clock judges the lease.
+    registry: Arc<dyn BrokerRegistry>,
     store: Arc<dyn ObjectStore>,
     cache: ReadCache,
     config: MaintenanceConfig,
@@ -110,13 +117,16 @@ pub const LEASE: &str = "maintenance";
 
 impl Maintenance {
     pub fn new(
-        meta: Arc<dyn MetadataStore>,
+        meta: &Stores,
         store: Arc<dyn ObjectStore>,
         cache: ReadCache,
         config: MaintenanceConfig,
     ) -> Self {
         Self {
-            meta,
+            topics: meta.topics.clone(),
+            log: meta.log.clone(),
+            maintenance: meta.maintenance.clone(),
+            registry: meta.registry.clone(),
             store,
             cache,
             config,
@@ -146,8 +156,10 @@ impl Maintenance {
         };
         let ttl =
             i64::try_from(self.config.interval.as_millis().saturating_mul(3)).unwrap_or(i64::MAX);
-        let now = self.meta.clock_ms().await?;
-        self.meta.acquire_lease(LEASE, holder, now, ttl).await
+        let now = self.registry.clock_ms().await?;
+        self.maintenance
+            .acquire_lease(LEASE, holder, now, ttl)
+            .await
     }
 
     /// Take or renew the lease now (tests).
@@ -190,13 +202,13 @@ impl Maintenance {
     pub async fn run_pass(&self) -> Result<PassReport, MetaError> {
         let mut report = PassReport::default();
         let now = self.now_ms();
-        let topics = self.meta.list_topics().await?;
+        let topics = self.topics.list_topics().await?;
         for topic in &topics {
             let (retention_ms, retention_bytes) = retention_of(topic);
             for partition in 0..topic.partitions {
-                let before = self.meta.partition_offsets(topic.id, partition).await?;
+                let before = self.log.partition_offsets(topic.id, partition).await?;
                 let after = self
-                    .meta
+                    .maintenance
                     .apply_retention(topic.id, partition, now, retention_ms, retention_bytes)
                     .await?;
                 if after.log_start_offset > before.log_start_offset {
@@ -205,13 +217,13 @@ impl Maintenance {
                 }
             }
         }
-        report.entries_dropped = self.meta.drop_expired_entries(now).await?;
+        report.entries_dropped = self.maintenance.drop_expired_entries(now).await?;
         let expiration =
             i64::try_from(self.config.producer_id_expiration.as_millis()).unwrap_or(i64::MAX);
-        report.producers_expired = self.meta.expire_producers(now, expiration).await?;
+        report.producers_expired = self.maintenance.expire_producers(now, expiration).await?;
         let retention =
             i64::try_from(self.config.offsets_retention.as_millis()).unwrap_or(i64::MAX);
-        let expired = self.meta.expire_groups(now, retention).await?;
+        let expired = self.maintenance.expire_groups(now, retention).await?;
         if !expired.is_empty() {
             info!(groups = ?expired, "consumer groups expired (offsets retention)");
         }
@@ -243,7 +255,7 @@ impl Maintenance {
         partition: i32,
     ) -> Result<Option<bool>, CompactionError> {
         let candidates = self
-            .meta
+            .maintenance
             .compaction_candidates(
                 topic.id,
                 partition,
@@ -373,7 +385,7 @@ impl Maintenance {
             .map_err(|e| CompactionError::Upload(key.clone(), e.to_string()))?;
         self.cache.insert_object(&key, &built.bytes).await;
         let swapped = self
-            .meta
+            .maintenance
             .replace_entries(
                 &old,
                 &key,
@@ -403,7 +415,7 @@ impl Maintenance {
         let before = self.now_ms() - self.config.grace.as_millis() as i64;
         let mut deleted = 0;
         loop {
-            let dead = self.meta.dead_segments(before, 500).await?;
+            let dead = self.maintenance.dead_segments(before, 500).await?;
             if dead.is_empty() {
                 return Ok(deleted);
             }
@@ -421,7 +433,7 @@ impl Maintenance {
                 return Ok(deleted);
             }
             deleted += gone.len() as u64;
-            self.meta.forget_segments(&gone).await?;
+            self.maintenance.forget_segments(&gone).await?;
             if dead.len() < 500 {
                 return Ok(deleted);
             }
@@ -473,7 +485,7 @@ impl Maintenance {
     /// Delete the objects among `keys` that the metadata store never recorded.
     async fn delete_unknown(&self, candidates: &[String]) -> Result<u64, MetaError> {
         let mut deleted = 0;
-        for key in self.meta.unknown_segments(candidates).await? {
+        for key in self.maintenance.unknown_segments(candidates).await? {
             match self.store.delete(&keys::path(&key)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {
                     info!(segment = %key, "deleted orphan upload");
@@ -529,12 +541,13 @@ mod tests {
     /// lease is now judged by the metadata store's clock.
     #[tokio::test]
     async fn brokers_with_skewed_clocks_take_turns_at_the_lease() {
-        let meta: Arc<dyn MetadataStore> =
-            Arc::new(SqliteStore::open_in_memory().await.expect("sqlite"));
+        let meta = Stores::new(Arc::new(
+            SqliteStore::open_in_memory().await.expect("sqlite"),
+        ));
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let broker = |name: &str, skew_ms: i64| {
             Maintenance::new(
-                meta.clone(),
+                &meta,
                 store.clone(),
                 ReadCache::new(store.clone(), 1 << 20, 4096),
                 MaintenanceConfig {
@@ -583,10 +596,10 @@ mod tests {
     #[tokio::test]
     async fn janitor_streams_the_listing_in_chunks() {
         let lookups = Arc::new(CountLookups::default());
-        let meta: Arc<dyn MetadataStore> = Arc::new(tributary_meta::faults::FaultyMeta::new(
+        let meta = Stores::new(Arc::new(tributary_meta::faults::FaultyMeta::new(
             Arc::new(SqliteStore::open_in_memory().await.expect("sqlite")),
             lookups.clone(),
-        ));
+        )));
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let hour_ago = tributary_meta::SystemClock.now_ms() - 3_600_000;
         for _ in 0..1_250 {
@@ -600,7 +613,7 @@ mod tests {
                 .expect("put");
         }
         let janitor = Maintenance::new(
-            meta,
+            &meta,
             store.clone(),
             ReadCache::new(store.clone(), 1 << 20, 4096),
             MaintenanceConfig {

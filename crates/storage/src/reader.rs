@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tracing::{error, warn};
-use tributary_meta::{IndexEntry, MetadataStore, PartitionOffsets};
+use tributary_meta::{IndexEntry, LogStore, PartitionOffsets};
 use tributary_protocol::batch::{
     check_stored_crc, first_offset_at_or_after_timestamp, set_base_offset, split_stored_batches,
 };
@@ -37,12 +37,12 @@ pub struct FetchedPartition {
 /// Reads committed records.
 #[derive(Clone)]
 pub struct Fetcher {
-    meta: Arc<dyn MetadataStore>,
+    meta: Arc<dyn LogStore>,
     cache: ReadCache,
 }
 
 impl Fetcher {
-    pub fn new(meta: Arc<dyn MetadataStore>, cache: ReadCache) -> Self {
+    pub fn new(meta: Arc<dyn LogStore>, cache: ReadCache) -> Self {
         Self { meta, cache }
     }
 

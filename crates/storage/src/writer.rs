@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, error, warn};
 use tributary_meta::{
-    BatchOutcome, BatchRejection, Clock, CommitDeadline, MetaError, MetadataStore, PendingBatch,
+    BatchOutcome, BatchRejection, Clock, CommitDeadline, LogStore, MetaError, PendingBatch,
     ProducerBatch, SegmentCommit,
 };
 use tributary_segment::{PushBatch, SegmentBuilder};
@@ -153,7 +153,7 @@ impl SegmentWriter {
     /// Start the batcher and committer tasks.
     pub fn start(
         store: Arc<dyn ObjectStore>,
-        meta: Arc<dyn MetadataStore>,
+        meta: Arc<dyn LogStore>,
         cache: ReadCache,
         watermarks: Watermarks,
         config: WriterConfig,
@@ -462,7 +462,7 @@ async fn upload(
 
 async fn committer(
     mut rx: mpsc::Receiver<Sealed>,
-    meta: Arc<dyn MetadataStore>,
+    meta: Arc<dyn LogStore>,
     watermarks: Watermarks,
     config: WriterConfig,
     health: WriteHealth,
@@ -585,7 +585,7 @@ async fn committer(
 /// own deadline check has refused any late commit, unless clocks disagree
 /// by more than the deadline).
 async fn commit_until_settled(
-    meta: &dyn MetadataStore,
+    meta: &dyn LogStore,
     commit: &SegmentCommit,
     give_up: Instant,
     config: &WriterConfig,
@@ -673,7 +673,7 @@ async fn commit_until_settled(
 /// follows from the ones before it. A batch found in no entry was a
 /// duplicate or refused: its outcome is unknown and the producer must retry.
 async fn resolve_commit(
-    meta: &dyn MetadataStore,
+    meta: &dyn LogStore,
     commit: &SegmentCommit,
 ) -> Result<Vec<BatchOutcome>, String> {
     let entries = meta
@@ -749,7 +749,7 @@ mod tests {
     use async_trait::async_trait;
     use object_store::memory::InMemory;
     use tributary_meta::faults::{injected, FaultyMeta, MetaFaults};
-    use tributary_meta::SqliteStore;
+    use tributary_meta::{MaintenanceStore, SqliteStore, Stores, TopicStore};
 
     use super::*;
     use crate::{Maintenance, MaintenanceConfig};
@@ -810,16 +810,15 @@ mod tests {
     }
 
     struct Rig {
-        meta: Arc<dyn MetadataStore>,
-        faulty: Arc<dyn MetadataStore>,
+        meta: Arc<SqliteStore>,
+        faulty: Arc<dyn LogStore>,
         store: Arc<dyn ObjectStore>,
         cache: ReadCache,
         topic: Uuid,
     }
 
     async fn new_rig(plan: Plan) -> Rig {
-        let meta: Arc<dyn MetadataStore> =
-            Arc::new(SqliteStore::open_in_memory().await.expect("sqlite"));
+        let meta = Arc::new(SqliteStore::open_in_memory().await.expect("sqlite"));
         let topic = meta
             .create_topic("t", 1, Default::default())
             .await
@@ -830,7 +829,7 @@ mod tests {
             calls: Mutex::default(),
             last: Mutex::default(),
         });
-        let faulty: Arc<dyn MetadataStore> = Arc::new(FaultyMeta::new(meta.clone(), faults));
+        let faulty: Arc<dyn LogStore> = Arc::new(FaultyMeta::new(meta.clone(), faults));
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let cache = ReadCache::new(store.clone(), 1 << 20, 4096);
         Rig {
@@ -1072,7 +1071,7 @@ mod tests {
         let grace = min_safe_grace(deadline);
         let w = writer(&rig, deadline);
         let janitor = Maintenance::new(
-            rig.meta.clone(),
+            &Stores::new(rig.meta.clone()),
             rig.store.clone(),
             rig.cache.clone(),
             MaintenanceConfig {

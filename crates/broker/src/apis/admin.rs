@@ -104,7 +104,11 @@ pub async fn create_topics(
             );
             continue;
         }
-        match broker.meta.create_topic(&name, partitions, configs).await {
+        match broker
+            .topic_store
+            .create_topic(&name, partitions, configs)
+            .await
+        {
             Ok(topic) => {
                 broker.topics.invalidate(&name).await;
                 let configs = effective_configs(broker, &topic.configs)
@@ -151,7 +155,7 @@ pub async fn delete_topics(
     for (name, id) in targets.drain(..) {
         let name = match name {
             Some(n) => Some(n),
-            None => match broker.meta.get_topic_by_id(id).await {
+            None => match broker.topic_store.get_topic_by_id(id).await {
                 Ok(t) => t.map(|t| t.name),
                 Err(_) => None,
             },
@@ -163,7 +167,7 @@ pub async fn delete_topics(
             responses.push(result.with_error_code(ResponseError::UnknownTopicId.code()));
             continue;
         };
-        match broker.meta.delete_topic(&name).await {
+        match broker.topic_store.delete_topic(&name).await {
             Ok(orphans) => {
                 broker.topics.invalidate(&name).await;
                 // The segments are now dead; the janitor deletes their objects
@@ -218,7 +222,7 @@ pub async fn create_partitions(
             results.push(result);
             continue;
         }
-        match broker.meta.create_partitions(&name, t.count).await {
+        match broker.topic_store.create_partitions(&name, t.count).await {
             Ok(_) => {
                 broker.topics.invalidate(&name).await;
                 results.push(result);

@@ -77,7 +77,7 @@ async fn apply(
         return (0, None);
     }
     match broker
-        .meta
+        .topic_store
         .alter_topic_configs(name.as_str(), changes)
         .await
     {

@@ -35,7 +35,7 @@ pub async fn handle(
             };
             let target = if p.offset == HIGH_WATERMARK {
                 match broker
-                    .meta
+                    .log
                     .partition_offsets(topic.id, p.partition_index)
                     .await
                 {
@@ -49,7 +49,7 @@ pub async fn handle(
                 p.offset
             };
             match broker
-                .meta
+                .log
                 .advance_log_start(topic.id, p.partition_index, target)
                 .await
             {

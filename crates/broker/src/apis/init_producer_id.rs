@@ -20,7 +20,7 @@ pub async fn handle(
         return resp.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
     }
     // A re-initialising producer (KIP-360) simply gets a fresh id.
-    match broker.meta.allocate_producer_id().await {
+    match broker.log.allocate_producer_id().await {
         Ok((id, epoch)) => resp
             .with_producer_id(ProducerId(id))
             .with_producer_epoch(epoch),

@@ -37,7 +37,7 @@ pub async fn handle(broker: &Broker, req: ListOffsetsRequest, version: i16) -> L
             };
             let part = match p.timestamp {
                 LATEST | EARLIEST => match broker
-                    .meta
+                    .log
                     .partition_offsets(topic.id, p.partition_index)
                     .await
                 {

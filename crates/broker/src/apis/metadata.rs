@@ -47,7 +47,7 @@ pub async fn handle(
         Some(t) => Some(t),
     };
     let Some(requested) = requested else {
-        match broker.meta.list_topics().await {
+        match broker.topic_store.list_topics().await {
             Ok(all) => resp.topics = all.iter().map(|t| topic_entry(&live, t)).collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "metadata: listing topics failed");
@@ -60,7 +60,7 @@ pub async fn handle(
     for t in requested {
         let Some(name) = t.name.as_ref().map(|n| n.0.to_string()) else {
             // Lookup by topic id (v10+ clients may send only ids).
-            let entry = match broker.meta.get_topic_by_id(t.topic_id).await {
+            let entry = match broker.topic_store.get_topic_by_id(t.topic_id).await {
                 Ok(Some(topic)) => topic_entry(&live, &topic),
                 Ok(None) => MetadataResponseTopic::default()
                     .with_topic_id(t.topic_id)

@@ -3,7 +3,7 @@
 //! Owns group membership (JoinGroup, SyncGroup, Heartbeat, LeaveGroup),
 //! group listing/description/deletion and committed offsets (OffsetCommit,
 //! OffsetFetch, OffsetDelete). Membership is served from memory on the
-//! broker that coordinates the group and saved in the [`MetadataStore`] as
+//! broker that coordinates the group and saved in the [`GroupStore`] as
 //! Kafka records it: when a generation's assignment is complete (members get
 //! their SyncGroup answer only after the save) and when the group empties
 //! (see [`saved`]). A coordinator that first sees a group claims it and
@@ -60,7 +60,7 @@ use kafka_protocol::ResponseError;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tributary_meta::{GroupClaim, MetaError, MetadataStore};
+use tributary_meta::{GroupClaim, GroupStore, MetaError, TopicStore};
 
 use group::{
     code, Group, GroupState, JoinOutcome, JoinParams, Reply, SyncOutcome, SyncParams, NONE,
@@ -135,7 +135,10 @@ impl Slot {
 pub struct GroupCoordinator {
     /// This coordinator, for the tasks it spawns (saves, timers).
     me: Weak<GroupCoordinator>,
-    store: Arc<dyn MetadataStore>,
+    /// Claims, saved membership and committed offsets.
+    store: Arc<dyn GroupStore>,
+    /// Topic lookups for offset commits and fetches.
+    topics: Arc<dyn TopicStore>,
     config: GroupConfig,
     groups: Mutex<HashMap<String, Arc<Slot>>>,
     cancel: CancellationToken,
@@ -183,11 +186,17 @@ fn meta_error_code(e: &MetaError) -> i16 {
 }
 
 impl GroupCoordinator {
-    /// A coordinator with no groups; offsets go to `store`.
-    pub fn new(store: Arc<dyn MetadataStore>, config: GroupConfig) -> Arc<Self> {
+    /// A coordinator with no groups; offsets go to `store`, topics are
+    /// looked up in `topics`.
+    pub fn new(
+        store: Arc<dyn GroupStore>,
+        topics: Arc<dyn TopicStore>,
+        config: GroupConfig,
+    ) -> Arc<Self> {
         let coordinator = Arc::new_cyclic(|me| GroupCoordinator {
             me: me.clone(),
             store,
+            topics,
             config,
             groups: Mutex::new(HashMap::new()),
             cancel: CancellationToken::new(),

@@ -69,7 +69,7 @@ impl GroupCoordinator {
                 continue;
             }
             let t = self
-                .store
+                .topics
                 .get_topic(&name)
                 .await
                 .map_err(|e| meta_error_code(&e));

@@ -19,7 +19,7 @@ use kafka_protocol::messages::offset_fetch_request::{
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use tributary_meta::{MetadataStore, SqliteStore};
+use tributary_meta::{GroupStore, SqliteStore, TopicStore};
 
 use super::*;
 
@@ -38,10 +38,17 @@ fn enc<T: Encodable>(r: &T, version: i16) {
         .expect("response encodes at its version");
 }
 
+/// A coordinator whose groups and topics are both in `store`.
+fn coordinator<S: GroupStore + TopicStore + 'static>(
+    store: Arc<S>,
+    config: GroupConfig,
+) -> Arc<GroupCoordinator> {
+    GroupCoordinator::new(store.clone(), store, config)
+}
+
 /// An in-memory store with topics `t` (2 partitions) and `u` (1).
-async fn store_with_topics() -> Arc<dyn MetadataStore> {
-    let store: Arc<dyn MetadataStore> =
-        Arc::new(SqliteStore::open_in_memory().await.expect("sqlite store"));
+async fn store_with_topics() -> Arc<SqliteStore> {
+    let store = Arc::new(SqliteStore::open_in_memory().await.expect("sqlite store"));
     store
         .create_topic("t", 2, BTreeMap::new())
         .await
@@ -53,7 +60,7 @@ async fn store_with_topics() -> Arc<dyn MetadataStore> {
     store
 }
 
-async fn setup() -> (Arc<GroupCoordinator>, Arc<dyn MetadataStore>) {
+async fn setup() -> (Arc<GroupCoordinator>, Arc<SqliteStore>) {
     let store = store_with_topics().await;
     // Short minimum so timeout tests run on the real clock in well under a
     // second (tokio's `test-util` is not enabled for this crate).
@@ -61,7 +68,7 @@ async fn setup() -> (Arc<GroupCoordinator>, Arc<dyn MetadataStore>) {
         min_session_timeout_ms: 50,
         ..GroupConfig::default()
     };
-    let c = GroupCoordinator::new(store.clone(), config);
+    let c = coordinator(store.clone(), config);
     (c, store)
 }
 
@@ -772,7 +779,7 @@ async fn shutdown_answers_parked_joins() {
 #[tokio::test]
 async fn stale_coordinator_cannot_commit() {
     let (a, store) = setup().await;
-    let b = GroupCoordinator::new(store.clone(), a.config.clone());
+    let b = coordinator(store.clone(), a.config.clone());
     a.set_owner_check(1, Arc::new(|_: &str| true));
     b.set_owner_check(2, Arc::new(|_: &str| true));
 
@@ -830,7 +837,7 @@ async fn restarted_coordinator_carries_a_stable_group_on() {
     a.shutdown();
     drop(a);
 
-    let b = GroupCoordinator::new(
+    let b = coordinator(
         store.clone(),
         GroupConfig {
             min_session_timeout_ms: 50,
@@ -905,9 +912,8 @@ async fn sync_waits_for_the_save() {
         }
     }
     let faults = Arc::new(FailingSave(std::sync::atomic::AtomicBool::new(true)));
-    let store: Arc<dyn MetadataStore> =
-        Arc::new(FaultyMeta::new(store_with_topics().await, faults.clone()));
-    let c = GroupCoordinator::new(
+    let store = Arc::new(FaultyMeta::new(store_with_topics().await, faults.clone()));
+    let c = coordinator(
         store.clone(),
         GroupConfig {
             min_session_timeout_ms: 50,
@@ -952,7 +958,7 @@ async fn sync_waits_for_the_save() {
 /// members stay.
 #[tokio::test]
 async fn idle_empty_groups_leave_memory() {
-    let c = GroupCoordinator::new(
+    let c = coordinator(
         store_with_topics().await,
         GroupConfig {
             min_session_timeout_ms: 50,
@@ -1013,11 +1019,11 @@ async fn stale_commit_cannot_land_after_a_newer_one() {
         }
     }
 
-    let store: Arc<dyn MetadataStore> = Arc::new(FaultyMeta::new(
+    let store = Arc::new(FaultyMeta::new(
         store_with_topics().await,
         Arc::new(SlowFirstCommit(std::sync::atomic::AtomicBool::new(false))),
     ));
-    let c = GroupCoordinator::new(
+    let c = coordinator(
         store,
         GroupConfig {
             min_session_timeout_ms: 50,
