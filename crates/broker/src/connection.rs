@@ -22,16 +22,10 @@ use tracing::{debug, error, info_span, warn, Instrument};
 
 use tributary_protocol::request;
 
+use crate::context::RequestContext;
 use crate::memory::{RequestMemory, Reservation};
-use crate::{apis, router, Broker};
-
-/// Who sent a request.
-#[derive(Debug, Clone)]
-pub struct RequestContext {
-    pub client_id: String,
-    pub peer: SocketAddr,
-    pub correlation_id: i32,
-}
+use crate::router::{self, Answer};
+use crate::Broker;
 
 type Pending = oneshot::Receiver<Option<Outgoing>>;
 
@@ -107,7 +101,7 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
-        match prepare(&broker, frame, peer) {
+        match prepare(frame, peer) {
             Ok(Prepared::Immediate(bytes)) => {
                 let (otx, orx) = oneshot::channel();
                 let _ = otx.send(Some(Outgoing::new(bytes, &broker.request_memory, &answers)));
@@ -137,14 +131,16 @@ pub async fn serve(
                         .unwrap_or_default(),
                     peer,
                     correlation_id: header.correlation_id,
+                    api_key,
+                    version,
                 };
                 let span = info_span!("request", api = ?api_key, version, correlation_id = header.correlation_id, client = %ctx.client_id);
-                let answer = Answer {
+                let to = AnswerSlot {
                     to: otx,
                     memory: permit,
                     answers: answers.clone(),
                 };
-                if !run_request(&broker, ctx, api_key, version, *request, answer, span).await {
+                if !run_request(&broker, ctx, *request, to, span).await {
                     break;
                 }
             }
@@ -301,38 +297,36 @@ async fn read_body<R: tokio::io::AsyncRead + Unpin>(
 
 /// Where a request's answer goes. Holds the request's share of the
 /// broker's request-memory budget until the answer is sent (dropped with it).
-struct Answer {
+struct AnswerSlot {
     to: oneshot::Sender<Option<Outgoing>>,
     memory: Reservation,
     /// The connection's answer budget.
     answers: Arc<RequestMemory>,
 }
 
-/// Run one request. Produce is split: its batches are queued here, in request
-/// order (so pipelined produces keep their order), and only the wait for the
-/// commit runs concurrently with later requests. Every other request runs to
-/// completion before the next is read, as Apache Kafka does per connection.
-/// Handlers run in their own task, so a panic fails only that request (and
-/// closes this connection). Returns false when the connection must close.
+/// Run one request through the router. Its first phase runs before the
+/// next request is read (as Apache Kafka runs requests per connection); a
+/// second phase ([`Answer::Later`], e.g. a produce waiting for its commits)
+/// runs concurrently with later requests. Both run in their own tasks, so a
+/// panic fails only that request (and closes this connection). Returns
+/// false when the connection must close.
 async fn run_request(
     broker: &Arc<Broker>,
     ctx: RequestContext,
-    api_key: ApiKey,
-    version: i16,
     request: RequestKind,
-    answer: Answer,
+    slot: AnswerSlot,
     span: tracing::Span,
 ) -> bool {
-    let correlation_id = ctx.correlation_id;
+    let (api_key, version, correlation_id) = (ctx.api_key, ctx.version, ctx.correlation_id);
     // Destructured so the closure owns the reservation itself (a closure
-    // naming only `answer.to` would capture just that field, and the
+    // naming only `slot.to` would capture just that field, and the
     // reservation would be dropped when this function returns, before a
-    // produce is answered).
-    let Answer {
+    // two-phase request is answered).
+    let AnswerSlot {
         to,
         memory,
         answers,
-    } = answer;
+    } = slot;
     let budget = broker.request_memory.clone();
     let reply = move |resp: Option<ResponseKind>| {
         let _held_until_answered = memory;
@@ -349,45 +343,30 @@ async fn run_request(
         let _ = to.send(bytes);
     };
     let broker = broker.clone();
-    match request {
-        RequestKind::Produce(req) => {
-            let started = std::time::Instant::now();
-            // The task yields the still-pending second phase on purpose.
-            #[allow(clippy::async_yields_async)]
-            let queued = tokio::spawn(
-                async move { apis::produce::submit(&broker, req, version).await }
-                    .instrument(span.clone()),
-            )
-            .await;
-            match queued {
-                Ok(pending) => {
-                    tokio::spawn(
-                        async move {
-                            let resp = pending.await;
-                            router::observe("Produce", started);
-                            reply(resp.map(ResponseKind::Produce))
-                        }
-                        .instrument(span),
-                    );
-                    true
+    let first = tokio::spawn(
+        async move {
+            match router::dispatch(broker, ctx, request).await {
+                Answer::Now(resp) => {
+                    reply(resp.map(|r| *r));
+                    Ok(None)
                 }
-                Err(e) => {
-                    error!(error = %e, "produce handler failed");
-                    false
-                }
+                Answer::Later(pending) => Ok(Some((pending, reply))),
+                Answer::Close => Err(()),
             }
         }
-        other => {
-            let done = tokio::spawn(
-                async move { reply(router::handle(&broker, &ctx, other, version).await) }
-                    .instrument(span),
-            )
-            .await;
-            if let Err(e) = done {
-                error!(error = %e, "request handler failed");
-                return false;
-            }
+        .instrument(span.clone()),
+    )
+    .await;
+    match first {
+        Ok(Ok(None)) => true,
+        Ok(Ok(Some((pending, reply)))) => {
+            tokio::spawn(async move { reply(pending.await) }.instrument(span));
             true
+        }
+        Ok(Err(())) => false,
+        Err(e) => {
+            error!(error = %e, "request handler failed");
+            false
         }
     }
 }
@@ -403,7 +382,7 @@ enum Prepared {
     },
 }
 
-fn prepare(broker: &Broker, frame: Bytes, peer: SocketAddr) -> Result<Prepared, String> {
+fn prepare(frame: Bytes, peer: SocketAddr) -> Result<Prepared, String> {
     // serve() only passes frames of at least 8 bytes.
     let prefix = request::frame_prefix(&frame).ok_or("request frame shorter than its prefix")?;
     let (raw_key, version) = (prefix.api_key, prefix.version);
@@ -426,7 +405,6 @@ fn prepare(broker: &Broker, frame: Bytes, peer: SocketAddr) -> Result<Prepared, 
     }
     let (header, request) =
         request::decode_request(frame, api_key, version).map_err(|e| e.to_string())?;
-    let _ = broker;
     Ok(Prepared::Run {
         api_key,
         version,

@@ -3,6 +3,7 @@
 
 use kafka_protocol::ResponseError;
 use tributary_meta::{BatchRejection, MetaError};
+use tributary_protocol::batch::BatchError;
 use tributary_storage::{ReadError, WriteError};
 
 /// Kafka error code for a metadata-store error.
@@ -21,6 +22,40 @@ pub fn meta_error_code(e: &MetaError) -> i16 {
         MetaError::Backend { .. } => ResponseError::KafkaStorageError.code(),
         MetaError::InvalidArgument(_) => ResponseError::InvalidRequest.code(),
         MetaError::Fenced { .. } => ResponseError::NotCoordinator.code(),
+    }
+}
+
+/// Kafka error code for a metadata-store error met by the group coordinator:
+/// the store being down makes the coordinator unavailable (clients look it
+/// up again), and a lost claim means another broker coordinates the group.
+pub fn group_meta_error_code(e: &MetaError) -> i16 {
+    match e {
+        MetaError::UnknownTopic(_) | MetaError::UnknownPartition { .. } => {
+            ResponseError::UnknownTopicOrPartition.code()
+        }
+        MetaError::Backend { .. } => ResponseError::CoordinatorNotAvailable.code(),
+        MetaError::Fenced { .. } => ResponseError::NotCoordinator.code(),
+        MetaError::TopicExists(_)
+        | MetaError::InvalidPartitions { .. }
+        | MetaError::OffsetOutOfRange { .. }
+        | MetaError::SegmentExists(_)
+        | MetaError::CommitTooLate { .. }
+        | MetaError::InvalidArgument(_) => ResponseError::UnknownServerError.code(),
+    }
+}
+
+/// Kafka error code for a record batch a produce request carried that
+/// cannot be appended as it is.
+pub fn batch_error_code(e: &BatchError) -> i16 {
+    match e {
+        BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat.code(),
+        BatchError::UnsupportedCompression(_) => ResponseError::UnsupportedCompressionType.code(),
+        BatchError::Truncated
+        | BatchError::CorruptCrc { .. }
+        | BatchError::InvalidRecordCount { .. }
+        | BatchError::InvalidLength(_)
+        | BatchError::Decode(_) => ResponseError::CorruptMessage.code(),
+        BatchError::TooLarge { .. } => ResponseError::MessageTooLarge.code(),
     }
 }
 

@@ -3,13 +3,15 @@
 //! state of its own beyond caches and the in-memory group coordinator.
 //!
 //! [`server::run`] accepts connections; [`connection`] frames requests and
-//! answers them in order; [`router`] maps each API key to its module in
-//! [`apis`] and is also the source of the ApiVersions answer.
+//! answers them in order, knowing no API by name; [`router`] is the one
+//! table that maps each API key and version to its handler in [`apis`] (or
+//! the group coordinator), names its metrics, and answers ApiVersions.
 
 pub mod apis;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod context;
 mod error;
 pub mod groups;
 pub mod memory;

@@ -1,65 +1,203 @@
-//! Maps each API key to its handler. The same table answers ApiVersions, so
-//! the broker never advertises an API or version it does not handle.
+//! The only dispatcher: one table ([`api_table`]) maps each API key to its
+//! version range, its metric name and its handler. The same table answers
+//! ApiVersions, so the broker never advertises an API or version it does not
+//! handle, and every request is counted under its API's name
+//! (`tributary_requests_total{api=...}`). The connection only frames bytes;
+//! it knows no API by name.
+//!
+//! A handler answers in one phase ([`Answer::Now`]) or two
+//! ([`Answer::Later`]): the first phase runs before the connection reads
+//! the next request (so it sees requests in order: Produce queues its
+//! batches there), the second may overlap later requests (Produce waits for
+//! its commits). Answers are still written in request order.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, RequestKind, ResponseKind};
 use kafka_protocol::ResponseError;
 
-use crate::connection::RequestContext;
-use crate::{apis, groups, Broker};
+use crate::context::RequestContext;
+use crate::{apis, Broker};
 
-/// One supported API and its version range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ApiSpec {
+/// The second phase of a two-phase answer. `None`: no answer is sent
+/// (acks=0 produce).
+pub type Later = Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send>>;
+
+/// What a handler's first phase returns.
+pub enum Answer {
+    /// The answer; `None` sends none.
+    Now(Option<Box<ResponseKind>>),
+    /// The answer comes when this future ends; later requests may run
+    /// meanwhile.
+    Later(Later),
+    /// The request cannot be answered (its body is not the API the frame
+    /// named): the connection closes.
+    Close,
+}
+
+type Handler =
+    fn(Arc<Broker>, RequestContext, RequestKind) -> Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+/// One supported API: key, version range, metric name and handler.
+pub struct Route {
     pub key: ApiKey,
     pub min: i16,
     pub max: i16,
+    /// Its name in metrics (`Produce`, `JoinGroup`, ...).
+    pub name: &'static str,
+    handler: Handler,
 }
 
-const fn spec(key: ApiKey, min: i16, max: i16) -> ApiSpec {
-    ApiSpec { key, min, max }
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("key", &self.key)
+            .field("min", &self.min)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
 }
 
-/// APIs served outside the group coordinator.
-pub const BROKER_APIS: &[ApiSpec] = &[
-    spec(ApiKey::Produce, 3, 11),
-    spec(ApiKey::Fetch, 4, 12),
-    spec(ApiKey::ListOffsets, 1, 6),
-    spec(ApiKey::Metadata, 0, 12),
-    spec(ApiKey::FindCoordinator, 0, 4),
-    spec(ApiKey::ApiVersions, 0, 4),
-    spec(ApiKey::CreateTopics, 2, 7),
-    spec(ApiKey::DeleteTopics, 1, 6),
-    spec(ApiKey::InitProducerId, 0, 4),
-    spec(ApiKey::DescribeConfigs, 1, 4),
-    spec(ApiKey::CreatePartitions, 0, 3),
-    spec(ApiKey::DescribeCluster, 0, 1),
-    spec(ApiKey::DeleteRecords, 0, 2),
-    spec(ApiKey::AlterConfigs, 0, 2),
-    spec(ApiKey::IncrementalAlterConfigs, 0, 1),
-];
+/// A table entry whose handler answers in one phase: `$body` is the
+/// response of the API's own type, given the broker `$b`, the context
+/// `$ctx`, the decoded request `$r` and the version `$v`.
+macro_rules! route {
+    ($key:ident, $min:literal ..= $max:literal, |$b:ident, $ctx:ident, $r:ident, $v:ident| $body:expr) => {
+        Route {
+            key: ApiKey::$key,
+            min: $min,
+            max: $max,
+            name: stringify!($key),
+            handler: |$b, $ctx, request| {
+                Box::pin(async move {
+                    let RequestKind::$key($r) = request else {
+                        return Answer::Close;
+                    };
+                    let $v = $ctx.version;
+                    Answer::Now(Some(Box::new(ResponseKind::$key($body))))
+                })
+            },
+        }
+    };
+}
 
-/// Every supported API: the broker's and the group coordinator's.
-/// Built once: it is consulted for every request.
-pub fn api_table() -> &'static [ApiSpec] {
-    static TABLE: std::sync::OnceLock<Vec<ApiSpec>> = std::sync::OnceLock::new();
+/// Every supported API, sorted by key. Built once: it is consulted for
+/// every request.
+pub fn api_table() -> &'static [Route] {
+    static TABLE: OnceLock<Vec<Route>> = OnceLock::new();
     TABLE.get_or_init(|| {
-        let mut all: Vec<ApiSpec> = BROKER_APIS.to_vec();
-        all.extend(
-            groups::SUPPORTED
-                .iter()
-                .filter_map(|&(key, min, max)| Some(spec(ApiKey::try_from(key).ok()?, min, max))),
-        );
+        let mut all = vec![
+            Route {
+                key: ApiKey::Produce,
+                min: 3,
+                max: 11,
+                name: "Produce",
+                handler: |b, ctx, request| {
+                    Box::pin(async move {
+                        let RequestKind::Produce(r) = request else {
+                            return Answer::Close;
+                        };
+                        let pending = apis::produce::submit(&b, r, ctx.version).await;
+                        Answer::Later(Box::pin(
+                            async move { pending.await.map(ResponseKind::Produce) },
+                        ))
+                    })
+                },
+            },
+            route!(Fetch, 4..=12, |b, ctx, r, v| apis::fetch::handle(&b, r, v)
+                .await),
+            route!(ListOffsets, 1..=6, |b, ctx, r, v| {
+                apis::list_offsets::handle(&b, r, v).await
+            }),
+            route!(Metadata, 0..=12, |b, ctx, r, v| {
+                apis::metadata::handle(&b, r, v, &ctx.client_id).await
+            }),
+            route!(ApiVersions, 0..=4, |_b, ctx, _r, _v| api_versions()),
+            route!(FindCoordinator, 0..=4, |b, ctx, r, v| {
+                apis::find_coordinator::handle(&b, r, v)
+            }),
+            route!(CreateTopics, 2..=7, |b, ctx, r, v| {
+                apis::create_topics::handle(&b, r, v).await
+            }),
+            route!(DeleteTopics, 1..=6, |b, ctx, r, v| {
+                apis::delete_topics::handle(&b, r, v).await
+            }),
+            route!(CreatePartitions, 0..=3, |b, ctx, r, v| {
+                apis::create_partitions::handle(&b, r, v).await
+            }),
+            route!(DescribeConfigs, 1..=4, |b, ctx, r, v| {
+                apis::describe_configs::handle(&b, r, v).await
+            }),
+            route!(AlterConfigs, 0..=2, |b, ctx, r, v| {
+                apis::alter_configs::handle(&b, r, v).await
+            }),
+            route!(IncrementalAlterConfigs, 0..=1, |b, ctx, r, v| {
+                apis::incremental_alter_configs::handle(&b, r, v).await
+            }),
+            route!(DescribeCluster, 0..=1, |b, ctx, r, v| {
+                apis::describe_cluster::handle(&b, r, v)
+            }),
+            route!(InitProducerId, 0..=4, |b, ctx, r, v| {
+                apis::init_producer_id::handle(&b, r, v).await
+            }),
+            route!(DeleteRecords, 0..=2, |b, ctx, r, v| {
+                apis::delete_records::handle(&b, r, v).await
+            }),
+            // The group APIs: thin adapters to the coordinator.
+            route!(JoinGroup, 0..=9, |b, ctx, r, v| {
+                let host = ctx.peer.ip().to_string();
+                b.groups.join_group(r, v, &ctx.client_id, &host).await
+            }),
+            route!(SyncGroup, 0..=5, |b, ctx, r, v| b
+                .groups
+                .sync_group(r, v)
+                .await),
+            route!(Heartbeat, 0..=4, |b, ctx, r, v| b
+                .groups
+                .heartbeat(r, v)
+                .await),
+            route!(LeaveGroup, 0..=5, |b, ctx, r, v| b
+                .groups
+                .leave_group(r, v)
+                .await),
+            route!(OffsetCommit, 2..=9, |b, ctx, r, v| {
+                b.groups.offset_commit(r, v).await
+            }),
+            route!(OffsetFetch, 1..=9, |b, ctx, r, v| b
+                .groups
+                .offset_fetch(r, v)
+                .await),
+            route!(OffsetDelete, 0..=0, |b, ctx, r, v| {
+                b.groups.offset_delete(r, v).await
+            }),
+            route!(ListGroups, 0..=5, |b, ctx, r, v| b
+                .groups
+                .list_groups(r, v)
+                .await),
+            route!(DescribeGroups, 0..=5, |b, ctx, r, v| {
+                b.groups.describe_groups(r, v).await
+            }),
+            route!(DeleteGroups, 0..=2, |b, ctx, r, v| {
+                b.groups.delete_groups(r, v).await
+            }),
+        ];
         all.sort_by_key(|s| s.key as i16);
         all
     })
 }
 
+/// The route of `key`, if the broker serves it.
+fn route(key: ApiKey) -> Option<&'static Route> {
+    api_table().iter().find(|r| r.key == key)
+}
+
 /// Whether `version` of `key` is handled.
 pub fn is_supported(key: ApiKey, version: i16) -> bool {
-    api_table()
-        .iter()
-        .any(|s| s.key == key && (s.min..=s.max).contains(&version))
+    route(key).is_some_and(|r| (r.min..=r.max).contains(&version))
 }
 
 /// The ApiVersions answer listing [`api_table`].
@@ -83,126 +221,33 @@ pub fn api_versions_unsupported() -> ApiVersionsResponse {
     api_versions().with_error_code(ResponseError::UnsupportedVersion.code())
 }
 
-/// Run one request. `None` means no response is sent (acks=0 produce).
-pub async fn handle(
-    broker: &Broker,
-    ctx: &RequestContext,
-    request: RequestKind,
-    version: i16,
-) -> Option<ResponseKind> {
-    let api = api_name(&request);
-    let started = std::time::Instant::now();
-    let resp = handle_inner(broker, ctx, request, version).await;
-    observe(api, started);
-    resp
-}
-
-/// Count one answered request of `api` and its time since `started`.
-pub fn observe(api: &'static str, started: std::time::Instant) {
-    metrics::counter!("tributary_requests_total", "api" => api).increment(1);
-    metrics::histogram!("tributary_request_duration_seconds", "api" => api)
-        .record(started.elapsed().as_secs_f64());
-}
-
-/// The API's name in metrics (`Produce`, `Fetch`, ...).
-fn api_name(request: &RequestKind) -> &'static str {
-    match request {
-        RequestKind::Produce(_) => "Produce",
-        RequestKind::Fetch(_) => "Fetch",
-        RequestKind::ListOffsets(_) => "ListOffsets",
-        RequestKind::Metadata(_) => "Metadata",
-        RequestKind::ApiVersions(_) => "ApiVersions",
-        RequestKind::OffsetCommit(_) => "OffsetCommit",
-        RequestKind::OffsetFetch(_) => "OffsetFetch",
-        RequestKind::FindCoordinator(_) => "FindCoordinator",
-        RequestKind::JoinGroup(_) => "JoinGroup",
-        RequestKind::SyncGroup(_) => "SyncGroup",
-        RequestKind::Heartbeat(_) => "Heartbeat",
-        RequestKind::LeaveGroup(_) => "LeaveGroup",
-        _ => "Other",
+/// Run one request's first phase (see the module docs). Counts the request
+/// and its time, until its answer is ready, under its API's name.
+pub async fn dispatch(broker: Arc<Broker>, ctx: RequestContext, request: RequestKind) -> Answer {
+    let Some(route) = route(ctx.api_key).filter(|r| (r.min..=r.max).contains(&ctx.version)) else {
+        tracing::error!(api = ?ctx.api_key, version = ctx.version, "request reached the router without a handler");
+        return Answer::Close;
+    };
+    let started = Instant::now();
+    match (route.handler)(broker, ctx, request).await {
+        Answer::Now(resp) => {
+            observe(route.name, started);
+            Answer::Now(resp)
+        }
+        Answer::Later(pending) => Answer::Later(Box::pin(async move {
+            let resp = pending.await;
+            observe(route.name, started);
+            resp
+        })),
+        Answer::Close => Answer::Close,
     }
 }
 
-async fn handle_inner(
-    broker: &Broker,
-    ctx: &RequestContext,
-    request: RequestKind,
-    version: i16,
-) -> Option<ResponseKind> {
-    let g = &broker.groups;
-    let resp = match request {
-        RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions()),
-        RequestKind::Metadata(r) => {
-            ResponseKind::Metadata(apis::metadata::handle(broker, r, version, &ctx.client_id).await)
-        }
-        RequestKind::Produce(r) => {
-            return apis::produce::submit(broker, r, version)
-                .await
-                .await
-                .map(ResponseKind::Produce)
-        }
-        RequestKind::Fetch(r) => ResponseKind::Fetch(apis::fetch::handle(broker, r, version).await),
-        RequestKind::ListOffsets(r) => {
-            ResponseKind::ListOffsets(apis::list_offsets::handle(broker, r, version).await)
-        }
-        RequestKind::FindCoordinator(r) => {
-            ResponseKind::FindCoordinator(apis::find_coordinator::handle(broker, r, version))
-        }
-        RequestKind::CreateTopics(r) => {
-            ResponseKind::CreateTopics(apis::admin::create_topics(broker, r, version).await)
-        }
-        RequestKind::DeleteTopics(r) => {
-            ResponseKind::DeleteTopics(apis::admin::delete_topics(broker, r, version).await)
-        }
-        RequestKind::CreatePartitions(r) => {
-            ResponseKind::CreatePartitions(apis::admin::create_partitions(broker, r, version).await)
-        }
-        RequestKind::DescribeConfigs(r) => {
-            ResponseKind::DescribeConfigs(apis::admin::describe_configs(broker, r, version).await)
-        }
-        RequestKind::DescribeCluster(r) => {
-            ResponseKind::DescribeCluster(apis::admin::describe_cluster(broker, r, version))
-        }
-        RequestKind::InitProducerId(r) => {
-            ResponseKind::InitProducerId(apis::init_producer_id::handle(broker, r, version).await)
-        }
-        RequestKind::DeleteRecords(r) => {
-            ResponseKind::DeleteRecords(apis::delete_records::handle(broker, r, version).await)
-        }
-        RequestKind::AlterConfigs(r) => {
-            ResponseKind::AlterConfigs(apis::alter_configs::alter_configs(broker, r, version).await)
-        }
-        RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
-            apis::alter_configs::incremental_alter_configs(broker, r, version).await,
-        ),
-        RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(
-            g.join_group(r, version, &ctx.client_id, &ctx.peer.ip().to_string())
-                .await,
-        ),
-        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(g.sync_group(r, version).await),
-        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(g.heartbeat(r, version).await),
-        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(g.leave_group(r, version).await),
-        RequestKind::OffsetCommit(r) => {
-            ResponseKind::OffsetCommit(g.offset_commit(r, version).await)
-        }
-        RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(g.offset_fetch(r, version).await),
-        RequestKind::ListGroups(r) => ResponseKind::ListGroups(g.list_groups(r, version).await),
-        RequestKind::DescribeGroups(r) => {
-            ResponseKind::DescribeGroups(g.describe_groups(r, version).await)
-        }
-        RequestKind::DeleteGroups(r) => {
-            ResponseKind::DeleteGroups(g.delete_groups(r, version).await)
-        }
-        RequestKind::OffsetDelete(r) => {
-            ResponseKind::OffsetDelete(g.offset_delete(r, version).await)
-        }
-        other => {
-            // is_supported() lets only the APIs above through.
-            tracing::error!(request = ?std::mem::discriminant(&other), "request reached the router without a handler");
-            return None;
-        }
-    };
-    Some(resp)
+/// Count one answered request of `api` and its time since `started`.
+fn observe(api: &'static str, started: Instant) {
+    metrics::counter!("tributary_requests_total", "api" => api).increment(1);
+    metrics::histogram!("tributary_request_duration_seconds", "api" => api)
+        .record(started.elapsed().as_secs_f64());
 }
 
 #[cfg(test)]
@@ -218,6 +263,7 @@ mod tests {
                 table[i + 1..].iter().all(|o| o.key != s.key),
                 "duplicate {s:?}"
             );
+            assert_eq!(s.name, format!("{:?}", s.key), "metric name of {s:?}");
         }
         assert!(is_supported(ApiKey::ApiVersions, 3));
         assert!(!is_supported(ApiKey::ApiVersions, 99));

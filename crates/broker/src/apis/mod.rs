@@ -1,19 +1,30 @@
-//! One module per Kafka API (the group APIs live in [`crate::groups`]).
+//! One module per Kafka API, each with a `handle` the router's table calls
+//! (the group APIs are thin adapters in the table to [`crate::groups`]).
+//! [`topic_configs`] holds what the config APIs share.
 //! Handlers never fail as a whole: problems become per-topic or
 //! per-partition error codes.
 
-pub mod admin;
 pub mod alter_configs;
+pub mod create_partitions;
+pub mod create_topics;
 pub mod delete_records;
+pub mod delete_topics;
+pub mod describe_cluster;
+pub mod describe_configs;
 pub mod fetch;
 pub mod find_coordinator;
+pub mod incremental_alter_configs;
 pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
+pub mod topic_configs;
 
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
+
+/// Largest partition count one request may ask for.
+pub(crate) const MAX_PARTITIONS: i32 = 10_000;
 
 /// A `TopicName` from a string.
 pub(crate) fn topic_name(name: &str) -> TopicName {

@@ -12,12 +12,12 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use tributary_meta::{BatchOutcome, ProducerBatch, TopicMeta};
-use tributary_protocol::batch::{set_log_append_time, split_batches, BatchError, BatchView};
+use tributary_protocol::batch::{set_log_append_time, split_batches, BatchView};
 use tributary_protocol::sequence;
 use tributary_storage::{AppendBatch, AppendReceiver, WriteError};
 
 use super::str_bytes;
-use crate::error::{meta_error_code, rejection_code, write_error_code};
+use crate::error::{batch_error_code, meta_error_code, rejection_code, write_error_code};
 use crate::topics::invalid_topic_name;
 use crate::Broker;
 
@@ -216,20 +216,7 @@ fn validate_partition(
         }
         Ok(b) => b,
         Err(e) => {
-            let code = match e {
-                BatchError::UnsupportedMagic(_) => {
-                    ResponseError::UnsupportedForMessageFormat.code()
-                }
-                BatchError::UnsupportedCompression(_) => {
-                    ResponseError::UnsupportedCompressionType.code()
-                }
-                BatchError::Truncated
-                | BatchError::CorruptCrc { .. }
-                | BatchError::InvalidRecordCount { .. }
-                | BatchError::InvalidLength(_)
-                | BatchError::Decode(_) => ResponseError::CorruptMessage.code(),
-                BatchError::TooLarge { .. } => ResponseError::MessageTooLarge.code(),
-            };
+            let code = batch_error_code(&e);
             tracing::debug!(topic = %topic.name, partition = index, error = %e, "rejected record batch");
             return Err(error_response(index, code, &e.to_string()));
         }

@@ -24,7 +24,8 @@
 //! Contract: every handler takes the decoded request and its API version and
 //! returns the response struct for that version. Handlers never panic and
 //! never fail; problems become Kafka error codes in the response. The
-//! versions really handled are listed in [`SUPPORTED`].
+//! versions really handled are in the router's table
+//! ([`crate::router::api_table`]).
 //!
 //! Each group is a [`group::Group`] state machine behind its own
 //! `std::sync::Mutex` (never held across `.await`, poisoning recovered) plus
@@ -50,10 +51,10 @@ use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{
-    ApiKey, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
-    DescribeGroupsResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
-    ListGroupsResponse, SyncGroupRequest, SyncGroupResponse,
+    DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, SyncGroupRequest,
+    SyncGroupResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -62,23 +63,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tributary_meta::{GroupClaim, GroupStore, MetaError, TopicStore};
 
+use crate::error::group_meta_error_code;
+
 use group::{
     code, Group, GroupState, JoinOutcome, JoinParams, Reply, SyncOutcome, SyncParams, NONE,
 };
-
-/// `(api key, min version, max version)` of every API this module handles.
-pub const SUPPORTED: &[(i16, i16, i16)] = &[
-    (ApiKey::OffsetCommit as i16, 2, 9),
-    (ApiKey::OffsetFetch as i16, 1, 9),
-    (ApiKey::JoinGroup as i16, 0, 9),
-    (ApiKey::Heartbeat as i16, 0, 4),
-    (ApiKey::LeaveGroup as i16, 0, 5),
-    (ApiKey::SyncGroup as i16, 0, 5),
-    (ApiKey::DescribeGroups as i16, 0, 5),
-    (ApiKey::ListGroups as i16, 0, 5),
-    (ApiKey::DeleteGroups as i16, 0, 2),
-    (ApiKey::OffsetDelete as i16, 0, 0),
-];
 
 /// Coordinator settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,23 +155,6 @@ fn str_bytes(s: impl Into<String>) -> StrBytes {
 
 fn opt_str(s: &Option<StrBytes>) -> Option<String> {
     s.as_ref().map(|s| s.to_string())
-}
-
-/// Kafka error code for a metadata-store failure.
-fn meta_error_code(e: &MetaError) -> i16 {
-    match e {
-        MetaError::UnknownTopic(_) | MetaError::UnknownPartition { .. } => {
-            code(ResponseError::UnknownTopicOrPartition)
-        }
-        MetaError::Backend { .. } => code(ResponseError::CoordinatorNotAvailable),
-        MetaError::Fenced { .. } => code(ResponseError::NotCoordinator),
-        MetaError::TopicExists(_)
-        | MetaError::InvalidPartitions { .. }
-        | MetaError::OffsetOutOfRange { .. }
-        | MetaError::SegmentExists(_)
-        | MetaError::CommitTooLate { .. }
-        | MetaError::InvalidArgument(_) => code(ResponseError::UnknownServerError),
-    }
 }
 
 impl GroupCoordinator {
@@ -311,7 +283,7 @@ impl GroupCoordinator {
         self.claim(group_id).await?;
         let saved = self.store.load_group(group_id).await.map_err(|e| {
             tracing::warn!(group = %group_id, error = %e, "loading group failed");
-            meta_error_code(&e)
+            group_meta_error_code(&e)
         })?;
         let saved = saved.and_then(|bytes| match saved::SavedGroup::decode(&bytes) {
             Ok(s) => Some(s),
@@ -387,7 +359,10 @@ impl GroupCoordinator {
                 Ok(()) => Ok(()),
                 Err(e) => {
                     tracing::warn!(group = %group_id, error = %e, "saving group failed");
-                    Err((meta_error_code(&e), matches!(e, MetaError::Fenced { .. })))
+                    Err((
+                        group_meta_error_code(&e),
+                        matches!(e, MetaError::Fenced { .. }),
+                    ))
                 }
             },
             Err(c) => Err((c, false)),
@@ -456,7 +431,7 @@ impl GroupCoordinator {
             .await
             .map_err(|e| {
                 tracing::warn!(group = %group_id, error = %e, "claiming group failed");
-                meta_error_code(&e)
+                group_meta_error_code(&e)
             })?;
         tracing::debug!(group = %group_id, epoch = claim.epoch, "claimed group");
         // Two claims racing on this broker: keep the newer, which is the
@@ -748,7 +723,7 @@ impl GroupCoordinator {
                     }
                 }
             }
-            Err(e) => error = meta_error_code(&e),
+            Err(e) => error = group_meta_error_code(&e),
         }
         listed.sort();
         let states: Vec<String> = if version >= 4 {
@@ -837,7 +812,7 @@ impl GroupCoordinator {
                     self.store
                         .list_groups()
                         .await
-                        .map_err(|e| meta_error_code(&e)),
+                        .map_err(|e| group_meta_error_code(&e)),
                 );
             }
             match &stored {
@@ -902,12 +877,12 @@ impl GroupCoordinator {
             None => match self.store.list_groups().await {
                 Ok(ids) if ids.iter().any(|g| g == id) => {}
                 Ok(_) => return code(ResponseError::GroupIdNotFound),
-                Err(e) => return meta_error_code(&e),
+                Err(e) => return group_meta_error_code(&e),
             },
         }
         match self.store.delete_group(id).await {
             Ok(()) => NONE,
-            Err(e) => meta_error_code(&e),
+            Err(e) => group_meta_error_code(&e),
         }
     }
 

@@ -30,7 +30,8 @@ use tokio::time::Instant;
 use tributary_meta::{CommittedOffset, MetaError, TopicMeta};
 
 use super::group::{code, Group, GroupState, NONE};
-use super::{lock, meta_error_code, opt_str, str_bytes, GroupCoordinator};
+use super::{lock, opt_str, str_bytes, GroupCoordinator};
+use crate::error::group_meta_error_code;
 
 /// Kafka's `offset.metadata.max.bytes` default.
 const MAX_METADATA_BYTES: usize = 4096;
@@ -72,7 +73,7 @@ impl GroupCoordinator {
                 .topics
                 .get_topic(&name)
                 .await
-                .map_err(|e| meta_error_code(&e));
+                .map_err(|e| group_meta_error_code(&e));
             out.insert(name, t);
         }
         out
@@ -179,7 +180,7 @@ impl GroupCoordinator {
                         }
                         r.map_err(|e| {
                             tracing::warn!(group = %group_id, error = %e, "offset commit failed");
-                            meta_error_code(&e)
+                            group_meta_error_code(&e)
                         })
                     }
                     Err(c) => Err(c),
@@ -274,7 +275,7 @@ impl GroupCoordinator {
             }
             Err(e) => {
                 tracing::warn!(group = %group_id, error = %e, "offset fetch failed");
-                let c = meta_error_code(&e);
+                let c = group_meta_error_code(&e);
                 let topics = topics
                     .unwrap_or_default()
                     .into_iter()
@@ -412,7 +413,7 @@ impl GroupCoordinator {
             None => match self.store.list_groups().await {
                 Ok(ids) if ids.contains(&group_id) => HashSet::new(),
                 Ok(_) => return fail(code(ResponseError::GroupIdNotFound)),
-                Err(e) => return fail(meta_error_code(&e)),
+                Err(e) => return fail(group_meta_error_code(&e)),
             },
         };
         let topics = self
@@ -445,7 +446,7 @@ impl GroupCoordinator {
         }
         if !to_delete.is_empty() {
             if let Err(e) = self.store.delete_offsets(&group_id, &to_delete).await {
-                let c = meta_error_code(&e);
+                let c = group_meta_error_code(&e);
                 for (ti, pi) in slots {
                     errors[ti][pi] = c;
                 }
