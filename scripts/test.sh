@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The project's test command (README: ./scripts/test.sh). Idempotent; works
-# as root on a fresh Debian machine:
+# as root on a fresh Debian machine.
+#
+#   ./scripts/test.sh           every tier (what .ci/run runs):
 #   1. installs kcat, postgresql and openssl (apt) if missing and a cached Python venv with
 #      tests/python/requirements.txt,
-#   2. cargo fmt --check, clippy -D warnings, release build of the broker,
+#   2. cargo fmt --check, clippy -D warnings, the layout check, release build,
 #   3. cargo test --workspace (Rust unit + end-to-end tests with rdkafka), then
 #      the end-to-end tests again on a moto S3 server (TRIBUTARY_TEST_STORE=s3),
 #   4. the deterministic simulation (crates/sim): 1000 seeds, each replayed
@@ -11,9 +13,27 @@
 #   5. pytest tests/python (confluent-kafka and kcat against the release binary),
 #   6. every fuzz target for FUZZ_SECONDS (default 15) each (scripts/fuzz.sh;
 #      installs cargo-fuzz, pinned, into ~/.cache/tributary/tools if missing).
+#   ./scripts/test.sh --quick   fmt, clippy, unit tests and the SQLite conformance
+#                               suite; no PostgreSQL, S3, broker process or Python
+#                               (nextest profile `quick`, .config/nextest.toml).
 # Every step runs even if an earlier one failed (except those that need its
 # output); the exit code is non-zero if any step failed.
 set -uo pipefail
+
+QUICK=0
+for arg in "$@"; do
+    case $arg in
+    --quick) QUICK=1 ;;
+    -h | --help)
+        sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "unknown option: $arg (try --help)" >&2
+        exit 2
+        ;;
+    esac
+done
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
@@ -121,27 +141,42 @@ setup_venv() {
         touch "$VENV/.complete"
 }
 
+have_nextest() { cargo nextest --version >/dev/null 2>&1; }
+
+# Tier quick: unit tests and the SQLite conformance suite (only the targets
+# it runs are built, so the end-to-end binary is not linked).
+quick_tests() {
+    if have_nextest; then
+        cargo nextest run --workspace --lib --bins --test conformance --profile quick
+    else
+        cargo test --workspace --lib --bins -- --skip postgres::tests --skip postgres::registry &&
+            cargo test -p tributary-meta --test conformance -- --skip postgres::
+    fi
+}
+
+# Tier default (profile ci: a hung test is stopped): every Rust test.
 cargo_tests() {
     # The s3:// tests (tests/rust/s3_*.rs) start moto_server from this venv.
     if [ -n "$VENV" ]; then export TRIBUTARY_VENV=$VENV; fi
-    if cargo nextest --version >/dev/null 2>&1; then
+    if have_nextest; then
         # nextest does not run doctests; run them separately.
-        cargo nextest run --workspace --no-fail-fast && cargo test --workspace --doc
+        cargo nextest run --workspace --profile ci && cargo test --workspace --doc
     else
         cargo test --workspace --no-fail-fast
     fi
 }
 
-# The end-to-end suite again, with every test broker storing its segments on
-# its own moto S3 server (tests that inspect the local data dir stay local).
+# Tier s3: the end-to-end suite again, with every test broker storing its
+# segments on its own moto S3 server (tests that pin their store, and the
+# PostgreSQL ones, are not repeated).
+S3_SKIPPED=(postgres_ crash_orphans:: retention_compaction:: fault_injection:: s3_broker:: stored_data_faults::)
 cargo_tests_s3() {
     if [ -n "$VENV" ]; then export TRIBUTARY_VENV=$VENV; fi
-    if cargo nextest --version >/dev/null 2>&1; then
-        # Tests that always use the local store or already use S3 are not repeated.
-        TRIBUTARY_TEST_STORE=s3 cargo nextest run -p tributary-cli --no-fail-fast \
-            -E 'kind(test) & !binary(/postgres/) & !binary(crash_orphans) & !binary(retention_compaction) & !binary(fault_injection) & !binary(s3_broker) & !binary(stored_data_faults)'
+    if have_nextest; then
+        TRIBUTARY_TEST_STORE=s3 cargo nextest run -p tributary-cli --test e2e --profile s3
     else
-        TRIBUTARY_TEST_STORE=s3 cargo test -p tributary-cli --tests --no-fail-fast
+        TRIBUTARY_TEST_STORE=s3 cargo test -p tributary-cli --test e2e --no-fail-fast -- \
+            $(printf -- '--skip %s ' "${S3_SKIPPED[@]}")
     fi
 }
 
@@ -149,6 +184,25 @@ python_tests() {
     TRIBUTARY_BIN="$CARGO_TARGET_DIR/release/tributary" \
         "$VENV/bin/python" -m pytest "$ROOT/tests/python" -v
 }
+
+summary() {
+    printf '\n\033[1m==> summary\033[0m\n'
+    printf '%s\n' "${SUMMARY[@]}"
+    if [ "$FAILED" -ne 0 ]; then
+        echo "RESULT: FAILED"
+        exit 1
+    fi
+    echo "RESULT: all steps passed"
+}
+
+if [ "$QUICK" -eq 1 ]; then
+    step "cargo fmt --check" cargo fmt --all -- --check
+    step "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
+    step "layout (scripts/check-layout.py)" python3 scripts/check-layout.py --narrow-traits
+    step "unit tests and SQLite conformance (tier quick)" quick_tests
+    summary
+    exit 0
+fi
 
 step "install kcat" install_kcat
 step "install postgresql" install_postgres
@@ -158,6 +212,7 @@ VENV_OK=0
 step "python venv ($REQUIREMENTS)" setup_venv && VENV_OK=1
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
+step "layout (scripts/check-layout.py)" python3 scripts/check-layout.py --narrow-traits
 BUILD_OK=0
 # The load generator too: tests/python/test_bench.py runs scripts/bench.sh.
 step "cargo build --release -p tributary-cli" cargo build --release -p tributary-cli --bins --example loadgen && BUILD_OK=1
@@ -175,10 +230,4 @@ fi
 FUZZ_SECONDS=${FUZZ_SECONDS:-15}
 step "fuzz targets (${FUZZ_SECONDS}s each)" ./scripts/fuzz.sh --seconds "$FUZZ_SECONDS"
 
-printf '\n\033[1m==> summary\033[0m\n'
-printf '%s\n' "${SUMMARY[@]}"
-if [ "$FAILED" -ne 0 ]; then
-    echo "RESULT: FAILED"
-    exit 1
-fi
-echo "RESULT: all steps passed"
+summary

@@ -11,17 +11,15 @@
 //! the fixed broker needs and far below what the defect took. Attack
 //! connections are closed when a test ends.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use anyhow::{bail, ensure, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
-use common::*;
 use kafka_protocol::protocol::{Decodable, Request, StrBytes};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;

@@ -3,12 +3,10 @@
 //! down and 200 again once it is back; `--node-id auto` gives brokers that
 //! share a metadata store distinct ids.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use anyhow::{Context, Result};
-use common::*;
 use rdkafka::consumer::Consumer;
 use tributary_testkit::{free_port, PgServer};
 

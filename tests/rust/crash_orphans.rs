@@ -5,15 +5,13 @@
 //! never heard of, as left by a crash between PUT and commit), so the test
 //! does not depend on the kill landing in that window.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use anyhow::{bail, ensure, Context, Result};
-use common::*;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureRecord;
 use rdkafka::TopicPartitionList;

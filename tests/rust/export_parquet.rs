@@ -5,18 +5,16 @@
 //! produced since; an export killed mid-way and run again leaves a complete,
 //! duplicate-free set of files.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::common::*;
 use anyhow::{bail, ensure, Context, Result};
 use arrow_array::{
     Array, BinaryArray, Int64Array, ListArray, StringArray, StructArray, TimestampMillisecondArray,
 };
-use common::*;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 const TOPIC: &str = "history";

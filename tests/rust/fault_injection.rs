@@ -10,13 +10,11 @@
 //! order per key. Run for an idempotent and a plain producer on the local
 //! store, and for an idempotent producer on a real S3 server (moto).
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::common::*;
 use anyhow::{bail, ensure, Context, Result};
-use common::*;
 use rdkafka::consumer::Consumer;
 use rdkafka::TopicPartitionList;
 

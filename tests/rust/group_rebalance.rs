@@ -1,14 +1,12 @@
 //! Three consumers in one group share a 6-partition topic 2/2/2; when one
 //! closes, the other two take over 3/3 and consume everything produced after.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use anyhow::{bail, ensure, Context, Result};
-use common::*;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;

@@ -6,13 +6,11 @@
 //! broker restarts mid-request — belong to the fault-injection tests that
 //! come with the fault-injecting object store (DESIGN.md invariant 4).
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::common::*;
 use anyhow::{ensure, Context, Result};
-use common::*;
 use rdkafka::consumer::Consumer;
 
 const TOPIC: &str = "idempotent";

@@ -3,12 +3,10 @@
 //! timestamp is at or after the query — including a query between two
 //! records, one before the first, and one after the last (-1, i.e. end).
 
-mod common;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::common::*;
 use anyhow::{ensure, Context, Result};
-use common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 

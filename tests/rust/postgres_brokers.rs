@@ -6,13 +6,11 @@
 //! exactly once at its acknowledged offset. Also: zone-aware Metadata, and a
 //! fetch parked on one broker woken by a commit on the other (LISTEN/NOTIFY).
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::common::*;
 use anyhow::{ensure, Context, Result};
-use common::*;
 use rdkafka::consumer::Consumer;
 use rdkafka::TopicPartitionList;
 use tributary_meta::{LogStore, MaintenanceStore, PostgresStore, TopicStore};

@@ -15,15 +15,13 @@
 //! records may reach the application twice. Those repeats are counted and
 //! printed.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::*;
 use anyhow::{ensure, Context, Result};
-use common::*;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tributary_broker::cluster::coordinator_among;
 use tributary_meta::BrokerInfo;

@@ -6,15 +6,13 @@
 //! (the produce gets a retriable error and the client retries), and produces
 //! succeed again once the lock is released.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::common::*;
 use anyhow::{ensure, Context, Result};
-use common::*;
 use rdkafka::consumer::Consumer;
 use tributary_testkit::{pg_bin_dir, PgServer};
 

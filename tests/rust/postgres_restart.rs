@@ -4,13 +4,11 @@
 //! every acknowledged record is readable exactly once at its acknowledged
 //! offset.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::common::*;
 use anyhow::{ensure, Context, Result};
-use common::*;
 use tributary_testkit::PgServer;
 
 const TOPIC: &str = "pg-restart";

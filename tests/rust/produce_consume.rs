@@ -3,13 +3,11 @@
 //! record arrives exactly once, offsets are dense per partition and each key's
 //! sequence numbers arrive in order (DESIGN.md invariants 2 and 3).
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use crate::common::*;
 use anyhow::{ensure, Context, Result};
-use common::*;
 use rdkafka::consumer::Consumer;
 
 const TOPIC: &str = "produce-consume";

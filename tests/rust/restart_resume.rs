@@ -4,13 +4,11 @@
 //! stable group survives its coordinator's SIGKILL and restart without a
 //! rebalance.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::common::*;
 use anyhow::{ensure, Context, Result};
-use common::*;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 

@@ -10,15 +10,13 @@
 //! moto_server comes from the venv scripts/test.sh builds (`TRIBUTARY_VENV`);
 //! without it these tests fail, saying how to get it.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use anyhow::{bail, ensure, Context, Result};
-use common::*;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tributary_testkit::{S3Server, S3_TEST_ENV};

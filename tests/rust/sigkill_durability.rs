@@ -4,15 +4,13 @@
 //! exactly once, at the offset it was acknowledged with. Unacknowledged
 //! records may or may not be there.
 
-mod common;
-
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use anyhow::{bail, ensure, Context, Result};
-use common::*;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::TopicPartitionList;

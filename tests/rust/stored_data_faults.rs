@@ -8,14 +8,12 @@
 //! - A flipped byte in a stored batch is never handed to a client (librdkafka
 //!   checks CRCs only with `check.crcs=true`); it is counted on `/metrics`.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::common::*;
 use anyhow::{ensure, Context, Result};
-use common::*;
 use rdkafka::consumer::Consumer;
 use tributary_testkit::free_port;
 

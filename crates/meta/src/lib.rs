@@ -6,7 +6,7 @@
 //! A backend implements all five ([`MetadataStore`] is their union, used only
 //! where a store is opened); components take the handles they use from
 //! [`Stores`], so a test double implements only what its component calls.
-//! Every backend must pass the conformance suite in [`conformance`]. The
+//! Every backend must pass the conformance suite (`tests/conformance`). The
 //! Kafka decisions the backends share live in [`rules`]; a backend only
 //! translates them to its SQL.
 //!
@@ -24,7 +24,6 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 pub mod clock;
-pub mod conformance;
 mod error;
 pub mod faults;
 mod open;

@@ -1,4 +1,9 @@
-//! Tests of the group coordinator against an in-memory SQLite metadata store.
+//! Tests of the group coordinator against an in-memory SQLite metadata store,
+//! on paused time: timers (session timeouts, rebalance timeouts, the idle
+//! sweep) fire when the test runtime has nothing else to do, so a test that
+//! waits out a 30 s timeout takes no real time and never races the clock.
+//! The store runs its calls inline ([`SqliteStore::with_inline_calls`]) so
+//! time cannot auto-advance while a call is in flight.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -48,7 +53,12 @@ fn coordinator<S: GroupStore + TopicStore + 'static>(
 
 /// An in-memory store with topics `t` (2 partitions) and `u` (1).
 async fn store_with_topics() -> Arc<SqliteStore> {
-    let store = Arc::new(SqliteStore::open_in_memory().await.expect("sqlite store"));
+    let store = Arc::new(
+        SqliteStore::open_in_memory()
+            .await
+            .expect("sqlite store")
+            .with_inline_calls(),
+    );
     store
         .create_topic("t", 2, BTreeMap::new())
         .await
@@ -62,8 +72,7 @@ async fn store_with_topics() -> Arc<SqliteStore> {
 
 async fn setup() -> (Arc<GroupCoordinator>, Arc<SqliteStore>) {
     let store = store_with_topics().await;
-    // Short minimum so timeout tests run on the real clock in well under a
-    // second (tokio's `test-util` is not enabled for this crate).
+    // A short minimum lets tests use short session timeouts.
     let config = GroupConfig {
         min_session_timeout_ms: 50,
         ..GroupConfig::default()
@@ -285,7 +294,7 @@ async fn stable_group_t(
     (ids, leader, gen)
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn single_member_joins_immediately() {
     let (c, _) = setup().await;
     let id = member_id(&c, "g").await;
@@ -313,7 +322,7 @@ async fn single_member_joins_immediately() {
     c.shutdown();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn invalid_requests() {
     let (c, _) = setup().await;
     assert_eq!(join(&c, join_req("", "", 10_000), 5).await.error_code, 24);
@@ -329,7 +338,7 @@ async fn invalid_requests() {
     assert_eq!(sr.error_code, 25);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn member_leaves_and_rest_rebalance() {
     let (c, _) = setup().await;
     let (ids, leader, gen) = stable_group(&c, "g", 3).await;
@@ -363,7 +372,7 @@ async fn member_leaves_and_rest_rebalance() {
     c.shutdown();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn silent_leader_is_evicted_and_group_recovers() {
     const T: (i32, i32) = (400, 2_000);
     let beat = Duration::from_millis(100);
@@ -408,7 +417,7 @@ async fn silent_leader_is_evicted_and_group_recovers() {
     c.shutdown();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn member_not_rejoining_is_dropped_at_rebalance_timeout() {
     const T: (i32, i32) = (400, 600);
     let (c, _) = setup().await;
@@ -437,7 +446,7 @@ async fn member_not_rejoining_is_dropped_at_rebalance_timeout() {
     c.shutdown();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn static_member_replaces_old_id() {
     let (c, _) = setup().await;
     let req = join_req("g", "", 10_000).with_group_instance_id(Some(s("inst-1")));
@@ -545,7 +554,7 @@ async fn fetch(
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn simple_commit_and_fetch() {
     let (c, _) = setup().await;
     let r = c
@@ -609,7 +618,7 @@ async fn simple_commit_and_fetch() {
     c.shutdown();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn group_commits_are_validated() {
     let (c, _) = setup().await;
     let (ids, leader, gen) = stable_group(&c, "g", 2).await;
@@ -655,7 +664,7 @@ async fn group_commits_are_validated() {
     c.shutdown();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn describe_list_delete() {
     let (c, store) = setup().await;
     let (ids, leader, gen) = stable_group(&c, "g", 2).await;
@@ -761,7 +770,7 @@ async fn describe_list_delete() {
     c.shutdown();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn shutdown_answers_parked_joins() {
     let (c, _) = setup().await;
     let (_, leader, _) = stable_group(&c, "g", 2).await;
@@ -776,7 +785,7 @@ async fn shutdown_answers_parked_joins() {
 /// live brokers disagree for a moment): the one that claimed the group last
 /// wins and carries the group on as saved; the other's commits are fenced
 /// and it drops the group.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn stale_coordinator_cannot_commit() {
     let (a, store) = setup().await;
     let b = coordinator(store.clone(), a.config.clone());
@@ -830,7 +839,7 @@ async fn stale_coordinator_cannot_commit() {
 /// lost and the group rebalanced. The coordinator now saves the group when
 /// a generation's assignment is complete, and a new coordinator carries it
 /// on.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn restarted_coordinator_carries_a_stable_group_on() {
     let (a, store) = setup().await;
     let (ids, leader, gen) = stable_group(&a, "g", 3).await;
@@ -893,7 +902,7 @@ async fn restarted_coordinator_carries_a_stable_group_on() {
 /// when the save fails they get the error and the group rebalances, as in
 /// Kafka (an assignment nobody could carry on after a move is not handed
 /// out).
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn sync_waits_for_the_save() {
     use tributary_meta::faults::{FaultyMeta, MetaFaults};
 
@@ -956,7 +965,7 @@ async fn sync_waits_for_the_save() {
 /// under) stayed in memory forever with its timer task and claim. Empty
 /// groups unused for `empty_group_ttl` now leave memory; groups with
 /// members stay.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn idle_empty_groups_leave_memory() {
     let c = coordinator(
         store_with_topics().await,
@@ -1000,7 +1009,7 @@ async fn idle_empty_groups_leave_memory() {
 /// Issue 12 suspicion, confirmed: OffsetCommit checked the generation under
 /// the group lock, then awaited the store, so a commit checked under an old
 /// generation could land after a newer commit and move the offset back.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn stale_commit_cannot_land_after_a_newer_one() {
     use tributary_meta::faults::{FaultyMeta, MetaFaults};
 

@@ -1,8 +1,6 @@
-//! Tests of the PostgreSQL backend against a real server (conformance,
-//! concurrency, restarts, TLS, plans).
+//! Tests of the PostgreSQL backend against a real server: concurrency,
+//! restarts, TLS, plans (the conformance suite is in `tests/conformance`).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use tributary_testkit::PgServer;
@@ -22,8 +20,8 @@ use super::schema::MIGRATIONS;
 use super::tls::TlsMode;
 use super::url::{parse_url, ParsedUrl, SESSION_TIMEOUTS};
 use crate::{
-    conformance, BatchOutcome, BrokerRegistry, LogStore, MetaError, MetadataStore,
-    PartitionOffsets, PendingBatch, SegmentCommit, TopicStore,
+    BatchOutcome, BrokerRegistry, LogStore, MetaError, PartitionOffsets, PendingBatch,
+    SegmentCommit, TopicStore,
 };
 
 /// A throwaway cluster; fails (never skips) without PostgreSQL binaries.
@@ -41,24 +39,6 @@ fn batch(topic_id: Uuid, partition: i32, byte_start: u64, count: i64) -> Pending
         max_timestamp: 1_000,
         producer: None,
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_postgres() {
-    let server = pg_server();
-    let base = server.url();
-    let n = AtomicUsize::new(0);
-    conformance::run_all(|| {
-        let url = format!("{base}?schema=t{}", n.fetch_add(1, Ordering::Relaxed));
-        async move {
-            Arc::new(
-                PostgresStore::connect(&url)
-                    .await
-                    .unwrap_or_else(|e| panic!("connect {url}: {e}")),
-            ) as Arc<dyn MetadataStore>
-        }
-    })
-    .await;
 }
 
 /// Two stores ("brokers") on one database, each with four concurrent

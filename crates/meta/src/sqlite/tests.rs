@@ -1,8 +1,7 @@
-//! Tests of the SQLite backend as a whole (conformance, durability, plans).
+//! Tests of the SQLite backend as a whole (durability, plans, recovery); the
+//! conformance suite is in `tests/conformance`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use uuid::Uuid;
 
@@ -13,35 +12,9 @@ use super::log::SQL_ENTRY_FOR_TIMESTAMP;
 use super::rows::SQL_ENTRIES_FROM;
 use super::schema::MIGRATIONS;
 use crate::{
-    conformance, BatchOutcome, CommittedOffset, GroupStore, LogStore, MetaError, MetadataStore,
-    PartitionOffsets, PendingBatch, SegmentCommit, TopicStore,
+    BatchOutcome, CommittedOffset, GroupStore, LogStore, MetaError, PartitionOffsets, PendingBatch,
+    SegmentCommit, TopicStore,
 };
-
-#[tokio::test]
-async fn conformance_in_memory() {
-    conformance::run_all(|| async {
-        Arc::new(SqliteStore::open_in_memory().await.expect("open in memory"))
-            as Arc<dyn MetadataStore>
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_file() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let n = Arc::new(AtomicUsize::new(0));
-    let root = dir.path().to_path_buf();
-    conformance::run_all(move || {
-        let path = root.join(format!(
-            "store-{}/meta.db",
-            n.fetch_add(1, Ordering::Relaxed)
-        ));
-        async move {
-            Arc::new(SqliteStore::open(&path).await.expect("open file")) as Arc<dyn MetadataStore>
-        }
-    })
-    .await;
-}
 
 fn batch(topic_id: Uuid, partition: i32, byte_start: u64, count: i64) -> PendingBatch {
     PendingBatch {
