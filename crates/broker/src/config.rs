@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use tributary_meta::topic_config;
+
 use crate::groups::GroupConfig;
 
 /// Settings of one broker.
@@ -99,19 +101,10 @@ impl Default for BrokerConfig {
 }
 
 impl BrokerConfig {
-    /// Topic configs with their defaults, as DescribeConfigs reports them.
+    /// Topic configs with their defaults, as DescribeConfigs reports them
+    /// ([`topic_config::KEYS`]).
     pub fn topic_defaults(&self) -> BTreeMap<&'static str, String> {
-        let mut m = BTreeMap::new();
-        m.insert("cleanup.policy", "delete".to_string());
-        m.insert("compression.type", "producer".to_string());
-        m.insert("max.message.bytes", self.max_message_bytes.to_string());
-        m.insert("message.timestamp.type", "CreateTime".to_string());
-        m.insert("min.insync.replicas", "1".to_string());
-        m.insert("retention.bytes", "-1".to_string());
-        m.insert("retention.ms", "604800000".to_string());
-        m.insert("segment.bytes", "1073741824".to_string());
-        m.insert("segment.ms", "604800000".to_string());
-        m
+        topic_config::defaults(self.max_message_bytes)
     }
 
     /// Broker configs clients read through DescribeConfigs.
@@ -124,7 +117,10 @@ impl BrokerConfig {
         m.insert("broker.id", self.node_id.to_string());
         m.insert("default.replication.factor", "1".to_string());
         m.insert("fetch.max.bytes", self.fetch_max_bytes.to_string());
-        m.insert("log.retention.ms", "604800000".to_string());
+        m.insert(
+            "log.retention.ms",
+            topic_config::DEFAULT_RETENTION_MS.to_string(),
+        );
         m.insert("message.max.bytes", self.max_message_bytes.to_string());
         m.insert("num.partitions", self.num_partitions.to_string());
         m.insert("offsets.topic.replication.factor", "1".to_string());
@@ -133,36 +129,5 @@ impl BrokerConfig {
             self.max_request_bytes.to_string(),
         );
         m
-    }
-}
-
-/// Check a topic config value; `Err` names the problem.
-pub fn validate_topic_config(key: &str, value: &str) -> Result<(), String> {
-    let number = |min: i64| match value.parse::<i64>() {
-        Ok(v) if v >= min => Ok(()),
-        _ => Err(format!("{key} must be an integer >= {min}, got {value:?}")),
-    };
-    match key {
-        "retention.ms" | "retention.bytes" => number(-1),
-        "max.message.bytes" => number(0),
-        "segment.bytes" | "segment.ms" => number(1),
-        "min.insync.replicas" => number(1),
-        "cleanup.policy" => match value {
-            "delete" | "compact" | "compact,delete" | "delete,compact" => Ok(()),
-            _ => Err(format!(
-                "cleanup.policy must be delete and/or compact, got {value:?}"
-            )),
-        },
-        "compression.type" => match value {
-            "producer" | "uncompressed" | "none" | "gzip" | "snappy" | "lz4" | "zstd" => Ok(()),
-            _ => Err(format!("unknown compression.type {value:?}")),
-        },
-        "message.timestamp.type" => match value {
-            "CreateTime" | "LogAppendTime" => Ok(()),
-            _ => Err(format!(
-                "message.timestamp.type must be CreateTime or LogAppendTime, got {value:?}"
-            )),
-        },
-        other => Err(format!("unknown topic config {other}")),
     }
 }

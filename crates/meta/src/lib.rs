@@ -30,12 +30,14 @@ mod open;
 pub mod postgres;
 pub mod rules;
 pub mod sqlite;
+pub mod topic_config;
 
 pub use clock::{Clock, SystemClock};
 pub use error::MetaError;
 pub use open::{open_metadata, parse_metadata_url, MetadataUrl};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use topic_config::TopicConfig;
 
 /// Result alias for metadata operations.
 pub type Result<T, E = MetaError> = std::result::Result<T, E>;

@@ -27,15 +27,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use tributary_meta::{
     BrokerRegistry, Clock, CommitDeadline, IndexEntry, LogStore, MaintenanceStore, MetaError,
-    Stores, TopicMeta, TopicStore,
+    Stores, TopicConfig, TopicMeta, TopicStore,
 };
 use tributary_protocol::batch::split_stored_batches;
 use tributary_segment::{PushBatch, SegmentBuilder};
 
 use crate::{keys, ReadCache};
-
-/// Kafka's default `retention.ms` (7 days).
-pub const DEFAULT_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// Tuning of background maintenance.
 #[derive(Debug, Clone)]
@@ -503,17 +500,9 @@ const ORPHAN_CHUNK: usize = 500;
 
 /// `retention.ms` and `retention.bytes` of a topic (-1 = unlimited).
 fn retention_of(topic: &TopicMeta) -> (i64, i64) {
-    let get = |k: &str, default: i64| {
-        topic
-            .configs
-            .get(k)
-            .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(default)
-    };
-    (
-        get("retention.ms", DEFAULT_RETENTION_MS),
-        get("retention.bytes", -1),
-    )
+    // The broker's max message bytes only matters to produce.
+    let config = TopicConfig::resolve(&topic.configs, 0);
+    (config.retention_ms, config.retention_bytes)
 }
 
 /// Why a compaction failed (it changed nothing).

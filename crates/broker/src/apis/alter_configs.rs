@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use kafka_protocol::messages::{alter_configs_response, AlterConfigsRequest, AlterConfigsResponse};
+
 use super::str_bytes;
 use super::topic_configs::apply;
 use crate::Broker;
-use kafka_protocol::messages::{alter_configs_response, AlterConfigsRequest, AlterConfigsResponse};
 
 pub async fn handle(
     broker: &Broker,

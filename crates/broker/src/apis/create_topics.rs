@@ -1,16 +1,17 @@
 //! CreateTopics: create topics with their partition counts and configs
 //! (validated; `validate_only` checks without creating).
 
+use std::collections::BTreeMap;
+
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult,
 };
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::ResponseError;
-use std::collections::BTreeMap;
+use tributary_meta::topic_config;
 
 use super::topic_configs::effective_configs;
 use super::{str_bytes, MAX_PARTITIONS};
-use crate::config::validate_topic_config;
 use crate::error::meta_error_code;
 use crate::topics::invalid_topic_name;
 use crate::Broker;
@@ -66,7 +67,7 @@ pub async fn handle(
         for c in &t.configs {
             let key = c.name.to_string();
             if let Some(v) = &c.value {
-                match validate_topic_config(&key, v.as_str()) {
+                match topic_config::validate(&key, v.as_str()) {
                     Ok(()) => {
                         configs.insert(key, v.to_string());
                     }

@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use super::str_bytes;
-use super::topic_configs::apply;
-use crate::Broker;
 use kafka_protocol::messages::{
     incremental_alter_configs_response, IncrementalAlterConfigsRequest,
     IncrementalAlterConfigsResponse,
 };
+
+use super::str_bytes;
+use super::topic_configs::apply;
+use crate::Broker;
 
 const OP_SET: i8 = 0;
 

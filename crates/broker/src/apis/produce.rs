@@ -11,7 +11,8 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use tributary_meta::{BatchOutcome, ProducerBatch, TopicMeta};
+use tributary_meta::topic_config::TimestampType;
+use tributary_meta::{BatchOutcome, ProducerBatch, TopicConfig, TopicMeta};
 use tributary_protocol::batch::{set_log_append_time, split_batches, BatchView};
 use tributary_protocol::sequence;
 use tributary_storage::{AppendBatch, AppendReceiver, WriteError};
@@ -221,11 +222,8 @@ fn validate_partition(
             return Err(error_response(index, code, &e.to_string()));
         }
     };
-    let max_bytes = topic
-        .configs
-        .get("max.message.bytes")
-        .and_then(|v| v.parse::<i64>().ok())
-        .unwrap_or(broker.config.max_message_bytes);
+    let config = TopicConfig::resolve(&topic.configs, broker.config.max_message_bytes);
+    let max_bytes = config.max_message_bytes;
     if let Some(big) = batches.iter().find(|b| b.bytes.len() as i64 > max_bytes) {
         return Err(error_response(
             index,
@@ -247,10 +245,7 @@ fn validate_partition(
         ));
     }
     let mut append: Vec<AppendBatch> = batches.iter().map(append_batch).collect();
-    let log_append_time = topic
-        .configs
-        .get("message.timestamp.type")
-        .is_some_and(|t| t == "LogAppendTime")
+    let log_append_time = (config.timestamp_type == TimestampType::LogAppendTime)
         .then(tributary_storage::writer::now_ms);
     if let Some(now) = log_append_time {
         for a in &mut append {

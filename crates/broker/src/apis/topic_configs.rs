@@ -1,13 +1,14 @@
 //! What the config APIs share: resource and source codes, a topic's
 //! effective configs, and validating and storing a topic's new configs.
 
-use kafka_protocol::ResponseError;
 use std::collections::BTreeMap;
 
-use crate::config::validate_topic_config;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use tributary_meta::topic_config;
+
 use crate::error::meta_error_code;
 use crate::Broker;
-use kafka_protocol::protocol::StrBytes;
 
 pub(crate) const RESOURCE_TOPIC: i8 = 2;
 
@@ -76,10 +77,10 @@ pub(crate) async fn apply(
     };
     for (k, v) in &changes {
         if let Some(v) = v {
-            if let Err(msg) = validate_topic_config(k, v) {
+            if let Err(msg) = topic_config::validate(k, v) {
                 return (ResponseError::InvalidConfig.code(), Some(msg));
             }
-        } else if !broker.config.topic_defaults().contains_key(k.as_str()) {
+        } else if !topic_config::is_known(k) {
             return (
                 ResponseError::InvalidConfig.code(),
                 Some(format!("unknown topic config {k}")),
