@@ -101,6 +101,10 @@ impl Default for BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// `fetch_poll_interval` when brokers share the metadata store.
+    pub const SHARED_METADATA_FETCH_POLL: std::time::Duration =
+        std::time::Duration::from_millis(200);
+
     /// Topic configs with their defaults, as DescribeConfigs reports them
     /// ([`topic_config::KEYS`]).
     pub fn topic_defaults(&self) -> BTreeMap<&'static str, String> {

@@ -9,15 +9,22 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde::Deserialize;
 use tributary_broker::BrokerConfig;
+use tributary_meta::parse_metadata_url;
 use tributary_storage::wrappers::FaultConfig;
 use tributary_storage::writer::min_safe_grace;
-use tributary_storage::{parse_fault_spec, MaintenanceConfig, WriterConfig};
+use tributary_storage::{
+    parse_fault_spec, MaintenanceConfig, ObjectStoreUrl, ReadCache, WriterConfig,
+};
+
+use crate::observe;
 
 /// Where the data lives: the flags `serve` and `export` share.
-#[derive(Args, Debug, Default, Clone)]
+#[derive(Args, Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
 pub struct StoreArgs {
     /// TOML file with any of serve's settings (snake_case, e.g. `data_dir`).
     #[arg(long, env = "TRIBUTARY_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Directory for the default object store and metadata [default: ./data].
     #[arg(long, env = "TRIBUTARY_DATA_DIR")]
@@ -30,146 +37,152 @@ pub struct StoreArgs {
     pub metadata: Option<String>,
 }
 
-/// Flags of `tributary serve`. Each also reads `TRIBUTARY_<NAME>`.
-#[derive(Args, Debug, Default)]
-pub struct ServeArgs {
-    #[command(flatten)]
-    pub stores: StoreArgs,
+impl StoreArgs {
+    /// The keys of these settings in the `--config` file.
+    const FILE_KEYS: [&'static str; 3] = ["data_dir", "object_store", "metadata"];
+
+    /// `self` over `file`.
+    fn over(self, file: StoreArgs) -> StoreArgs {
+        StoreArgs {
+            config: self.config,
+            data_dir: self.data_dir.or(file.data_dir),
+            object_store: self.object_store.or(file.object_store),
+            metadata: self.metadata.or(file.metadata),
+        }
+    }
+}
+
+/// Declares `serve`'s settings once. Each field becomes a flag (`--name`),
+/// an environment variable (its `env`) and a key of the `--config` file
+/// (`name`), and takes part in the layering ([`ServeArgs::over`]); its
+/// default is the component's own (`BrokerConfig::default()`, ...), applied
+/// in [`Settings::layer`]. A new setting: a field here, a line there.
+macro_rules! serve_settings {
+    ($( $(#[$attr:meta])* $name:ident: $ty:ty, )*) => {
+        /// Flags of `tributary serve`. Each also reads `TRIBUTARY_<NAME>`
+        /// and the `--config` file.
+        #[derive(Args, Deserialize, Debug, Default)]
+        #[serde(deny_unknown_fields)]
+        pub struct ServeArgs {
+            #[command(flatten)]
+            #[serde(skip)]
+            pub stores: StoreArgs,
+            $( $(#[$attr])* pub $name: Option<$ty>, )*
+        }
+
+        impl ServeArgs {
+            /// `self` (flags and environment) over `file`.
+            fn over(self, file: ServeArgs) -> ServeArgs {
+                ServeArgs {
+                    stores: self.stores.over(file.stores),
+                    $( $name: self.$name.or(file.$name), )*
+                }
+            }
+        }
+    };
+}
+
+serve_settings! {
     /// Address to accept Kafka clients on [default: 127.0.0.1:9092].
     #[arg(long, env = "TRIBUTARY_LISTEN")]
-    pub listen: Option<String>,
+    listen: String,
     /// HOST:PORT clients are told to connect to [default: the listen address].
     #[arg(long, env = "TRIBUTARY_ADVERTISED_LISTENER")]
-    pub advertised_listener: Option<String>,
+    advertised_listener: String,
     /// Create topics on first use [default: true].
     #[arg(long, env = "TRIBUTARY_AUTO_CREATE_TOPICS")]
-    pub auto_create_topics: Option<bool>,
+    auto_create_topics: bool,
     /// Partitions of auto-created topics [default: 1].
     #[arg(long, env = "TRIBUTARY_NUM_PARTITIONS")]
-    pub num_partitions: Option<i32>,
+    num_partitions: i32,
     /// Seal a segment after its oldest batch waited this long [default: 50 for file://, 250 for s3://].
     #[arg(long, env = "TRIBUTARY_FLUSH_INTERVAL_MS")]
-    pub flush_interval_ms: Option<u64>,
+    flush_interval_ms: u64,
     /// Seal a segment once it is this big [default: 8388608].
     #[arg(long, env = "TRIBUTARY_MAX_SEGMENT_BYTES")]
-    pub max_segment_bytes: Option<usize>,
+    max_segment_bytes: usize,
     /// Largest record batch accepted [default: 1048588].
     #[arg(long, env = "TRIBUTARY_MAX_MESSAGE_BYTES")]
-    pub max_message_bytes: Option<i64>,
+    max_message_bytes: i64,
     /// Largest request frame accepted [default: 104857600].
     #[arg(long, env = "TRIBUTARY_MAX_REQUEST_BYTES")]
-    pub max_request_bytes: Option<usize>,
+    max_request_bytes: usize,
     /// Request bytes held at once across connections before the broker
     /// stops reading new requests [default: 67108864].
     #[arg(long, env = "TRIBUTARY_MAX_INFLIGHT_REQUEST_BYTES")]
-    pub max_inflight_request_bytes: Option<usize>,
+    max_inflight_request_bytes: usize,
     /// Slowest a request frame may arrive, in bytes per second over 5 s
     /// windows, before its connection is closed [default: 16384].
     #[arg(long, env = "TRIBUTARY_REQUEST_MIN_BYTES_PER_SEC")]
-    pub request_min_bytes_per_sec: Option<usize>,
+    request_min_bytes_per_sec: usize,
     /// Most record bytes in one Fetch answer (Kafka `fetch.max.bytes`)
     /// [default: 57671680].
     #[arg(long, env = "TRIBUTARY_FETCH_MAX_BYTES")]
-    pub fetch_max_bytes: Option<usize>,
+    fetch_max_bytes: usize,
     /// Bytes of answers one connection may have waiting to be written
     /// before its requests stop being read [default: 1048576].
     #[arg(long, env = "TRIBUTARY_MAX_QUEUED_ANSWER_BYTES")]
-    pub max_queued_answer_bytes: Option<usize>,
+    max_queued_answer_bytes: usize,
     /// Concurrent client connections; more are closed at once (Kafka
     /// `max.connections`) [default: 10000].
     #[arg(long, env = "TRIBUTARY_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
+    max_connections: usize,
     /// Concurrent connections from one client address (Kafka
     /// `max.connections.per.ip`) [default: 1000].
     #[arg(long, env = "TRIBUTARY_MAX_CONNECTIONS_PER_IP")]
-    pub max_connections_per_ip: Option<usize>,
+    max_connections_per_ip: usize,
     /// Close a connection idle this long (Kafka `connections.max.idle.ms`)
     /// [default: 600000].
     #[arg(long, env = "TRIBUTARY_CONNECTIONS_MAX_IDLE_MS")]
-    pub connections_max_idle_ms: Option<u64>,
+    connections_max_idle_ms: u64,
     /// Read cache size in bytes [default: 268435456].
     #[arg(long, env = "TRIBUTARY_CACHE_BYTES")]
-    pub cache_bytes: Option<u64>,
+    cache_bytes: u64,
     /// Broker id reported to clients, or `auto`: the lowest id no live
     /// broker holds (for autoscaled brokers) [default: 0].
     #[arg(long, env = "TRIBUTARY_NODE_ID", value_parser = parse_node_id)]
-    pub node_id: Option<NodeId>,
+    node_id: NodeId,
     /// Time between retention/compaction/janitor passes [default: 30000].
     #[arg(long, env = "TRIBUTARY_MAINTENANCE_INTERVAL_MS")]
-    pub maintenance_interval_ms: Option<u64>,
+    maintenance_interval_ms: u64,
     /// How long unreferenced segments and orphan uploads are kept before deletion [default: 600000].
     #[arg(long, env = "TRIBUTARY_SEGMENT_GRACE_MS")]
-    pub segment_grace_ms: Option<u64>,
+    segment_grace_ms: u64,
     /// A sealed segment not uploaded and committed within this time is
     /// abandoned and its produces fail with a retriable error; the metadata
     /// store refuses later commits of it. Must be at most half of
     /// segment_grace_ms [default: 120000].
     #[arg(long, env = "TRIBUTARY_SEGMENT_COMMIT_DEADLINE_MS")]
-    pub segment_commit_deadline_ms: Option<u64>,
+    segment_commit_deadline_ms: u64,
     /// Forget an idempotent producer's state once it has not written for
     /// this long (Kafka's producer.id.expiration.ms) [default: 86400000].
     #[arg(long, env = "TRIBUTARY_PRODUCER_ID_EXPIRATION_MS")]
-    pub producer_id_expiration_ms: Option<u64>,
+    producer_id_expiration_ms: u64,
     /// Drop a consumer group's committed offsets once it has had no member
     /// and no commit for this long (Kafka's offsets.retention.minutes) [default: 10080].
     #[arg(long, env = "TRIBUTARY_OFFSETS_RETENTION_MINUTES")]
-    pub offsets_retention_minutes: Option<u64>,
+    offsets_retention_minutes: u64,
     /// Merge small segments into per-partition objects [default: true].
     #[arg(long, env = "TRIBUTARY_COMPACTION")]
-    pub compaction: Option<bool>,
+    compaction: bool,
     /// Only compact data older than this [default: 60000].
     #[arg(long, env = "TRIBUTARY_COMPACTION_MIN_AGE_MS")]
-    pub compaction_min_age_ms: Option<u64>,
+    compaction_min_age_ms: u64,
     /// Rack / availability zone of this broker, reported to clients [default: none].
     #[arg(long, env = "TRIBUTARY_RACK")]
-    pub rack: Option<String>,
+    rack: String,
     /// Serve Prometheus metrics on HOST:PORT at /metrics [default: off].
     #[arg(long, env = "TRIBUTARY_METRICS_LISTEN")]
-    pub metrics_listen: Option<String>,
+    metrics_listen: String,
     /// A metric series not updated for this long leaves /metrics (deleted
     /// topics, gone groups); 0 keeps every series [default: 600000].
     #[arg(long, env = "TRIBUTARY_METRICS_IDLE_TIMEOUT_MS")]
-    pub metrics_idle_timeout_ms: Option<u64>,
-    /// TESTING ONLY: inject object-store faults, e.g.
-    /// `put_fail=0.1,get_fail=0.1,put_lost=0.05,latency_ms=5-50,seed=7`.
+    metrics_idle_timeout_ms: u64,
+    /// TESTING ONLY (a hidden flag, not a file key): inject object-store
+    /// faults, e.g. `put_fail=0.1,get_fail=0.1,put_lost=0.05,latency_ms=5-50,seed=7`.
     #[arg(long, env = "TRIBUTARY_INJECT_FAULTS", hide = true)]
-    pub inject_faults: Option<String>,
-}
-
-/// The same keys, from a TOML file.
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    listen: Option<String>,
-    advertised_listener: Option<String>,
-    data_dir: Option<PathBuf>,
-    object_store: Option<String>,
-    metadata: Option<String>,
-    auto_create_topics: Option<bool>,
-    num_partitions: Option<i32>,
-    flush_interval_ms: Option<u64>,
-    max_segment_bytes: Option<usize>,
-    max_message_bytes: Option<i64>,
-    max_request_bytes: Option<usize>,
-    max_inflight_request_bytes: Option<usize>,
-    request_min_bytes_per_sec: Option<usize>,
-    max_queued_answer_bytes: Option<usize>,
-    fetch_max_bytes: Option<usize>,
-    max_connections: Option<usize>,
-    max_connections_per_ip: Option<usize>,
-    connections_max_idle_ms: Option<u64>,
-    cache_bytes: Option<u64>,
-    node_id: Option<NodeIdValue>,
-    maintenance_interval_ms: Option<u64>,
-    segment_grace_ms: Option<u64>,
-    segment_commit_deadline_ms: Option<u64>,
-    producer_id_expiration_ms: Option<u64>,
-    offsets_retention_minutes: Option<u64>,
-    compaction: Option<bool>,
-    compaction_min_age_ms: Option<u64>,
-    metrics_listen: Option<String>,
-    metrics_idle_timeout_ms: Option<u64>,
-    rack: Option<String>,
+    #[serde(skip)]
+    inject_faults: String,
 }
 
 /// Resolved settings.
@@ -197,22 +210,15 @@ impl Settings {
     pub fn resolve(args: ServeArgs) -> anyhow::Result<Self> {
         let file = match &args.stores.config {
             Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+            None => ServeArgs::default(),
         };
-        Self::layer(args, file)
+        Self::layer(args.over(file))
     }
 
-    /// `args` over `file` over the defaults.
-    pub fn layer(args: ServeArgs, file: FileConfig) -> anyhow::Result<Self> {
-        let listen = args
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| "127.0.0.1:9092".into());
-        let data_dir = args
-            .stores
-            .data_dir
-            .or(file.data_dir)
-            .unwrap_or_else(|| "data".into());
+    /// The layered settings `a` over the components' defaults.
+    pub fn layer(a: ServeArgs) -> anyhow::Result<Self> {
+        let listen = a.listen.unwrap_or_else(|| "127.0.0.1:9092".into());
+        let data_dir = a.stores.data_dir.unwrap_or_else(|| "data".into());
         let abs_data = if data_dir.is_absolute() {
             data_dir.clone()
         } else {
@@ -220,149 +226,100 @@ impl Settings {
                 .context("cannot read the current directory")?
                 .join(&data_dir)
         };
-        let object_store = args
+        let object_store = a
             .stores
             .object_store
-            .or(file.object_store)
             .unwrap_or_else(|| format!("file://{}", abs_data.join("objects").display()));
-        let metadata = args
+        let metadata = a
             .stores
             .metadata
-            .or(file.metadata)
             .unwrap_or_else(|| format!("sqlite://{}", abs_data.join("metadata.db").display()));
-        let advertised = match args.advertised_listener.or(file.advertised_listener) {
-            Some(a) => Some(
-                parse_host_port(&a).with_context(|| format!("bad --advertised-listener {a}"))?,
+        let advertised = match a.advertised_listener {
+            Some(l) => Some(
+                parse_host_port(&l).with_context(|| format!("bad --advertised-listener {l}"))?,
             ),
             None => None,
         };
-        let default_flush = if object_store.starts_with("s3://") {
-            250
-        } else {
-            50
-        };
-        let flush_ms = args
-            .flush_interval_ms
-            .or(file.flush_interval_ms)
-            .unwrap_or(default_flush);
-        let writer = WriterConfig {
-            max_segment_bytes: args
-                .max_segment_bytes
-                .or(file.max_segment_bytes)
-                .unwrap_or(8 << 20),
-            flush_interval: Duration::from_millis(flush_ms),
-            ..WriterConfig::default()
-        };
-        let mut broker = BrokerConfig::default();
-        // Several brokers may share a PostgreSQL store: parked fetches poll
-        // for their commits.
-        if metadata.starts_with("postgres://") || metadata.starts_with("postgresql://") {
-            broker.fetch_poll_interval = Some(Duration::from_millis(200));
+
+        let mut writer = WriterConfig::default();
+        // Each PUT of a priced store is billed: the store picks the default.
+        if let Ok(url) = ObjectStoreUrl::parse(&object_store) {
+            writer.flush_interval = url.default_flush_interval();
         }
-        if let Some((host, port)) = &advertised {
-            broker.advertised_host = host.clone();
-            broker.advertised_port = *port;
-        }
-        if let Some(v) = args.auto_create_topics.or(file.auto_create_topics) {
-            broker.auto_create_topics = v;
-        }
-        if let Some(v) = args.num_partitions.or(file.num_partitions) {
-            if v <= 0 {
-                bail!("num_partitions must be positive, got {v}");
-            }
-            broker.num_partitions = v;
-        }
-        if let Some(v) = args.max_message_bytes.or(file.max_message_bytes) {
-            broker.max_message_bytes = v;
-        }
-        if let Some(v) = args.max_request_bytes.or(file.max_request_bytes) {
-            broker.max_request_bytes = v;
-        }
-        if let Some(v) = args
-            .max_inflight_request_bytes
-            .or(file.max_inflight_request_bytes)
-        {
-            broker.max_inflight_request_bytes = v;
-        }
-        if let Some(v) = args
-            .request_min_bytes_per_sec
-            .or(file.request_min_bytes_per_sec)
-        {
-            broker.request_min_bytes_per_sec = v;
-        }
-        if let Some(v) = args.fetch_max_bytes.or(file.fetch_max_bytes) {
-            broker.fetch_max_bytes = v;
-        }
-        if let Some(v) = args
-            .max_queued_answer_bytes
-            .or(file.max_queued_answer_bytes)
-        {
-            broker.max_queued_answer_bytes = v;
-        }
-        if let Some(v) = args.max_connections.or(file.max_connections) {
-            broker.max_connections = v;
-        }
-        if let Some(v) = args.max_connections_per_ip.or(file.max_connections_per_ip) {
-            broker.max_connections_per_ip = v;
-        }
-        if let Some(v) = args
-            .connections_max_idle_ms
-            .or(file.connections_max_idle_ms)
-        {
-            broker.connections_max_idle = Duration::from_millis(v);
-        }
-        let file_node_id = match file.node_id {
-            Some(NodeIdValue::Id(id)) => Some(NodeId::Fixed(id)),
-            Some(NodeIdValue::Word(w)) => Some(parse_node_id(&w).map_err(anyhow::Error::msg)?),
-            None => None,
-        };
-        let mut node_id_auto = false;
-        match args.node_id.or(file_node_id) {
-            Some(NodeId::Fixed(v)) => broker.node_id = v,
-            Some(NodeId::Auto) => node_id_auto = true,
-            None => {}
-        }
-        broker.rack = args.rack.or(file.rack);
-        let defaults = MaintenanceConfig::default();
-        let maintenance = MaintenanceConfig {
-            interval: args
-                .maintenance_interval_ms
-                .or(file.maintenance_interval_ms)
-                .map_or(defaults.interval, Duration::from_millis),
-            grace: args
-                .segment_grace_ms
-                .or(file.segment_grace_ms)
-                .map_or(defaults.grace, Duration::from_millis),
-            compaction: args
-                .compaction
-                .or(file.compaction)
-                .unwrap_or(defaults.compaction),
-            producer_id_expiration: args
-                .producer_id_expiration_ms
-                .or(file.producer_id_expiration_ms)
-                .map_or(defaults.producer_id_expiration, Duration::from_millis),
-            offsets_retention: args
-                .offsets_retention_minutes
-                .or(file.offsets_retention_minutes)
-                .map_or(defaults.offsets_retention, |m| {
-                    Duration::from_secs(m.saturating_mul(60))
-                }),
-            min_age: args
-                .compaction_min_age_ms
-                .or(file.compaction_min_age_ms)
-                .map_or(defaults.min_age, Duration::from_millis),
-            ..defaults
-        };
-        let mut writer = writer;
-        if let Some(ms) = args
-            .segment_commit_deadline_ms
-            .or(file.segment_commit_deadline_ms)
-        {
+        set(
+            &mut writer.flush_interval,
+            a.flush_interval_ms.map(Duration::from_millis),
+        );
+        set(&mut writer.max_segment_bytes, a.max_segment_bytes);
+        if let Some(ms) = a.segment_commit_deadline_ms {
             if ms == 0 {
                 bail!("segment_commit_deadline_ms must be positive");
             }
             writer.commit_deadline = Duration::from_millis(ms);
         }
+
+        let mut broker = BrokerConfig::default();
+        // Brokers sharing the metadata store: parked fetches also poll for
+        // the others' commits.
+        if parse_metadata_url(&metadata).is_ok_and(|m| m.is_shared()) {
+            broker.fetch_poll_interval = Some(BrokerConfig::SHARED_METADATA_FETCH_POLL);
+        }
+        if let Some((host, port)) = &advertised {
+            broker.advertised_host = host.clone();
+            broker.advertised_port = *port;
+        }
+        set(&mut broker.auto_create_topics, a.auto_create_topics);
+        if let Some(v) = a.num_partitions {
+            if v <= 0 {
+                bail!("num_partitions must be positive, got {v}");
+            }
+            broker.num_partitions = v;
+        }
+        set(&mut broker.max_message_bytes, a.max_message_bytes);
+        set(&mut broker.max_request_bytes, a.max_request_bytes);
+        set(
+            &mut broker.max_inflight_request_bytes,
+            a.max_inflight_request_bytes,
+        );
+        set(
+            &mut broker.request_min_bytes_per_sec,
+            a.request_min_bytes_per_sec,
+        );
+        set(&mut broker.fetch_max_bytes, a.fetch_max_bytes);
+        set(
+            &mut broker.max_queued_answer_bytes,
+            a.max_queued_answer_bytes,
+        );
+        set(&mut broker.max_connections, a.max_connections);
+        set(&mut broker.max_connections_per_ip, a.max_connections_per_ip);
+        set(
+            &mut broker.connections_max_idle,
+            a.connections_max_idle_ms.map(Duration::from_millis),
+        );
+        let mut node_id_auto = false;
+        match a.node_id {
+            Some(NodeId::Fixed(v)) => broker.node_id = v,
+            Some(NodeId::Auto) => node_id_auto = true,
+            None => {}
+        }
+        broker.rack = a.rack;
+
+        let mut maintenance = MaintenanceConfig::default();
+        let ms = |v: Option<u64>| v.map(Duration::from_millis);
+        set(&mut maintenance.interval, ms(a.maintenance_interval_ms));
+        set(&mut maintenance.grace, ms(a.segment_grace_ms));
+        set(&mut maintenance.compaction, a.compaction);
+        set(
+            &mut maintenance.producer_id_expiration,
+            ms(a.producer_id_expiration_ms),
+        );
+        set(
+            &mut maintenance.offsets_retention,
+            a.offsets_retention_minutes
+                .map(|m| Duration::from_secs(m.saturating_mul(60))),
+        );
+        set(&mut maintenance.min_age, ms(a.compaction_min_age_ms));
+
         // The janitor deletes uploads no commit recorded once they are
         // older than the grace; the writer and the metadata store stop
         // committing a segment at the deadline. Below twice the deadline,
@@ -376,7 +333,7 @@ impl Settings {
                 writer.commit_deadline.as_millis()
             );
         }
-        let faults = match &args.inject_faults {
+        let faults = match &a.inject_faults {
             Some(spec) => {
                 let spec = parse_fault_spec(spec)
                     .map_err(|e| anyhow::anyhow!("bad --inject-faults: {e}"))?;
@@ -385,17 +342,16 @@ impl Settings {
             }
             None => None,
         };
-        let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
-            Some(a) => Some(
-                a.parse()
-                    .with_context(|| format!("bad --metrics-listen {a}: expected IP:PORT"))?,
+        let metrics_listen = match a.metrics_listen {
+            Some(l) => Some(
+                l.parse()
+                    .with_context(|| format!("bad --metrics-listen {l}: expected IP:PORT"))?,
             ),
             None => None,
         };
-        let metrics_idle_timeout = match args
+        let metrics_idle_timeout = match a
             .metrics_idle_timeout_ms
-            .or(file.metrics_idle_timeout_ms)
-            .unwrap_or(600_000)
+            .unwrap_or(observe::DEFAULT_METRICS_IDLE_TIMEOUT_MS)
         {
             0 => None,
             ms => Some(Duration::from_millis(ms)),
@@ -411,16 +367,24 @@ impl Settings {
             data_dir,
             object_store,
             metadata,
-            cache_bytes: args.cache_bytes.or(file.cache_bytes).unwrap_or(256 << 20),
-            cache_block_bytes: 1 << 20,
+            cache_bytes: a.cache_bytes.unwrap_or(ReadCache::DEFAULT_BYTES),
+            cache_block_bytes: ReadCache::DEFAULT_BLOCK_BYTES,
             writer,
             broker,
         })
     }
 }
 
+/// Replace `field` with the layered value, if one was given.
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
+    }
+}
+
 /// `--node-id`: a number, or `auto`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "NodeIdValue")]
 pub enum NodeId {
     Fixed(i32),
     Auto,
@@ -445,15 +409,36 @@ enum NodeIdValue {
     Word(String),
 }
 
-fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+impl TryFrom<NodeIdValue> for NodeId {
+    type Error = String;
+
+    fn try_from(v: NodeIdValue) -> Result<Self, String> {
+        match v {
+            NodeIdValue::Id(id) => parse_node_id(&id.to_string()),
+            NodeIdValue::Word(w) => parse_node_id(&w),
+        }
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<ServeArgs> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     parse_file(&text).with_context(|| format!("bad config file {}", path.display()))
 }
 
-/// The contents of a `--config` file.
-pub fn parse_file(text: &str) -> anyhow::Result<FileConfig> {
-    Ok(toml::from_str(text)?)
+/// The contents of a `--config` file: the keys of [`ServeArgs`] and of
+/// [`StoreArgs`] (unknown keys are refused).
+pub fn parse_file(text: &str) -> anyhow::Result<ServeArgs> {
+    let mut table: toml::Table = toml::from_str(text)?;
+    let mut stores = toml::Table::new();
+    for key in StoreArgs::FILE_KEYS {
+        if let Some(v) = table.remove(key) {
+            stores.insert(key.to_owned(), v);
+        }
+    }
+    let mut args: ServeArgs = table.try_into()?;
+    args.stores = stores.try_into()?;
+    Ok(args)
 }
 
 fn parse_host_port(s: &str) -> anyhow::Result<(String, i32)> {
@@ -505,6 +490,86 @@ mod tests {
         assert_eq!(s.writer.commit_deadline, Duration::from_millis(500));
         assert!(resolve(600_000, None).is_ok(), "the defaults fit");
         assert!(resolve(600_000, Some(0)).is_err());
+    }
+
+    /// The README's configuration table is the reference users read: every
+    /// flag of `serve` has its row, with its environment variable.
+    #[test]
+    fn readme_lists_every_setting() {
+        let readme = include_str!("../../../README.md");
+        let cmd = <ServeArgs as clap::Args>::augment_args(clap::Command::new("serve"));
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if arg.is_hide_set() {
+                continue;
+            }
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `--{long}` |")))
+                .unwrap_or_else(|| panic!("README configuration table has no row for --{long}"));
+            let env = arg.get_env().expect("every setting has an env var");
+            assert!(
+                row.contains(&format!("`{}`", env.to_string_lossy())),
+                "README row of --{long} does not name {env:?}: {row}"
+            );
+        }
+    }
+
+    #[test]
+    fn file_keys_are_the_settings() {
+        let a = parse_file("data_dir = \"/d\"\nnode_id = \"auto\"\nnum_partitions = 2\n")
+            .expect("known keys");
+        assert_eq!(a.stores.data_dir, Some(PathBuf::from("/d")));
+        assert_eq!(a.node_id, Some(NodeId::Auto));
+        assert_eq!(a.num_partitions, Some(2));
+        assert_eq!(
+            parse_file("node_id = 3\n").expect("id").node_id,
+            Some(NodeId::Fixed(3))
+        );
+        assert!(parse_file("node_id = -1\n").is_err());
+        assert!(
+            parse_file("inject_faults = \"put_fail=1\"\n").is_err(),
+            "test-only"
+        );
+        assert!(parse_file("config = \"other.toml\"\n").is_err());
+    }
+
+    #[test]
+    fn defaults_come_from_the_components() {
+        let s = Settings::resolve(ServeArgs::default()).expect("defaults");
+        assert_eq!(
+            s.writer.max_segment_bytes,
+            WriterConfig::default().max_segment_bytes
+        );
+        assert_eq!(
+            s.writer.flush_interval,
+            Duration::from_millis(50),
+            "file:// default"
+        );
+        assert_eq!(
+            s.broker.max_message_bytes,
+            BrokerConfig::default().max_message_bytes
+        );
+        assert_eq!(s.broker.fetch_poll_interval, None, "one SQLite broker");
+        assert_eq!(s.cache_bytes, ReadCache::DEFAULT_BYTES);
+        let s3 = Settings::resolve(ServeArgs {
+            stores: StoreArgs {
+                object_store: Some("s3://bucket/prefix".into()),
+                metadata: Some("postgres://u@127.0.0.1/db".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .expect("s3 and postgres");
+        assert_eq!(
+            s3.writer.flush_interval,
+            Duration::from_millis(250),
+            "PUTs are billed"
+        );
+        assert_eq!(
+            s3.broker.fetch_poll_interval,
+            Some(BrokerConfig::SHARED_METADATA_FETCH_POLL)
+        );
     }
 
     #[test]

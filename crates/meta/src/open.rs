@@ -28,6 +28,17 @@ pub enum MetadataUrl {
     Postgres,
 }
 
+impl MetadataUrl {
+    /// Whether several brokers may share the store (so a broker's parked
+    /// fetches must also notice the others' commits).
+    pub fn is_shared(&self) -> bool {
+        match self {
+            Self::Sqlite(_) => false,
+            Self::Postgres => true,
+        }
+    }
+}
+
 /// Check a metadata URL (the forms [`open_metadata`] takes) without opening
 /// a file or a connection. Malformed URLs are [`MetaError::InvalidArgument`].
 pub fn parse_metadata_url(url: &str) -> Result<MetadataUrl> {

@@ -56,6 +56,11 @@ pub struct ReadCache {
 }
 
 impl ReadCache {
+    /// The broker's default cache size (`--cache-bytes`): 256 MiB.
+    pub const DEFAULT_BYTES: u64 = 256 << 20;
+    /// The broker's cache block: one ranged GET reads this much.
+    pub const DEFAULT_BLOCK_BYTES: u64 = 1 << 20;
+
     /// A cache of at most `capacity_bytes`, reading `block_size`-aligned blocks.
     pub fn new(store: Arc<dyn ObjectStore>, capacity_bytes: u64, block_size: u64) -> Self {
         let blocks = Cache::builder()
