@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use tributary_meta::topic_config;
+use std::sync::Arc;
+
+use tributary_meta::{topic_config, Clock};
 
 use crate::groups::GroupConfig;
 
@@ -72,6 +74,8 @@ pub struct BrokerConfig {
     /// commits made by other brokers sharing the metadata store. `None` (one
     /// broker) relies on this broker's own commit notifications only.
     pub fetch_poll_interval: Option<std::time::Duration>,
+    /// Wall-clock time (LogAppendTime stamps, offset-commit times).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for BrokerConfig {
@@ -96,6 +100,7 @@ impl Default for BrokerConfig {
             rack: None,
             groups: GroupConfig::default(),
             fetch_poll_interval: None,
+            clock: tributary_meta::clock::system(),
         }
     }
 }

@@ -61,6 +61,7 @@ impl Broker {
             meta.groups.clone(),
             meta.topics.clone(),
             config.groups.clone(),
+            config.clock.clone(),
         );
         let owner = cluster.clone();
         groups.set_owner_check(

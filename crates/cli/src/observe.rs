@@ -107,7 +107,7 @@ impl Readiness {
                 }
             }
         }
-        let now = tributary_storage::writer::now_ms();
+        let now = tributary_meta::clock::now_ms();
         match tokio::time::timeout(PROBE_TIMEOUT, self.registry.live_brokers(now, 10_000)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(format!("metadata store: {e}")),
@@ -141,7 +141,7 @@ impl Readiness {
         if let Ok(Err(e)) = tokio::time::timeout(PROBE_TIMEOUT, self.store.delete(&key)).await {
             tracing::debug!(error = %e, "deleting the readiness probe failed");
         }
-        let now = tributary_storage::writer::now_ms();
+        let now = tributary_meta::clock::now_ms();
         let write = self
             .maintenance
             .acquire_lease("readyz-probe", "readyz", now, 0);

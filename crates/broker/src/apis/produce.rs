@@ -246,7 +246,7 @@ fn validate_partition(
     }
     let mut append: Vec<AppendBatch> = batches.iter().map(append_batch).collect();
     let log_append_time = (config.timestamp_type == TimestampType::LogAppendTime)
-        .then(tributary_storage::writer::now_ms);
+        .then(|| broker.config.clock.now_ms());
     if let Some(now) = log_append_time {
         for a in &mut append {
             let mut bytes = bytes::BytesMut::from(&a.bytes[..]);

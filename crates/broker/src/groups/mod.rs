@@ -61,7 +61,7 @@ use kafka_protocol::ResponseError;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tributary_meta::{GroupClaim, GroupStore, MetaError, TopicStore};
+use tributary_meta::{Clock, GroupClaim, GroupStore, MetaError, TopicStore};
 
 use crate::error::group_meta_error_code;
 
@@ -128,6 +128,8 @@ pub struct GroupCoordinator {
     store: Arc<dyn GroupStore>,
     /// Topic lookups for offset commits and fetches.
     topics: Arc<dyn TopicStore>,
+    /// Commit timestamps of offsets.
+    clock: Arc<dyn Clock>,
     config: GroupConfig,
     groups: Mutex<HashMap<String, Arc<Slot>>>,
     cancel: CancellationToken,
@@ -164,11 +166,13 @@ impl GroupCoordinator {
         store: Arc<dyn GroupStore>,
         topics: Arc<dyn TopicStore>,
         config: GroupConfig,
+        clock: Arc<dyn Clock>,
     ) -> Arc<Self> {
         let coordinator = Arc::new_cyclic(|me| GroupCoordinator {
             me: me.clone(),
             store,
             topics,
+            clock,
             config,
             groups: Mutex::new(HashMap::new()),
             cancel: CancellationToken::new(),

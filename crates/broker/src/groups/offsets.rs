@@ -7,7 +7,6 @@
 //! group is Empty or not known in memory.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Buf;
 use kafka_protocol::messages::offset_commit_response::{
@@ -49,13 +48,6 @@ struct FetchedPartition {
 struct FetchedGroup {
     error: i16,
     topics: Vec<(String, Vec<FetchedPartition>)>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 impl GroupCoordinator {
@@ -127,7 +119,7 @@ impl GroupCoordinator {
             let topics = self
                 .topics_of(req.topics.iter().map(|t| t.name.0.to_string()))
                 .await;
-            let commit_ts = now_ms();
+            let commit_ts = self.clock.now_ms();
             let mut batch = Vec::new();
             let mut slots = Vec::new();
             for (ti, t) in req.topics.iter().enumerate() {

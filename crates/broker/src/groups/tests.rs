@@ -48,7 +48,12 @@ fn coordinator<S: GroupStore + TopicStore + 'static>(
     store: Arc<S>,
     config: GroupConfig,
 ) -> Arc<GroupCoordinator> {
-    GroupCoordinator::new(store.clone(), store, config)
+    GroupCoordinator::new(
+        store.clone(),
+        store,
+        config,
+        tributary_meta::clock::system(),
+    )
 }
 
 /// An in-memory store with topics `t` (2 partitions) and `u` (1).

@@ -115,10 +115,7 @@ pub(super) async fn execute<C: GenericClient>(
 pub(super) const SQL_NOW_MS: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 pub(super) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    crate::clock::now_ms()
 }
 
 /// A `u64` the store wrote as a non-negative `BIGINT`.

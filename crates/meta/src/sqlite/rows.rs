@@ -3,7 +3,6 @@
 //! lifecycle (`mark_dead_if_unused`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use uuid::Uuid;
@@ -13,10 +12,7 @@ use crate::rules::{self, PartitionRow};
 use crate::{IndexEntry, MetaError, TopicMeta};
 
 pub(super) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    crate::clock::now_ms()
 }
 
 pub(super) fn topic_id_from_row(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Uuid> {
