@@ -31,6 +31,15 @@ pub struct ClusterConfig {
     pub ttl: Duration,
 }
 
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("me", &self.me)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for ClusterConfig {
     fn default() -> Self {
         Self {

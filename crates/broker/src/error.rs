@@ -7,7 +7,7 @@ use tributary_protocol::batch::BatchError;
 use tributary_storage::{ReadError, WriteError};
 
 /// Kafka error code for a metadata-store error.
-pub fn meta_error_code(e: &MetaError) -> i16 {
+pub(crate) fn meta_error_code(e: &MetaError) -> i16 {
     match e {
         MetaError::TopicExists(_) => ResponseError::TopicAlreadyExists.code(),
         MetaError::UnknownTopic(_) | MetaError::UnknownPartition { .. } => {
@@ -28,7 +28,7 @@ pub fn meta_error_code(e: &MetaError) -> i16 {
 /// Kafka error code for a metadata-store error met by the group coordinator:
 /// the store being down makes the coordinator unavailable (clients look it
 /// up again), and a lost claim means another broker coordinates the group.
-pub fn group_meta_error_code(e: &MetaError) -> i16 {
+pub(crate) fn group_meta_error_code(e: &MetaError) -> i16 {
     match e {
         MetaError::UnknownTopic(_) | MetaError::UnknownPartition { .. } => {
             ResponseError::UnknownTopicOrPartition.code()
@@ -46,7 +46,7 @@ pub fn group_meta_error_code(e: &MetaError) -> i16 {
 
 /// Kafka error code for a record batch a produce request carried that
 /// cannot be appended as it is.
-pub fn batch_error_code(e: &BatchError) -> i16 {
+pub(crate) fn batch_error_code(e: &BatchError) -> i16 {
     match e {
         BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat.code(),
         BatchError::UnsupportedCompression(_) => ResponseError::UnsupportedCompressionType.code(),
@@ -60,7 +60,7 @@ pub fn batch_error_code(e: &BatchError) -> i16 {
 }
 
 /// Kafka error code for a failed append.
-pub fn write_error_code(e: &WriteError) -> i16 {
+pub(crate) fn write_error_code(e: &WriteError) -> i16 {
     match e {
         WriteError::Upload { .. } | WriteError::Commit { .. } => {
             ResponseError::KafkaStorageError.code()
@@ -70,7 +70,7 @@ pub fn write_error_code(e: &WriteError) -> i16 {
 }
 
 /// Kafka error code for a batch the metadata store refused.
-pub fn rejection_code(r: BatchRejection) -> i16 {
+pub(crate) fn rejection_code(r: BatchRejection) -> i16 {
     match r {
         BatchRejection::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition.code(),
         BatchRejection::OutOfOrderSequence => ResponseError::OutOfOrderSequenceNumber.code(),
@@ -82,7 +82,7 @@ pub fn rejection_code(r: BatchRejection) -> i16 {
 }
 
 /// Kafka error code for a failed read.
-pub fn read_error_code(e: &ReadError) -> i16 {
+pub(crate) fn read_error_code(e: &ReadError) -> i16 {
     match e {
         ReadError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
         ReadError::Meta(m) => meta_error_code(m),

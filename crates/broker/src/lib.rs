@@ -27,6 +27,7 @@ use tributary_storage::{Fetcher, SegmentWriter, Watermarks};
 pub use config::BrokerConfig;
 
 /// Everything a request handler needs. Shared by all connections.
+#[derive(Debug)]
 pub struct Broker {
     pub config: BrokerConfig,
     /// Topics and their configs (admin APIs, Metadata).

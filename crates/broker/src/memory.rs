@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 pub const SMALL_FRAME: usize = 64 * 1024;
 
 /// Bytes of request frames read and not yet answered.
+#[derive(Debug)]
 pub struct RequestMemory {
     budget: usize,
     used: AtomicUsize,
@@ -32,6 +33,7 @@ pub struct RequestMemory {
 }
 
 /// One frame's share of the budget; released on drop.
+#[derive(Debug)]
 pub struct Reservation {
     memory: Arc<RequestMemory>,
     len: usize,

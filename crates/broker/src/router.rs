@@ -39,6 +39,16 @@ pub enum Answer {
     Close,
 }
 
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Now(r) => f.debug_tuple("Now").field(r).finish(),
+            Self::Later(_) => f.write_str("Later(..)"),
+            Self::Close => f.write_str("Close"),
+        }
+    }
+}
+
 type Handler =
     fn(Arc<Broker>, RequestContext, RequestKind) -> Pin<Box<dyn Future<Output = Answer> + Send>>;
 

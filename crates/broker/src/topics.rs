@@ -33,7 +33,7 @@ pub fn invalid_topic_name(name: &str) -> Option<&'static str> {
 
 /// Cache of topic metadata by name. Entries live briefly so that topics
 /// created or deleted elsewhere show up soon.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct TopicCache {
     meta: Arc<dyn TopicStore>,
     by_name: Cache<String, Arc<TopicMeta>>,

@@ -21,7 +21,7 @@ use crate::observe;
 /// Where the data lives: the flags `serve` and `export` share.
 #[derive(Args, Deserialize, Debug, Default, Clone)]
 #[serde(deny_unknown_fields)]
-pub struct StoreArgs {
+pub(crate) struct StoreArgs {
     /// TOML file with any of serve's settings (snake_case, e.g. `data_dir`).
     #[arg(long, env = "TRIBUTARY_CONFIG")]
     #[serde(skip)]
@@ -63,11 +63,11 @@ macro_rules! serve_settings {
         /// and the `--config` file.
         #[derive(Args, Deserialize, Debug, Default)]
         #[serde(deny_unknown_fields)]
-        pub struct ServeArgs {
+        pub(crate) struct ServeArgs {
             #[command(flatten)]
             #[serde(skip)]
-            pub stores: StoreArgs,
-            $( $(#[$attr])* pub $name: Option<$ty>, )*
+            pub(crate) stores: StoreArgs,
+            $( $(#[$attr])* pub(crate) $name: Option<$ty>, )*
         }
 
         impl ServeArgs {
@@ -187,7 +187,7 @@ serve_settings! {
 
 /// Resolved settings.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub listen: String,
     pub advertised: Option<(String, i32)>,
     pub data_dir: PathBuf,
@@ -207,7 +207,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn resolve(args: ServeArgs) -> anyhow::Result<Self> {
+    pub(crate) fn resolve(args: ServeArgs) -> anyhow::Result<Self> {
         let file = match &args.stores.config {
             Some(path) => read_file(path)?,
             None => ServeArgs::default(),
@@ -216,7 +216,7 @@ impl Settings {
     }
 
     /// The layered settings `a` over the components' defaults.
-    pub fn layer(a: ServeArgs) -> anyhow::Result<Self> {
+    pub(crate) fn layer(a: ServeArgs) -> anyhow::Result<Self> {
         let listen = a.listen.unwrap_or_else(|| "127.0.0.1:9092".into());
         let data_dir = a.stores.data_dir.unwrap_or_else(|| "data".into());
         let abs_data = if data_dir.is_absolute() {
@@ -385,7 +385,7 @@ fn set<T>(field: &mut T, value: Option<T>) {
 /// `--node-id`: a number, or `auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "NodeIdValue")]
-pub enum NodeId {
+pub(crate) enum NodeId {
     Fixed(i32),
     Auto,
 }
@@ -428,7 +428,7 @@ fn read_file(path: &Path) -> anyhow::Result<ServeArgs> {
 
 /// The contents of a `--config` file: the keys of [`ServeArgs`] and of
 /// [`StoreArgs`] (unknown keys are refused).
-pub fn parse_file(text: &str) -> anyhow::Result<ServeArgs> {
+pub(crate) fn parse_file(text: &str) -> anyhow::Result<ServeArgs> {
     let mut table: toml::Table = toml::from_str(text)?;
     let mut stores = toml::Table::new();
     for key in StoreArgs::FILE_KEYS {

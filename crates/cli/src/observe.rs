@@ -26,7 +26,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Default `--metrics-idle-timeout-ms`: a series not updated for 10 min
 /// leaves `/metrics`.
-pub const DEFAULT_METRICS_IDLE_TIMEOUT_MS: u64 = 600_000;
+pub(crate) const DEFAULT_METRICS_IDLE_TIMEOUT_MS: u64 = 600_000;
 use metrics_util::MetricKindMask;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
@@ -42,7 +42,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const PROBE_CACHE: Duration = Duration::from_secs(1);
 
 /// Whether this broker can serve: its stores answer and it is not draining.
-pub struct Readiness {
+pub(crate) struct Readiness {
     /// Read probe: the live brokers.
     registry: Arc<dyn BrokerRegistry>,
     /// Write probe: a lease nobody else takes.
@@ -54,7 +54,7 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    pub fn new(
+    pub(crate) fn new(
         meta: &Stores,
         store: Arc<dyn ObjectStore>,
         writes: WriteHealth,
@@ -71,7 +71,7 @@ impl Readiness {
     }
 
     /// `Err(reason)` when not ready.
-    pub async fn check(&self) -> Result<(), String> {
+    pub(crate) async fn check(&self) -> Result<(), String> {
         if self.draining.is_cancelled() {
             return Err("shutting down".into());
         }
@@ -155,7 +155,7 @@ impl Readiness {
 
 /// Serve `/metrics`, `/healthz` and `/readyz` on `addr` until the process
 /// ends. Installs the Prometheus recorder.
-pub async fn serve_admin(
+pub(crate) async fn serve_admin(
     addr: SocketAddr,
     ready: Arc<Readiness>,
     lag: GroupLag,
@@ -255,7 +255,7 @@ async fn answer<B>(
 
 /// Copy the store and cache counters into the metrics registry every second
 /// until `stop`.
-pub fn spawn_publisher(
+pub(crate) fn spawn_publisher(
     store: MetricsHandle,
     cache: ReadCache,
     stop: CancellationToken,
@@ -312,7 +312,7 @@ fn memory() -> Option<(u64, u64)> {
 /// groups that go away (deleted, or now coordinated by another broker)
 /// disappear from the page instead of repeating their last value.
 #[derive(Clone, Default)]
-pub struct GroupLag(Arc<std::sync::Mutex<String>>);
+pub(crate) struct GroupLag(Arc<std::sync::Mutex<String>>);
 
 impl GroupLag {
     fn text(&self) -> String {
@@ -326,7 +326,7 @@ const LAG_INTERVAL: Duration = Duration::from_secs(10);
 /// Measure the lag of the groups this broker coordinates every
 /// [`LAG_INTERVAL`] until `stop`: per committed partition, the high
 /// watermark minus the committed offset.
-pub fn spawn_lag_reporter(
+pub(crate) fn spawn_lag_reporter(
     meta: Stores,
     mine: impl Fn(&str) -> bool + Send + Sync + 'static,
     lag: GroupLag,
@@ -410,7 +410,7 @@ fn escape_label(v: &str) -> String {
 }
 
 /// One log line with the totals (also used by `scripts/bench.sh`).
-pub fn log_summary(store: &MetricsHandle, cache: &ReadCache) {
+pub(crate) fn log_summary(store: &MetricsHandle, cache: &ReadCache) {
     let snap = store.snapshot();
     let c = cache.stats();
     let ratio = if c.hits + c.misses > 0 {

@@ -214,6 +214,7 @@ pub enum ExportError {
 pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
 
 /// Everything an export reads from and writes to.
+#[derive(Debug)]
 pub struct Exporter {
     topics: Arc<dyn TopicStore>,
     log: Arc<dyn LogStore>,

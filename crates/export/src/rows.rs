@@ -187,6 +187,7 @@ fn without_null_type(f: &Field) -> Field {
 }
 
 /// Arrow columns being filled, one row per record.
+#[derive(Debug)]
 pub struct Columns {
     schema: SchemaRef,
     key_format: KeyFormat,

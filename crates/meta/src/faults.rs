@@ -52,6 +52,14 @@ pub struct FaultyMeta {
     faults: Arc<dyn MetaFaults>,
 }
 
+impl std::fmt::Debug for FaultyMeta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultyMeta")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
 impl FaultyMeta {
     pub fn new(inner: Arc<dyn MetadataStore>, faults: Arc<dyn MetaFaults>) -> Self {
         Self { inner, faults }

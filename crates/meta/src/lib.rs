@@ -193,7 +193,7 @@ pub struct CommittedOffset {
 
 /// Topics, partitions and their configs.
 #[async_trait]
-pub trait TopicStore: Send + Sync {
+pub trait TopicStore: Send + Sync + std::fmt::Debug {
     /// Create a topic with `partitions` partitions, all starting at offset 0.
     /// Fails with [`MetaError::TopicExists`] if the name is taken.
     async fn create_topic(
@@ -232,7 +232,7 @@ pub trait TopicStore: Send + Sync {
 
 /// Offsets, the segment index and idempotent-producer state.
 #[async_trait]
-pub trait LogStore: Send + Sync {
+pub trait LogStore: Send + Sync + std::fmt::Debug {
     /// Assign offsets to every batch of an uploaded segment in one
     /// transaction, insert index entries (contiguous accepted batches of one
     /// partition merge into one entry) and record the segment. Idempotent
@@ -309,7 +309,7 @@ pub trait LogStore: Send + Sync {
 /// assignment, in an encoding the coordinator owns), so a group survives a
 /// coordinator restart or move.
 #[async_trait]
-pub trait GroupStore: Send + Sync {
+pub trait GroupStore: Send + Sync + std::fmt::Debug {
     /// Make `node_id` the coordinator of `group`: the group's coordinator
     /// epoch goes up by one and the new claim is returned. Commits made under
     /// any earlier claim fail from then on, so a broker that still believes it
@@ -379,7 +379,7 @@ pub struct DeadSegment {
 
 /// Background maintenance: retention, compaction swaps and the janitor.
 #[async_trait]
-pub trait MaintenanceStore: Send + Sync {
+pub trait MaintenanceStore: Send + Sync + std::fmt::Debug {
     /// Apply time and size retention to one partition by moving its log
     /// start offset forward over whole index entries (as Kafka deletes whole
     /// segments): an entry is dropped when its `max_timestamp` is older than
@@ -499,7 +499,7 @@ pub struct BrokerInfo {
 /// The broker registry: brokers announce themselves with heartbeats; a broker
 /// whose last heartbeat is older than the TTL is not live.
 #[async_trait]
-pub trait BrokerRegistry: Send + Sync {
+pub trait BrokerRegistry: Send + Sync + std::fmt::Debug {
     /// The registry's clock in ms since the Unix epoch: the database's on a
     /// shared store. Brokers stamp their heartbeats and judge liveness by
     /// this one clock, so brokers whose own clocks disagree still agree on

@@ -47,6 +47,7 @@ pub struct FaultParams {
 }
 
 /// A run's source of faults. `healed` stops new faults (the end of a run).
+#[derive(Debug)]
 pub struct Chaos {
     pub params: FaultParams,
     rng: Mutex<SimRng>,
@@ -114,6 +115,7 @@ impl Chaos {
 
 /// Everything that happened, in order, with simulated times: hashed (a
 /// replay must give the same hash) and kept when asked for.
+#[derive(Debug)]
 pub struct Trace {
     start: Instant,
     keep: bool,

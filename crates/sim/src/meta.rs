@@ -12,7 +12,7 @@ use tributary_meta::faults::{injected, MetaFaults};
 
 use crate::chaos::{fenced, Chaos};
 
-pub struct MetaChaos {
+pub(crate) struct MetaChaos {
     pub chaos: Arc<Chaos>,
     pub crashed: CancellationToken,
     pub who: String,

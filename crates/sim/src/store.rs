@@ -28,7 +28,7 @@ use crate::chaos::{fenced, Chaos};
 use crate::clock::SimClock;
 
 /// The objects all handles share.
-pub struct Objects {
+pub(crate) struct Objects {
     inner: InMemory,
     /// Key → `last_modified` (ms, the store's clock).
     stamps: Mutex<HashMap<String, i64>>,
@@ -36,7 +36,7 @@ pub struct Objects {
 }
 
 impl Objects {
-    pub fn new(clock: Arc<SimClock>) -> Arc<Self> {
+    pub(crate) fn new(clock: Arc<SimClock>) -> Arc<Self> {
         Arc::new(Self {
             inner: InMemory::new(),
             stamps: Mutex::default(),
@@ -44,7 +44,7 @@ impl Objects {
         })
     }
 
-    pub fn contains(&self, key: &str) -> bool {
+    pub(crate) fn contains(&self, key: &str) -> bool {
         self.stamps
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -54,7 +54,7 @@ impl Objects {
 
 /// One party's view of the object store.
 #[derive(Clone)]
-pub struct SimStore {
+pub(crate) struct SimStore {
     objects: Arc<Objects>,
     chaos: Option<Arc<Chaos>>,
     crashed: Option<CancellationToken>,
@@ -70,7 +70,7 @@ fn injected(what: &'static str) -> Error {
 
 impl SimStore {
     /// A broker's handle: faults from `chaos`, frozen once `crashed` fires.
-    pub fn broker(
+    pub(crate) fn broker(
         objects: Arc<Objects>,
         chaos: Arc<Chaos>,
         crashed: CancellationToken,
@@ -85,7 +85,7 @@ impl SimStore {
     }
 
     /// A handle without faults (the auditor's).
-    pub fn clean(objects: Arc<Objects>) -> Self {
+    pub(crate) fn clean(objects: Arc<Objects>) -> Self {
         Self {
             objects,
             chaos: None,

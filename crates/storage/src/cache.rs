@@ -25,7 +25,7 @@ pub struct CacheStats {
     pub gets: u64,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Counters {
     hits: AtomicU64,
     misses: AtomicU64,
@@ -47,7 +47,7 @@ const WHOLE_OBJECT: u64 = u64::MAX;
 
 /// Byte-weighted cache of aligned segment blocks, and of whole objects this
 /// broker wrote.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ReadCache {
     store: Arc<dyn ObjectStore>,
     blocks: Cache<(Arc<str>, u64), Bytes>,

@@ -20,6 +20,7 @@ pub fn seed_thread(seed: u64) -> SeededThread {
 
 /// Restores the thread's previous source of randomness when dropped.
 #[must_use = "the thread is seeded only while the guard lives"]
+#[derive(Debug)]
 pub struct SeededThread {
     previous: Option<u64>,
 }

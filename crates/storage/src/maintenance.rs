@@ -93,7 +93,7 @@ pub struct PassReport {
 }
 
 /// Runs maintenance passes.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Maintenance {
     topics: Arc<dyn TopicStore>,
     log: Arc<dyn LogStore>,

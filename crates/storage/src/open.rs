@@ -197,7 +197,7 @@ impl S3Settings {
 
 /// An opened object store: the wrapped store the broker uses, plus handles
 /// to read its request metrics and steer its fault injection (tests only).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct OpenedStore {
     pub store: Arc<dyn ObjectStore>,
     pub metrics: MetricsHandle,

@@ -35,7 +35,7 @@ pub struct FetchedPartition {
 }
 
 /// Reads committed records.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Fetcher {
     meta: Arc<dyn LogStore>,
     cache: ReadCache,

@@ -19,14 +19,14 @@ use uuid::Uuid;
 pub type PartitionKey = (Uuid, i32);
 
 /// Fetches parked per partition: an id per watch and its wake-up.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Parked {
     next_id: u64,
     by_partition: HashMap<PartitionKey, Vec<(u64, Arc<Notify>)>>,
 }
 
 /// Broadcasts "something was committed".
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Watermarks {
     tx: watch::Sender<u64>,
     /// Whether other brokers' commits are heard as they happen (so parked
@@ -37,6 +37,7 @@ pub struct Watermarks {
 
 /// Wakes when one of the watched partitions gets a commit; unregisters on
 /// drop.
+#[derive(Debug)]
 pub struct PartitionWatch {
     id: u64,
     keys: Vec<PartitionKey>,

@@ -142,7 +142,7 @@ struct Sealed {
 }
 
 /// Handle to the writer's background tasks. Cheap to clone.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SegmentWriter {
     tx: mpsc::Sender<Msg>,
     done: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,

@@ -40,6 +40,7 @@ pub fn free_port() -> Result<u16> {
     Ok(listener.local_addr().context("local addr")?.port())
 }
 
+#[derive(Debug)]
 enum DataDir {
     Owned(TempDir),
     Given(PathBuf),
@@ -55,6 +56,7 @@ impl DataDir {
 }
 
 /// Configures a [`BrokerProcess`] before it starts.
+#[derive(Debug)]
 pub struct BrokerBuilder {
     bin: PathBuf,
     data_dir: Option<PathBuf>,
@@ -143,6 +145,7 @@ impl BrokerBuilder {
 }
 
 /// A running (or stopped) `tributary serve` process. See the module docs.
+#[derive(Debug)]
 pub struct BrokerProcess {
     bin: PathBuf,
     args: Vec<OsString>,

@@ -42,6 +42,7 @@ const PG_ACCOUNT: &str = "postgres";
 const START_ATTEMPTS: usize = 3;
 
 /// A running PostgreSQL cluster.
+#[derive(Debug)]
 pub struct PgServer {
     bin_dir: PathBuf,
     port: u16,

@@ -46,6 +46,7 @@ pub const S3_TEST_ENV: &[(&str, &str)] = &[
 ];
 
 /// A running `moto_server`.
+#[derive(Debug)]
 pub struct S3Server {
     child: Option<Child>,
     port: u16,

@@ -21,19 +21,19 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::ClientContext;
 use rdkafka::Message;
 use std::sync::atomic::{AtomicUsize, Ordering};
-pub use tributary_testkit::BrokerProcess;
+pub(crate) use tributary_testkit::BrokerProcess;
 
 /// Upper bound for one whole test body; a hang becomes a failure with logs.
-pub const TEST_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Bound for waits on a single client operation (admin call, commit, ...).
-pub const OP_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Flags every test broker gets. A short flush interval keeps tests that
 /// produce one record at a time fast; it changes no semantics.
 const DEFAULT_ARGS: &[&str] = &["--flush-interval-ms", "10"];
 
-pub fn broker_bin() -> &'static str {
+pub(crate) fn broker_bin() -> &'static str {
     env!("CARGO_BIN_EXE_tributary")
 }
 
@@ -43,7 +43,7 @@ pub fn broker_bin() -> &'static str {
 /// segments on its own moto S3 server instead of the local directory, so the
 /// same suite runs against a real S3-compatible server (`scripts/test.sh`
 /// runs it both ways).
-pub fn start_broker(extra_args: &[&str]) -> Result<BrokerProcess> {
+pub(crate) fn start_broker(extra_args: &[&str]) -> Result<BrokerProcess> {
     if std::env::var("TRIBUTARY_TEST_STORE").as_deref() == Ok("s3") {
         let s3 = tributary_testkit::S3Server::start()?;
         let url = s3.url("tributary-suite", "t");
@@ -64,7 +64,7 @@ pub fn start_broker(extra_args: &[&str]) -> Result<BrokerProcess> {
 
 /// Starts a broker on the local-directory store whatever the environment
 /// says (for tests that inspect or plant objects in the data directory).
-pub fn start_broker_local(extra_args: &[&str]) -> Result<BrokerProcess> {
+pub(crate) fn start_broker_local(extra_args: &[&str]) -> Result<BrokerProcess> {
     BrokerProcess::builder(broker_bin())
         .args(DEFAULT_ARGS.iter().copied())
         .args(extra_args.iter().copied())
@@ -73,7 +73,7 @@ pub fn start_broker_local(extra_args: &[&str]) -> Result<BrokerProcess> {
 
 /// Runs a test body under [`TEST_TIMEOUT`]; on failure or timeout prints the
 /// tail of the broker log to stderr (shown by the test harness) and fails.
-pub async fn run_test<'a, F>(broker: &BrokerProcess, body: F) -> Result<()>
+pub(crate) async fn run_test<'a, F>(broker: &BrokerProcess, body: F) -> Result<()>
 where
     F: Future<Output = Result<()>> + 'a,
 {
@@ -92,7 +92,7 @@ where
 }
 
 /// Base client config: bootstrap plus settings that make failures quick.
-pub fn client_config(bootstrap: &str) -> ClientConfig {
+pub(crate) fn client_config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap)
@@ -107,7 +107,7 @@ fn apply(config: &mut ClientConfig, extra: &[(&str, &str)]) {
     }
 }
 
-pub fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> Result<FutureProducer> {
+pub(crate) fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> Result<FutureProducer> {
     let mut config = client_config(bootstrap);
     config
         .set("message.timeout.ms", "60000")
@@ -118,7 +118,11 @@ pub fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> Result<FutureProduce
 
 /// A group consumer that starts at the earliest offset and commits nothing
 /// automatically unless `extra` says so.
-pub fn consumer(bootstrap: &str, group: &str, extra: &[(&str, &str)]) -> Result<StreamConsumer> {
+pub(crate) fn consumer(
+    bootstrap: &str,
+    group: &str,
+    extra: &[(&str, &str)],
+) -> Result<StreamConsumer> {
     let mut config = group_config(bootstrap, group);
     apply(&mut config, extra);
     config.create().context("create consumer")
@@ -138,7 +142,7 @@ fn group_config(bootstrap: &str, group: &str) -> ClientConfig {
     config
 }
 
-pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) -> Result<()> {
+pub(crate) async fn create_topic(bootstrap: &str, name: &str, partitions: i32) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(bootstrap)
         .create()
         .context("create admin client")?;
@@ -158,7 +162,7 @@ pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) -> Resul
 
 /// A record to produce.
 #[derive(Clone, Debug, Default)]
-pub struct Out {
+pub(crate) struct Out {
     pub partition: Option<i32>,
     pub key: String,
     pub value: String,
@@ -168,7 +172,7 @@ pub struct Out {
 
 /// A consumed record, copied out of the client.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rec {
+pub(crate) struct Rec {
     pub partition: i32,
     pub offset: i64,
     pub key: String,
@@ -178,7 +182,7 @@ pub struct Rec {
 }
 
 impl Rec {
-    pub fn from_message<M: Message>(msg: &M) -> Self {
+    pub(crate) fn from_message<M: Message>(msg: &M) -> Self {
         let text = |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
         let headers = msg
             .headers()
@@ -198,7 +202,7 @@ impl Rec {
         }
     }
 
-    pub fn header(&self, key: &str) -> Option<&str> {
+    pub(crate) fn header(&self, key: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k == key)
@@ -228,7 +232,7 @@ async fn settle(future: DeliveryFuture, index: usize) -> Result<Delivery> {
 /// Enqueues `records` strictly in order (so per-partition order is the
 /// iteration order) with at most `MAX_IN_FLIGHT` awaiting acknowledgement,
 /// and returns every delivery in input order. Any failed delivery fails.
-pub async fn produce_all(
+pub(crate) async fn produce_all(
     producer: &FutureProducer,
     topic: &str,
     records: impl IntoIterator<Item = Out>,
@@ -278,7 +282,7 @@ pub async fn produce_all(
 
 /// Receives one record, or `None` if nothing arrives within `wait`.
 /// Client-reported errors are returned as `Err` so callers can decide.
-pub async fn recv<C: ConsumerContext + 'static>(
+pub(crate) async fn recv<C: ConsumerContext + 'static>(
     consumer: &StreamConsumer<C>,
     wait: Duration,
 ) -> Result<Option<Rec>> {
@@ -292,7 +296,7 @@ pub async fn recv<C: ConsumerContext + 'static>(
 /// Receives until `n` records arrived (then returns them) or `deadline`
 /// passes (then fails, saying how many came). Up to 50 transient client
 /// errors are tolerated and printed.
-pub async fn consume_n<C: ConsumerContext + 'static>(
+pub(crate) async fn consume_n<C: ConsumerContext + 'static>(
     consumer: &StreamConsumer<C>,
     n: usize,
     deadline: Duration,
@@ -323,7 +327,7 @@ pub async fn consume_n<C: ConsumerContext + 'static>(
 /// Receives whatever else arrives until the consumer has been quiet for
 /// `quiet` (bounded by 10 × `quiet` overall). Used to catch duplicates after
 /// the expected records were all seen.
-pub async fn drain_quiet(consumer: &StreamConsumer, quiet: Duration) -> Result<Vec<Rec>> {
+pub(crate) async fn drain_quiet(consumer: &StreamConsumer, quiet: Duration) -> Result<Vec<Rec>> {
     let end = Instant::now() + quiet * 10;
     let mut out = Vec::new();
     while Instant::now() < end {
@@ -338,7 +342,7 @@ pub async fn drain_quiet(consumer: &StreamConsumer, quiet: Duration) -> Result<V
 
 /// Polls `check` every 200 ms until it returns `Some`, failing after
 /// `deadline` with `what` and the last state seen.
-pub async fn wait_for<T, S: std::fmt::Debug>(
+pub(crate) async fn wait_for<T, S: std::fmt::Debug>(
     what: &str,
     deadline: Duration,
     mut check: impl FnMut() -> Result<std::result::Result<T, S>>,
@@ -357,7 +361,7 @@ pub async fn wait_for<T, S: std::fmt::Debug>(
 }
 
 /// Partitions of `topic` currently assigned to `consumer`, sorted.
-pub fn assigned(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i32>> {
+pub(crate) fn assigned(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i32>> {
     let tpl = consumer.assignment().context("assignment")?;
     let mut parts: Vec<i32> = tpl
         .elements_for_topic(topic)
@@ -370,7 +374,7 @@ pub fn assigned(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i32>> {
 
 /// Checks that, per partition, offsets are dense and strictly increasing by
 /// one starting at `first(partition)`.
-pub fn check_dense(records: &[Rec], first: impl Fn(i32) -> i64) -> Result<()> {
+pub(crate) fn check_dense(records: &[Rec], first: impl Fn(i32) -> i64) -> Result<()> {
     let mut next: std::collections::HashMap<i32, i64> = Default::default();
     for rec in records {
         let expected = *next
@@ -394,7 +398,7 @@ pub fn check_dense(records: &[Rec], first: impl Fn(i32) -> i64) -> Result<()> {
 /// `bootstrap` and checks that exactly the acknowledged records are there,
 /// each once, at the (partition, offset) it was acknowledged with, with
 /// dense offsets from 0. `acked` maps record value to (partition, offset).
-pub async fn audit_acked(
+pub(crate) async fn audit_acked(
     bootstrap: &str,
     topic: &str,
     partitions: i32,
@@ -433,7 +437,7 @@ pub async fn audit_acked(
 
 /// `GET path` over HTTP/1.0 on 127.0.0.1:`port` (the admin endpoint):
 /// (status, body).
-pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+pub(crate) fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -451,7 +455,7 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
 
 /// A request's header and body as version `version` (no length prefix), for
 /// tests that speak raw Kafka frames.
-pub fn encode_request<R: kafka_protocol::protocol::Request>(
+pub(crate) fn encode_request<R: kafka_protocol::protocol::Request>(
     request: &R,
     version: i16,
     correlation: i32,
@@ -471,14 +475,14 @@ pub fn encode_request<R: kafka_protocol::protocol::Request>(
 
 /// Counts the rebalances one consumer goes through.
 #[derive(Default)]
-pub struct CountRebalances {
+pub(crate) struct CountRebalances {
     assigns: AtomicUsize,
     revokes: AtomicUsize,
 }
 
 impl CountRebalances {
     /// (assignments, revocations) so far.
-    pub fn counts(&self) -> (usize, usize) {
+    pub(crate) fn counts(&self) -> (usize, usize) {
         (
             self.assigns.load(Ordering::SeqCst),
             self.revokes.load(Ordering::SeqCst),
@@ -501,7 +505,10 @@ impl ConsumerContext for CountRebalances {
 /// A group consumer (earliest, manual commits) that counts its rebalances,
 /// with a session long enough (45 s) to outlast a broker restart or a
 /// coordinator move.
-pub fn counting_consumer(bootstrap: &str, group: &str) -> Result<StreamConsumer<CountRebalances>> {
+pub(crate) fn counting_consumer(
+    bootstrap: &str,
+    group: &str,
+) -> Result<StreamConsumer<CountRebalances>> {
     let mut config = group_config(bootstrap, group);
     config
         .set("session.timeout.ms", "45000")
@@ -513,7 +520,7 @@ pub fn counting_consumer(bootstrap: &str, group: &str) -> Result<StreamConsumer<
 
 /// Ten records for each of `partitions` partitions, valued
 /// `{phase}:{partition}:{i}` and keyed by partition.
-pub fn ten_per_partition(phase: &'static str, partitions: i32) -> impl Iterator<Item = Out> {
+pub(crate) fn ten_per_partition(phase: &'static str, partitions: i32) -> impl Iterator<Item = Out> {
     (0..partitions).flat_map(move |p| {
         (0..10).map(move |i| Out {
             partition: Some(p),
@@ -527,7 +534,7 @@ pub fn ten_per_partition(phase: &'static str, partitions: i32) -> impl Iterator<
 /// Fails if `consumer` was revoked or reassigned since its first
 /// assignment, after a few heartbeats' worth of waiting (a rebalance
 /// started by the coordinator shows up within them).
-pub async fn ensure_no_rebalance(
+pub(crate) async fn ensure_no_rebalance(
     consumer: &StreamConsumer<CountRebalances>,
     when: &str,
 ) -> Result<()> {
@@ -542,7 +549,7 @@ pub async fn ensure_no_rebalance(
 
 /// A v2 record batch, uncompressed, one record per value (keys `key-{i}`,
 /// timestamps now), always exactly one batch.
-pub fn record_batch<V: AsRef<[u8]>>(values: &[V]) -> Result<bytes::Bytes> {
+pub(crate) fn record_batch<V: AsRef<[u8]>>(values: &[V]) -> Result<bytes::Bytes> {
     use kafka_protocol::records::{
         Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };

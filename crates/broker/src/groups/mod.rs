@@ -142,6 +142,14 @@ pub struct GroupCoordinator {
     claims: Mutex<HashMap<String, GroupClaim>>,
 }
 
+impl std::fmt::Debug for GroupCoordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCoordinator")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Decides whether this broker coordinates a group id.
 pub type OwnerCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 

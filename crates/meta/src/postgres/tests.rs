@@ -501,8 +501,7 @@ async fn open_metadata_dispatches_on_scheme() {
     assert!(store.list_topics().await.expect("list").is_empty());
     let err = crate::open_metadata("mysql://u:secret@h/db")
         .await
-        .err()
-        .expect("unknown scheme");
+        .expect_err("unknown scheme");
     assert!(matches!(err, MetaError::InvalidArgument(_)));
     assert!(!err.to_string().contains("secret"), "{err}");
 }

@@ -13,7 +13,7 @@ use tributary_meta::{
 };
 
 /// A lease has one holder at a time until it expires; the holder renews it.
-pub async fn leases(store: &dyn MetadataStore) {
+pub(crate) async fn leases(store: &dyn MetadataStore) {
     let take = |holder: &'static str, now: i64| store.acquire_lease("maint", holder, now, 100);
     assert!(
         take("a", 0).await.expect("a takes"),
@@ -203,7 +203,7 @@ fn offset(topic: &str, partition: i32, offset: i64, metadata: Option<&str>) -> C
 // ---------------------------------------------------------------- topics
 
 /// Create, duplicate, get, get by id, list order, delete.
-pub async fn topic_lifecycle(store: &dyn MetadataStore) {
+pub(crate) async fn topic_lifecycle(store: &dyn MetadataStore) {
     assert!(store.list_topics().await.expect("list").is_empty());
     let b = store
         .create_topic("beta", 3, configs(&[("retention.ms", "60000")]))
@@ -279,7 +279,7 @@ pub async fn topic_lifecycle(store: &dyn MetadataStore) {
 }
 
 /// Growing partitions and altering configs.
-pub async fn create_partitions_and_configs(store: &dyn MetadataStore) {
+pub(crate) async fn create_partitions_and_configs(store: &dyn MetadataStore) {
     let t = create(store, "t", 2).await;
     let grown = store.create_partitions("t", 5).await.expect("grow");
     assert_eq!(grown.partitions, 5);
@@ -349,7 +349,7 @@ pub async fn create_partitions_and_configs(store: &dyn MetadataStore) {
 // ---------------------------------------------------------------- offsets and index
 
 /// Offsets are dense per partition across commits, partitions and topics.
-pub async fn dense_offsets(store: &dyn MetadataStore) {
+pub(crate) async fn dense_offsets(store: &dyn MetadataStore) {
     let a = create(store, "a", 3).await;
     let b = create(store, "b", 1).await;
     let mut expected: BTreeMap<(Uuid, i32), i64> = BTreeMap::new();
@@ -397,7 +397,7 @@ pub async fn dense_offsets(store: &dyn MetadataStore) {
 
 /// Byte-adjacent consecutive batches of one partition share one entry;
 /// anything else starts a new one.
-pub async fn index_merges_adjacent_batches(store: &dyn MetadataStore) {
+pub(crate) async fn index_merges_adjacent_batches(store: &dyn MetadataStore) {
     let t = create(store, "t", 2).await;
     let outcomes = commit(
         store,
@@ -501,7 +501,7 @@ pub async fn index_merges_adjacent_batches(store: &dyn MetadataStore) {
 }
 
 /// Lookups from the middle of an entry, limits, and past the end.
-pub async fn index_entries_lookup(store: &dyn MetadataStore) {
+pub(crate) async fn index_entries_lookup(store: &dyn MetadataStore) {
     let t = create(store, "t", 1).await;
     // Entries: [0,9] [10,14] [15,15] [16,35], one segment each.
     for (i, count) in [10, 5, 1, 20].into_iter().enumerate() {
@@ -547,7 +547,7 @@ pub async fn index_entries_lookup(store: &dyn MetadataStore) {
 }
 
 /// First entry whose max timestamp reaches the target, in offset order.
-pub async fn entry_for_timestamp(store: &dyn MetadataStore) {
+pub(crate) async fn entry_for_timestamp(store: &dyn MetadataStore) {
     let t = create(store, "t", 2).await;
     // Timestamps not monotone: 100, 300, 200, 400.
     for (i, ts) in [100, 300, 200, 400].into_iter().enumerate() {
@@ -603,7 +603,7 @@ pub async fn entry_for_timestamp(store: &dyn MetadataStore) {
 }
 
 /// Committing a key twice fails and changes nothing.
-pub async fn duplicate_segment_rejected(store: &dyn MetadataStore) {
+pub(crate) async fn duplicate_segment_rejected(store: &dyn MetadataStore) {
     let t = create(store, "t", 1).await;
     assert!(!store.segment_committed("seg").await.expect("committed"));
     commit(store, segment("seg", vec![batch(t.id, 0, 0, 10, 4, 0)])).await;
@@ -661,7 +661,7 @@ pub async fn duplicate_segment_rejected(store: &dyn MetadataStore) {
 /// expiration is forgotten (Kafka's `producer.id.expiration.ms`): its next
 /// batch is accepted as a new producer's instead of being checked against
 /// the old sequence.
-pub async fn producer_state_expires(store: &dyn MetadataStore) {
+pub(crate) async fn producer_state_expires(store: &dyn MetadataStore) {
     let t = create(store, "t", 2).await;
     let p = store.allocate_producer_id().await.expect("pid");
     commit(store, segment("s1", vec![pbatch(t.id, 0, 0, p, 0, 5)])).await;
@@ -705,7 +705,7 @@ pub async fn producer_state_expires(store: &dyn MetadataStore) {
 /// abandoned key can never be committed afterwards and is dead at once, so
 /// the janitor deletes its object; abandoning a committed key is refused and
 /// keeps its entries.
-pub async fn commit_deadline_and_abandon(store: &dyn MetadataStore) {
+pub(crate) async fn commit_deadline_and_abandon(store: &dyn MetadataStore) {
     let t = create(store, "t", 1).await;
     let now = wall_ms();
     let mut late = segment("late", vec![batch(t.id, 0, 0, 10, 4, 0)]);
@@ -776,7 +776,7 @@ pub async fn commit_deadline_and_abandon(store: &dyn MetadataStore) {
 /// A commit that left no index entry (every batch rejected or a duplicate,
 /// or no batch at all) is dead from its commit time, so the janitor removes
 /// the object; one accepted batch keeps it alive.
-pub async fn entryless_commit_is_dead(store: &dyn MetadataStore) {
+pub(crate) async fn entryless_commit_is_dead(store: &dyn MetadataStore) {
     let t = create(store, "t", 1).await;
     let p = store.allocate_producer_id().await.expect("pid");
     let before = wall_ms();
@@ -835,7 +835,7 @@ pub async fn entryless_commit_is_dead(store: &dyn MetadataStore) {
 // ---------------------------------------------------------------- producers
 
 /// Duplicate retries, gaps, fencing and epoch bumps.
-pub async fn idempotent_producer(store: &dyn MetadataStore) {
+pub(crate) async fn idempotent_producer(store: &dyn MetadataStore) {
     let t = create(store, "t", 2).await;
     let (pid, epoch) = store.allocate_producer_id().await.expect("pid");
     assert_eq!(epoch, 0);
@@ -1033,7 +1033,7 @@ pub async fn idempotent_producer(store: &dyn MetadataStore) {
 }
 
 /// Sequences wrap from `i32::MAX` to 0 as in Kafka.
-pub async fn producer_sequence_wraps(store: &dyn MetadataStore) {
+pub(crate) async fn producer_sequence_wraps(store: &dyn MetadataStore) {
     let t = create(store, "t", 1).await;
     let p = store.allocate_producer_id().await.expect("pid");
     let out = commit(
@@ -1078,7 +1078,7 @@ pub async fn producer_sequence_wraps(store: &dyn MetadataStore) {
 }
 
 /// Producer ids are unique and start at epoch 0.
-pub async fn producer_ids_unique(store: &dyn MetadataStore) {
+pub(crate) async fn producer_ids_unique(store: &dyn MetadataStore) {
     let mut seen = BTreeSet::new();
     for _ in 0..20 {
         let (id, epoch) = store.allocate_producer_id().await.expect("pid");
@@ -1091,7 +1091,7 @@ pub async fn producer_ids_unique(store: &dyn MetadataStore) {
 // ---------------------------------------------------------------- deletion
 
 /// Batches for deleted topics or missing partitions are rejected alone.
-pub async fn rejects_unknown_topic_or_partition(store: &dyn MetadataStore) {
+pub(crate) async fn rejects_unknown_topic_or_partition(store: &dyn MetadataStore) {
     let keep = create(store, "keep", 1).await;
     let gone = create(store, "gone", 1).await;
     commit(
@@ -1162,7 +1162,7 @@ pub async fn rejects_unknown_topic_or_partition(store: &dyn MetadataStore) {
 /// same transaction (they were dropped by the broker afterwards, so a crash
 /// in between left offsets a re-created topic inherited); other topics'
 /// offsets stay.
-pub async fn delete_topic_drops_its_group_offsets(store: &dyn MetadataStore) {
+pub(crate) async fn delete_topic_drops_its_group_offsets(store: &dyn MetadataStore) {
     create(store, "doomed", 2).await;
     create(store, "kept", 1).await;
     for g in ["g1", "g2"] {
@@ -1196,7 +1196,7 @@ pub async fn delete_topic_drops_its_group_offsets(store: &dyn MetadataStore) {
         .is_empty());
 }
 
-pub async fn delete_topic_returns_orphaned_segments(store: &dyn MetadataStore) {
+pub(crate) async fn delete_topic_returns_orphaned_segments(store: &dyn MetadataStore) {
     let a = create(store, "a", 2).await;
     let b = create(store, "b", 1).await;
     let p = store.allocate_producer_id().await.expect("pid");
@@ -1288,7 +1288,7 @@ pub async fn delete_topic_returns_orphaned_segments(store: &dyn MetadataStore) {
 // ---------------------------------------------------------------- log start
 
 /// Moving the log start: forward only, never past next, hides entries.
-pub async fn advance_log_start(store: &dyn MetadataStore) {
+pub(crate) async fn advance_log_start(store: &dyn MetadataStore) {
     let t = create(store, "t", 2).await;
     for i in 0..3 {
         commit(
@@ -1385,7 +1385,7 @@ pub async fn advance_log_start(store: &dyn MetadataStore) {
 }
 
 /// Per-partition calls on missing topics or partitions.
-pub async fn unknown_partition_errors(store: &dyn MetadataStore) {
+pub(crate) async fn unknown_partition_errors(store: &dyn MetadataStore) {
     let t = create(store, "t", 1).await;
     let missing = Uuid::new_v4();
     let unknown_topic = |r: &Result<(), MetaError>| matches!(r, Err(MetaError::UnknownTopic(_)));
@@ -1431,7 +1431,7 @@ pub async fn unknown_partition_errors(store: &dyn MetadataStore) {
 
 /// 8 writers x 50 segments on the same partitions: offsets stay dense and
 /// unique, the index covers them exactly.
-pub async fn concurrent_commits(store: &dyn MetadataStore) {
+pub(crate) async fn concurrent_commits(store: &dyn MetadataStore) {
     const TASKS: u64 = 8;
     const SEGMENTS: u64 = 50;
     let t = create(store, "t", 2).await;
@@ -1511,7 +1511,7 @@ pub async fn concurrent_commits(store: &dyn MetadataStore) {
 /// Time retention drops leading entries whose max timestamp is older than
 /// `now - retention.ms` (stopping at the first younger one, as Kafka does),
 /// moves the log start to the first kept entry and kills freed segments.
-pub async fn retention_by_time(store: &dyn MetadataStore) {
+pub(crate) async fn retention_by_time(store: &dyn MetadataStore) {
     let t = create(store, "t", 2).await;
     commit_entries(store, t.id, &[("r0", 100, 10, 100)]).await;
     // r1 is shared with p1, so it outlives p0's entry.
@@ -1627,7 +1627,7 @@ pub async fn retention_by_time(store: &dyn MetadataStore) {
 
 /// Size retention drops leading entries while the entries after them still
 /// exceed `retention.bytes`; a straddling first entry counts whole.
-pub async fn retention_by_bytes(store: &dyn MetadataStore) {
+pub(crate) async fn retention_by_bytes(store: &dyn MetadataStore) {
     let t = create(store, "t", 1).await;
     commit_entries(
         store,
@@ -1673,7 +1673,7 @@ pub async fn retention_by_bytes(store: &dyn MetadataStore) {
 
 /// The newest entry survives any retention; the log start never moves
 /// backwards; empty partitions are left alone.
-pub async fn retention_keeps_newest_and_never_moves_back(store: &dyn MetadataStore) {
+pub(crate) async fn retention_keeps_newest_and_never_moves_back(store: &dyn MetadataStore) {
     let t = create(store, "t", 2).await;
     commit_entries(
         store,
@@ -1776,7 +1776,7 @@ pub async fn retention_keeps_newest_and_never_moves_back(store: &dyn MetadataSto
 
 /// DeleteRecords only moves the log start; drop_expired_entries then removes
 /// the rows wholly below it in every partition and kills freed segments.
-pub async fn delete_records_then_drop_expired(store: &dyn MetadataStore) {
+pub(crate) async fn delete_records_then_drop_expired(store: &dyn MetadataStore) {
     let a = create(store, "a", 2).await;
     let b = create(store, "b", 1).await;
     commit(
@@ -1845,7 +1845,7 @@ pub async fn delete_records_then_drop_expired(store: &dyn MetadataStore) {
 
 /// dead_segments filters by the grace cutoff, oldest first, with a limit;
 /// forget_segments removes dead rows and ignores unknown and live keys.
-pub async fn dead_segments_grace_and_forget(store: &dyn MetadataStore) {
+pub(crate) async fn dead_segments_grace_and_forget(store: &dyn MetadataStore) {
     let t = create(store, "t", 1).await;
     commit_entries(
         store,
@@ -1925,7 +1925,7 @@ pub async fn dead_segments_grace_and_forget(store: &dyn MetadataStore) {
 }
 
 /// unknown_segments answers for thousands of keys at once, in input order.
-pub async fn unknown_segments(store: &dyn MetadataStore) {
+pub(crate) async fn unknown_segments(store: &dyn MetadataStore) {
     let t = create(store, "t", 1).await;
     commit_entries(
         store,
@@ -1960,7 +1960,7 @@ pub async fn unknown_segments(store: &dyn MetadataStore) {
 
 /// The lowest run of two or more consecutive small entries, bounded by
 /// total bytes and count; a lone small entry is skipped.
-pub async fn compaction_candidates(store: &dyn MetadataStore) {
+pub(crate) async fn compaction_candidates(store: &dyn MetadataStore) {
     let t = create(store, "t", 2).await;
     // c0 [0,1] c1 [2,4] c2 [5,5] C3 [6,10] c4 [11,11] C5 [12,12]
     // c6 [13,14] c7 [15,16] c8 [17,18]; capitals are large.
@@ -2032,7 +2032,7 @@ pub async fn compaction_candidates(store: &dyn MetadataStore) {
 /// A compaction swap: the index points into the new segment, every offset
 /// is still covered exactly once, timestamp lookups stay right (the running
 /// max continues from the preceding entry), and freed segments are dead.
-pub async fn replace_entries_swaps(store: &dyn MetadataStore) {
+pub(crate) async fn replace_entries_swaps(store: &dyn MetadataStore) {
     let t = create(store, "t", 2).await;
     commit_entries(store, t.id, &[("big", 1_000, 5, 500)]).await;
     // m1 is shared with p1 and outlives the swap.
@@ -2158,7 +2158,7 @@ pub async fn replace_entries_swaps(store: &dyn MetadataStore) {
 
 /// A swap whose `old` no longer matches the index (or whose `new` does not
 /// cover the same offsets) returns false and changes nothing.
-pub async fn replace_entries_refuses_stale(store: &dyn MetadataStore) {
+pub(crate) async fn replace_entries_refuses_stale(store: &dyn MetadataStore) {
     let t = create(store, "t", 1).await;
     commit_entries(
         store,
@@ -2300,7 +2300,7 @@ pub async fn replace_entries_refuses_stale(store: &dyn MetadataStore) {
 
 /// Coordinator claims fence commits made under an older claim, by another
 /// broker or by the same one, and survive the group's deletion.
-pub async fn group_claims(store: &dyn MetadataStore) {
+pub(crate) async fn group_claims(store: &dyn MetadataStore) {
     let a1 = store.claim_group("g", 1).await.expect("claim by 1");
     assert_eq!(
         a1,
@@ -2382,7 +2382,7 @@ pub async fn group_claims(store: &dyn MetadataStore) {
 /// A coordinator's saved membership survives later claims (that is how a
 /// new coordinator carries the group on), only the newest claim may save,
 /// and deleting or expiring the group drops it.
-pub async fn group_state_saved(store: &dyn MetadataStore) {
+pub(crate) async fn group_state_saved(store: &dyn MetadataStore) {
     assert_eq!(store.load_group("g").await.expect("load"), None);
     let a = store.claim_group("g", 1).await.expect("claim by 1");
     assert_eq!(store.load_group("g").await.expect("load"), None);
@@ -2436,7 +2436,7 @@ pub async fn group_state_saved(store: &dyn MetadataStore) {
 /// Groups idle and uncommitted for the retention lose their offsets and
 /// claim rows; active or recently committed ones keep them; a claim made
 /// before the expiry stays fenced afterwards.
-pub async fn groups_expire(store: &dyn MetadataStore) {
+pub(crate) async fn groups_expire(store: &dyn MetadataStore) {
     let day = 86_400_000;
     let now = wall_ms();
     let at = |ts: i64| CommittedOffset {
@@ -2505,7 +2505,7 @@ pub async fn groups_expire(store: &dyn MetadataStore) {
 }
 
 /// Commit, fetch (all and filtered), metadata, list, delete.
-pub async fn group_offsets(store: &dyn MetadataStore) {
+pub(crate) async fn group_offsets(store: &dyn MetadataStore) {
     assert!(store.list_groups().await.expect("list").is_empty());
     assert!(store
         .fetch_offsets("nobody", None)
@@ -2647,7 +2647,7 @@ async fn beat(store: &dyn MetadataStore, info: &BrokerInfo, now_ms: i64, ttl_ms:
 
 /// Registration, ordering, refresh, expiry, id conflicts, racks and
 /// deregistration, all on explicit clocks.
-pub async fn broker_registry(store: &dyn MetadataStore) {
+pub(crate) async fn broker_registry(store: &dyn MetadataStore) {
     const TTL: i64 = 10_000;
     assert!(live(store, 1_000, TTL).await.is_empty(), "empty registry");
 
