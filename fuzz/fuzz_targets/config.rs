@@ -17,7 +17,7 @@ fuzz_target!(|text: &str| {
     // operator, not the network.
     tributary_fuzz::bounded("config", text.len(), 256, 4 << 20, || {
         if let Ok(file) = config::parse_file(text) {
-            let _ = config::Settings::layer(config::ServeArgs::default(), file);
+            let _ = config::Settings::layer(config::ServeArgs::default().over(file));
         }
     });
 });

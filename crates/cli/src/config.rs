@@ -16,8 +16,6 @@ use tributary_storage::{
     parse_fault_spec, MaintenanceConfig, ObjectStoreUrl, ReadCache, WriterConfig,
 };
 
-use crate::observe;
-
 /// Where the data lives: the flags `serve` and `export` share.
 #[derive(Args, Deserialize, Debug, Default, Clone)]
 #[serde(deny_unknown_fields)]
@@ -72,7 +70,7 @@ macro_rules! serve_settings {
 
         impl ServeArgs {
             /// `self` (flags and environment) over `file`.
-            fn over(self, file: ServeArgs) -> ServeArgs {
+            pub(crate) fn over(self, file: ServeArgs) -> ServeArgs {
                 ServeArgs {
                     stores: self.stores.over(file.stores),
                     $( $name: self.$name.or(file.$name), )*
@@ -184,6 +182,10 @@ serve_settings! {
     #[serde(skip)]
     inject_faults: String,
 }
+
+/// Default `--metrics-idle-timeout-ms`: a series not updated for 10 min
+/// leaves `/metrics`.
+const DEFAULT_METRICS_IDLE_TIMEOUT_MS: u64 = 600_000;
 
 /// Resolved settings.
 #[derive(Debug, Clone)]
@@ -351,7 +353,7 @@ impl Settings {
         };
         let metrics_idle_timeout = match a
             .metrics_idle_timeout_ms
-            .unwrap_or(observe::DEFAULT_METRICS_IDLE_TIMEOUT_MS)
+            .unwrap_or(DEFAULT_METRICS_IDLE_TIMEOUT_MS)
         {
             0 => None,
             ms => Some(Duration::from_millis(ms)),

@@ -23,10 +23,6 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-
-/// Default `--metrics-idle-timeout-ms`: a series not updated for 10 min
-/// leaves `/metrics`.
-pub(crate) const DEFAULT_METRICS_IDLE_TIMEOUT_MS: u64 = 600_000;
 use metrics_util::MetricKindMask;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
