@@ -168,19 +168,35 @@ pub struct TopicConfig {
 impl TopicConfig {
     /// The typed configs of a topic whose explicit configs are `explicit`.
     pub fn resolve(explicit: &BTreeMap<String, String>, broker_max_message_bytes: i64) -> Self {
-        let text = |name: &str| -> String {
+        // Called for every produced partition: no allocation.
+        let set = |k: &Key| {
+            explicit
+                .get(k.name)
+                .map(String::as_str)
+                .filter(|v| k.check(v).is_ok())
+        };
+        let number = |name: &str| {
             let k = key(name).expect("a key of KEYS");
-            match explicit.get(name) {
-                Some(v) if k.check(v).is_ok() => v.clone(),
-                _ => k.default_value(broker_max_message_bytes),
+            match (set(k), k.default) {
+                (Some(v), _) => v.parse().unwrap_or(-1),
+                (None, DefaultValue::Number(n)) => n,
+                (None, DefaultValue::BrokerMaxMessageBytes) => broker_max_message_bytes,
+                (None, DefaultValue::Text(t)) => t.parse().unwrap_or(-1),
             }
         };
-        let number = |name: &str| text(name).parse::<i64>().unwrap_or(-1);
+        let word = |name: &str| {
+            let k = key(name).expect("a key of KEYS");
+            match (set(k), k.default) {
+                (Some(v), _) => v,
+                (None, DefaultValue::Text(t)) => t,
+                (None, _) => "",
+            }
+        };
         Self {
             retention_ms: number("retention.ms"),
             retention_bytes: number("retention.bytes"),
             max_message_bytes: number("max.message.bytes"),
-            timestamp_type: match text("message.timestamp.type").as_str() {
+            timestamp_type: match word("message.timestamp.type") {
                 "LogAppendTime" => TimestampType::LogAppendTime,
                 _ => TimestampType::CreateTime,
             },
