@@ -37,6 +37,10 @@ def module_files(src):
                 continue
             full = os.path.join(d, f)
             rel = os.path.relpath(full, src)[:-3].split(os.sep)
+            # A binary beside a library uses the library by its crate
+            # name, not `crate::`: only the library is a module tree.
+            if rel == ['main'] and os.path.exists(os.path.join(src, 'lib.rs')):
+                continue
             if rel == ['lib'] or rel == ['main']:
                 mod = ()
             elif rel[-1] == 'mod':

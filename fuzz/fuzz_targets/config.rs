@@ -1,6 +1,6 @@
 //! A `--config` TOML file, parsed and layered under default flags exactly
-//! as `tributary serve` does (the cli is a binary crate, so its config
-//! module is compiled in here).
+//! as `tributary serve` does (the cli's config module is compiled in here,
+//! which spares the fuzz build the rest of the cli library).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -16,6 +16,7 @@ mod fault_injection;
 mod fetch_semantics;
 mod group_rebalance;
 mod idempotent;
+mod in_process;
 mod list_offsets_by_timestamp;
 mod postgres_brokers;
 mod postgres_cluster;

@@ -17,9 +17,11 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tributary_meta::{BrokerInfo, BrokerRegistry, MetaError};
+use tributary_meta::{BrokerInfo, BrokerRegistry, CommitFeed, MetaError};
+use tributary_runtime::{Background, Chain, TaskHandle, Tick};
 use tributary_storage::Watermarks;
 use uuid::Uuid;
 
@@ -158,26 +160,8 @@ impl Cluster {
     }
 
     /// Heartbeat every interval until `stop`, then deregister.
-    pub fn spawn(self: &Arc<Self>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
-        let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(this.config.heartbeat_interval) => {}
-                    _ = stop.cancelled() => break,
-                }
-                if let Err(e) = this.beat().await {
-                    if this.lapse_if_expired() {
-                        tracing::warn!(error = %e, "broker heartbeats failing for the registry's ttl; coordinating no groups until one succeeds");
-                    } else {
-                        tracing::warn!(error = %e, "broker heartbeat failed; keeping the last known brokers");
-                    }
-                }
-            }
-            if let Err(e) = this.registry.deregister_broker(this.me.node_id).await {
-                tracing::warn!(error = %e, "deregistering this broker failed");
-            }
-        })
+    pub fn spawn(self: &Arc<Self>, stop: CancellationToken) -> TaskHandle {
+        tributary_runtime::spawn("heartbeats", Heartbeats(self.clone()), stop)
     }
 
     /// Live brokers ordered by node id (always including this one).
@@ -250,24 +234,77 @@ pub fn follow_remote_commits(
     registry: &dyn BrokerRegistry,
     watermarks: Watermarks,
     stop: CancellationToken,
-) -> Option<tokio::task::JoinHandle<()>> {
-    let mut feed = registry.commit_feed()?;
-    Some(tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                changed = feed.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                }
-                () = stop.cancelled() => break,
+) -> Option<TaskHandle> {
+    let feed = registry.commit_feed()?;
+    Some(tributary_runtime::spawn(
+        "remote-commits",
+        RemoteCommitFollower { feed, watermarks },
+        stop,
+    ))
+}
+
+/// The broker's heartbeat: keeps it in the registry, refreshes the live
+/// list, and deregisters it when stopped.
+struct Heartbeats(Arc<Cluster>);
+
+#[async_trait]
+impl Background for Heartbeats {
+    type Event = ();
+
+    fn first(&self) -> Tick {
+        Tick::In(self.0.config.heartbeat_interval)
+    }
+
+    async fn tick(&mut self) -> Tick {
+        if let Err(e) = self.0.beat().await {
+            if self.0.lapse_if_expired() {
+                tracing::warn!(error = %Chain(&e), "broker heartbeats failing for the registry's ttl; coordinating no groups until one succeeds");
+            } else {
+                tracing::warn!(error = %Chain(&e), "broker heartbeat failed; keeping the last known brokers");
             }
-            let now = *feed.borrow_and_update();
-            watermarks.set_remote_listening(now.listening);
-            watermarks.notify_commit();
         }
-        watermarks.set_remote_listening(false);
-    }))
+        Tick::In(self.0.config.heartbeat_interval)
+    }
+
+    async fn drain(&mut self) {
+        if let Err(e) = self.0.registry.deregister_broker(self.0.me.node_id).await {
+            tracing::warn!(error = %Chain(&e), "deregistering this broker failed");
+        }
+    }
+}
+
+/// Turns the metadata store's commit feed into wake-ups of parked fetches.
+struct RemoteCommitFollower {
+    feed: CommitFeed,
+    watermarks: Watermarks,
+}
+
+#[async_trait]
+impl Background for RemoteCommitFollower {
+    type Event = ();
+
+    fn first(&self) -> Tick {
+        Tick::Idle
+    }
+
+    async fn tick(&mut self) -> Tick {
+        Tick::Idle
+    }
+
+    async fn event(&mut self) -> Option<()> {
+        self.feed.changed().await.ok()
+    }
+
+    async fn handle(&mut self, (): ()) -> Option<Tick> {
+        let now = *self.feed.borrow_and_update();
+        self.watermarks.set_remote_listening(now.listening);
+        self.watermarks.notify_commit();
+        None
+    }
+
+    async fn drain(&mut self) {
+        self.watermarks.set_remote_listening(false);
+    }
 }
 
 /// The leader of a partition among `brokers` (ordered by node id): a stable
@@ -449,7 +486,7 @@ mod registry_tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         stop.cancel();
-        let _ = (ta.await, tb.await);
+        assert!(ta.join_logged().await && tb.join_logged().await);
     }
 
     /// Issue 12 suspicion, confirmed: heartbeats were stamped with the

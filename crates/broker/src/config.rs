@@ -116,27 +116,76 @@ impl BrokerConfig {
         topic_config::defaults(self.max_message_bytes)
     }
 
-    /// Broker configs clients read through DescribeConfigs.
+    /// Broker configs clients read through DescribeConfigs: [`BROKER_KEYS`]
+    /// and the topic defaults under their broker names.
     pub fn broker_configs(&self) -> BTreeMap<&'static str, String> {
-        let mut m = BTreeMap::new();
-        m.insert(
-            "auto.create.topics.enable",
-            self.auto_create_topics.to_string(),
-        );
-        m.insert("broker.id", self.node_id.to_string());
-        m.insert("default.replication.factor", "1".to_string());
-        m.insert("fetch.max.bytes", self.fetch_max_bytes.to_string());
-        m.insert(
-            "log.retention.ms",
-            topic_config::DEFAULT_RETENTION_MS.to_string(),
-        );
-        m.insert("message.max.bytes", self.max_message_bytes.to_string());
-        m.insert("num.partitions", self.num_partitions.to_string());
-        m.insert("offsets.topic.replication.factor", "1".to_string());
-        m.insert(
-            "socket.request.max.bytes",
-            self.max_request_bytes.to_string(),
-        );
+        let mut m = topic_config::broker_defaults(self.max_message_bytes);
+        m.extend(BROKER_KEYS.iter().map(|(name, value)| (*name, value(self))));
         m
+    }
+}
+
+/// How a broker config's value is read from the settings.
+type ReadSetting = fn(&BrokerConfig) -> String;
+
+/// The broker settings with a Kafka name, and how each is read.
+const BROKER_KEYS: &[(&str, ReadSetting)] = &[
+    ("auto.create.topics.enable", |c| {
+        c.auto_create_topics.to_string()
+    }),
+    ("broker.id", |c| c.node_id.to_string()),
+    ("connections.max.idle.ms", |c| {
+        c.connections_max_idle.as_millis().to_string()
+    }),
+    ("default.replication.factor", |_| "1".to_owned()),
+    ("fetch.max.bytes", |c| c.fetch_max_bytes.to_string()),
+    ("group.initial.rebalance.delay.ms", |c| {
+        c.groups.initial_rebalance_delay_ms.to_string()
+    }),
+    ("group.max.session.timeout.ms", |c| {
+        c.groups.max_session_timeout_ms.to_string()
+    }),
+    ("group.min.session.timeout.ms", |c| {
+        c.groups.min_session_timeout_ms.to_string()
+    }),
+    ("max.connections", |c| c.max_connections.to_string()),
+    ("max.connections.per.ip", |c| {
+        c.max_connections_per_ip.to_string()
+    }),
+    ("num.partitions", |c| c.num_partitions.to_string()),
+    ("offsets.topic.replication.factor", |_| "1".to_owned()),
+    ("queued.max.request.bytes", |c| {
+        c.max_inflight_request_bytes.to_string()
+    }),
+    ("socket.request.max.bytes", |c| {
+        c.max_request_bytes.to_string()
+    }),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_configs_follow_the_settings() {
+        let mut c = BrokerConfig {
+            num_partitions: 6,
+            max_message_bytes: 2_000_000,
+            ..BrokerConfig::default()
+        };
+        c.groups.initial_rebalance_delay_ms = 3000;
+        let m = c.broker_configs();
+        assert_eq!(m["num.partitions"], "6");
+        assert_eq!(m["message.max.bytes"], "2000000");
+        assert_eq!(m["group.initial.rebalance.delay.ms"], "3000");
+        assert_eq!(
+            m["log.retention.ms"],
+            topic_config::DEFAULT_RETENTION_MS.to_string()
+        );
+        let names: Vec<_> = BROKER_KEYS.iter().map(|(n, _)| *n).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(names, sorted, "BROKER_KEYS sorted, each once");
     }
 }

@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use tributary_runtime::Chain;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
@@ -161,7 +162,7 @@ pub async fn serve(
     let abort = writer.abort_handle();
     match tokio::time::timeout(drain, writer).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(%peer, error = %e, "connection writer ended abnormally"),
+        Ok(Err(e)) => warn!(%peer, error = %Chain(&e), "connection writer ended abnormally"),
         Err(_) => {
             warn!(%peer, "answers not taken by the client within {drain:?}; dropping them");
             abort.abort();
@@ -365,7 +366,7 @@ async fn run_request(
         }
         Ok(Err(())) => false,
         Err(e) => {
-            error!(error = %e, "request handler failed");
+            error!(error = %Chain(&e), "request handler failed");
             false
         }
     }

@@ -87,6 +87,8 @@ pub(crate) fn read_error_code(e: &ReadError) -> i16 {
         ReadError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
         ReadError::Meta(m) => meta_error_code(m),
         ReadError::Object { .. } => ResponseError::KafkaStorageError.code(),
-        ReadError::Corrupt { .. } => ResponseError::KafkaStorageError.code(),
+        ReadError::Corrupt { .. } | ReadError::Mismatch { .. } => {
+            ResponseError::KafkaStorageError.code()
+        }
     }
 }

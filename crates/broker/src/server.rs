@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use tributary_runtime::Chain;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +54,7 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Futu
                 });
             }
             Err(e) => {
-                warn!(error = %e, "accept failed");
+                warn!(error = %Chain(&e), "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }

@@ -10,16 +10,13 @@ use clap::Args;
 use serde::Deserialize;
 use tributary_broker::BrokerConfig;
 use tributary_meta::parse_metadata_url;
-use tributary_storage::wrappers::FaultConfig;
 use tributary_storage::writer::min_safe_grace;
-use tributary_storage::{
-    parse_fault_spec, MaintenanceConfig, ObjectStoreUrl, ReadCache, WriterConfig,
-};
+use tributary_storage::{MaintenanceConfig, ObjectStoreUrl, ReadCache, WriterConfig};
 
 /// Where the data lives: the flags `serve` and `export` share.
 #[derive(Args, Deserialize, Debug, Default, Clone)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct StoreArgs {
+pub struct StoreArgs {
     /// TOML file with any of serve's settings (snake_case, e.g. `data_dir`).
     #[arg(long, env = "TRIBUTARY_CONFIG")]
     #[serde(skip)]
@@ -61,16 +58,16 @@ macro_rules! serve_settings {
         /// and the `--config` file.
         #[derive(Args, Deserialize, Debug, Default)]
         #[serde(deny_unknown_fields)]
-        pub(crate) struct ServeArgs {
+        pub struct ServeArgs {
             #[command(flatten)]
             #[serde(skip)]
-            pub(crate) stores: StoreArgs,
-            $( $(#[$attr])* pub(crate) $name: Option<$ty>, )*
+            pub stores: StoreArgs,
+            $( $(#[$attr])* pub $name: Option<$ty>, )*
         }
 
         impl ServeArgs {
             /// `self` (flags and environment) over `file`.
-            pub(crate) fn over(self, file: ServeArgs) -> ServeArgs {
+            pub fn over(self, file: ServeArgs) -> ServeArgs {
                 ServeArgs {
                     stores: self.stores.over(file.stores),
                     $( $name: self.$name.or(file.$name), )*
@@ -176,11 +173,6 @@ serve_settings! {
     /// topics, gone groups); 0 keeps every series [default: 600000].
     #[arg(long, env = "TRIBUTARY_METRICS_IDLE_TIMEOUT_MS")]
     metrics_idle_timeout_ms: u64,
-    /// TESTING ONLY (a hidden flag, not a file key): inject object-store
-    /// faults, e.g. `put_fail=0.1,get_fail=0.1,put_lost=0.05,latency_ms=5-50,seed=7`.
-    #[arg(long, env = "TRIBUTARY_INJECT_FAULTS", hide = true)]
-    #[serde(skip)]
-    inject_faults: String,
 }
 
 /// Default `--metrics-idle-timeout-ms`: a series not updated for 10 min
@@ -189,7 +181,7 @@ const DEFAULT_METRICS_IDLE_TIMEOUT_MS: u64 = 600_000;
 
 /// Resolved settings.
 #[derive(Debug, Clone)]
-pub(crate) struct Settings {
+pub struct Settings {
     pub listen: String,
     pub advertised: Option<(String, i32)>,
     pub data_dir: PathBuf,
@@ -200,7 +192,6 @@ pub(crate) struct Settings {
     pub writer: WriterConfig,
     pub broker: BrokerConfig,
     pub maintenance: MaintenanceConfig,
-    pub faults: Option<FaultConfig>,
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Series idle this long leave /metrics (`None`: never).
     pub metrics_idle_timeout: Option<Duration>,
@@ -209,7 +200,7 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
-    pub(crate) fn resolve(args: ServeArgs) -> anyhow::Result<Self> {
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<Self> {
         let file = match &args.stores.config {
             Some(path) => read_file(path)?,
             None => ServeArgs::default(),
@@ -217,8 +208,23 @@ impl Settings {
         Self::layer(args.over(file))
     }
 
+    /// Settings from command-line flags (as after `tributary serve`), the
+    /// environment and any `--config` file: for programs and tests that
+    /// start a [`crate::node::Node`] themselves.
+    pub fn from_flags<'a>(flags: impl IntoIterator<Item = &'a str>) -> anyhow::Result<Self> {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let parsed = <Flags as clap::Parser>::try_parse_from(
+            std::iter::once("tributary-serve").chain(flags),
+        )?;
+        Self::resolve(parsed.serve)
+    }
+
     /// The layered settings `a` over the components' defaults.
-    pub(crate) fn layer(a: ServeArgs) -> anyhow::Result<Self> {
+    pub fn layer(a: ServeArgs) -> anyhow::Result<Self> {
         let listen = a.listen.unwrap_or_else(|| "127.0.0.1:9092".into());
         let data_dir = a.stores.data_dir.unwrap_or_else(|| "data".into());
         let abs_data = if data_dir.is_absolute() {
@@ -335,15 +341,6 @@ impl Settings {
                 writer.commit_deadline.as_millis()
             );
         }
-        let faults = match &a.inject_faults {
-            Some(spec) => {
-                let spec = parse_fault_spec(spec)
-                    .map_err(|e| anyhow::anyhow!("bad --inject-faults: {e}"))?;
-                writer.inject_commit_lost = spec.commit_lost;
-                Some(spec.store)
-            }
-            None => None,
-        };
         let metrics_listen = match a.metrics_listen {
             Some(l) => Some(
                 l.parse()
@@ -362,7 +359,6 @@ impl Settings {
             metrics_listen,
             metrics_idle_timeout,
             node_id_auto,
-            faults,
             maintenance,
             listen,
             advertised,
@@ -387,7 +383,7 @@ fn set<T>(field: &mut T, value: Option<T>) {
 /// `--node-id`: a number, or `auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "NodeIdValue")]
-pub(crate) enum NodeId {
+pub enum NodeId {
     Fixed(i32),
     Auto,
 }
@@ -430,7 +426,7 @@ fn read_file(path: &Path) -> anyhow::Result<ServeArgs> {
 
 /// The contents of a `--config` file: the keys of [`ServeArgs`] and of
 /// [`StoreArgs`] (unknown keys are refused).
-pub(crate) fn parse_file(text: &str) -> anyhow::Result<ServeArgs> {
+pub fn parse_file(text: &str) -> anyhow::Result<ServeArgs> {
     let mut table: toml::Table = toml::from_str(text)?;
     let mut stores = toml::Table::new();
     for key in StoreArgs::FILE_KEYS {

@@ -18,7 +18,7 @@ use crate::config::{ServeArgs, Settings, StoreArgs};
 
 /// Flags of `tributary export`. The data is found as `serve` finds it.
 #[derive(Args, Debug)]
-pub(crate) struct ExportArgs {
+pub struct ExportArgs {
     /// Topic to export.
     #[arg(long)]
     pub topic: String,
@@ -77,19 +77,19 @@ pub(crate) struct ExportArgs {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum KeyArg {
+pub enum KeyArg {
     Raw,
     String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum ValueArg {
+pub enum ValueArg {
     Raw,
     Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum CodecArg {
+pub enum CodecArg {
     Zstd,
     Snappy,
     None,
@@ -102,7 +102,7 @@ fn parse_time(flag: &str, value: &str) -> anyhow::Result<i64> {
     Ok(t.timestamp_millis())
 }
 
-pub(crate) async fn run(args: ExportArgs) -> anyhow::Result<()> {
+pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
     if args.max_rows_per_file < 1 {
         bail!("--max-rows-per-file must be at least 1");
     }
@@ -239,17 +239,6 @@ fn report(s: &Summary, secs: f64, args: &ExportArgs) -> anyhow::Result<()> {
 
 /// An error and its causes on one line, skipping causes whose text the
 /// message before already contains (object_store nests its messages).
-pub(crate) fn one_line(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
+pub fn one_line(e: &anyhow::Error) -> String {
+    tributary_runtime::chain(e.as_ref())
 }

@@ -39,7 +39,7 @@ const MAX_ATTEMPTS: u32 = 2;
 /// Flags of `tributary init` and `tributary serve`: the serve settings (so the
 /// object store resolves through the same layering) plus `--create-bucket`.
 #[derive(Args, Debug, Default)]
-pub(crate) struct CheckedArgs {
+pub struct CheckedArgs {
     #[command(flatten)]
     pub serve: ServeArgs,
     /// Create the s3:// bucket if it does not exist [default: false].
@@ -49,7 +49,7 @@ pub(crate) struct CheckedArgs {
 
 /// `tributary init`: check (and with `--create-bucket` prepare) the object
 /// store. The error, if any, is a single line.
-pub(crate) async fn run(args: CheckedArgs) -> anyhow::Result<()> {
+pub async fn run(args: CheckedArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(args.serve)?;
     let url = settings.object_store;
     match preflight(&url, args.create_bucket).await {
@@ -63,7 +63,7 @@ pub(crate) async fn run(args: CheckedArgs) -> anyhow::Result<()> {
 
 /// The start-up check `serve` runs: only for s3:// URLs (file:// is created
 /// by `open_object_store` anyway), never creates a bucket unless asked.
-pub(crate) async fn check_serve(url: &str, create_bucket: bool) -> anyhow::Result<()> {
+pub async fn check_serve(url: &str, create_bucket: bool) -> anyhow::Result<()> {
     if !url.starts_with("s3://") {
         return Ok(());
     }
@@ -86,7 +86,7 @@ fn one_line(e: PreflightError) -> ! {
 
 /// What the pre-flight did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub enum Outcome {
     Nothing,
     DirectoryReady,
     BucketExisted,
@@ -106,7 +106,7 @@ impl fmt::Display for Outcome {
 
 /// Why the object store is not usable.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Cause {
+pub enum Cause {
     /// The URL does not parse.
     BadUrl(String),
     /// HeadBucket answered 404 and creating was not asked for.
@@ -144,7 +144,7 @@ impl fmt::Display for Cause {
 
 /// A failed pre-flight: the cause and where. `Display` is one line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct PreflightError {
+pub struct PreflightError {
     pub cause: Cause,
     pub bucket: String,
     pub endpoint: String,
@@ -164,7 +164,7 @@ impl fmt::Display for PreflightError {
 impl std::error::Error for PreflightError {}
 
 /// Checks (and possibly prepares) the object store a URL names.
-pub(crate) async fn preflight(url: &str, create_bucket: bool) -> Result<Outcome, PreflightError> {
+pub async fn preflight(url: &str, create_bucket: bool) -> Result<Outcome, PreflightError> {
     let parsed = ObjectStoreUrl::parse(url).map_err(|e| PreflightError {
         cause: Cause::BadUrl(error_chain(&e)),
         bucket: "-".into(),

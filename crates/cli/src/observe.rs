@@ -2,8 +2,10 @@
 //!
 //! `--metrics-listen ADDR` serves HTTP/1 on ADDR:
 //! - `GET /metrics`: Prometheus text. Object-store requests (from the
-//!   `MetricsStore` wrapper) and read-cache hits are published through the
-//!   `metrics` facade every second, and summarised in the log at shutdown.
+//!   `MetricsStore` wrapper) and read-cache hits are recorded through the
+//!   `metrics` facade as they happen (levels such as the cache size and the
+//!   resident memory are read at each scrape), and summarised in the log at
+//!   shutdown.
 //! - `GET /healthz`: 200 while the process serves (liveness).
 //! - `GET /readyz`: 200 only while the metadata store and the object store
 //!   answer (each checked with a 2 s timeout, at most once a second), the
@@ -18,10 +20,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
-use metrics::{counter, gauge};
+use metrics::gauge;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 use object_store::path::Path;
@@ -29,7 +32,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tributary_meta::{BrokerRegistry, MaintenanceStore, Stores};
-use tributary_storage::wrappers::{MetricsHandle, Op};
+use tributary_runtime::{Background, Chain, TaskHandle, Tick};
+use tributary_storage::wrappers::MetricsHandle;
 use tributary_storage::{ReadCache, WriteHealth};
 
 /// How long one readiness probe of a store may take.
@@ -135,7 +139,7 @@ impl Readiness {
             Err(_) => return Err("object store PUT: no answer within 2 s".into()),
         }
         if let Ok(Err(e)) = tokio::time::timeout(PROBE_TIMEOUT, self.store.delete(&key)).await {
-            tracing::debug!(error = %e, "deleting the readiness probe failed");
+            tracing::debug!(error = %Chain(&e), "deleting the readiness probe failed");
         }
         let now = tributary_meta::clock::now_ms();
         let write = self
@@ -149,14 +153,48 @@ impl Readiness {
     }
 }
 
-/// Serve `/metrics`, `/healthz` and `/readyz` on `addr` until the process
-/// ends. Installs the Prometheus recorder.
+/// Serve `/metrics`, `/healthz` and `/readyz` on `addr` until `stop`.
+/// Returns the bound address and the endpoint's tasks.
 pub(crate) async fn serve_admin(
     addr: SocketAddr,
     ready: Arc<Readiness>,
     lag: GroupLag,
+    cache: ReadCache,
     idle_timeout: Option<Duration>,
-) -> anyhow::Result<()> {
+    stop: CancellationToken,
+) -> anyhow::Result<(SocketAddr, Vec<TaskHandle>)> {
+    let prometheus = recorder(idle_timeout)?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the admin endpoint"))?;
+    let bound = listener
+        .local_addr()
+        .context("admin listener has no address")?;
+    // The recorder keeps every histogram sample until upkeep folds them into
+    // the buckets; without it memory grows between scrapes (or forever, if
+    // nothing scrapes).
+    let upkeep =
+        tributary_runtime::spawn("metrics-upkeep", Upkeep(prometheus.clone()), stop.clone());
+    let page = Page {
+        ready,
+        prometheus,
+        lag,
+        cache,
+    };
+    let server =
+        tributary_runtime::supervise("admin-endpoint", accept(listener, Arc::new(page), stop));
+    Ok((bound, vec![upkeep, server]))
+}
+
+/// The process's Prometheus recorder, installed by the first node that
+/// serves metrics (a process has one recorder; nodes started after the
+/// first, as in-process tests do, share it).
+fn recorder(idle_timeout: Option<Duration>) -> anyhow::Result<PrometheusHandle> {
+    static INSTALLED: std::sync::Mutex<Option<PrometheusHandle>> = std::sync::Mutex::new(None);
+    let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(handle) = &*installed {
+        return Ok(handle.clone());
+    }
     // Histograms with buckets (request and commit latency in seconds, flush
     // sizes in bytes) rather than client-side summaries.
     let seconds = [
@@ -167,8 +205,8 @@ pub(crate) async fn serve_admin(
     ];
     // Series keyed by names clients choose (topics) must not outlive them:
     // a series not updated within the idle timeout is dropped at the next
-    // scrape (gauges the publisher refreshes every second stay).
-    let prometheus = PrometheusBuilder::new()
+    // scrape (gauges set at every scrape stay).
+    let handle = PrometheusBuilder::new()
         .idle_timeout(MetricKindMask::ALL, idle_timeout)
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
@@ -183,58 +221,77 @@ pub(crate) async fn serve_admin(
         .context("histogram buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} for the admin endpoint"))?;
-    // The recorder keeps every histogram sample until upkeep folds them into
-    // the buckets; without it memory grows between scrapes (or forever, if
-    // nothing scrapes).
-    let upkeep = prometheus.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            upkeep.run_upkeep();
-        }
-    });
-    tokio::spawn(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin endpoint accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let (ready, prometheus, lag) = (ready.clone(), prometheus.clone(), lag.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let (ready, prometheus, lag) = (ready.clone(), prometheus.clone(), lag.clone());
-                    async move { Ok::<_, Infallible>(answer(req, &ready, &prometheus, &lag).await) }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await
-                {
-                    tracing::debug!(error = %e, "admin connection ended");
-                }
-            });
-        }
-    });
-    Ok(())
+    *installed = Some(handle.clone());
+    Ok(handle)
 }
 
-async fn answer<B>(
-    req: Request<B>,
-    ready: &Readiness,
-    prometheus: &PrometheusHandle,
-    lag: &GroupLag,
-) -> Response<Full<Bytes>> {
+/// What `/metrics` and `/readyz` read.
+struct Page {
+    ready: Arc<Readiness>,
+    prometheus: PrometheusHandle,
+    lag: GroupLag,
+    cache: ReadCache,
+}
+
+/// Folds histogram samples into buckets every 5 s.
+struct Upkeep(PrometheusHandle);
+
+#[async_trait]
+impl Background for Upkeep {
+    type Event = ();
+
+    fn first(&self) -> Tick {
+        Tick::In(UPKEEP_INTERVAL)
+    }
+
+    async fn tick(&mut self) -> Tick {
+        self.0.run_upkeep();
+        Tick::In(UPKEEP_INTERVAL)
+    }
+}
+
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Answer HTTP/1 connections until `stop`.
+async fn accept(listener: TcpListener, page: Arc<Page>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = stop.cancelled() => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %Chain(&e), "admin endpoint accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let page = page.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let page = page.clone();
+                async move { Ok::<_, Infallible>(answer(req, &page).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
+                tracing::debug!(error = %Chain(&e), "admin connection ended");
+            }
+        });
+    }
+}
+
+async fn answer<B>(req: Request<B>, page: &Page) -> Response<Full<Bytes>> {
     let (status, body) = match (req.method().as_str(), req.uri().path()) {
-        ("GET", "/metrics") => (StatusCode::OK, prometheus.render() + &lag.text()),
+        ("GET", "/metrics") => {
+            sample_gauges(&page.cache);
+            (StatusCode::OK, page.prometheus.render() + &page.lag.text())
+        }
         ("GET", "/healthz") => (StatusCode::OK, "ok\n".to_owned()),
-        ("GET", "/readyz") => match ready.check().await {
+        ("GET", "/readyz") => match page.ready.check().await {
             Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
             Err(why) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -249,37 +306,9 @@ async fn answer<B>(
     resp
 }
 
-/// Copy the store and cache counters into the metrics registry every second
-/// until `stop`.
-pub(crate) fn spawn_publisher(
-    store: MetricsHandle,
-    cache: ReadCache,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            publish(&store, &cache);
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = stop.cancelled() => return,
-            }
-        }
-    })
-}
-
-fn publish(store: &MetricsHandle, cache: &ReadCache) {
-    let snap = store.snapshot();
-    for op in Op::ALL {
-        let s = snap.op(op);
-        let name = op.name();
-        counter!("tributary_object_store_requests_total", "op" => name).absolute(s.requests);
-        counter!("tributary_object_store_errors_total", "op" => name).absolute(s.errors);
-        counter!("tributary_object_store_bytes_total", "op" => name).absolute(s.bytes);
-    }
-    let c = cache.stats();
-    counter!("tributary_read_cache_hits_total").absolute(c.hits);
-    counter!("tributary_read_cache_misses_total").absolute(c.misses);
-    counter!("tributary_read_cache_gets_total").absolute(c.gets);
+/// The values that are levels, not counts, read when a scrape asks (the
+/// counters are recorded where they happen).
+fn sample_gauges(cache: &ReadCache) {
     gauge!("tributary_read_cache_size_bytes").set(cache.weighted_size() as f64);
     if let Some((rss, peak)) = memory() {
         gauge!("process_resident_memory_bytes").set(rss as f64);
@@ -327,26 +356,35 @@ pub(crate) fn spawn_lag_reporter(
     mine: impl Fn(&str) -> bool + Send + Sync + 'static,
     lag: GroupLag,
     stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            // On failure the series go away rather than repeat stale values.
-            let text = match measure_lag(&meta, &mine).await {
-                Ok(text) => text,
-                Err(e) => {
-                    tracing::debug!(error = %e, "consumer-group lag not measured");
-                    String::new()
-                }
-            };
-            if let Ok(mut slot) = lag.0.lock() {
-                *slot = text;
+) -> TaskHandle {
+    let reporter = LagReporter { meta, mine, lag };
+    tributary_runtime::spawn("lag-reporter", reporter, stop)
+}
+
+struct LagReporter<F> {
+    meta: Stores,
+    mine: F,
+    lag: GroupLag,
+}
+
+#[async_trait]
+impl<F: Fn(&str) -> bool + Send + Sync + 'static> Background for LagReporter<F> {
+    type Event = ();
+
+    async fn tick(&mut self) -> Tick {
+        // On failure the series go away rather than repeat stale values.
+        let text = match measure_lag(&self.meta, &self.mine).await {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::debug!(error = %Chain(&e), "consumer-group lag not measured");
+                String::new()
             }
-            tokio::select! {
-                _ = tokio::time::sleep(LAG_INTERVAL) => {}
-                _ = stop.cancelled() => return,
-            }
+        };
+        if let Ok(mut slot) = self.lag.0.lock() {
+            *slot = text;
         }
-    })
+        Tick::In(LAG_INTERVAL)
+    }
 }
 
 async fn measure_lag(

@@ -202,13 +202,36 @@ pub enum ExportError {
         offset: i64,
         reason: String,
     },
+    #[error("partition {partition}: timestamp lookup failed: {cause}")]
+    TimestampLookup {
+        partition: i32,
+        #[source]
+        cause: tributary_storage::ReadError,
+    },
     #[error("partition {partition}: offsets {from}..={to} are missing from the log")]
     Missing { partition: i32, from: i64, to: i64 },
-    #[error("writing parquet {path}: {reason}")]
-    Parquet { path: String, reason: String },
-    #[error("checkpoint {path}: {reason}")]
-    Checkpoint { path: String, reason: String },
+    #[error("writing parquet {path}: {cause}")]
+    Parquet {
+        path: String,
+        #[source]
+        cause: Cause,
+    },
+    #[error("checkpoint {path}: {cause}")]
+    Checkpoint {
+        path: String,
+        #[source]
+        cause: Cause,
+    },
 }
+
+/// The underlying error of a Parquet or checkpoint failure (Parquet, Arrow,
+/// JSON or object-store), kept for the error chain.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// No value schema could be inferred from the sampled values.
+#[derive(Debug, Error)]
+#[error("cannot infer a schema: {0}")]
+struct InferSchema(#[source] arrow_schema::ArrowError);
 
 /// Reports progress: records done and source bytes read since the last call.
 pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
@@ -275,10 +298,9 @@ impl Exporter {
                         .offset_for_timestamp(topic.id, p, ts)
                         .await
                         .map(|found| found.map_or(hw, |(o, _)| o))
-                        .map_err(|e| ExportError::Corrupt {
+                        .map_err(|cause| ExportError::TimestampLookup {
                             partition: p,
-                            offset: -1,
-                            reason: format!("timestamp lookup failed: {e}"),
+                            cause,
                         })
                 }
             };
@@ -375,19 +397,19 @@ impl Exporter {
             return Ok(ValueFormat::Raw);
         }
         let path = value_schema_path(&topic.name);
-        let err = |reason: String| ExportError::Checkpoint {
+        let err = |cause: Cause| ExportError::Checkpoint {
             path: path.to_string(),
-            reason,
+            cause,
         };
         let saved: Option<SchemaRef> = match self.dest.get(&path).await {
             Ok(got) => {
-                let bytes = got.bytes().await.map_err(|e| err(e.to_string()))?;
+                let bytes = got.bytes().await.map_err(|e| err(e.into()))?;
                 Some(Arc::new(
-                    serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?,
+                    serde_json::from_slice(&bytes).map_err(|e| err(e.into()))?,
                 ))
             }
             Err(object_store::Error::NotFound { .. }) => None,
-            Err(e) => return Err(err(e.to_string())),
+            Err(e) => return Err(err(e.into())),
         };
         let schema = match (&opts.value_schema, saved) {
             (Some(given), Some(saved)) if *given != saved => {
@@ -399,10 +421,10 @@ impl Exporter {
             (None, None) => {
                 let sample = self.sample_values(topic, plans, opts.schema_sample).await?;
                 rows::infer_value_schema(sample.iter().map(|b| b.as_ref()))
-                    .map_err(|e| err(format!("cannot infer a schema: {e}")))?
+                    .map_err(|e| err(InferSchema(e).into()))?
             }
         };
-        let body = serde_json::to_vec_pretty(schema.as_ref()).map_err(|e| err(e.to_string()))?;
+        let body = serde_json::to_vec_pretty(schema.as_ref()).map_err(|e| err(e.into()))?;
         self.put_dest(&path, body).await?;
         Ok(ValueFormat::Json(schema))
     }
@@ -542,9 +564,9 @@ impl Exporter {
         progress: Progress<'_>,
     ) -> Result<(u64, u64, u64, u64), ExportError> {
         let path = file_path(&topic.name, partition, first, last);
-        let parquet_err = |reason: String| ExportError::Parquet {
+        let parquet_err = |cause: Cause| ExportError::Parquet {
             path: path.to_string(),
-            reason,
+            cause,
         };
         let mut cols = Columns::new(opts.key_format, value_format.clone());
         let props = WriterProperties::builder()
@@ -564,7 +586,7 @@ impl Exporter {
             .build();
         let out = BufWriter::with_capacity(self.dest.clone(), path.clone(), 8 << 20);
         let mut writer = AsyncArrowWriter::try_new(out, cols.schema().clone(), Some(props))
-            .map_err(|e| parquet_err(e.to_string()))?;
+            .map_err(|e| parquet_err(e.into()))?;
         let mut rejected = Vec::new();
         let filled = self
             .fill(
@@ -592,10 +614,7 @@ impl Exporter {
                 return Err(e);
             }
         };
-        writer
-            .close()
-            .await
-            .map_err(|e| parquet_err(e.to_string()))?;
+        writer.close().await.map_err(|e| parquet_err(e.into()))?;
         let written = self
             .dest
             .head(&path)
@@ -683,20 +702,20 @@ impl Exporter {
 
     async fn read_checkpoint(&self, topic: &str) -> Result<Checkpoint, ExportError> {
         let path = checkpoint_path(topic);
-        let err = |reason: String| ExportError::Checkpoint {
+        let err = |cause: Cause| ExportError::Checkpoint {
             path: path.to_string(),
-            reason,
+            cause,
         };
         match self.dest.get(&path).await {
             Ok(got) => {
-                let bytes = got.bytes().await.map_err(|e| err(e.to_string()))?;
-                serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))
+                let bytes = got.bytes().await.map_err(|e| err(e.into()))?;
+                serde_json::from_slice(&bytes).map_err(|e| err(e.into()))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(Checkpoint {
                 topic: topic.to_owned(),
                 ..Checkpoint::default()
             }),
-            Err(e) => Err(err(e.to_string())),
+            Err(e) => Err(err(e.into())),
         }
     }
 
@@ -723,7 +742,7 @@ impl Exporter {
         let path = checkpoint_path(topic);
         let body = serde_json::to_vec_pretty(&checkpoint).map_err(|e| ExportError::Checkpoint {
             path: path.to_string(),
-            reason: e.to_string(),
+            cause: e.into(),
         })?;
         self.put_dest(&path, body).await?;
         Ok(())
@@ -737,7 +756,7 @@ async fn write_batch(
 ) -> Result<(), ExportError> {
     let (batch, misfits) = cols.finish().map_err(|e| ExportError::Parquet {
         path: String::new(),
-        reason: e.to_string(),
+        cause: e.into(),
     })?;
     rejected.extend(misfits);
     writer
@@ -745,7 +764,7 @@ async fn write_batch(
         .await
         .map_err(|e| ExportError::Parquet {
             path: String::new(),
-            reason: e.to_string(),
+            cause: e.into(),
         })
 }
 

@@ -45,6 +45,56 @@ pub fn injected(op: &'static str) -> MetaError {
     }
 }
 
+/// Loses the answer of a share of the successful calls of one operation
+/// (`tributary serve --inject-faults commit_lost=P` for `commit_segment`):
+/// the call took effect, the caller sees a retryable error, as when a
+/// database's answer is lost with its connection.
+#[derive(Debug)]
+pub struct LoseAnswers {
+    op: &'static str,
+    probability: f64,
+    state: std::sync::Mutex<u64>,
+}
+
+impl LoseAnswers {
+    /// Lose `probability` (0..=1) of the answers of `op`; `seed` makes the
+    /// choice repeatable.
+    pub fn new(op: &'static str, probability: f64, seed: u64) -> Self {
+        Self {
+            op,
+            probability,
+            state: std::sync::Mutex::new(seed),
+        }
+    }
+
+    /// A uniform draw in [0, 1) (SplitMix64).
+    fn draw(&self) -> f64 {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[async_trait]
+impl MetaFaults for LoseAnswers {
+    async fn before(&self, _op: &'static str) -> Result<()> {
+        Ok(())
+    }
+
+    async fn after(&self, op: &'static str, ok: bool) -> Result<()> {
+        if ok && op == self.op && self.draw() < self.probability {
+            return Err(MetaError::Backend {
+                op,
+                source: "injected fault: commit answer lost".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A [`MetadataStore`] that consults `faults` around every call to `inner`.
 #[derive(Clone)]
 pub struct FaultyMeta {

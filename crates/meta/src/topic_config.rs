@@ -17,6 +17,9 @@ const DEFAULT_SEGMENT_MS: i64 = 7 * 24 * 3600 * 1000;
 #[derive(Debug)]
 pub struct Key {
     pub name: &'static str,
+    /// The broker config that sets the default for every topic (Kafka's
+    /// `log.retention.ms` for `retention.ms`, …).
+    pub broker_name: &'static str,
     default: DefaultValue,
     check: Check,
 }
@@ -41,11 +44,13 @@ enum Check {
 pub const KEYS: &[Key] = &[
     Key {
         name: "cleanup.policy",
+        broker_name: "log.cleanup.policy",
         default: DefaultValue::Text("delete"),
         check: Check::OneOf(&["delete", "compact", "compact,delete", "delete,compact"]),
     },
     Key {
         name: "compression.type",
+        broker_name: "compression.type",
         default: DefaultValue::Text("producer"),
         check: Check::OneOf(&[
             "producer",
@@ -59,36 +64,43 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         name: "max.message.bytes",
+        broker_name: "message.max.bytes",
         default: DefaultValue::BrokerMaxMessageBytes,
         check: Check::AtLeast(0),
     },
     Key {
         name: "message.timestamp.type",
+        broker_name: "log.message.timestamp.type",
         default: DefaultValue::Text("CreateTime"),
         check: Check::OneOf(&["CreateTime", "LogAppendTime"]),
     },
     Key {
         name: "min.insync.replicas",
+        broker_name: "min.insync.replicas",
         default: DefaultValue::Number(1),
         check: Check::AtLeast(1),
     },
     Key {
         name: "retention.bytes",
+        broker_name: "log.retention.bytes",
         default: DefaultValue::Number(-1),
         check: Check::AtLeast(-1),
     },
     Key {
         name: "retention.ms",
+        broker_name: "log.retention.ms",
         default: DefaultValue::Number(DEFAULT_RETENTION_MS),
         check: Check::AtLeast(-1),
     },
     Key {
         name: "segment.bytes",
+        broker_name: "log.segment.bytes",
         default: DefaultValue::Number(1 << 30),
         check: Check::AtLeast(1),
     },
     Key {
         name: "segment.ms",
+        broker_name: "log.roll.ms",
         default: DefaultValue::Number(DEFAULT_SEGMENT_MS),
         check: Check::AtLeast(1),
     },
@@ -136,6 +148,14 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
 /// Whether `name` is a topic config key.
 pub fn is_known(name: &str) -> bool {
     key(name).is_some()
+}
+
+/// Every key's broker-level name with its default, as DescribeConfigs
+/// reports a broker's configs.
+pub fn broker_defaults(broker_max_message_bytes: i64) -> BTreeMap<&'static str, String> {
+    KEYS.iter()
+        .map(|k| (k.broker_name, k.default_value(broker_max_message_bytes)))
+        .collect()
 }
 
 /// Every key with its default, as DescribeConfigs reports them.

@@ -43,6 +43,7 @@ use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 use tributary_meta::faults::FaultyMeta;
 use tributary_meta::{BatchOutcome, Clock, LogStore, SqliteStore, Stores, TopicMeta, TopicStore};
+use tributary_runtime::chain;
 use tributary_storage::{
     entropy, AppendBatch, Fetcher, Maintenance, MaintenanceConfig, ReadCache, ReadError,
     SegmentWriter, Watermarks, WriterConfig,
@@ -435,7 +436,6 @@ fn start_broker(world: &Arc<World>, b: usize) -> CancellationToken {
             max_inflight_uploads: p.max_inflight,
             commit_deadline,
             metadata_call_timeout,
-            inject_commit_lost: 0.0,
             clock: clock.clone(),
         },
     );
@@ -672,18 +672,6 @@ fn decode(records: &Bytes) -> Result<Vec<(i64, u64, u32)>, String> {
         }
     }
     Ok(out)
-}
-
-/// An error with its sources.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Once everything settled: every invariant; then maintenance passes by a

@@ -25,11 +25,30 @@ pub struct CacheStats {
     pub gets: u64,
 }
 
+/// Counted here (for [`ReadCache::stats`]) and in the process's metrics
+/// recorder as they happen.
 #[derive(Debug, Default)]
 struct Counters {
     hits: AtomicU64,
     misses: AtomicU64,
     gets: AtomicU64,
+}
+
+impl Counters {
+    fn hit(&self, blocks: u64) {
+        self.hits.fetch_add(blocks, Ordering::Relaxed);
+        metrics::counter!("tributary_read_cache_hits_total").increment(blocks);
+    }
+
+    fn miss(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tributary_read_cache_misses_total").increment(1);
+    }
+
+    fn get(&self) {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tributary_read_cache_gets_total").increment(1);
+    }
 }
 
 /// Where bytes a [`ReadCache`] returned came from.
@@ -144,9 +163,7 @@ impl ReadCache {
         let last = (range.end - 1) / self.block_size;
         if let Some(object) = self.blocks.get(&(key.clone(), WHOLE_OBJECT)).await {
             // Counted in blocks, like reads served block by block.
-            self.counters
-                .hits
-                .fetch_add(last - first + 1, Ordering::Relaxed);
+            self.counters.hit(last - first + 1);
             return Ok((
                 slice_block(&object, range.start, range.end, &key)?,
                 Origin::Written,
@@ -174,10 +191,10 @@ impl ReadCache {
     async fn block(&self, key: &Arc<str>, index: u64) -> Result<Bytes, Arc<object_store::Error>> {
         let cache_key = (key.clone(), index);
         if let Some(block) = self.blocks.get(&cache_key).await {
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            self.counters.hit(1);
             return Ok(block);
         }
-        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        self.counters.miss();
         let store = self.store.clone();
         let counters = self.counters.clone();
         let start = index * self.block_size;
@@ -185,7 +202,7 @@ impl ReadCache {
         let path = keys::path(key);
         self.blocks
             .try_get_with(cache_key, async move {
-                counters.gets.fetch_add(1, Ordering::Relaxed);
+                counters.get();
                 store.get_range(&path, start..end).await
             })
             .await

@@ -21,7 +21,7 @@ pub mod wrappers;
 pub mod writer;
 
 pub use cache::{CacheStats, ReadCache};
-pub use error::{ReadError, StorageError, WriteError};
+pub use error::{CommitAttempt, CommitFailure, ReadError, StorageError, UploadFailure, WriteError};
 pub use health::WriteHealth;
 pub use maintenance::{Maintenance, MaintenanceConfig, PassReport};
 pub use open::{

@@ -21,6 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,7 @@ use tributary_meta::{
     Stores, TopicConfig, TopicMeta, TopicStore,
 };
 use tributary_protocol::batch::split_stored_batches;
+use tributary_runtime::{Background, Chain, TaskHandle, Tick};
 use tributary_segment::{PushBatch, SegmentBuilder};
 
 use crate::{keys, ReadCache};
@@ -166,33 +168,24 @@ impl Maintenance {
     }
 
     /// Run a pass every `interval` until `shutdown` fires.
-    pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(self.config.interval) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                match self.holds_lease().await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        debug!("another broker holds the maintenance lease");
-                        continue;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "maintenance lease unavailable; skipping this pass");
-                        continue;
-                    }
-                }
-                match self.run_pass().await {
-                    Ok(report) if report != PassReport::default() => {
-                        info!(?report, "maintenance pass")
-                    }
-                    Ok(_) => debug!("maintenance pass: nothing to do"),
-                    Err(e) => warn!(error = %e, "maintenance pass failed"),
-                }
+    pub fn spawn(self, shutdown: CancellationToken) -> TaskHandle {
+        tributary_runtime::spawn("maintenance", Passes(self), shutdown)
+    }
+
+    /// One pass if this broker holds the lease (each outcome logged).
+    async fn pass_if_leased(&self) {
+        match self.holds_lease().await {
+            Ok(true) => {}
+            Ok(false) => return debug!("another broker holds the maintenance lease"),
+            Err(e) => {
+                return warn!(error = %Chain(&e), "maintenance lease unavailable; skipping this pass")
             }
-        })
+        }
+        match self.run_pass().await {
+            Ok(report) if report != PassReport::default() => info!(?report, "maintenance pass"),
+            Ok(_) => debug!("maintenance pass: nothing to do"),
+            Err(e) => warn!(error = %Chain(&e), "maintenance pass failed"),
+        }
     }
 
     /// One full pass: retention, compaction, janitor.
@@ -233,7 +226,7 @@ impl Maintenance {
                         Ok(Some(false)) => report.compaction_conflicts += 1,
                         Ok(None) => {}
                         Err(e) => {
-                            warn!(topic = %topic.name, partition, error = %e, "compaction failed")
+                            warn!(topic = %topic.name, partition, error = %Chain(&e), "compaction failed")
                         }
                     }
                 }
@@ -304,9 +297,15 @@ impl Maintenance {
                     entry.byte_start..entry.byte_start + entry.byte_len,
                 )
                 .await
-                .map_err(|e| CompactionError::Read(entry.segment_key.clone(), e.to_string()))?;
-            let batches = split_stored_batches(&bytes)
-                .map_err(|e| CompactionError::Read(entry.segment_key.clone(), e.to_string()))?;
+                .map_err(|cause| CompactionError::Read {
+                    key: entry.segment_key.clone(),
+                    cause,
+                })?;
+            let batches =
+                split_stored_batches(&bytes).map_err(|cause| CompactionError::Corrupt {
+                    key: entry.segment_key.clone(),
+                    cause,
+                })?;
             let mut base = entry.base_offset;
             for batch in batches {
                 let count = batch.header.offset_count();
@@ -333,15 +332,12 @@ impl Maintenance {
                 base += count;
             }
             if base != entry.last_offset + 1 {
-                return Err(CompactionError::Read(
-                    entry.segment_key.clone(),
-                    format!(
-                        "entry {}..={} has batches up to {}",
-                        entry.base_offset,
-                        entry.last_offset,
-                        base - 1
-                    ),
-                ));
+                return Err(CompactionError::Mismatch {
+                    key: entry.segment_key.clone(),
+                    first: entry.base_offset,
+                    last: entry.last_offset,
+                    found: base - 1,
+                });
             }
         }
         let built = builder.finish();
@@ -379,7 +375,10 @@ impl Maintenance {
                 opts,
             )
             .await
-            .map_err(|e| CompactionError::Upload(key.clone(), e.to_string()))?;
+            .map_err(|cause| CompactionError::Upload {
+                key: key.clone(),
+                cause,
+            })?;
         self.cache.insert_object(&key, &built.bytes).await;
         let swapped = self
             .maintenance
@@ -423,7 +422,9 @@ impl Maintenance {
                         self.cache.invalidate_object(&d.key, d.size).await;
                         gone.push(d.key.clone());
                     }
-                    Err(e) => warn!(segment = %d.key, error = %e, "deleting dead segment failed"),
+                    Err(e) => {
+                        warn!(segment = %d.key, error = %Chain(&e), "deleting dead segment failed")
+                    }
                 }
             }
             if gone.is_empty() {
@@ -453,7 +454,7 @@ impl Maintenance {
             let next = match listing.try_next().await {
                 Ok(next) => next,
                 Err(e) => {
-                    warn!(error = %e, "listing segments for the janitor failed");
+                    warn!(error = %Chain(&e), "listing segments for the janitor failed");
                     break;
                 }
             };
@@ -488,7 +489,7 @@ impl Maintenance {
                     info!(segment = %key, "deleted orphan upload");
                     deleted += 1;
                 }
-                Err(e) => warn!(segment = %key, error = %e, "deleting orphan failed"),
+                Err(e) => warn!(segment = %key, error = %Chain(&e), "deleting orphan failed"),
             }
         }
         Ok(deleted)
@@ -510,10 +511,48 @@ fn retention_of(topic: &TopicMeta) -> (i64, i64) {
 pub enum CompactionError {
     #[error("metadata call failed")]
     Meta(#[from] MetaError),
-    #[error("reading segment failed key={0}: {1}")]
-    Read(String, String),
-    #[error("uploading compacted segment failed key={0}: {1}")]
-    Upload(String, String),
+    #[error("reading segment failed key={key}: {cause}")]
+    Read {
+        key: String,
+        #[source]
+        cause: Arc<object_store::Error>,
+    },
+    #[error("stored segment data is corrupt key={key}: {cause}")]
+    Corrupt {
+        key: String,
+        #[source]
+        cause: tributary_protocol::batch::BatchError,
+    },
+    #[error("index entry does not match its segment key={key}: entry {first}..={last} has batches up to {found}")]
+    Mismatch {
+        key: String,
+        first: i64,
+        last: i64,
+        found: i64,
+    },
+    #[error("uploading compacted segment failed key={key}: {cause}")]
+    Upload {
+        key: String,
+        #[source]
+        cause: object_store::Error,
+    },
+}
+
+/// The maintenance pass as a background task: one pass per interval.
+struct Passes(Maintenance);
+
+#[async_trait]
+impl Background for Passes {
+    type Event = ();
+
+    fn first(&self) -> Tick {
+        Tick::In(self.0.config.interval)
+    }
+
+    async fn tick(&mut self) -> Tick {
+        self.0.pass_if_leased().await;
+        Tick::In(self.0.config.interval)
+    }
 }
 
 #[cfg(test)]

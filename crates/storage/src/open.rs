@@ -147,9 +147,9 @@ impl S3Settings {
                 reason: "not an s3:// url".into(),
             });
         };
-        let url = url::Url::parse(raw).map_err(|e| StorageError::InvalidUrl {
+        let url = url::Url::parse(raw).map_err(|cause| StorageError::UnparsableUrl {
             url: raw.to_string(),
-            reason: e.to_string(),
+            cause,
         })?;
         let given = |key: &str| url.query_pairs().any(|(k, _)| k == key);
         let endpoint = endpoint
@@ -237,7 +237,7 @@ pub fn open_object_store(raw: &str) -> Result<Arc<dyn ObjectStore>, StorageError
 }
 
 /// Faults to inject (testing only): object-store faults, plus the share of
-/// metadata commits whose answer the segment writer pretends to lose.
+/// metadata commits whose answer is lost (`tributary_meta::faults::LoseAnswers`).
 #[derive(Debug, Clone, Default)]
 pub struct FaultSpec {
     pub store: FaultConfig,

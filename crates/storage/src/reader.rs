@@ -7,6 +7,7 @@
 //! whatever `max_bytes` says, as Kafka does.
 
 use std::sync::Arc;
+use tributary_runtime::Chain;
 
 use bytes::{Bytes, BytesMut};
 use tracing::{error, warn};
@@ -86,7 +87,7 @@ impl Fetcher {
                     // corrupt object) is still served; the client comes back
                     // for the rest and then gets the error.
                     Err(e) if !picked.batches.is_empty() => {
-                        warn!(segment = %entry.segment_key, error = %e, "serving the batches read before an unreadable entry");
+                        warn!(segment = %entry.segment_key, error = %Chain(&e), "serving the batches read before an unreadable entry");
                         break 'pages;
                     }
                     Err(e) => return Err(e),
@@ -157,18 +158,20 @@ impl Fetcher {
         };
         loop {
             let (bytes, _) = self.entry_bytes(&entry).await?;
-            let batches = split_stored_batches(&bytes).map_err(|e| ReadError::Corrupt {
+            let batches = split_stored_batches(&bytes).map_err(|cause| ReadError::Corrupt {
                 key: entry.segment_key.clone(),
-                reason: e.to_string(),
+                base_offset: None,
+                cause,
             })?;
             let mut base = entry.base_offset;
             for batch in batches {
                 let last = base + batch.header.offset_count() - 1;
                 if batch.header.max_timestamp >= timestamp && last >= offsets.log_start_offset {
                     let found = first_offset_at_or_after_timestamp(&batch.bytes, base, timestamp)
-                        .map_err(|e| ReadError::Corrupt {
+                        .map_err(|cause| ReadError::Corrupt {
                         key: entry.segment_key.clone(),
-                        reason: e.to_string(),
+                        base_offset: Some(base),
+                        cause,
                     })?;
                     if let Some(offset) = found {
                         return Ok(Some((
@@ -233,12 +236,13 @@ impl Fetcher {
         max_bytes: usize,
         at_least_one: bool,
     ) -> Result<bool, ReadError> {
-        let corrupt = |reason: String| ReadError::Corrupt {
+        let corrupt = |base_offset, cause| ReadError::Corrupt {
             key: entry.segment_key.clone(),
-            reason,
+            base_offset,
+            cause,
         };
         let (bytes, origin) = self.entry_bytes(entry).await?;
-        let batches = split_stored_batches(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let batches = split_stored_batches(&bytes).map_err(|e| corrupt(None, e))?;
         let mut base = entry.base_offset;
         for batch in batches {
             let count = batch.header.offset_count();
@@ -247,8 +251,8 @@ impl Fetcher {
                 if origin == Origin::Stored {
                     if let Err(e) = check_stored_crc(&batch) {
                         metrics::counter!("tributary_corrupt_batches_total").increment(1);
-                        error!(segment = %entry.segment_key, base_offset = base, error = %e, "stored record batch is corrupt; not serving it");
-                        return Err(corrupt(format!("batch at offset {base}: {e}")));
+                        error!(segment = %entry.segment_key, base_offset = base, error = %Chain(&e), "stored record batch is corrupt; not serving it");
+                        return Err(corrupt(Some(base), e));
                     }
                 }
                 if (out.len > 0 || !at_least_one) && out.len + batch.bytes.len() > max_bytes {
@@ -264,12 +268,12 @@ impl Fetcher {
             base = last + 1;
         }
         if base != entry.last_offset + 1 {
-            return Err(corrupt(format!(
-                "index entry covers {}..={} but its batches end at {}",
-                entry.base_offset,
-                entry.last_offset,
-                base - 1
-            )));
+            return Err(ReadError::Mismatch {
+                key: entry.segment_key.clone(),
+                first: entry.base_offset,
+                last: entry.last_offset,
+                found: base - 1,
+            });
         }
         Ok(false)
     }

@@ -25,9 +25,11 @@ use tributary_meta::{
     BatchOutcome, BatchRejection, Clock, CommitDeadline, LogStore, MetaError, PendingBatch,
     ProducerBatch, SegmentCommit,
 };
+use tributary_runtime::{supervise, Chain, TaskHandle};
 use tributary_segment::{PushBatch, SegmentBuilder};
 use uuid::Uuid;
 
+use crate::error::{CommitAttempt, CommitFailure, UploadFailure};
 use crate::producer_gaps::ProducerGaps;
 use crate::wrappers::retry::is_retryable;
 use crate::{keys, ReadCache, Watermarks, WriteError, WriteHealth};
@@ -50,9 +52,6 @@ pub struct WriterConfig {
     /// Longest one metadata call of the commit path may take before it is
     /// treated as failed with an unknown outcome.
     pub metadata_call_timeout: Duration,
-    /// TESTING ONLY: probability that a successful commit's answer is
-    /// treated as lost (as after a timeout), exercising the resolution path.
-    pub inject_commit_lost: f64,
     /// Time for segment keys and commit deadlines (the machine's clock
     /// outside simulations).
     pub clock: Arc<dyn Clock>,
@@ -66,7 +65,6 @@ impl Default for WriterConfig {
             max_inflight_uploads: 4,
             commit_deadline: DEFAULT_COMMIT_DEADLINE,
             metadata_call_timeout: Duration::from_secs(15),
-            inject_commit_lost: 0.0,
             clock: tributary_meta::clock::system(),
         }
     }
@@ -138,14 +136,15 @@ struct Sealed {
     locations: Vec<(u64, u64)>,
     metas: Vec<BatchMeta>,
     waiters: Vec<Waiter>,
-    upload: JoinHandle<Result<(), String>>,
+    upload: JoinHandle<Result<(), UploadFailure>>,
 }
 
 /// Handle to the writer's background tasks. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SegmentWriter {
     tx: mpsc::Sender<Msg>,
-    done: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
+    /// The batcher and committer, until shutdown joins them.
+    done: Arc<tokio::sync::Mutex<Option<(TaskHandle, TaskHandle)>>>,
     health: WriteHealth,
 }
 
@@ -161,25 +160,17 @@ impl SegmentWriter {
         let (tx, rx) = mpsc::channel(1024);
         let (sealed_tx, sealed_rx) = mpsc::channel(config.max_inflight_uploads.max(1));
         let health = WriteHealth::new();
-        let batcher = tokio::spawn(batcher(rx, sealed_tx, store, cache, config.clone()));
-        let committer = tokio::spawn(committer(
-            sealed_rx,
-            meta,
-            watermarks,
-            config,
-            health.clone(),
-        ));
-        let done = tokio::spawn(async move {
-            if let Err(e) = batcher.await {
-                warn!(error = %e, "segment batcher task ended abnormally");
-            }
-            if let Err(e) = committer.await {
-                warn!(error = %e, "segment committer task ended abnormally");
-            }
-        });
+        let batcher = supervise(
+            "segment-batcher",
+            batcher(rx, sealed_tx, store, cache, config.clone()),
+        );
+        let committer = supervise(
+            "segment-committer",
+            committer(sealed_rx, meta, watermarks, config, health.clone()),
+        );
         Self {
             tx,
-            done: Arc::new(tokio::sync::Mutex::new(Some(done))),
+            done: Arc::new(tokio::sync::Mutex::new(Some((batcher, committer)))),
             health,
         }
     }
@@ -249,11 +240,10 @@ impl SegmentWriter {
     pub async fn shutdown(&self) {
         // If the batcher is already gone the send fails, which is fine.
         let _ = self.tx.send(Msg::Close).await;
-        let handle = self.done.lock().await.take();
-        if let Some(handle) = handle {
-            if let Err(e) = handle.await {
-                warn!(error = %e, "segment writer shutdown failed");
-            }
+        let tasks = self.done.lock().await.take();
+        if let Some((batcher, committer)) = tasks {
+            batcher.join_logged().await;
+            committer.join_logged().await;
         }
     }
 }
@@ -408,7 +398,7 @@ async fn upload(
     cache: ReadCache,
     key: String,
     bytes: Bytes,
-) -> Result<(), String> {
+) -> Result<(), UploadFailure> {
     let path = keys::path(&key);
     let mut attempt = 0;
     loop {
@@ -428,30 +418,29 @@ async fn upload(
                 match object_store::ObjectStoreExt::head(store.as_ref(), &path).await {
                     Ok(meta) if meta.size == bytes.len() as u64 => break,
                     Ok(meta) => {
-                        return Err(format!(
-                            "object exists with other size={} expected={}",
-                            meta.size,
-                            bytes.len()
-                        ))
+                        return Err(UploadFailure::OtherObject {
+                            found: meta.size,
+                            expected: bytes.len() as u64,
+                        })
                     }
                     // The object is there (ours, by its unique key); only
                     // the check failed. Ask again rather than fail a
                     // produce whose data landed.
                     Err(e) if is_retryable(&e) => {
-                        warn!(segment = %key, attempt, error = %e, "checking an uploaded segment failed; retrying");
+                        warn!(segment = %key, attempt, error = %Chain(&e), "checking an uploaded segment failed; retrying");
                         tokio::time::sleep(backoff(attempt)).await;
                     }
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(UploadFailure::Check(e)),
                 }
             }
             // Credentials, a missing bucket, a malformed request: asking
             // again cannot help, so the produces fail now, not at the deadline.
             Err(e) if !is_retryable(&e) => {
-                error!(segment = %key, error = %e, "segment upload failed permanently");
-                return Err(format!("permanent object-store error: {e}"));
+                error!(segment = %key, error = %Chain(&e), "segment upload failed permanently");
+                return Err(UploadFailure::Permanent(e));
             }
             Err(e) => {
-                warn!(segment = %key, attempt, error = %e, "segment upload retry");
+                warn!(segment = %key, attempt, error = %Chain(&e), "segment upload retry");
                 tokio::time::sleep(backoff(attempt)).await;
             }
         }
@@ -471,26 +460,23 @@ async fn committer(
     while let Some(mut sealed) = rx.recv().await {
         let uploaded = match tokio::time::timeout_at(sealed.give_up, &mut sealed.upload).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(format!("upload task failed: {e}")),
+            Ok(Err(e)) => Err(UploadFailure::Task(e)),
             Err(_) => {
                 // A PUT still running may land later: an orphan the janitor
                 // removes, since it is never committed.
                 sealed.upload.abort();
-                Err(format!(
-                    "not uploaded within the commit deadline of {:?}",
-                    config.commit_deadline
-                ))
+                Err(UploadFailure::Deadline(config.commit_deadline))
             }
         };
-        if let Err(reason) = uploaded {
-            warn!(segment = %sealed.key, %reason, "segment upload failed");
-            health.failed("upload", &reason);
+        if let Err(cause) = uploaded {
+            warn!(segment = %sealed.key, reason = %Chain(&cause), "segment upload failed");
+            health.failed("upload", &tributary_runtime::chain(&cause));
             gaps.failed(producer_batches(&sealed.metas, None), Instant::now());
             fail(
                 sealed.waiters,
                 WriteError::Upload {
                     key: sealed.key,
-                    reason,
+                    cause: Arc::new(cause),
                 },
             );
             continue;
@@ -551,15 +537,15 @@ async fn committer(
                         .map(|s| s.to_vec())
                         .ok_or_else(|| WriteError::Commit {
                             key: sealed.key.clone(),
-                            reason: "metadata store returned too few outcomes".into(),
+                            cause: Arc::new(CommitFailure::ShortAnswer),
                         });
                     // The requester may have gone away; that is fine.
                     let _ = w.reply.send(slice);
                 }
             }
-            Err(reason) => {
-                warn!(segment = %sealed.key, %reason, "segment commit failed");
-                health.failed("commit", &reason);
+            Err(cause) => {
+                warn!(segment = %sealed.key, reason = %Chain(&cause), "segment commit failed");
+                health.failed("commit", &tributary_runtime::chain(&cause));
                 gaps.failed(
                     producer_batches(&sealed.metas, Some(&admitted)),
                     Instant::now(),
@@ -568,7 +554,7 @@ async fn committer(
                     sealed.waiters,
                     WriteError::Commit {
                         key: sealed.key,
-                        reason,
+                        cause: Arc::new(cause),
                     },
                 );
             }
@@ -589,7 +575,7 @@ async fn commit_until_settled(
     commit: &SegmentCommit,
     give_up: Instant,
     config: &WriterConfig,
-) -> Result<Vec<BatchOutcome>, String> {
+) -> Result<Vec<BatchOutcome>, CommitFailure> {
     let call = |until: Instant| {
         let limit = until
             .saturating_duration_since(Instant::now())
@@ -598,7 +584,7 @@ async fn commit_until_settled(
         Instant::now() + limit
     };
     let mut attempt = 0;
-    let mut last_error = String::new();
+    let mut last_error = CommitAttempt::NotTried;
     while Instant::now() < give_up {
         attempt += 1;
         let started = std::time::Instant::now();
@@ -606,28 +592,19 @@ async fn commit_until_settled(
         metrics::histogram!("tributary_metadata_commit_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         let error = match result {
-            Ok(Ok(_))
-                if config.inject_commit_lost > 0.0
-                    && crate::entropy::f64() < config.inject_commit_lost =>
-            {
-                "injected fault: commit answer lost".to_owned()
-            }
             Ok(Ok(outcomes)) => return Ok(outcomes),
             // An earlier attempt landed although it seemed to fail.
             Ok(Err(MetaError::SegmentExists(_))) => return resolve_commit(meta, commit).await,
-            Ok(Err(e)) if e.is_retryable() => e.to_string(),
+            Ok(Err(e)) if e.is_retryable() => CommitAttempt::Store(e),
             // Refused (too late, invalid): this attempt changed nothing, but
             // an earlier one may still be in flight; settle below.
             Ok(Err(e)) => {
-                last_error = e.to_string();
+                last_error = CommitAttempt::Store(e);
                 break;
             }
-            Err(_) => format!(
-                "metadata commit timed out after {:?}",
-                config.metadata_call_timeout
-            ),
+            Err(_) => CommitAttempt::TimedOut(config.metadata_call_timeout),
         };
-        warn!(segment = %commit.key, attempt, %error, "segment commit retry");
+        warn!(segment = %commit.key, attempt, error = %Chain(&error), "segment commit retry");
         last_error = error;
         tokio::time::sleep_until(call(give_up).min(Instant::now() + backoff(attempt))).await;
     }
@@ -644,14 +621,14 @@ async fn commit_until_settled(
         .await;
         match abandoned {
             Ok(Ok(true)) => {
-                return Err(format!(
-                    "abandoned, not committed within {:?}: {last_error}",
-                    config.commit_deadline
-                ))
+                return Err(CommitFailure::Abandoned {
+                    deadline: config.commit_deadline,
+                    last: last_error,
+                })
             }
             Ok(Ok(false)) => return resolve_commit(meta, commit).await,
             Ok(Err(e)) => {
-                warn!(segment = %commit.key, attempt, error = %e, "abandoning an unsettled segment failed; retrying")
+                warn!(segment = %commit.key, attempt, error = %Chain(&e), "abandoning an unsettled segment failed; retrying")
             }
             Err(_) => {
                 warn!(segment = %commit.key, attempt, "abandoning an unsettled segment timed out; retrying")
@@ -659,9 +636,7 @@ async fn commit_until_settled(
         }
         if Instant::now() >= hard_stop {
             error!(segment = %commit.key, "segment outcome could not be settled; the store refuses its commit by now");
-            return Err(format!(
-                "outcome unknown, metadata store unreachable: {last_error}"
-            ));
+            return Err(CommitFailure::Unsettled { last: last_error });
         }
         tokio::time::sleep_until(call(hard_stop).min(Instant::now() + backoff(attempt))).await;
     }
@@ -675,11 +650,11 @@ async fn commit_until_settled(
 async fn resolve_commit(
     meta: &dyn LogStore,
     commit: &SegmentCommit,
-) -> Result<Vec<BatchOutcome>, String> {
+) -> Result<Vec<BatchOutcome>, CommitFailure> {
     let entries = meta
         .segment_entries(&commit.key)
         .await
-        .map_err(|e| format!("resolving a lost commit answer failed: {e}"))?;
+        .map_err(CommitFailure::Resolve)?;
     let mut cursors: HashMap<(Uuid, i32, i64), i64> = HashMap::new();
     let outcomes = commit
         .batches

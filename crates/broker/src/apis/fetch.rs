@@ -13,6 +13,7 @@
 //! tells clients to send full fetch requests.
 
 use std::time::Duration;
+use tributary_runtime::Chain;
 
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
@@ -232,7 +233,7 @@ async fn read_all(broker: &Broker, req: &FetchRequest) -> (FetchResponse, i64, b
                 Err(e) => {
                     errors = true;
                     if !matches!(e, ReadError::OffsetOutOfRange { .. }) {
-                        tracing::warn!(topic = name, partition = p.partition, error = %e, "fetch read failed");
+                        tracing::warn!(topic = name, partition = p.partition, error = %Chain(&e), "fetch read failed");
                     }
                     let mut part = base.with_error_code(read_error_code(&e));
                     if let ReadError::OffsetOutOfRange {

@@ -3,6 +3,7 @@
 
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 use kafka_protocol::ResponseError;
+use tributary_runtime::Chain;
 
 use crate::error::meta_error_code;
 use crate::Broker;
@@ -25,7 +26,7 @@ pub async fn handle(
             .with_producer_id(ProducerId(id))
             .with_producer_epoch(epoch),
         Err(e) => {
-            tracing::warn!(error = %e, "allocating a producer id failed");
+            tracing::warn!(error = %Chain(&e), "allocating a producer id failed");
             resp.with_error_code(meta_error_code(&e))
         }
     }

@@ -7,6 +7,7 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
 use kafka_protocol::ResponseError;
 use tributary_meta::TopicMeta;
+use tributary_runtime::Chain;
 
 use super::{str_bytes, topic_name};
 use crate::cluster::{client_zone, leader_among};
@@ -50,7 +51,7 @@ pub async fn handle(
         match broker.topic_store.list_topics().await {
             Ok(all) => resp.topics = all.iter().map(|t| topic_entry(&live, t)).collect(),
             Err(e) => {
-                tracing::warn!(error = %e, "metadata: listing topics failed");
+                tracing::warn!(error = %Chain(&e), "metadata: listing topics failed");
                 resp.error_code = meta_error_code(&e);
             }
         }

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use tributary_runtime::Chain;
 
 use kafka_protocol::messages::produce_request::PartitionProduceData;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
@@ -218,7 +219,7 @@ fn validate_partition(
         Ok(b) => b,
         Err(e) => {
             let code = batch_error_code(&e);
-            tracing::debug!(topic = %topic.name, partition = index, error = %e, "rejected record batch");
+            tracing::debug!(topic = %topic.name, partition = index, error = %Chain(&e), "rejected record batch");
             return Err(error_response(index, code, &e.to_string()));
         }
     };

@@ -44,6 +44,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
@@ -62,6 +63,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tributary_meta::{Clock, GroupClaim, GroupStore, MetaError, TopicStore};
+use tributary_runtime::{Background, Chain, Tick};
 
 use crate::error::group_meta_error_code;
 
@@ -189,10 +191,15 @@ impl GroupCoordinator {
             claims: Mutex::new(HashMap::new()),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(sweep_idle_groups(
-                Arc::downgrade(&coordinator),
+            let sweep = IdleSweep {
+                coordinator: Arc::downgrade(&coordinator),
+                ttl: coordinator.config.empty_group_ttl,
+            };
+            // Ends with the coordinator (cancel, or the last Arc dropped).
+            drop(tributary_runtime::spawn(
+                "group-sweep",
+                sweep,
                 coordinator.cancel.clone(),
-                coordinator.config.empty_group_ttl,
             ));
         }
         coordinator
@@ -273,10 +280,15 @@ impl GroupCoordinator {
         });
         groups.insert(group_id.to_string(), slot.clone());
         if !self.cancel.is_cancelled() {
-            tokio::spawn(run_timers(
-                self.me.clone(),
-                group_id.to_string(),
-                slot.clone(),
+            let timers = GroupTimers {
+                coordinator: self.me.clone(),
+                group_id: group_id.to_string(),
+                slot: slot.clone(),
+            };
+            // Ends when the group dies or the coordinator shuts down.
+            drop(tributary_runtime::spawn(
+                "group-timers",
+                timers,
                 self.cancel.clone(),
             ));
         }
@@ -294,13 +306,13 @@ impl GroupCoordinator {
         // is read next is the group's last word.
         self.claim(group_id).await?;
         let saved = self.store.load_group(group_id).await.map_err(|e| {
-            tracing::warn!(group = %group_id, error = %e, "loading group failed");
+            tracing::warn!(group = %group_id, error = %Chain(&e), "loading group failed");
             group_meta_error_code(&e)
         })?;
         let saved = saved.and_then(|bytes| match saved::SavedGroup::decode(&bytes) {
             Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!(group = %group_id, error = %e, "starting the group afresh");
+                tracing::warn!(group = %group_id, error = %Chain(&e), "starting the group afresh");
                 None
             }
         });
@@ -370,7 +382,7 @@ impl GroupCoordinator {
             {
                 Ok(()) => Ok(()),
                 Err(e) => {
-                    tracing::warn!(group = %group_id, error = %e, "saving group failed");
+                    tracing::warn!(group = %group_id, error = %Chain(&e), "saving group failed");
                     Err((
                         group_meta_error_code(&e),
                         matches!(e, MetaError::Fenced { .. }),
@@ -442,7 +454,7 @@ impl GroupCoordinator {
             .claim_group(group_id, node_id)
             .await
             .map_err(|e| {
-                tracing::warn!(group = %group_id, error = %e, "claiming group failed");
+                tracing::warn!(group = %group_id, error = %Chain(&e), "claiming group failed");
                 group_meta_error_code(&e)
             })?;
         tracing::debug!(group = %group_id, epoch = claim.epoch, "claimed group");
@@ -905,21 +917,31 @@ impl GroupCoordinator {
 
 /// Every `ttl / 2` (at most a minute), drop idle Empty groups; ends with the
 /// coordinator.
-async fn sweep_idle_groups(
-    coordinator: std::sync::Weak<GroupCoordinator>,
-    cancel: CancellationToken,
+/// Drops idle groups and keeps the offsets of active ones from expiring.
+struct IdleSweep {
+    coordinator: Weak<GroupCoordinator>,
     ttl: Duration,
-) {
-    let every = (ttl / 2).clamp(Duration::from_millis(10), Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        let Some(coordinator) = coordinator.upgrade() else {
-            return;
+}
+
+impl IdleSweep {
+    fn every(&self) -> Duration {
+        (self.ttl / 2).clamp(Duration::from_millis(10), Duration::from_secs(60))
+    }
+}
+
+#[async_trait]
+impl Background for IdleSweep {
+    type Event = ();
+
+    fn first(&self) -> Tick {
+        Tick::In(self.every())
+    }
+
+    async fn tick(&mut self) -> Tick {
+        let Some(coordinator) = self.coordinator.upgrade() else {
+            return Tick::Done;
         };
-        coordinator.sweep(ttl);
+        coordinator.sweep(self.ttl);
         // Groups in use keep their stored offsets from expiring
         // (`offsets.retention.minutes` counts from the last activity).
         let active: Vec<String> = lock(&coordinator.groups)
@@ -927,44 +949,48 @@ async fn sweep_idle_groups(
             .filter(|(_, slot)| !lock(&slot.group).is_idle())
             .map(|(id, _)| id.clone())
             .collect();
-        let now = tributary_meta::Clock::now_ms(&tributary_meta::SystemClock);
+        let now = coordinator.clock.now_ms();
         if let Err(e) = coordinator.store.touch_groups(&active, now).await {
-            tracing::warn!(error = %e, groups = active.len(), "marking active groups failed");
+            tracing::warn!(error = %Chain(&e), groups = active.len(), "marking active groups failed");
         }
+        Tick::In(self.every())
     }
 }
 
 /// Per-group timer: evict silent members, finish overdue join phases, and
-/// save what that changed.
-async fn run_timers(
+/// save what that changed. Woken early by the group's `wake`.
+struct GroupTimers {
     coordinator: Weak<GroupCoordinator>,
     group_id: String,
     slot: Arc<Slot>,
-    cancel: CancellationToken,
-) {
-    loop {
+}
+
+#[async_trait]
+impl Background for GroupTimers {
+    type Event = ();
+
+    async fn tick(&mut self) -> Tick {
         let next = {
-            let mut g = lock(&slot.group);
+            let mut g = lock(&self.slot.group);
             if g.state == GroupState::Dead {
-                return;
+                return Tick::Done;
             }
             g.tick(Instant::now());
             g.next_deadline()
         };
-        if let Some(coordinator) = coordinator.upgrade() {
-            coordinator.save_soon(&group_id, &slot);
+        if let Some(coordinator) = self.coordinator.upgrade() {
+            coordinator.save_soon(&self.group_id, &self.slot);
         }
-        let sleep = async {
-            match next {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = slot.wake.notified() => {}
-            () = sleep => {}
-        }
+        next.map_or(Tick::Idle, Tick::At)
+    }
+
+    async fn event(&mut self) -> Option<()> {
+        self.slot.wake.notified().await;
+        Some(())
+    }
+
+    async fn handle(&mut self, (): ()) -> Option<Tick> {
+        Some(Tick::Now)
     }
 }
 

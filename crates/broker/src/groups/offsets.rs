@@ -7,6 +7,7 @@
 //! group is Empty or not known in memory.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use tributary_runtime::Chain;
 
 use bytes::Buf;
 use kafka_protocol::messages::offset_commit_response::{
@@ -171,7 +172,7 @@ impl GroupCoordinator {
                             self.forget(&group_id, Some(claim));
                         }
                         r.map_err(|e| {
-                            tracing::warn!(group = %group_id, error = %e, "offset commit failed");
+                            tracing::warn!(group = %group_id, error = %Chain(&e), "offset commit failed");
                             group_meta_error_code(&e)
                         })
                     }
@@ -266,7 +267,7 @@ impl GroupCoordinator {
                 }
             }
             Err(e) => {
-                tracing::warn!(group = %group_id, error = %e, "offset fetch failed");
+                tracing::warn!(group = %group_id, error = %Chain(&e), "offset fetch failed");
                 let c = group_meta_error_code(&e);
                 let topics = topics
                     .unwrap_or_default()

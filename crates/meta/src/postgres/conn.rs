@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::time::Duration;
+use tributary_runtime::Chain;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -142,7 +143,7 @@ impl PostgresStore {
         {
             Ok(_) => Ok(true),
             Err(e) if e.as_db_error().is_some() => {
-                tracing::info!(error = %e, "database has no NOTIFY; brokers will poll for each other's commits");
+                tracing::info!(error = %Chain(&e), "database has no NOTIFY; brokers will poll for each other's commits");
                 Ok(false)
             }
             Err(e) => Err(Fail::from(e).into_meta("connect")),

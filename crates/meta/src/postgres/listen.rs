@@ -14,11 +14,13 @@
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_postgres::AsyncMessage;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{debug, info, warn};
+use tributary_runtime::{Background, CancellationToken, Chain, Tick};
 
 use crate::{CommitFeed, RemoteCommits};
 
@@ -36,27 +38,61 @@ pub(super) fn spawn_commit_feed(
     me: String,
 ) -> CommitFeed {
     let (tx, rx) = watch::channel(RemoteCommits::default());
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            tokio::select! {
-                () = tx.closed() => return,
-                ended = listen_once(&config, tls.clone(), &me, &tx) => {
-                    tx.send_modify(|s| s.listening = false);
-                    match ended {
-                        Ok(()) => backoff = Duration::from_millis(100),
-                        Err(e) => warn!(error = %e, "commit listener lost its connection; polling until it is back"),
-                    }
+    let listener = Listener {
+        config,
+        tls,
+        me,
+        tx,
+        backoff: MIN_BACKOFF,
+    };
+    // Ends when the last receiver is dropped (the store is closed).
+    drop(tributary_runtime::spawn(
+        "commit-listener",
+        listener,
+        CancellationToken::new(),
+    ));
+    rx
+}
+
+/// Shortest wait before reconnecting.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The listening connection, reconnected with backoff while anyone reads
+/// the feed.
+struct Listener {
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    me: String,
+    tx: watch::Sender<RemoteCommits>,
+    backoff: Duration,
+}
+
+#[async_trait]
+impl Background for Listener {
+    type Event = ();
+
+    /// One connection's life, then the wait before the next.
+    async fn tick(&mut self) -> Tick {
+        tokio::select! {
+            () = self.tx.closed() => return Tick::Done,
+            ended = listen_once(&self.config, self.tls.clone(), &self.me, &self.tx) => {
+                self.tx.send_modify(|s| s.listening = false);
+                match ended {
+                    Ok(()) => self.backoff = MIN_BACKOFF,
+                    Err(e) => warn!(error = %Chain(&e), "commit listener lost its connection; polling until it is back"),
                 }
             }
-            tokio::select! {
-                () = tx.closed() => return,
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-    });
-    rx
+        let wait = self.backoff;
+        self.backoff = (wait * 2).min(MAX_BACKOFF);
+        Tick::In(wait)
+    }
+
+    /// Only the closing of the feed: nobody reads it any more.
+    async fn event(&mut self) -> Option<()> {
+        self.tx.closed().await;
+        None
+    }
 }
 
 /// One connection's life: connect, `LISTEN`, forward notifications until
@@ -104,7 +140,7 @@ async fn listen_once(
     match driver.await {
         Ok(r) => r,
         Err(e) => {
-            warn!(error = %e, "commit listener driver task failed");
+            warn!(error = %Chain(&e), "commit listener driver task failed");
             Ok(())
         }
     }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
+use tributary_runtime::Chain;
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use tracing::{debug, warn};
@@ -213,7 +214,7 @@ pub(super) fn recover(conn: &Connection) {
     if !conn.is_autocommit() {
         warn!("sqlite connection left inside a transaction, rolling back");
         if let Err(e) = conn.execute_batch("ROLLBACK") {
-            warn!(error = %e, "sqlite rollback of abandoned transaction failed");
+            warn!(error = %Chain(&e), "sqlite rollback of abandoned transaction failed");
         }
     }
 }

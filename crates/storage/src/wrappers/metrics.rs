@@ -141,9 +141,27 @@ struct OpCounters {
 }
 
 impl OpCounters {
+    // Each count goes to the atomics (read by `MetricsHandle::snapshot`:
+    // the shutdown summary, the benchmark, tests) and to the process's
+    // metrics recorder (Prometheus when the admin endpoint is on; a no-op
+    // otherwise), at the moment it happens.
+
+    fn request(&self, op: Op) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tributary_object_store_requests_total", "op" => op.name()).increment(1);
+    }
+
+    fn error(&self, op: Op) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tributary_object_store_errors_total", "op" => op.name()).increment(1);
+    }
+
+    fn add_bytes(&self, op: Op, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("tributary_object_store_bytes_total", "op" => op.name()).increment(n);
+    }
+
     fn record_latency(&self, op: Op, latency: Duration) {
-        // Also to the process's metrics recorder (a Prometheus histogram
-        // when the admin endpoint is on; a no-op otherwise).
         metrics::histogram!("tributary_object_store_request_duration_seconds", "op" => op.name())
             .record(latency.as_secs_f64());
         let us = micros(latency);
@@ -214,7 +232,7 @@ impl MetricsHandle {
 
     /// Start timing one request of `op`.
     fn start(&self, op: Op) -> Call {
-        self.0.op(op).requests.fetch_add(1, Ordering::Relaxed);
+        self.0.op(op).request(op);
         Call {
             metrics: self.clone(),
             op,
@@ -244,10 +262,10 @@ impl Call {
         counters.record_latency(self.op, self.started.elapsed());
         match result {
             Ok(value) => {
-                counters.bytes.fetch_add(bytes(value), Ordering::Relaxed);
+                counters.add_bytes(self.op, bytes(value));
             }
             Err(_) => {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
+                counters.error(self.op);
             }
         }
     }
@@ -283,7 +301,7 @@ impl Drop for ListCall {
         let counters = self.metrics.counters(Op::List);
         counters.record_latency(Op::List, self.started.elapsed());
         if self.failed {
-            counters.errors.fetch_add(1, Ordering::Relaxed);
+            counters.error(Op::List);
         }
     }
 }
@@ -455,10 +473,7 @@ impl MetricsStore {
         &self,
         stream: BoxStream<'static, Result<ObjectMeta>>,
     ) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.metrics
-            .counters(Op::List)
-            .requests
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.counters(Op::List).request(Op::List);
         let mut call = ListCall {
             metrics: self.metrics.clone(),
             started: Instant::now(),
@@ -551,11 +566,11 @@ impl ObjectStore for MetricsStore {
             .map(move |result| {
                 let counters = metrics.counters(Op::Delete);
                 let now = Instant::now();
-                counters.requests.fetch_add(1, Ordering::Relaxed);
+                counters.request(Op::Delete);
                 counters.record_latency(Op::Delete, now.duration_since(last));
                 last = now;
                 if result.is_err() {
-                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    counters.error(Op::Delete);
                 }
                 result
             })
@@ -613,8 +628,8 @@ impl MultipartUpload for CountingUpload {
             let result = part.await;
             let counters = metrics.counters(Op::Put);
             match &result {
-                Ok(()) => counters.bytes.fetch_add(len, Ordering::Relaxed),
-                Err(_) => counters.errors.fetch_add(1, Ordering::Relaxed),
+                Ok(()) => counters.add_bytes(Op::Put, len),
+                Err(_) => counters.error(Op::Put),
             };
             result
         })
