@@ -71,6 +71,15 @@ async fn start_serve_shutdown_restart() -> Result<()> {
             sample(&page, "process_resident_memory_bytes").unwrap_or(0.0) > 0.0,
             "resident memory sampled at scrape"
         );
+        // Counters that have not moved are on the page too (dashboards
+        // query them).
+        for series in [
+            "tributary_object_store_errors_total{op=\"put\"}",
+            "tributary_read_cache_misses_total",
+            "tributary_read_cache_gets_total",
+        ] {
+            ensure!(sample(&page, series).is_some(), "{series} missing from /metrics");
+        }
         let failed = node.shutdown().await;
         ensure!(failed.is_empty(), "tasks failed at shutdown: {failed:?}");
 
