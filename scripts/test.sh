@@ -3,7 +3,7 @@
 # as root on a fresh Debian machine.
 #
 #   ./scripts/test.sh           every tier (what .ci/run runs):
-#   1. installs kcat, postgresql and openssl (apt) if missing and a cached Python venv with
+#   1. installs kcat, postgresql, openssl and its headers (apt) if missing and a cached Python venv with
 #      tests/python/requirements.txt,
 #   2. cargo fmt --check, clippy -D warnings, the layout check, release build,
 #   3. cargo test --workspace (Rust unit + end-to-end tests with rdkafka), then
@@ -109,6 +109,16 @@ install_openssl() {
     apt_install openssl
 }
 
+# OpenSSL headers: librdkafka in the Rust tests is built with TLS and SASL
+# (the rdkafka crate's `ssl` feature links the system OpenSSL).
+install_ssl_headers() {
+    if command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; then
+        echo "OpenSSL headers present: $(pkg-config --modversion openssl)"
+        return 0
+    fi
+    apt_install libssl-dev pkg-config
+}
+
 # libFuzzer (built by the fuzz targets' libfuzzer-sys) is C++.
 install_cxx() {
     if command -v c++ >/dev/null 2>&1; then
@@ -196,6 +206,7 @@ summary() {
 }
 
 if [ "$QUICK" -eq 1 ]; then
+    step "install OpenSSL headers" install_ssl_headers
     step "cargo fmt --check" cargo fmt --all -- --check
     step "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
     step "layout (scripts/check-layout.py)" python3 scripts/check-layout.py --narrow-traits
@@ -207,6 +218,7 @@ fi
 step "install kcat" install_kcat
 step "install postgresql" install_postgres
 step "install openssl" install_openssl
+step "install OpenSSL headers" install_ssl_headers
 step "install g++" install_cxx
 VENV_OK=0
 step "python venv ($REQUIREMENTS)" setup_venv && VENV_OK=1

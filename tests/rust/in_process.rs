@@ -78,7 +78,10 @@ async fn start_serve_shutdown_restart() -> Result<()> {
             "tributary_read_cache_misses_total",
             "tributary_read_cache_gets_total",
         ] {
-            ensure!(sample(&page, series).is_some(), "{series} missing from /metrics");
+            ensure!(
+                sample(&page, series).is_some(),
+                "{series} missing from /metrics"
+            );
         }
         let failed = node.shutdown().await;
         ensure!(failed.is_empty(), "tasks failed at shutdown: {failed:?}");

@@ -26,5 +26,7 @@ mod produce_consume;
 mod restart_resume;
 mod retention_compaction;
 mod s3_broker;
+mod sasl;
 mod sigkill_durability;
 mod stored_data_faults;
+mod tls;

@@ -79,6 +79,7 @@ fn group_coordinated_by(node_id: i32, live: i32, prefix: &str) -> String {
             host: String::new(),
             port: 0,
             rack: None,
+            listeners: Vec::new(),
         })
         .collect();
     (0..)

@@ -307,6 +307,20 @@ impl Background for RemoteCommitFollower {
     }
 }
 
+/// The brokers that have listener `listener`, each with `host` and `port`
+/// set to that listener's advertised address (what a client that came in
+/// on it must be told).
+pub fn on_listener(brokers: Vec<BrokerInfo>, listener: &str) -> Vec<BrokerInfo> {
+    brokers
+        .into_iter()
+        .filter_map(|mut b| {
+            let (host, port) = b.endpoint(listener).map(|(h, p)| (h.to_owned(), p))?;
+            (b.host, b.port) = (host, port);
+            Some(b)
+        })
+        .collect()
+}
+
 /// The leader of a partition among `brokers` (ordered by node id): a stable
 /// hash of the topic, offset by the partition, so partitions spread evenly.
 pub fn leader_among(brokers: &[BrokerInfo], topic_id: Uuid, partition: i32) -> Option<BrokerInfo> {
@@ -361,6 +375,7 @@ mod tests {
                 host: "h".into(),
                 port: 9092,
                 rack: None,
+                listeners: Vec::new(),
             })
             .collect();
         let topic = Uuid::from_u128(7);
@@ -409,6 +424,7 @@ mod registry_tests {
             host: "127.0.0.1".into(),
             port: 9000 + node_id,
             rack: None,
+            listeners: Vec::new(),
         }
     }
 

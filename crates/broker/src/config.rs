@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tributary_meta::{topic_config, Clock};
 
 use crate::groups::GroupConfig;
+use crate::sasl::SaslConfig;
 
 /// Settings of one broker.
 #[derive(Debug, Clone)]
@@ -70,6 +71,8 @@ pub struct BrokerConfig {
     pub rack: Option<String>,
     /// Consumer-group coordinator settings.
     pub groups: GroupConfig,
+    /// SASL mechanisms and the failed-authentication delay.
+    pub sasl: SaslConfig,
     /// How often a parked fetch re-reads the partition offsets, to notice
     /// commits made by other brokers sharing the metadata store. `None` (one
     /// broker) relies on this broker's own commit notifications only.
@@ -99,6 +102,7 @@ impl Default for BrokerConfig {
             max_inflight_per_connection: 1024,
             rack: None,
             groups: GroupConfig::default(),
+            sasl: SaslConfig::default(),
             fetch_poll_interval: None,
             clock: tributary_meta::clock::system(),
         }

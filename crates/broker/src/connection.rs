@@ -15,15 +15,14 @@ use tributary_runtime::Chain;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::Encodable;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info_span, warn, Instrument};
 
 use tributary_protocol::request;
 
-use crate::context::RequestContext;
+use crate::context::{ConnectionInfo, RequestContext};
 use crate::memory::{RequestMemory, Reservation};
 use crate::router::{self, Answer};
 use crate::Broker;
@@ -51,16 +50,19 @@ impl Outgoing {
 /// (it also has to keep a minimum rate, see [`read_body`]).
 const FRAME_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Serve one connection until the client closes it, it misbehaves, or
+/// Serve one connection (the halves of a TCP stream, or of a TLS stream
+/// whose handshake is done) until the client closes it, it misbehaves, or
 /// `shutdown` fires (then in-flight requests are still answered).
-pub async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
+pub async fn serve<R, W>(
+    (rd, wr): (R, W),
+    conn: ConnectionInfo,
     broker: Arc<Broker>,
     shutdown: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
     let (tx, rx) = mpsc::channel::<Pending>(broker.config.max_inflight_per_connection.max(1));
     // Requests read and not yet answered (or written) on this connection.
     let unanswered = Arc::new(AtomicUsize::new(0));
@@ -131,11 +133,14 @@ pub async fn serve(
                         .map(|s| s.to_string())
                         .unwrap_or_default(),
                     peer,
+                    listener: conn.listener,
+                    principal: conn.session.principal(),
+                    session: conn.session.clone(),
                     correlation_id: header.correlation_id,
                     api_key,
                     version,
                 };
-                let span = info_span!("request", api = ?api_key, version, correlation_id = header.correlation_id, client = %ctx.client_id);
+                let span = info_span!("request", api = ?api_key, version, correlation_id = header.correlation_id, client = %ctx.client_id, principal = %ctx.principal, listener = ctx.listener);
                 let to = AnswerSlot {
                     to: otx,
                     memory: permit,
@@ -352,6 +357,10 @@ async fn run_request(
                     Ok(None)
                 }
                 Answer::Later(pending) => Ok(Some((pending, reply))),
+                Answer::Last(resp) => {
+                    reply(resp.map(|r| *r));
+                    Err(())
+                }
                 Answer::Close => Err(()),
             }
         }
@@ -443,8 +452,8 @@ pub fn encode_response(
 /// writer is about to wait (for the next request or for an answer that is
 /// not ready yet), so an answer never sits in the buffer while later,
 /// slower requests are pending.
-async fn write_responses(
-    wr: tokio::net::tcp::OwnedWriteHalf,
+async fn write_responses<W: AsyncWrite + Unpin>(
+    wr: W,
     mut rx: mpsc::Receiver<Pending>,
     peer: SocketAddr,
     unanswered: Arc<AtomicUsize>,

@@ -14,14 +14,17 @@ pub mod connection;
 pub mod context;
 mod error;
 pub mod groups;
+pub mod listener;
 pub mod memory;
 pub mod router;
+pub mod sasl;
 pub mod server;
+pub mod tls;
 pub mod topics;
 
 use std::sync::Arc;
 
-use tributary_meta::{LogStore, Stores, TopicStore};
+use tributary_meta::{LogStore, SecurityStore, Stores, TopicStore};
 use tributary_storage::{Fetcher, SegmentWriter, Watermarks};
 
 pub use config::BrokerConfig;
@@ -35,6 +38,8 @@ pub struct Broker {
     /// Log boundaries and producer ids (ListOffsets, DeleteRecords,
     /// InitProducerId).
     pub log: Arc<dyn LogStore>,
+    /// Users' credentials (SASL).
+    pub security: Arc<dyn SecurityStore>,
     pub writer: SegmentWriter,
     pub fetcher: Fetcher,
     pub watermarks: Watermarks,
@@ -84,6 +89,7 @@ impl Broker {
             config,
             topic_store: meta.topics.clone(),
             log: meta.log.clone(),
+            security: meta.security.clone(),
             writer,
             fetcher,
             watermarks,

@@ -34,8 +34,12 @@ pub enum Answer {
     /// The answer comes when this future ends; later requests may run
     /// meanwhile.
     Later(Later),
+    /// The answer, and then the connection closes (a failed
+    /// authentication).
+    Last(Option<Box<ResponseKind>>),
     /// The request cannot be answered (its body is not the API the frame
-    /// named): the connection closes.
+    /// named, or it is not allowed before authentication): the connection
+    /// closes.
     Close,
 }
 
@@ -44,6 +48,7 @@ impl std::fmt::Debug for Answer {
         match self {
             Self::Now(r) => f.debug_tuple("Now").field(r).finish(),
             Self::Later(_) => f.write_str("Later(..)"),
+            Self::Last(r) => f.debug_tuple("Last").field(r).finish(),
             Self::Close => f.write_str("Close"),
         }
     }
@@ -124,11 +129,28 @@ pub fn api_table() -> &'static [Route] {
                 apis::list_offsets::handle(&b, r, v).await
             }),
             route!(Metadata, 0..=12, |b, ctx, r, v| {
-                apis::metadata::handle(&b, r, v, &ctx.client_id).await
+                apis::metadata::handle(&b, r, v, &ctx).await
             }),
             route!(ApiVersions, 0..=4, |_b, ctx, _r, _v| api_versions()),
+            route!(SaslHandshake, 1..=1, |b, ctx, r, v| {
+                apis::sasl_handshake::handle(&b, r, v, &ctx)
+            }),
+            Route {
+                key: ApiKey::SaslAuthenticate,
+                min: 0,
+                max: 2,
+                name: "SaslAuthenticate",
+                handler: |b, ctx, request| {
+                    Box::pin(async move {
+                        let RequestKind::SaslAuthenticate(r) = request else {
+                            return Answer::Close;
+                        };
+                        apis::sasl_authenticate::handle(&b, r, &ctx).await
+                    })
+                },
+            },
             route!(FindCoordinator, 0..=4, |b, ctx, r, v| {
-                apis::find_coordinator::handle(&b, r, v)
+                apis::find_coordinator::handle(&b, r, v, &ctx)
             }),
             route!(CreateTopics, 2..=7, |b, ctx, r, v| {
                 apis::create_topics::handle(&b, r, v).await
@@ -149,7 +171,7 @@ pub fn api_table() -> &'static [Route] {
                 apis::incremental_alter_configs::handle(&b, r, v).await
             }),
             route!(DescribeCluster, 0..=1, |b, ctx, r, v| {
-                apis::describe_cluster::handle(&b, r, v)
+                apis::describe_cluster::handle(&b, r, v, &ctx)
             }),
             route!(InitProducerId, 0..=4, |b, ctx, r, v| {
                 apis::init_producer_id::handle(&b, r, v).await
@@ -238,11 +260,28 @@ pub async fn dispatch(broker: Arc<Broker>, ctx: RequestContext, request: Request
         tracing::error!(api = ?ctx.api_key, version = ctx.version, "request reached the router without a handler");
         return Answer::Close;
     };
+    // A SASL listener serves nothing but the handshake until the client
+    // has authenticated (Kafka closes the connection too).
+    if !ctx.session.admitted()
+        && !matches!(
+            ctx.api_key,
+            ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+        )
+    {
+        tracing::info!(api = ?ctx.api_key, peer = %ctx.peer, "request before SASL authentication; closing connection");
+        metrics::counter!("tributary_unauthenticated_requests_total", "api" => route.name)
+            .increment(1);
+        return Answer::Close;
+    }
     let started = Instant::now();
     match (route.handler)(broker, ctx, request).await {
         Answer::Now(resp) => {
             observe(route.name, started);
             Answer::Now(resp)
+        }
+        Answer::Last(resp) => {
+            observe(route.name, started);
+            Answer::Last(resp)
         }
         Answer::Later(pending) => Answer::Later(Box::pin(async move {
             let resp = pending.await;

@@ -1,5 +1,7 @@
-//! The accept loop: connection limits (broker-wide and per client address),
-//! one task per connection, and a drain on shutdown: stop accepting, release
+//! The accept loops, one per listener: connection limits (broker-wide and
+//! per client address, over all listeners), the TLS handshake of `SSL` and
+//! `SASL_SSL` listeners (bounded in time), one task per connection, and a
+//! drain on shutdown: stop accepting, release
 //! what is parked (group joins and syncs are answered NOT_COORDINATOR,
 //! parked fetches answer with what they have), let connections answer what
 //! they have read (a client that does not take its answers gets 3 s), then
@@ -15,26 +17,76 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use tributary_runtime::Chain;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::context::{ConnectionInfo, ANONYMOUS};
+use crate::listener::SecurityProtocol;
+use crate::sasl::Session;
+use crate::tls::{self, TlsContext};
 use crate::{connection, Broker};
 
-/// Serve Kafka clients on `listener` until `shutdown` completes.
-pub async fn run(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Future<Output = ()>) {
+/// A bound listener, ready to accept.
+#[derive(Debug)]
+pub struct Bound {
+    pub listener: TcpListener,
+    pub protocol: SecurityProtocol,
+    /// For `SSL` and `SASL_SSL` listeners.
+    pub tls: Option<Arc<TlsContext>>,
+}
+
+/// Serve Kafka clients on every listener until `shutdown` completes.
+pub async fn run(listeners: Vec<Bound>, broker: Arc<Broker>, shutdown: impl Future<Output = ()>) {
     let cancel = CancellationToken::new();
+    let accepting = CancellationToken::new();
     let tracker = TaskTracker::new();
     let limits = Limits::new(
         broker.config.max_connections.max(1),
         broker.config.max_connections_per_ip.max(1),
     );
-    tokio::pin!(shutdown);
+    let mut loops = Vec::new();
+    for bound in listeners {
+        loops.push(tokio::spawn(accept_loop(
+            bound,
+            broker.clone(),
+            limits.clone(),
+            tracker.clone(),
+            cancel.clone(),
+            accepting.clone(),
+        )));
+    }
+    shutdown.await;
+    accepting.cancel();
+    for l in loops {
+        let _ = l.await;
+    }
+    info!("shutting down: draining connections");
+    broker.draining.cancel();
+    broker.groups.shutdown();
+    cancel.cancel();
+    tracker.close();
+    tracker.wait().await;
+    broker.writer.shutdown().await;
+    info!("shutdown complete");
+}
+
+/// Accept on one listener until `accepting` is cancelled.
+async fn accept_loop(
+    bound: Bound,
+    broker: Arc<Broker>,
+    limits: Arc<Limits>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    accepting: CancellationToken,
+) {
+    let listener_name = bound.protocol.name();
+    let sasl = bound.protocol.sasl();
     loop {
         let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = &mut shutdown => break,
+            a = bound.listener.accept() => a,
+            () = accepting.cancelled() => return,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -46,9 +98,19 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Futu
                 };
                 let broker = broker.clone();
                 let cancel = cancel.clone();
+                let tls = bound.tls.clone();
                 tracker.spawn(async move {
                     metrics::gauge!("tributary_connections").increment(1.0);
-                    connection::serve(stream, peer, broker, cancel).await;
+                    let _ = stream.set_nodelay(true);
+                    let conn = ConnectionInfo {
+                        peer,
+                        listener: listener_name,
+                        session: Session::new(sasl, Arc::from(ANONYMOUS)),
+                    };
+                    match tls {
+                        None => connection::serve(stream.into_split(), conn, broker, cancel).await,
+                        Some(tls) => serve_tls(stream, conn, &tls, broker, cancel).await,
+                    }
                     metrics::gauge!("tributary_connections").decrement(1.0);
                     drop(permit);
                 });
@@ -59,14 +121,41 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Futu
             }
         }
     }
-    info!("shutting down: draining connections");
-    broker.draining.cancel();
-    broker.groups.shutdown();
-    cancel.cancel();
-    tracker.close();
-    tracker.wait().await;
-    broker.writer.shutdown().await;
-    info!("shutdown complete");
+}
+
+/// Complete the TLS handshake (within [`tls::HANDSHAKE_TIMEOUT`]), take the
+/// principal from the client certificate, then serve the connection.
+async fn serve_tls(
+    stream: TcpStream,
+    conn: ConnectionInfo,
+    tls: &TlsContext,
+    broker: Arc<Broker>,
+    cancel: CancellationToken,
+) {
+    let peer = conn.peer;
+    let handshake = tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
+    let stream = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                metrics::counter!("tributary_tls_handshake_failures_total").increment(1);
+                debug!(%peer, error = %e, "TLS handshake failed; closing connection");
+                return;
+            }
+            Err(_) => {
+                metrics::counter!("tributary_tls_handshake_failures_total").increment(1);
+                debug!(%peer, "TLS handshake not done within {:?}; closing connection", tls::HANDSHAKE_TIMEOUT);
+                return;
+            }
+        },
+        () = cancel.cancelled() => return,
+    };
+    if let Some(principal) = tls::principal_of(stream.get_ref().1) {
+        // A certificate names the client; SASL, when required, replaces it.
+        conn.session
+            .authenticated_by_certificate(Arc::from(principal));
+    }
+    connection::serve(tokio::io::split(stream), conn, broker, cancel).await;
 }
 
 /// Open connections, in all and per client address (entries of addresses

@@ -8,6 +8,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use serde::Deserialize;
+use tributary_broker::listener::{parse_listeners, ListenerConfig, SecurityProtocol};
+use tributary_broker::sasl::Mechanism as SaslMechanism;
+use tributary_broker::tls::{ClientAuth, TlsFiles};
 use tributary_broker::BrokerConfig;
 use tributary_meta::parse_metadata_url;
 use tributary_storage::writer::min_safe_grace;
@@ -84,6 +87,37 @@ serve_settings! {
     /// HOST:PORT clients are told to connect to [default: the listen address].
     #[arg(long, env = "TRIBUTARY_ADVERTISED_LISTENER")]
     advertised_listener: String,
+    /// Listeners, as Kafka writes them, instead of --listen:
+    /// `PLAINTEXT://127.0.0.1:9092,SSL://0.0.0.0:9093` (names: PLAINTEXT,
+    /// SSL, SASL_PLAINTEXT, SASL_SSL; each at most once) [default: PLAINTEXT://<listen>].
+    #[arg(long, env = "TRIBUTARY_LISTENERS")]
+    listeners: String,
+    /// Addresses clients are told, per listener:
+    /// `SSL://broker-1.example.com:9093` [default: each listener's bind address].
+    #[arg(long, env = "TRIBUTARY_ADVERTISED_LISTENERS")]
+    advertised_listeners: String,
+    /// PEM certificate chain of the SSL and SASL_SSL listeners (re-read when it changes).
+    #[arg(long, env = "TRIBUTARY_TLS_CERT")]
+    tls_cert: PathBuf,
+    /// PEM private key of --tls-cert (re-read when it changes).
+    #[arg(long, env = "TRIBUTARY_TLS_KEY")]
+    tls_key: PathBuf,
+    /// PEM CA certificates client certificates must chain to (mTLS); the
+    /// principal is `User:<certificate subject>` [default: none].
+    #[arg(long, env = "TRIBUTARY_TLS_CLIENT_CA")]
+    tls_client_ca: PathBuf,
+    /// Client certificates: none, requested or required [default: required
+    /// with --tls-client-ca, else none].
+    #[arg(long, env = "TRIBUTARY_TLS_CLIENT_AUTH")]
+    tls_client_auth: String,
+    /// SASL mechanisms of the SASL_PLAINTEXT and SASL_SSL listeners:
+    /// SCRAM-SHA-512, SCRAM-SHA-256, PLAIN [default: SCRAM-SHA-512,SCRAM-SHA-256].
+    #[arg(long, env = "TRIBUTARY_SASL_MECHANISMS")]
+    sasl_mechanisms: String,
+    /// Wait before answering a failed authentication, then close the
+    /// connection (Kafka `connection.failed.authentication.delay.ms`) [default: 100].
+    #[arg(long, env = "TRIBUTARY_FAILED_AUTHENTICATION_DELAY_MS")]
+    failed_authentication_delay_ms: u64,
     /// Create topics on first use [default: true].
     #[arg(long, env = "TRIBUTARY_AUTO_CREATE_TOPICS")]
     auto_create_topics: bool,
@@ -182,8 +216,10 @@ const DEFAULT_METRICS_IDLE_TIMEOUT_MS: u64 = 600_000;
 /// Resolved settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub listen: String,
-    pub advertised: Option<(String, i32)>,
+    /// Where clients connect, and how (at least one).
+    pub listeners: Vec<ListenerConfig>,
+    /// The certificate of the TLS listeners.
+    pub tls: Option<TlsFiles>,
     pub data_dir: PathBuf,
     pub object_store: String,
     pub metadata: String,
@@ -225,7 +261,8 @@ impl Settings {
 
     /// The layered settings `a` over the components' defaults.
     pub fn layer(a: ServeArgs) -> anyhow::Result<Self> {
-        let listen = a.listen.unwrap_or_else(|| "127.0.0.1:9092".into());
+        let listeners = listeners(&a)?;
+        let tls = tls_files(&a, &listeners)?;
         let data_dir = a.stores.data_dir.unwrap_or_else(|| "data".into());
         let abs_data = if data_dir.is_absolute() {
             data_dir.clone()
@@ -242,12 +279,6 @@ impl Settings {
             .stores
             .metadata
             .unwrap_or_else(|| format!("sqlite://{}", abs_data.join("metadata.db").display()));
-        let advertised = match a.advertised_listener {
-            Some(l) => Some(
-                parse_host_port(&l).with_context(|| format!("bad --advertised-listener {l}"))?,
-            ),
-            None => None,
-        };
 
         let mut writer = WriterConfig::default();
         // Each PUT of a priced store is billed: the store picks the default.
@@ -271,10 +302,6 @@ impl Settings {
         // the others' commits.
         if parse_metadata_url(&metadata).is_ok_and(|m| m.is_shared()) {
             broker.fetch_poll_interval = Some(BrokerConfig::SHARED_METADATA_FETCH_POLL);
-        }
-        if let Some((host, port)) = &advertised {
-            broker.advertised_host = host.clone();
-            broker.advertised_port = *port;
         }
         set(&mut broker.auto_create_topics, a.auto_create_topics);
         if let Some(v) = a.num_partitions {
@@ -311,6 +338,14 @@ impl Settings {
             None => {}
         }
         broker.rack = a.rack;
+        if let Some(list) = &a.sasl_mechanisms {
+            broker.sasl.mechanisms = SaslMechanism::parse_list(list)
+                .map_err(|e| anyhow::anyhow!("bad --sasl-mechanisms: {e}"))?;
+        }
+        set(
+            &mut broker.sasl.failed_delay,
+            a.failed_authentication_delay_ms.map(Duration::from_millis),
+        );
 
         let mut maintenance = MaintenanceConfig::default();
         let ms = |v: Option<u64>| v.map(Duration::from_millis);
@@ -360,8 +395,8 @@ impl Settings {
             metrics_idle_timeout,
             node_id_auto,
             maintenance,
-            listen,
-            advertised,
+            listeners,
+            tls,
             data_dir,
             object_store,
             metadata,
@@ -439,6 +474,61 @@ pub fn parse_file(text: &str) -> anyhow::Result<ServeArgs> {
     Ok(args)
 }
 
+/// The listeners: `--listeners`/`--advertised-listeners`, or one PLAINTEXT
+/// listener from `--listen`/`--advertised-listener` (not both forms).
+fn listeners(a: &ServeArgs) -> anyhow::Result<Vec<ListenerConfig>> {
+    let listeners = match &a.listeners {
+        Some(spec) => {
+            if a.listen.is_some() || a.advertised_listener.is_some() {
+                bail!("give --listeners (and --advertised-listeners), or --listen (and --advertised-listener), not both");
+            }
+            parse_listeners(spec, a.advertised_listeners.as_deref()).map_err(anyhow::Error::msg)?
+        }
+        None => {
+            if a.advertised_listeners.is_some() {
+                bail!("--advertised-listeners needs --listeners");
+            }
+            let advertised = match &a.advertised_listener {
+                Some(l) => Some(
+                    parse_host_port(l).with_context(|| format!("bad --advertised-listener {l}"))?,
+                ),
+                None => None,
+            };
+            vec![ListenerConfig {
+                protocol: SecurityProtocol::Plaintext,
+                bind: a.listen.clone().unwrap_or_else(|| "127.0.0.1:9092".into()),
+                advertised,
+            }]
+        }
+    };
+    Ok(listeners)
+}
+
+/// The TLS files, required when a listener speaks TLS.
+fn tls_files(a: &ServeArgs, listeners: &[ListenerConfig]) -> anyhow::Result<Option<TlsFiles>> {
+    let needed = listeners.iter().find(|l| l.protocol.tls());
+    let client_auth = match &a.tls_client_auth {
+        Some(v) => ClientAuth::parse(v).with_context(|| {
+            format!("bad --tls-client-auth {v:?}: expected none, requested or required")
+        })?,
+        None if a.tls_client_ca.is_some() => ClientAuth::Required,
+        None => ClientAuth::None,
+    };
+    match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: a.tls_client_ca.clone(),
+            client_auth,
+        })),
+        (None, None) => match needed {
+            Some(l) => bail!("the {} listener needs --tls-cert and --tls-key", l.name()),
+            None => Ok(None),
+        },
+        _ => bail!("--tls-cert and --tls-key go together"),
+    }
+}
+
 fn parse_host_port(s: &str) -> anyhow::Result<(String, i32)> {
     let (host, port) = s.rsplit_once(':').context("expected HOST:PORT")?;
     let port: u16 = port.parse().context("port must be a number 0-65535")?;
@@ -466,10 +556,49 @@ mod tests {
             ..Default::default()
         })
         .expect("resolve");
-        assert_eq!(s.listen, "127.0.0.1:2");
+        assert_eq!(s.listeners.len(), 1);
+        assert_eq!(s.listeners[0].bind, "127.0.0.1:2");
+        assert_eq!(s.listeners[0].protocol, SecurityProtocol::Plaintext);
         assert_eq!(s.broker.num_partitions, 3);
         assert!(s.object_store.starts_with("file://"));
         assert!(s.metadata.starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn listeners_and_tls_settings() {
+        let l = |listeners: Option<&str>, listen: Option<&str>, cert: bool| {
+            Settings::layer(ServeArgs {
+                listeners: listeners.map(Into::into),
+                listen: listen.map(Into::into),
+                tls_cert: cert.then(|| PathBuf::from("c.pem")),
+                tls_key: cert.then(|| PathBuf::from("k.pem")),
+                ..Default::default()
+            })
+        };
+        let s = l(Some("PLAINTEXT://:9092,SSL://127.0.0.1:9093"), None, true).expect("valid");
+        assert_eq!(s.listeners.len(), 2);
+        assert_eq!(
+            s.tls.as_ref().map(|t| t.client_auth),
+            Some(ClientAuth::None)
+        );
+        let err = |r: anyhow::Result<Settings>| r.expect_err("refused").to_string();
+        assert!(err(l(Some("SSL://:9093"), None, false)).contains("needs --tls-cert"));
+        assert!(err(l(Some("SSL://:9093"), Some("127.0.0.1:1"), true)).contains("not both"));
+        assert!(l(Some("SASL_SSL://:9094"), None, true).is_ok());
+        assert!(err(l(Some("SASL_SSL://:9094"), None, false)).contains("needs --tls-cert"));
+        assert!(l(Some("SASL_PLAINTEXT://:9094"), None, false).is_ok());
+        let s = Settings::layer(ServeArgs {
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            tls_client_ca: Some("ca.pem".into()),
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(
+            s.tls.map(|t| t.client_auth),
+            Some(ClientAuth::Required),
+            "a client CA means client certificates are required unless said otherwise"
+        );
     }
 
     #[test]

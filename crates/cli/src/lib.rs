@@ -2,7 +2,8 @@
 //! whole broker in-process: [`config`] resolves settings (flags →
 //! `TRIBUTARY_*` environment → config file → the components' defaults),
 //! [`node::Node`] assembles a broker from them and shuts it down, [`init`]
-//! checks the object store, [`export`] replays topics into Parquet.
+//! checks the object store, [`export`] replays topics into Parquet,
+//! [`users`] manages SASL/SCRAM users in the metadata store.
 //! `main.rs` only parses the command line, sets up logging and waits for
 //! the shutdown signal.
 
@@ -11,5 +12,6 @@ pub mod export;
 pub mod init;
 pub mod node;
 mod observe;
+pub mod users;
 
 pub use node::Node;

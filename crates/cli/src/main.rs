@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use tributary_cli::node::Launch;
-use tributary_cli::{config, export, init, Node};
+use tributary_cli::{config, export, init, users, Node};
 use tributary_runtime::Chain;
 
 #[derive(Parser)]
@@ -44,13 +44,15 @@ enum Command {
     Init(init::CheckedArgs),
     /// Replay a topic's history into Parquet files (file:// or s3://).
     Export(export::ExportArgs),
+    /// Manage SASL/SCRAM users in the metadata store: add, remove, list.
+    Users(users::UsersArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // export draws a progress bar: only warnings unless RUST_LOG says more.
     let default_level = match cli.command {
-        Command::Export(_) => "warn",
+        Command::Export(_) | Command::Users(_) => "warn",
         _ => "info",
     };
     let filter =
@@ -69,6 +71,13 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Init(args) => runtime.block_on(init::run(args)),
+        Command::Users(args) => {
+            if let Err(e) = runtime.block_on(users::run(args)) {
+                eprintln!("tributary users: {}", export::one_line(&e));
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Export(args) => {
             if let Err(e) = runtime.block_on(export::run(args)) {
                 eprintln!("tributary export: {}", export::one_line(&e));

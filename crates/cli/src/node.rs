@@ -21,9 +21,11 @@ use tokio::net::TcpListener;
 use tributary_broker::cluster::{
     follow_remote_commits, register_with_free_id, Cluster, ClusterConfig,
 };
+use tributary_broker::server::Bound;
+use tributary_broker::tls::TlsContext;
 use tributary_broker::Broker;
 use tributary_meta::faults::{FaultyMeta, LoseAnswers};
-use tributary_meta::{open_metadata, BrokerInfo, Stores};
+use tributary_meta::{open_metadata, BrokerInfo, Endpoint, Stores};
 use tributary_runtime::{CancellationToken, TaskFailed, TaskHandle};
 use tributary_storage::wrappers::{MetricsHandle, RetryPolicy};
 use tributary_storage::{
@@ -47,7 +49,8 @@ pub struct Launch {
 /// A running broker.
 #[derive(Debug)]
 pub struct Node {
-    kafka: SocketAddr,
+    /// Each listener's name and bound address.
+    listeners: Vec<(&'static str, SocketAddr)>,
     admin: Option<SocketAddr>,
     node_id: i32,
     /// Fired first at shutdown: `/readyz` fails, the server drains.
@@ -120,26 +123,56 @@ impl Node {
             admin = Some(bound);
             tracing::info!(addr = %bound, "admin endpoint: /metrics /healthz /readyz");
         }
-        let listener = TcpListener::bind(&settings.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        let local = listener.local_addr().context("listener has no address")?;
-        let mut broker_config = settings.broker.clone();
-        if settings.advertised.is_none() {
-            let ip = if local.ip().is_unspecified() {
-                advertised_ip(local.ip())
-            } else {
-                local.ip()
+        let tls = match &settings.tls {
+            Some(files) if settings.listeners.iter().any(|l| l.protocol.tls()) => {
+                let context = TlsContext::load(files.clone()).map_err(anyhow::Error::msg)?;
+                tasks.push(context.watch(stop.clone()));
+                Some(context)
+            }
+            _ => None,
+        };
+        let mut bound = Vec::new();
+        let mut endpoints = Vec::new();
+        let mut addresses = Vec::new();
+        for l in &settings.listeners {
+            let listener = TcpListener::bind(&l.bind)
+                .await
+                .with_context(|| format!("cannot listen on {} ({})", l.bind, l.name()))?;
+            let local = listener.local_addr().context("listener has no address")?;
+            let (host, port) = match &l.advertised {
+                Some((host, port)) => (host.clone(), *port),
+                None => {
+                    let ip = if local.ip().is_unspecified() {
+                        advertised_ip(local.ip())
+                    } else {
+                        local.ip()
+                    };
+                    (ip.to_string(), i32::from(local.port()))
+                }
             };
-            broker_config.advertised_host = ip.to_string();
-            broker_config.advertised_port = i32::from(local.port());
+            endpoints.push(Endpoint {
+                name: l.name().to_owned(),
+                host,
+                port,
+            });
+            addresses.push((l.name(), local));
+            bound.push(Bound {
+                listener,
+                protocol: l.protocol,
+                tls: if l.protocol.tls() { tls.clone() } else { None },
+            });
         }
+        let mut broker_config = settings.broker.clone();
+        let first = endpoints.first().context("no listener configured")?;
+        broker_config.advertised_host = first.host.clone();
+        broker_config.advertised_port = first.port;
         let cluster_config = ClusterConfig::default();
         let mut me = BrokerInfo {
             node_id: broker_config.node_id,
             host: broker_config.advertised_host.clone(),
             port: broker_config.advertised_port,
             rack: broker_config.rack.clone(),
+            listeners: endpoints.clone(),
         };
         if settings.node_id_auto {
             me = register_with_free_id(&*meta.registry, me, &cluster_config)
@@ -148,8 +181,8 @@ impl Node {
             broker_config.node_id = me.node_id;
         }
         tracing::info!(
-            listen = %local,
-            advertised = %format!("{}:{}", broker_config.advertised_host, broker_config.advertised_port),
+            listeners = %addresses.iter().map(|(n, a)| format!("{n}://{a}")).collect::<Vec<_>>().join(","),
+            advertised = %tributary_meta::rules::registry::encode_listeners(&endpoints),
             node_id = broker_config.node_id,
             object_store = %settings.object_store,
             metadata = %redact(&settings.metadata),
@@ -194,10 +227,10 @@ impl Node {
         let broker = Broker::new(broker_config, &meta, writer, fetcher, watermarks, cluster);
         let server = tributary_runtime::supervise(
             "kafka-server",
-            tributary_broker::server::run(listener, broker, draining.clone().cancelled_owned()),
+            tributary_broker::server::run(bound, broker, draining.clone().cancelled_owned()),
         );
         Ok(Node {
-            kafka: local,
+            listeners: addresses,
             admin,
             node_id,
             draining,
@@ -209,9 +242,17 @@ impl Node {
         })
     }
 
-    /// The address the Kafka listener is bound to.
+    /// The address the first Kafka listener is bound to.
     pub fn kafka_addr(&self) -> SocketAddr {
-        self.kafka
+        self.listeners[0].1
+    }
+
+    /// The address listener `name` (`PLAINTEXT`, `SSL`, ...) is bound to.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, a)| *a)
     }
 
     /// The address of the admin endpoint, when it is on.

@@ -19,7 +19,8 @@ use uuid::Uuid;
 use crate::{
     BatchOutcome, BrokerInfo, BrokerRegistry, CommitDeadline, CommitFeed, CommittedOffset,
     DeadSegment, GroupClaim, GroupStore, IndexEntry, LogStore, MaintenanceStore, MetaError,
-    MetadataStore, PartitionOffsets, Result, SegmentCommit, TopicMeta, TopicStore,
+    MetadataStore, PartitionOffsets, Result, ScramCredential, SecurityStore, SegmentCommit,
+    TopicMeta, TopicStore,
 };
 
 /// Decides the faults of a [`FaultyMeta`]. `op` is the trait method's name.
@@ -217,6 +218,13 @@ delegate!(MaintenanceStore {
             inner.replace_entries(&old, &new_key, new_size, &new, now_ms, deadline).await
         }
     }
+});
+
+delegate!(SecurityStore {
+    fn put_scram_credential(&self, user: &str, credential: &ScramCredential) -> Result<()>;
+    fn delete_scram_credential(&self, user: &str, mechanism: &str) -> Result<bool>;
+    fn scram_credential(&self, user: &str, mechanism: &str) -> Result<Option<ScramCredential>>;
+    fn list_scram_credentials(&self) -> Result<Vec<(String, String, i32)>>;
 });
 
 #[async_trait]

@@ -486,14 +486,43 @@ pub trait MaintenanceStore: Send + Sync + std::fmt::Debug {
 }
 
 /// A broker as other brokers and clients see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BrokerInfo {
     pub node_id: i32,
-    /// Advertised host clients connect to.
+    /// Advertised host of the broker's first listener (what identifies the
+    /// broker in the registry).
     pub host: String,
     pub port: i32,
     /// Rack / availability zone, if configured.
     pub rack: Option<String>,
+    /// The advertised address of each listener, by listener name (Kafka
+    /// answers a client with the listener it came in on). Empty: one
+    /// listener, `host:port`.
+    pub listeners: Vec<Endpoint>,
+}
+
+/// One listener's advertised address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Listener name (`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT`, `SASL_SSL`).
+    pub name: String,
+    pub host: String,
+    pub port: i32,
+}
+
+impl BrokerInfo {
+    /// Where clients of listener `name` reach this broker; `None` when it
+    /// has no such listener. A broker registered without listeners (before
+    /// they were recorded) has one, `PLAINTEXT` at `host:port`.
+    pub fn endpoint(&self, name: &str) -> Option<(&str, i32)> {
+        if self.listeners.is_empty() {
+            return (name == "PLAINTEXT").then_some((self.host.as_str(), self.port));
+        }
+        self.listeners
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| (e.host.as_str(), e.port))
+    }
 }
 
 /// The broker registry: brokers announce themselves with heartbeats; a broker
@@ -543,15 +572,60 @@ pub struct RemoteCommits {
 /// Receiver of [`RemoteCommits`].
 pub type CommitFeed = tokio::sync::watch::Receiver<RemoteCommits>;
 
+/// A SCRAM credential (RFC 5802): what is kept instead of a password.
+/// Whoever reads it cannot log in with it (they would need the password or
+/// the client key), but could try passwords against it offline, so it is
+/// as secret as a password hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScramCredential {
+    /// `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: String,
+    pub salt: Vec<u8>,
+    /// `H(ClientKey)`.
+    pub stored_key: Vec<u8>,
+    /// `HMAC(SaltedPassword, "Server Key")`.
+    pub server_key: Vec<u8>,
+    pub iterations: i32,
+}
+
+impl std::fmt::Debug for ScramCredential {
+    /// The mechanism and iterations only: keys never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramCredential")
+            .field("mechanism", &self.mechanism)
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Users and their credentials (and, later, ACLs): what authentication and
+/// authorization read. Changes bump a version every broker can poll.
+#[async_trait]
+pub trait SecurityStore: Send + Sync + std::fmt::Debug {
+    /// Create or replace `user`'s credential for its mechanism.
+    async fn put_scram_credential(&self, user: &str, credential: &ScramCredential) -> Result<()>;
+    /// Remove `user`'s credential for `mechanism`; false if there was none.
+    async fn delete_scram_credential(&self, user: &str, mechanism: &str) -> Result<bool>;
+    /// `user`'s credential for `mechanism`, if any.
+    async fn scram_credential(
+        &self,
+        user: &str,
+        mechanism: &str,
+    ) -> Result<Option<ScramCredential>>;
+    /// Every credential as `(user, mechanism, iterations)`, ordered by user
+    /// and mechanism (no keys).
+    async fn list_scram_credentials(&self) -> Result<Vec<(String, String, i32)>>;
+}
+
 /// Everything a backend implements. Components never take it: they take the
 /// handle of the plane they use from [`Stores`].
 pub trait MetadataStore:
-    TopicStore + LogStore + GroupStore + MaintenanceStore + BrokerRegistry
+    TopicStore + LogStore + GroupStore + MaintenanceStore + BrokerRegistry + SecurityStore
 {
 }
 
-impl<T: TopicStore + LogStore + GroupStore + MaintenanceStore + BrokerRegistry> MetadataStore
-    for T
+impl<T: TopicStore + LogStore + GroupStore + MaintenanceStore + BrokerRegistry + SecurityStore>
+    MetadataStore for T
 {
 }
 
@@ -566,6 +640,7 @@ pub struct Stores {
     pub groups: Arc<dyn GroupStore>,
     pub maintenance: Arc<dyn MaintenanceStore>,
     pub registry: Arc<dyn BrokerRegistry>,
+    pub security: Arc<dyn SecurityStore>,
 }
 
 impl Stores {
@@ -576,7 +651,8 @@ impl Stores {
             log: store.clone(),
             groups: store.clone(),
             maintenance: store.clone(),
-            registry: store,
+            registry: store.clone(),
+            security: store,
         }
     }
 }

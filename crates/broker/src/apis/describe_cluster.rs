@@ -1,17 +1,21 @@
-//! DescribeCluster: the live brokers and the cluster id.
+//! DescribeCluster: the live brokers (at the addresses of the listener the
+//! client came in on) and the cluster id.
 
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
 
 use super::str_bytes;
+use crate::cluster::on_listener;
+use crate::context::RequestContext;
 use crate::Broker;
 
 pub fn handle(
     broker: &Broker,
     _req: DescribeClusterRequest,
     _version: i16,
+    ctx: &RequestContext,
 ) -> DescribeClusterResponse {
-    let live = broker.cluster.brokers();
+    let live = on_listener(broker.cluster.brokers(), ctx.listener);
     let controller = live.first().map_or(broker.config.node_id, |b| b.node_id);
     DescribeClusterResponse::default()
         .with_cluster_id(str_bytes(&broker.config.cluster_id))

@@ -8,6 +8,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use super::str_bytes;
+use crate::context::RequestContext;
 use crate::Broker;
 
 /// Key type of consumer groups (1 is transactions).
@@ -17,6 +18,7 @@ pub fn handle(
     broker: &Broker,
     req: FindCoordinatorRequest,
     version: i16,
+    ctx: &RequestContext,
 ) -> FindCoordinatorResponse {
     let answer = |key: StrBytes| {
         if req.key_type != GROUP_KEY {
@@ -29,11 +31,25 @@ pub fn handle(
                 .with_error_message(Some(str_bytes("transactions are not supported")));
         }
         let c = broker.cluster.coordinator(key.as_str());
+        // The coordinator is the same whichever listener asks; it must be
+        // reachable on this one.
+        let Some((host, port)) = c.endpoint(ctx.listener) else {
+            return Coordinator::default()
+                .with_key(key)
+                .with_node_id(BrokerId(-1))
+                .with_host(StrBytes::default())
+                .with_port(-1)
+                .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+                .with_error_message(Some(str_bytes(&format!(
+                    "the coordinator has no {} listener",
+                    ctx.listener
+                ))));
+        };
         Coordinator::default()
             .with_key(key)
             .with_node_id(BrokerId(c.node_id))
-            .with_host(str_bytes(&c.host))
-            .with_port(c.port)
+            .with_host(str_bytes(host))
+            .with_port(port)
     };
     if version >= 4 {
         let coordinators = req.coordinator_keys.iter().cloned().map(answer).collect();

@@ -10,7 +10,8 @@ use tributary_meta::TopicMeta;
 use tributary_runtime::Chain;
 
 use super::{str_bytes, topic_name};
-use crate::cluster::{client_zone, leader_among};
+use crate::cluster::{client_zone, leader_among, on_listener};
+use crate::context::RequestContext;
 use crate::error::meta_error_code;
 use crate::topics::invalid_topic_name;
 use crate::Broker;
@@ -20,12 +21,16 @@ pub async fn handle(
     broker: &Broker,
     req: MetadataRequest,
     version: i16,
-    client_id: &str,
+    ctx: &RequestContext,
 ) -> MetadataResponse {
     let cfg = &broker.config;
     // A client that names its zone sees only that zone's brokers (when the
-    // zone has any), so its traffic stays in the zone.
-    let live = broker.cluster.brokers_for_zone(client_zone(client_id));
+    // zone has any), so its traffic stays in the zone; and each broker at
+    // the address of the listener the client came in on.
+    let live = on_listener(
+        broker.cluster.brokers_for_zone(client_zone(&ctx.client_id)),
+        ctx.listener,
+    );
     let controller = live.first().map_or(cfg.node_id, |b| b.node_id);
     let mut resp = MetadataResponse::default()
         .with_brokers(

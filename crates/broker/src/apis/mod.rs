@@ -18,6 +18,8 @@ pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
+pub mod sasl_authenticate;
+pub mod sasl_handshake;
 pub mod topic_configs;
 
 use kafka_protocol::messages::TopicName;

@@ -66,6 +66,7 @@ mod maintenance;
 mod registry;
 mod rows;
 mod schema;
+mod security;
 mod sql;
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,9 @@ use super::conn::PostgresStore;
 use super::error::Step;
 use super::listen::spawn_commit_feed;
 use super::sql::{begin_write, execute, query, query_one, query_opt, SQL_NOW_MS};
-use crate::rules::registry::{id_contended, id_in_use, live_cutoff};
+use crate::rules::registry::{
+    decode_listeners, encode_listeners, id_contended, id_in_use, live_cutoff,
+};
 use crate::{BrokerInfo, BrokerRegistry, CommitFeed, Result};
 
 /// How often a refused heartbeat looks for the holder before giving up
@@ -36,17 +38,19 @@ impl BrokerRegistry for PostgresStore {
 
     async fn heartbeat_broker(&self, info: &BrokerInfo, now_ms: i64, ttl_ms: i64) -> Result<()> {
         let cutoff = live_cutoff(now_ms, ttl_ms);
+        let listeners = encode_listeners(&info.listeners);
+        let listeners = &listeners;
         self.run("heartbeat_broker", move || async move {
             let mut client = self.client().await?;
             let tx = begin_write(&mut client).await?;
             for _ in 0..CLAIM_ATTEMPTS {
                 let claimed = query_opt(
                     &tx,
-                    "INSERT INTO brokers (node_id, host, port, rack, last_seen_ms) \
-                     VALUES ($1, $2, $3, $4, $5) \
+                    "INSERT INTO brokers (node_id, host, port, rack, last_seen_ms, listeners) \
+                     VALUES ($1, $2, $3, $4, $5, $7) \
                      ON CONFLICT (node_id) DO UPDATE SET host = EXCLUDED.host, \
                          port = EXCLUDED.port, rack = EXCLUDED.rack, \
-                         last_seen_ms = EXCLUDED.last_seen_ms \
+                         last_seen_ms = EXCLUDED.last_seen_ms, listeners = EXCLUDED.listeners \
                      WHERE (brokers.host = EXCLUDED.host AND brokers.port = EXCLUDED.port) \
                         OR brokers.last_seen_ms < $6 \
                      RETURNING node_id",
@@ -57,6 +61,7 @@ impl BrokerRegistry for PostgresStore {
                         &info.rack,
                         &now_ms,
                         &cutoff,
+                        &listeners,
                     ],
                 )
                 .await?;
@@ -88,7 +93,7 @@ impl BrokerRegistry for PostgresStore {
             let client = self.client().await?;
             query(
                 &client,
-                "SELECT node_id, host, port, rack FROM brokers \
+                "SELECT node_id, host, port, rack, listeners FROM brokers \
                  WHERE last_seen_ms >= $1 ORDER BY node_id",
                 &[&cutoff],
             )
@@ -100,6 +105,7 @@ impl BrokerRegistry for PostgresStore {
                     host: r.try_get(1)?,
                     port: r.try_get(2)?,
                     rack: r.try_get(3)?,
+                    listeners: decode_listeners(r.try_get(4)?),
                 })
             })
             .collect()
@@ -147,6 +153,7 @@ mod tests {
             host: "10.0.0.1".into(),
             port,
             rack: None,
+            listeners: Vec::new(),
         }
     }
 

@@ -163,6 +163,22 @@ INSERT INTO group_epoch_floor (singleton, floor) VALUES (0, 0);
     r#"
 ALTER TABLE group_coordinators ADD COLUMN state BYTEA NULL;
 "#,
+    // v8: every listener's advertised address (see the SQLite schema's v9).
+    r#"
+ALTER TABLE brokers ADD COLUMN listeners TEXT NOT NULL DEFAULT '';
+"#,
+    // v9: SCRAM credentials (see the SQLite schema's v10).
+    r#"
+CREATE TABLE scram_credentials (
+    user_name   TEXT    NOT NULL,
+    mechanism   TEXT    NOT NULL,
+    salt        BYTEA   NOT NULL,
+    stored_key  BYTEA   NOT NULL,
+    server_key  BYTEA   NOT NULL,
+    iterations  INTEGER NOT NULL,
+    PRIMARY KEY (user_name, mechanism)
+);
+"#,
 ];
 
 /// Create schema `schema` if missing (racing brokers retry).

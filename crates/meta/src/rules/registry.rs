@@ -3,7 +3,33 @@
 //! row is free, its own (same host and port), or held by a broker that is no
 //! longer live.
 
-use crate::{BrokerInfo, MetaError, Result};
+use crate::{BrokerInfo, Endpoint, MetaError, Result};
+
+/// A broker's listeners as one text column: `NAME://host:port` items
+/// separated by commas (IPv6 hosts in brackets).
+pub fn encode_listeners(listeners: &[Endpoint]) -> String {
+    listeners
+        .iter()
+        .map(|e| format!("{}://{}:{}", e.name, e.host, e.port))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The listeners [`encode_listeners`] wrote (malformed items are skipped:
+/// a registry row is written by brokers, never by clients).
+pub fn decode_listeners(text: &str) -> Vec<Endpoint> {
+    text.split(',')
+        .filter_map(|item| {
+            let (name, address) = item.trim().split_once("://")?;
+            let (host, port) = address.rsplit_once(':')?;
+            Some(Endpoint {
+                name: name.to_owned(),
+                host: host.to_owned(),
+                port: port.parse().ok()?,
+            })
+        })
+        .collect()
+}
 
 /// Oldest `last_seen_ms` that still counts as live: `now_ms - ttl_ms`,
 /// saturating instead of overflowing on extreme arguments.
@@ -46,7 +72,7 @@ mod tests {
             node_id: 1,
             host: "a".into(),
             port: 9092,
-            rack: None,
+            ..BrokerInfo::default()
         };
         assert!(may_claim(&me, None, 100).is_ok());
         assert!(may_claim(&me, Some(("a", 9092, 500)), 100).is_ok());
@@ -54,5 +80,26 @@ mod tests {
         assert!(may_claim(&me, Some(("b", 9092, 100)), 100).is_err());
         assert!(may_claim(&me, Some(("a", 9093, 100)), 100).is_err());
         assert_eq!(live_cutoff(i64::MIN, 5), i64::MIN);
+    }
+
+    #[test]
+    fn listeners_round_trip() {
+        let listeners = vec![
+            Endpoint {
+                name: "PLAINTEXT".into(),
+                host: "10.0.0.1".into(),
+                port: 9092,
+            },
+            Endpoint {
+                name: "SASL_SSL".into(),
+                host: "[::1]".into(),
+                port: 9094,
+            },
+        ];
+        let text = encode_listeners(&listeners);
+        assert_eq!(text, "PLAINTEXT://10.0.0.1:9092,SASL_SSL://[::1]:9094");
+        assert_eq!(decode_listeners(&text), listeners);
+        assert!(decode_listeners("").is_empty());
+        assert!(decode_listeners("junk,SSL://h:x").is_empty());
     }
 }

@@ -46,6 +46,7 @@ mod maintenance;
 mod registry;
 mod rows;
 pub(crate) mod schema;
+mod security;
 #[cfg(test)]
 mod tests;
 mod topics;

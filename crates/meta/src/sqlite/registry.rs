@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 
 use super::conn::SqliteStore;
-use crate::rules::registry::{live_cutoff, may_claim};
+use crate::rules::registry::{decode_listeners, encode_listeners, live_cutoff, may_claim};
 use crate::{BrokerInfo, BrokerRegistry, Result};
 
 #[async_trait]
@@ -35,18 +35,19 @@ impl BrokerRegistry for SqliteStore {
                 cutoff,
             )?;
             tx.prepare_cached(
-                "INSERT INTO brokers (node_id, host, port, rack, last_seen_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                "INSERT INTO brokers (node_id, host, port, rack, last_seen_ms, listeners) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
                  ON CONFLICT (node_id) DO UPDATE SET host = excluded.host, \
                      port = excluded.port, rack = excluded.rack, \
-                     last_seen_ms = excluded.last_seen_ms",
+                     last_seen_ms = excluded.last_seen_ms, listeners = excluded.listeners",
             )?
             .execute(params![
                 info.node_id,
                 info.host,
                 info.port,
                 info.rack,
-                now_ms
+                now_ms,
+                encode_listeners(&info.listeners)
             ])?;
             Ok(())
         })
@@ -57,7 +58,7 @@ impl BrokerRegistry for SqliteStore {
         let cutoff = live_cutoff(now_ms, ttl_ms);
         self.read("live_brokers", move |tx| {
             let mut stmt = tx.prepare_cached(
-                "SELECT node_id, host, port, rack FROM brokers \
+                "SELECT node_id, host, port, rack, listeners FROM brokers \
                  WHERE last_seen_ms >= ?1 ORDER BY node_id",
             )?;
             let rows = stmt.query_map([cutoff], |r| {
@@ -66,6 +67,7 @@ impl BrokerRegistry for SqliteStore {
                     host: r.get(1)?,
                     port: r.get(2)?,
                     rack: r.get(3)?,
+                    listeners: decode_listeners(&r.get::<_, String>(4)?),
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -116,6 +118,7 @@ mod tests {
             host: "h".into(),
             port: 1,
             rack: Some("r".into()),
+            listeners: Vec::new(),
         };
         store.heartbeat_broker(&me, 100, 10).await.expect("beat");
         assert_eq!(store.live_brokers(110, 10).await.expect("live"), vec![me]);
@@ -130,6 +133,7 @@ mod tests {
             host: String::new(),
             port: 0,
             rack: None,
+            listeners: Vec::new(),
         };
         store
             .heartbeat_broker(&me, i64::MIN, i64::MAX)

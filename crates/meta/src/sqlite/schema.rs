@@ -174,6 +174,22 @@ INSERT INTO group_epoch_floor (singleton, floor) VALUES (0, 0);
     r#"
 ALTER TABLE group_coordinators ADD COLUMN state BLOB NULL;
 "#,
+    // v9: every listener's advertised address (`rules::registry::encode_listeners`).
+    r#"
+ALTER TABLE brokers ADD COLUMN listeners TEXT NOT NULL DEFAULT '';
+"#,
+    // v10: SCRAM credentials (RFC 5802), never passwords.
+    r#"
+CREATE TABLE scram_credentials (
+    user_name   TEXT    NOT NULL,
+    mechanism   TEXT    NOT NULL,
+    salt        BLOB    NOT NULL,
+    stored_key  BLOB    NOT NULL,
+    server_key  BLOB    NOT NULL,
+    iterations  INTEGER NOT NULL,
+    PRIMARY KEY (user_name, mechanism)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Apply the migrations this database has not seen yet, in one transaction.

@@ -2628,6 +2628,7 @@ fn broker_info(node_id: i32, host: &str, port: i32, rack: Option<&str>) -> Broke
         host: host.to_owned(),
         port,
         rack: rack.map(str::to_owned),
+        listeners: Vec::new(),
     }
 }
 
@@ -2652,7 +2653,20 @@ pub(crate) async fn broker_registry(store: &dyn MetadataStore) {
     assert!(live(store, 1_000, TTL).await.is_empty(), "empty registry");
 
     // Three brokers, registered out of order, listed by node id.
-    let b3 = broker_info(3, "broker-3.local", 9094, Some("us-east-1c"));
+    let mut b3 = broker_info(3, "broker-3.local", 9094, Some("us-east-1c"));
+    // Listeners round-trip (Metadata answers each client with its own).
+    b3.listeners = vec![
+        tributary_meta::Endpoint {
+            name: "PLAINTEXT".into(),
+            host: "broker-3.local".into(),
+            port: 9094,
+        },
+        tributary_meta::Endpoint {
+            name: "SASL_SSL".into(),
+            host: "b3.example.com".into(),
+            port: 19094,
+        },
+    ];
     let b1 = broker_info(1, "broker-1.local", 9092, Some("us-east-1a"));
     let b2 = broker_info(2, "broker-2.local", 9093, None);
     beat(store, &b3, 1_000, TTL).await;
@@ -2750,4 +2764,91 @@ pub(crate) async fn broker_registry(store: &dyn MetadataStore) {
         vec![b1, b2, b3],
         "a deregistered id is free for any address"
     );
+}
+
+/// SCRAM credentials: stored per user and mechanism, replaced in place,
+/// listed without keys, deleted one mechanism at a time.
+pub(crate) async fn scram_credentials(store: &dyn MetadataStore) {
+    let cred = |mechanism: &str, seed: u8, iterations: i32| tributary_meta::ScramCredential {
+        mechanism: mechanism.to_owned(),
+        salt: vec![seed; 16],
+        stored_key: vec![seed.wrapping_add(1); 32],
+        server_key: vec![seed.wrapping_add(2); 32],
+        iterations,
+    };
+    assert!(store
+        .list_scram_credentials()
+        .await
+        .expect("list")
+        .is_empty());
+    assert_eq!(
+        store
+            .scram_credential("alice", "SCRAM-SHA-256")
+            .await
+            .expect("get"),
+        None
+    );
+    let a256 = cred("SCRAM-SHA-256", 1, 4096);
+    let a512 = cred("SCRAM-SHA-512", 2, 8192);
+    store
+        .put_scram_credential("alice", &a256)
+        .await
+        .expect("put");
+    store
+        .put_scram_credential("alice", &a512)
+        .await
+        .expect("put");
+    store
+        .put_scram_credential("bob, the =admin", &cred("SCRAM-SHA-512", 3, 4096))
+        .await
+        .expect("names are any text");
+    assert_eq!(
+        store
+            .scram_credential("alice", "SCRAM-SHA-512")
+            .await
+            .expect("get"),
+        Some(a512.clone())
+    );
+    // Replaced in place (a password change).
+    let changed = cred("SCRAM-SHA-256", 9, 10_000);
+    store
+        .put_scram_credential("alice", &changed)
+        .await
+        .expect("put");
+    assert_eq!(
+        store
+            .scram_credential("alice", "SCRAM-SHA-256")
+            .await
+            .expect("get"),
+        Some(changed)
+    );
+    assert_eq!(
+        store.list_scram_credentials().await.expect("list"),
+        vec![
+            ("alice".to_owned(), "SCRAM-SHA-256".to_owned(), 10_000),
+            ("alice".to_owned(), "SCRAM-SHA-512".to_owned(), 8192),
+            (
+                "bob, the =admin".to_owned(),
+                "SCRAM-SHA-512".to_owned(),
+                4096
+            ),
+        ]
+    );
+    assert!(store
+        .delete_scram_credential("alice", "SCRAM-SHA-256")
+        .await
+        .expect("delete"));
+    assert!(!store
+        .delete_scram_credential("alice", "SCRAM-SHA-256")
+        .await
+        .expect("delete again"));
+    assert_eq!(
+        store
+            .scram_credential("alice", "SCRAM-SHA-512")
+            .await
+            .expect("get"),
+        Some(a512),
+        "the other mechanism stays"
+    );
+    assert_eq!(store.list_scram_credentials().await.expect("list").len(), 2);
 }

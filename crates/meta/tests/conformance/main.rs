@@ -148,4 +148,5 @@ conformance!(
     replace_entries_refuses_stale,
     broker_registry,
     leases,
+    scram_credentials,
 );

@@ -1,0 +1,165 @@
+//! SaslAuthenticate (v0-2): one message of the mechanism SaslHandshake
+//! chose. PLAIN takes one (`authzid\0user\0password`, checked against the
+//! user's SCRAM credential); SCRAM two (client-first, client-final). On
+//! success the connection's requests carry `User:<name>`; on failure the
+//! answer is SASL_AUTHENTICATION_FAILED after the configured delay, and the
+//! connection closes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::{SaslAuthenticateRequest, SaslAuthenticateResponse};
+use kafka_protocol::ResponseError;
+use tributary_runtime::Chain;
+
+use super::str_bytes;
+use crate::context::RequestContext;
+use crate::router::Answer;
+use crate::sasl::{scram, Mechanism, State};
+use crate::Broker;
+
+/// Why an authentication did not succeed.
+enum Refusal {
+    /// Wrong credentials or a malformed message: delayed, then closed.
+    Failed(String),
+    /// Out of order (no handshake first).
+    IllegalState,
+    /// The credential store did not answer.
+    Unavailable,
+}
+
+pub async fn handle(broker: &Broker, req: SaslAuthenticateRequest, ctx: &RequestContext) -> Answer {
+    let session = &ctx.session;
+    let state = std::mem::take(&mut *session.lock());
+    let mechanism = match &state {
+        State::Chosen(m) => m.name(),
+        State::ScramFinal(_) => "SCRAM",
+        _ => "none",
+    };
+    let outcome = match state {
+        State::Chosen(Mechanism::Plain) => plain(broker, &req.auth_bytes)
+            .await
+            .map(|user| (Bytes::new(), Some(user))),
+        State::Chosen(Mechanism::Scram(m)) => match scram_first(broker, m, &req.auth_bytes).await {
+            Ok(server_first) => {
+                let (server, reply) = server_first;
+                *session.lock() = State::ScramFinal(Box::new(server));
+                Ok((Bytes::from(reply), None))
+            }
+            Err(e) => Err(e),
+        },
+        State::ScramFinal(server) => {
+            let user = server.user().to_owned();
+            server
+                .finish(&req.auth_bytes)
+                .map(|reply| (Bytes::from(reply), Some(user)))
+                .map_err(Refusal::Failed)
+        }
+        State::Start | State::Done(_) => Err(Refusal::IllegalState),
+    };
+    let resp = SaslAuthenticateResponse::default();
+    match outcome {
+        Ok((reply, user)) => {
+            if let Some(user) = user {
+                let principal: Arc<str> = Arc::from(format!("User:{user}"));
+                tracing::debug!(%principal, mechanism, "authenticated");
+                metrics::counter!("tributary_authentications_total", "mechanism" => mechanism)
+                    .increment(1);
+                session.authenticated(principal);
+            }
+            Answer::Now(Some(Box::new(
+                kafka_protocol::messages::ResponseKind::SaslAuthenticate(
+                    resp.with_auth_bytes(reply),
+                ),
+            )))
+        }
+        Err(refusal) => {
+            let (code, message) = match refusal {
+                Refusal::Failed(reason) => {
+                    metrics::counter!("tributary_authentication_failures_total", "mechanism" => mechanism)
+                        .increment(1);
+                    tracing::info!(peer = %ctx.peer, mechanism, %reason, "authentication failed");
+                    tokio::time::sleep(broker.config.sasl.failed_delay).await;
+                    (
+                        ResponseError::SaslAuthenticationFailed,
+                        format!("Authentication failed during authentication due to invalid credentials with SASL mechanism {mechanism}"),
+                    )
+                }
+                Refusal::IllegalState => (
+                    ResponseError::IllegalSaslState,
+                    "SaslAuthenticate without a SaslHandshake first".to_owned(),
+                ),
+                Refusal::Unavailable => (
+                    ResponseError::SaslAuthenticationFailed,
+                    "the credential store is unavailable; try again".to_owned(),
+                ),
+            };
+            Answer::Last(Some(Box::new(
+                kafka_protocol::messages::ResponseKind::SaslAuthenticate(
+                    resp.with_error_code(code.code())
+                        .with_error_message(Some(str_bytes(&message))),
+                ),
+            )))
+        }
+    }
+}
+
+/// SASL/PLAIN: `authzid\0user\0password`; the password is checked against
+/// the user's SCRAM credential (SHA-512 first).
+async fn plain(broker: &Broker, message: &[u8]) -> Result<String, Refusal> {
+    let malformed = || Refusal::Failed("malformed PLAIN message".into());
+    if message.len() > 1024 {
+        return Err(malformed());
+    }
+    let text = std::str::from_utf8(message).map_err(|_| malformed())?;
+    let mut parts = text.split('\0');
+    let (authzid, user, password) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(a), Some(u), Some(p), None) => (a, u, p),
+        _ => return Err(malformed()),
+    };
+    if user.is_empty() || (!authzid.is_empty() && authzid != user) {
+        return Err(malformed());
+    }
+    for m in scram::Mechanism::ALL {
+        let credential = broker
+            .security
+            .scram_credential(user, m.name())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %Chain(&e), "reading a credential failed");
+                Refusal::Unavailable
+            })?;
+        if let Some(c) = credential {
+            // Deriving the key takes milliseconds: off the async workers.
+            let password = password.to_owned();
+            let matches =
+                tokio::task::spawn_blocking(move || scram::password_matches(&c, &password))
+                    .await
+                    .unwrap_or(false);
+            return if matches {
+                Ok(user.to_owned())
+            } else {
+                Err(Refusal::Failed("invalid credentials".into()))
+            };
+        }
+    }
+    Err(Refusal::Failed("invalid credentials".into()))
+}
+
+/// SCRAM client-first: look the user up and answer server-first.
+async fn scram_first(
+    broker: &Broker,
+    m: scram::Mechanism,
+    message: &[u8],
+) -> Result<(scram::ScramServer, Vec<u8>), Refusal> {
+    let first = scram::parse_client_first(message).map_err(Refusal::Failed)?;
+    let credential = broker
+        .security
+        .scram_credential(&first.user, m.name())
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %Chain(&e), "reading a credential failed");
+            Refusal::Unavailable
+        })?;
+    Ok(scram::ScramServer::start(m, first, credential))
+}

@@ -1,0 +1,37 @@
+//! SaslHandshake (v1): the client names a mechanism; the broker answers
+//! with the ones it offers. SaslAuthenticate carries the exchange next.
+
+use kafka_protocol::messages::{SaslHandshakeRequest, SaslHandshakeResponse};
+use kafka_protocol::ResponseError;
+
+use super::str_bytes;
+use crate::context::RequestContext;
+use crate::sasl::{Mechanism, State};
+use crate::Broker;
+
+pub fn handle(
+    broker: &Broker,
+    req: SaslHandshakeRequest,
+    _version: i16,
+    ctx: &RequestContext,
+) -> SaslHandshakeResponse {
+    let offered = &broker.config.sasl.mechanisms;
+    let resp = SaslHandshakeResponse::default()
+        .with_mechanisms(offered.iter().map(|m| str_bytes(m.name())).collect());
+    if !ctx.session.required {
+        return resp.with_error_code(ResponseError::IllegalSaslState.code());
+    }
+    let mut state = ctx.session.lock();
+    if !matches!(*state, State::Start) {
+        // Re-authentication (KIP-368) is not offered: session lifetimes
+        // are 0, so clients never start one.
+        return resp.with_error_code(ResponseError::IllegalSaslState.code());
+    }
+    match Mechanism::parse(req.mechanism.as_str()).filter(|m| offered.contains(m)) {
+        Some(m) => {
+            *state = State::Chosen(m);
+            resp
+        }
+        None => resp.with_error_code(ResponseError::UnsupportedSaslMechanism.code()),
+    }
+}
