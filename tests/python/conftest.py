@@ -61,7 +61,7 @@ def port_is_free(port: int) -> bool:
 class Broker:
     """A running `tributary serve` process."""
 
-    def __init__(self, data_dir: Path, port: int, extra_args=()):
+    def __init__(self, data_dir: Path, port: int, extra_args=(), listeners=None):
         self.bin = broker_bin()
         if not self.bin.exists():
             pytest.fail(
@@ -71,6 +71,8 @@ class Broker:
         self.data_dir = data_dir
         self.port = port
         self.extra_args = list(extra_args)
+        # `--listeners` instead of `--listen`; `port` must be one of them.
+        self.listeners = listeners
         self.log_path = data_dir / "broker-stderr.log"
         self.proc = None
 
@@ -87,8 +89,11 @@ class Broker:
                 [
                     str(self.bin),
                     "serve",
-                    "--listen",
-                    self.bootstrap,
+                    *(
+                        ["--listeners", self.listeners]
+                        if self.listeners
+                        else ["--listen", self.bootstrap]
+                    ),
                     "--data-dir",
                     str(self.data_dir),
                     *self.extra_args,
@@ -150,8 +155,8 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"rep_{report.when}", report)
 
 
-def _run_broker(request, data_dir: Path, port: int, extra_args=()):
-    broker = Broker(data_dir, port, extra_args).start()
+def _run_broker(request, data_dir: Path, port: int, extra_args=(), listeners=None):
+    broker = Broker(data_dir, port, extra_args, listeners).start()
     try:
         yield broker
     finally:
@@ -207,3 +212,59 @@ def broker_with_args(request, tmp_path):
         # Runs _run_broker's finally: stop + print logs on failure.
         for _ in gen:
             pass
+
+
+class Pki:
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl)."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ca = self.dir / "ca.pem"
+        self.cert = self.dir / "server.pem"
+        self.key = self.dir / "server.key"
+        ca_key = self.dir / "ca.key"
+        csr = self.dir / "server.csr"
+        ext = self.dir / "san.ext"
+        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        for args in (
+            ["req", "-x509", *ec, "-keyout", ca_key, "-out", self.ca, "-days", "2",
+             "-subj", "/CN=Tributary test CA"],
+            ["req", *ec, "-keyout", self.key, "-out", csr, "-subj", "/CN=localhost"],
+            ["x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey", ca_key,
+             "-CAcreateserial", "-out", self.cert, "-days", "2", "-extfile", ext],
+        ):
+            subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+
+def add_user(data_dir: Path, name: str, password: str, *extra: str):
+    """`tributary users add` on a broker's data dir (password via env)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, TRIBUTARY_USER_PASSWORD=password)
+    result = subprocess.run(
+        [str(broker_bin()), "users", "add", name, "--data-dir", str(data_dir), *extra],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def secure_broker(request, tmp_path):
+    """A broker with PLAINTEXT and SASL_SSL listeners (SCRAM-SHA-512,
+    SCRAM-SHA-256, PLAIN), a test CA, and the user alice (password
+    `alice-secret`). Attributes: `bootstrap` (plaintext), `sasl_ssl`
+    (bootstrap of the SASL_SSL listener), `pki`."""
+    data = tmp_path / "data"
+    pki = Pki(tmp_path / "pki")
+    add_user(data, "alice", "alice-secret")
+    plain, secure = free_port(), free_port()
+    listeners = f"PLAINTEXT://127.0.0.1:{plain},SASL_SSL://127.0.0.1:{secure}"
+    extra = [
+        "--tls-cert", str(pki.cert), "--tls-key", str(pki.key),
+        "--sasl-mechanisms", "SCRAM-SHA-512,SCRAM-SHA-256,PLAIN",
+    ]
+    for broker in _run_broker(request, data, plain, extra, listeners):
+        broker.sasl_ssl = f"127.0.0.1:{secure}"
+        broker.pki = pki
+        yield broker

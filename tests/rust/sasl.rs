@@ -231,3 +231,117 @@ async fn requests_before_authentication_close_the_connection() -> Result<()> {
     .await
     .context("timed out")?
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exchange_that_never_finishes_is_cut_off() -> Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let pki = Pki::new()?;
+        let dir = tempfile::tempdir()?;
+        let node = start(dir.path(), &pki).await?;
+        let sasl = node.listener_addr("SASL_PLAINTEXT").context("sasl")?;
+        // ApiVersions v0 (allowed before authenticating), then silence.
+        let mut body = Vec::new();
+        body.extend_from_slice(&18i16.to_be_bytes());
+        body.extend_from_slice(&0i16.to_be_bytes());
+        body.extend_from_slice(&1i32.to_be_bytes());
+        body.extend_from_slice(&(-1i16).to_be_bytes());
+        let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        let mut s = tokio::net::TcpStream::connect(sasl).await?;
+        let started = Instant::now();
+        s.write_all(&frame).await?;
+        let mut answer = vec![0u8; 4096];
+        let n = s.read(&mut answer).await?;
+        ensure!(n > 0, "ApiVersions was not answered before authentication");
+        let limit = tributary_broker::connection::AUTHENTICATION_TIMEOUT + Duration::from_secs(15);
+        loop {
+            match tokio::time::timeout(limit, s.read(&mut answer)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => continue,
+                Err(_) => anyhow::bail!("an unauthenticated connection was kept past {limit:?}"),
+            }
+        }
+        ensure!(
+            started.elapsed() >= Duration::from_secs(25),
+            "closed too early"
+        );
+        node.shutdown().await;
+        Ok(())
+    })
+    .await
+    .context("timed out")?
+}
+
+/// A request frame: api key, version, correlation id, null client id, body.
+fn frame(api_key: i16, version: i16, body: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&api_key.to_be_bytes());
+    b.extend_from_slice(&version.to_be_bytes());
+    b.extend_from_slice(&5i32.to_be_bytes());
+    b.extend_from_slice(&(-1i16).to_be_bytes());
+    b.extend_from_slice(body);
+    let mut out = (b.len() as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(&b);
+    out
+}
+
+async fn read_frame(s: &mut tokio::net::TcpStream) -> Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut len)).await??;
+    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut body)).await??;
+    Ok(body)
+}
+
+/// SaslHandshake v0 (older clients): the exchange follows as raw tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handshake_v0_with_raw_tokens() -> Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let pki = Pki::new()?;
+        let dir = tempfile::tempdir()?;
+        add_user(dir.path(), "alice", "alice-secret", &[])?;
+        let node = start(dir.path(), &pki).await?;
+        let sasl = node.listener_addr("SASL_PLAINTEXT").context("sasl")?;
+        let handshake = {
+            let mut body = (5i16).to_be_bytes().to_vec();
+            body.extend_from_slice(b"PLAIN");
+            frame(17, 0, &body)
+        };
+        let raw = |token: &[u8]| {
+            let mut out = (token.len() as i32).to_be_bytes().to_vec();
+            out.extend_from_slice(token);
+            out
+        };
+
+        // Right password: an empty token back, then requests are served.
+        let mut s = tokio::net::TcpStream::connect(sasl).await?;
+        s.write_all(&handshake).await?;
+        let answer = read_frame(&mut s).await?;
+        ensure!(answer[4..6] == [0, 0], "handshake v0 refused: {answer:?}");
+        s.write_all(&raw(b"\0alice\0alice-secret")).await?;
+        ensure!(
+            read_frame(&mut s).await?.is_empty(),
+            "PLAIN answers an empty token"
+        );
+        // Metadata v1, all topics.
+        s.write_all(&frame(3, 1, &(-1i32).to_be_bytes())).await?;
+        let metadata = read_frame(&mut s).await?;
+        ensure!(
+            metadata[..4] == 5i32.to_be_bytes(),
+            "Metadata answered after raw login"
+        );
+
+        // Wrong password: the connection closes without a Kafka answer.
+        let mut s = tokio::net::TcpStream::connect(sasl).await?;
+        s.write_all(&handshake).await?;
+        read_frame(&mut s).await?;
+        s.write_all(&raw(b"\0alice\0wrong")).await?;
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await??;
+        ensure!(n == 0, "a wrong raw password got {n} bytes back");
+        node.shutdown().await;
+        Ok(())
+    })
+    .await
+    .context("timed out")?
+}

@@ -18,10 +18,11 @@ use kafka_protocol::protocol::Encodable;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use tributary_protocol::request;
 
+use crate::apis;
 use crate::context::{ConnectionInfo, RequestContext};
 use crate::memory::{RequestMemory, Reservation};
 use crate::router::{self, Answer};
@@ -45,6 +46,13 @@ impl Outgoing {
         Self { bytes, _held: held }
     }
 }
+
+/// Largest raw SASL token accepted (after a v0 SaslHandshake).
+const MAX_RAW_TOKEN: i32 = 64 * 1024;
+
+/// Longest a client of a SASL listener may take from connecting to being
+/// authenticated.
+pub const AUTHENTICATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Longest a request frame may take to arrive once its length is read
 /// (it also has to keep a minimum rate, see [`read_body`]).
@@ -71,6 +79,10 @@ pub async fn serve<R, W>(
     // Answers of this connection waiting to be written.
     let answers = RequestMemory::new(broker.config.max_queued_answer_bytes);
     let idle = broker.config.connections_max_idle;
+    let auth_deadline = conn
+        .session
+        .required
+        .then(|| tokio::time::Instant::now() + AUTHENTICATION_TIMEOUT);
     loop {
         let drained = tokio::select! {
             d = answers_drained(&answers, &broker.request_memory, idle) => d,
@@ -80,7 +92,22 @@ pub async fn serve<R, W>(
             warn!(%peer, "answers not read by the client for {idle:?}; closing connection");
             break;
         }
+        // A SASL listener's client must authenticate within
+        // AUTHENTICATION_TIMEOUT of connecting, however it spaces its
+        // requests.
+        let unauthenticated = async {
+            match auth_deadline {
+                Some(deadline) if !conn.session.admitted() => {
+                    tokio::time::sleep_until(deadline).await;
+                }
+                _ => std::future::pending().await,
+            }
+        };
         let len = tokio::select! {
+            () = unauthenticated => {
+                info!(%peer, "not authenticated within {AUTHENTICATION_TIMEOUT:?}; closing connection");
+                break;
+            }
             r = read_length(&mut reader, broker.config.connections_max_idle, &unanswered) => match r {
                 Ok(len) => len,
                 Err(reason) => {
@@ -90,6 +117,41 @@ pub async fn serve<R, W>(
             },
             _ = shutdown.cancelled() => break,
         };
+        if conn.session.raw_tokens() {
+            // After a v0 SaslHandshake: a raw SASL token, answered with one
+            // (or, refused, by closing the connection).
+            if !(0..=MAX_RAW_TOKEN).contains(&len) {
+                warn!(%peer, len, "bad SASL token length; closing connection");
+                break;
+            }
+            let mut token = vec![0u8; len as usize];
+            let read = tokio::select! {
+                r = tokio::time::timeout(FRAME_BODY_TIMEOUT, reader.read_exact(&mut token)) => r,
+                _ = shutdown.cancelled() => break,
+            };
+            if !matches!(read, Ok(Ok(_))) {
+                break;
+            }
+            match apis::sasl_authenticate::step(&broker, &conn.session, peer, &token).await {
+                apis::sasl_authenticate::Step::Reply(reply) => {
+                    let mut framed = BytesMut::with_capacity(4 + reply.len());
+                    framed.put_i32(reply.len() as i32);
+                    framed.extend_from_slice(&reply);
+                    let (otx, orx) = oneshot::channel();
+                    let _ = otx.send(Some(Outgoing::new(
+                        framed.freeze(),
+                        &broker.request_memory,
+                        &answers,
+                    )));
+                    unanswered.fetch_add(1, Ordering::AcqRel);
+                    if tx.send(orx).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                apis::sasl_authenticate::Step::Refused(..) => break,
+            }
+        }
         if len < 8 || len as usize > broker.config.max_request_bytes {
             warn!(%peer, len, max = broker.config.max_request_bytes, "bad request frame length; closing connection");
             break;

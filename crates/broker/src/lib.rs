@@ -40,6 +40,8 @@ pub struct Broker {
     pub log: Arc<dyn LogStore>,
     /// Users' credentials (SASL).
     pub security: Arc<dyn SecurityStore>,
+    /// Recent authentication failures per client address.
+    pub auth_failures: sasl::Failures,
     pub writer: SegmentWriter,
     pub fetcher: Fetcher,
     pub watermarks: Watermarks,
@@ -90,6 +92,7 @@ impl Broker {
             topic_store: meta.topics.clone(),
             log: meta.log.clone(),
             security: meta.security.clone(),
+            auth_failures: sasl::Failures::default(),
             writer,
             fetcher,
             watermarks,

@@ -132,7 +132,7 @@ pub fn api_table() -> &'static [Route] {
                 apis::metadata::handle(&b, r, v, &ctx).await
             }),
             route!(ApiVersions, 0..=4, |_b, ctx, _r, _v| api_versions()),
-            route!(SaslHandshake, 1..=1, |b, ctx, r, v| {
+            route!(SaslHandshake, 0..=1, |b, ctx, r, v| {
                 apis::sasl_handshake::handle(&b, r, v, &ctx)
             }),
             Route {

@@ -1,5 +1,6 @@
 //! SaslAuthenticate (v0-2): one message of the mechanism SaslHandshake
-//! chose. PLAIN takes one (`authzid\0user\0password`, checked against the
+//! chose ([`step`]; after a v0 SaslHandshake the same messages come as raw
+//! length-prefixed tokens, which the connection hands to [`step`] too). PLAIN takes one (`authzid\0user\0password`, checked against the
 //! user's SCRAM credential); SCRAM two (client-first, client-final). On
 //! success the connection's requests carry `User:<name>`; on failure the
 //! answer is SASL_AUTHENTICATION_FAILED after the configured delay, and the
@@ -8,14 +9,16 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kafka_protocol::messages::{SaslAuthenticateRequest, SaslAuthenticateResponse};
+use std::net::SocketAddr;
+
+use kafka_protocol::messages::{ResponseKind, SaslAuthenticateRequest, SaslAuthenticateResponse};
 use kafka_protocol::ResponseError;
 use tributary_runtime::Chain;
 
 use super::str_bytes;
 use crate::context::RequestContext;
 use crate::router::Answer;
-use crate::sasl::{scram, Mechanism, State};
+use crate::sasl::{scram, Mechanism, Session, State};
 use crate::Broker;
 
 /// Why an authentication did not succeed.
@@ -28,8 +31,18 @@ enum Refusal {
     Unavailable,
 }
 
-pub async fn handle(broker: &Broker, req: SaslAuthenticateRequest, ctx: &RequestContext) -> Answer {
-    let session = &ctx.session;
+/// The outcome of one SASL message, whichever framing carried it.
+#[derive(Debug)]
+pub enum Step {
+    /// The mechanism's answer (empty when it has none).
+    Reply(Bytes),
+    /// Refused: this code and message, then the connection closes.
+    Refused(ResponseError, String),
+}
+
+/// Take one SASL message of the exchange `session` is in (the SaslHandshake
+/// before chose the mechanism). A failure has already waited its delay.
+pub async fn step(broker: &Broker, session: &Session, peer: SocketAddr, message: &[u8]) -> Step {
     let state = std::mem::take(&mut *session.lock());
     let mechanism = match &state {
         State::Chosen(m) => m.name(),
@@ -37,12 +50,11 @@ pub async fn handle(broker: &Broker, req: SaslAuthenticateRequest, ctx: &Request
         _ => "none",
     };
     let outcome = match state {
-        State::Chosen(Mechanism::Plain) => plain(broker, &req.auth_bytes)
+        State::Chosen(Mechanism::Plain) => plain(broker, message)
             .await
             .map(|user| (Bytes::new(), Some(user))),
-        State::Chosen(Mechanism::Scram(m)) => match scram_first(broker, m, &req.auth_bytes).await {
-            Ok(server_first) => {
-                let (server, reply) = server_first;
+        State::Chosen(Mechanism::Scram(m)) => match scram_first(broker, m, message).await {
+            Ok((server, reply)) => {
                 *session.lock() = State::ScramFinal(Box::new(server));
                 Ok((Bytes::from(reply), None))
             }
@@ -51,13 +63,12 @@ pub async fn handle(broker: &Broker, req: SaslAuthenticateRequest, ctx: &Request
         State::ScramFinal(server) => {
             let user = server.user().to_owned();
             server
-                .finish(&req.auth_bytes)
+                .finish(message)
                 .map(|reply| (Bytes::from(reply), Some(user)))
                 .map_err(Refusal::Failed)
         }
         State::Start | State::Done(_) => Err(Refusal::IllegalState),
     };
-    let resp = SaslAuthenticateResponse::default();
     match outcome {
         Ok((reply, user)) => {
             if let Some(user) = user {
@@ -67,39 +78,43 @@ pub async fn handle(broker: &Broker, req: SaslAuthenticateRequest, ctx: &Request
                     .increment(1);
                 session.authenticated(principal);
             }
-            Answer::Now(Some(Box::new(
-                kafka_protocol::messages::ResponseKind::SaslAuthenticate(
-                    resp.with_auth_bytes(reply),
-                ),
-            )))
+            Step::Reply(reply)
         }
-        Err(refusal) => {
-            let (code, message) = match refusal {
-                Refusal::Failed(reason) => {
-                    metrics::counter!("tributary_authentication_failures_total", "mechanism" => mechanism)
-                        .increment(1);
-                    tracing::info!(peer = %ctx.peer, mechanism, %reason, "authentication failed");
-                    tokio::time::sleep(broker.config.sasl.failed_delay).await;
-                    (
-                        ResponseError::SaslAuthenticationFailed,
-                        format!("Authentication failed during authentication due to invalid credentials with SASL mechanism {mechanism}"),
-                    )
-                }
-                Refusal::IllegalState => (
-                    ResponseError::IllegalSaslState,
-                    "SaslAuthenticate without a SaslHandshake first".to_owned(),
-                ),
-                Refusal::Unavailable => (
-                    ResponseError::SaslAuthenticationFailed,
-                    "the credential store is unavailable; try again".to_owned(),
-                ),
-            };
-            Answer::Last(Some(Box::new(
-                kafka_protocol::messages::ResponseKind::SaslAuthenticate(
-                    resp.with_error_code(code.code())
-                        .with_error_message(Some(str_bytes(&message))),
-                ),
-            )))
+        Err(Refusal::Failed(reason)) => {
+            metrics::counter!("tributary_authentication_failures_total", "mechanism" => mechanism)
+                .increment(1);
+            tracing::info!(%peer, mechanism, %reason, "authentication failed");
+            let delay = broker
+                .auth_failures
+                .record(peer.ip(), broker.config.sasl.failed_delay);
+            tokio::time::sleep(delay).await;
+            Step::Refused(
+                ResponseError::SaslAuthenticationFailed,
+                format!("Authentication failed during authentication due to invalid credentials with SASL mechanism {mechanism}"),
+            )
+        }
+        Err(Refusal::IllegalState) => Step::Refused(
+            ResponseError::IllegalSaslState,
+            "SaslAuthenticate without a SaslHandshake first".to_owned(),
+        ),
+        Err(Refusal::Unavailable) => Step::Refused(
+            ResponseError::SaslAuthenticationFailed,
+            "the credential store is unavailable; try again".to_owned(),
+        ),
+    }
+}
+
+pub async fn handle(broker: &Broker, req: SaslAuthenticateRequest, ctx: &RequestContext) -> Answer {
+    let resp = SaslAuthenticateResponse::default();
+    match step(broker, &ctx.session, ctx.peer, &req.auth_bytes).await {
+        Step::Reply(reply) => Answer::Now(Some(Box::new(ResponseKind::SaslAuthenticate(
+            resp.with_auth_bytes(reply),
+        )))),
+        Step::Refused(code, message) => {
+            Answer::Last(Some(Box::new(ResponseKind::SaslAuthenticate(
+                resp.with_error_code(code.code())
+                    .with_error_message(Some(str_bytes(&message))),
+            ))))
         }
     }
 }

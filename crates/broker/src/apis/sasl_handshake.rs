@@ -1,5 +1,6 @@
-//! SaslHandshake (v1): the client names a mechanism; the broker answers
-//! with the ones it offers. SaslAuthenticate carries the exchange next.
+//! SaslHandshake (v0-1): the client names a mechanism; the broker answers
+//! with the ones it offers. After v1, SaslAuthenticate requests carry the
+//! exchange; after v0 (older clients), raw length-prefixed tokens do.
 
 use kafka_protocol::messages::{SaslHandshakeRequest, SaslHandshakeResponse};
 use kafka_protocol::ResponseError;
@@ -12,7 +13,7 @@ use crate::Broker;
 pub fn handle(
     broker: &Broker,
     req: SaslHandshakeRequest,
-    _version: i16,
+    version: i16,
     ctx: &RequestContext,
 ) -> SaslHandshakeResponse {
     let offered = &broker.config.sasl.mechanisms;
@@ -30,6 +31,8 @@ pub fn handle(
     match Mechanism::parse(req.mechanism.as_str()).filter(|m| offered.contains(m)) {
         Some(m) => {
             *state = State::Chosen(m);
+            // v0: the exchange follows as raw tokens, not SaslAuthenticate.
+            ctx.session.set_raw_tokens(version == 0);
             resp
         }
         None => resp.with_error_code(ResponseError::UnsupportedSaslMechanism.code()),

@@ -1,6 +1,7 @@
 //! SASL authentication on `SASL_PLAINTEXT` and `SASL_SSL` listeners, as
-//! Kafka clients do it: SaslHandshake (v1) names a mechanism, then
-//! SaslAuthenticate (v0-2) carries its messages. Until that succeeds a
+//! Kafka clients do it: SaslHandshake names a mechanism, then
+//! SaslAuthenticate (v0-2) carries its messages (after a v0 handshake,
+//! older clients send them as raw length-prefixed tokens instead). Until that succeeds a
 //! connection may send only ApiVersions, SaslHandshake and
 //! SaslAuthenticate (anything else closes it, as Kafka does); afterwards
 //! every request carries the authenticated principal (`User:<name>`).
@@ -14,8 +15,10 @@
 
 pub mod scram;
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A mechanism a broker offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +113,8 @@ pub struct Session {
     /// The principal requests carry: set at accept (TLS certificate or
     /// anonymous), replaced when SASL succeeds.
     principal: Mutex<Arc<str>>,
+    /// After a v0 SaslHandshake: the exchange comes as raw tokens.
+    raw_tokens: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -118,6 +123,7 @@ impl Session {
             required,
             state: Mutex::new(State::Start),
             principal: Mutex::new(principal),
+            raw_tokens: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -139,6 +145,19 @@ impl Session {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether the next frame is a raw SASL token (after a v0 handshake,
+    /// until the exchange ends).
+    pub fn raw_tokens(&self) -> bool {
+        self.raw_tokens.load(std::sync::atomic::Ordering::Acquire)
+            && matches!(*self.lock(), State::Chosen(_) | State::ScramFinal(_))
+    }
+
+    /// Set by SaslHandshake: v0 means raw tokens follow.
+    pub fn set_raw_tokens(&self, raw: bool) {
+        self.raw_tokens
+            .store(raw, std::sync::atomic::Ordering::Release);
+    }
+
     /// The principal of a TLS client certificate (before any SASL).
     pub fn authenticated_by_certificate(&self, principal: Arc<str>) {
         *self.principal.lock().unwrap_or_else(|e| e.into_inner()) = principal;
@@ -151,9 +170,78 @@ impl Session {
     }
 }
 
+/// How long failures from one address are remembered.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Longest wait before a failed authentication is answered.
+pub const MAX_FAILED_DELAY: Duration = Duration::from_secs(5);
+/// Most addresses remembered at once (memory stays bounded whatever the
+/// number of addresses an attacker uses).
+const MAX_TRACKED: usize = 10_000;
+
+/// Recent authentication failures per client address. Each failure waits
+/// `failed_delay` times the address's failures within [`FAILURE_WINDOW`]
+/// (up to [`MAX_FAILED_DELAY`]) before it is answered and its connection
+/// closed, so guessing passwords from one address slows down the more it
+/// fails, while a user who mistypes once waits only the base delay.
+#[derive(Debug, Default)]
+pub struct Failures {
+    by_address: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl Failures {
+    /// Count a failure from `address`; returns how long to wait before
+    /// answering it.
+    pub fn record(&self, address: IpAddr, failed_delay: Duration) -> Duration {
+        let now = Instant::now();
+        let mut map = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_TRACKED && !map.contains_key(&address) {
+            map.retain(|_, (_, since)| now.duration_since(*since) < FAILURE_WINDOW);
+            if map.len() >= MAX_TRACKED {
+                map.clear();
+            }
+        }
+        let entry = map.entry(address).or_insert((0, now));
+        if now.duration_since(entry.1) >= FAILURE_WINDOW {
+            *entry = (0, now);
+        }
+        entry.0 = entry.0.saturating_add(1);
+        failed_delay
+            .saturating_mul(entry.0.min(1000))
+            .min(MAX_FAILED_DELAY.max(failed_delay))
+    }
+
+    /// Addresses remembered (tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_slow_down_one_address_and_stay_bounded() {
+        let f = Failures::default();
+        let base = Duration::from_millis(100);
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let b: IpAddr = "10.0.0.2".parse().expect("ip");
+        assert_eq!(f.record(a, base), base);
+        assert_eq!(f.record(a, base), 2 * base);
+        assert_eq!(f.record(b, base), base, "other addresses are not slowed");
+        for _ in 0..100 {
+            f.record(a, base);
+        }
+        assert_eq!(f.record(a, base), MAX_FAILED_DELAY);
+        for i in 0..(MAX_TRACKED as u32 + 10) {
+            f.record(IpAddr::from(i.to_be_bytes()), base);
+        }
+        assert!(f.len() <= MAX_TRACKED);
+    }
 
     #[test]
     fn mechanism_lists() {

@@ -326,7 +326,11 @@ impl ScramServer {
         if channel != Some(expected_channel.as_str()) {
             return Err("SCRAM channel binding does not match".into());
         }
-        if nonce != Some(self.nonce.as_str()) {
+        // Kafka accepts a nonce that *ends* with the combined one, and
+        // librdkafka (at least 2.0-2.3, Debian's kcat among them) sends its
+        // own nonce again in front of it; the server's part must still be
+        // there, so a replayed exchange cannot pass.
+        if !nonce.is_some_and(|n| n.ends_with(self.nonce.as_str())) {
             return Err("SCRAM nonce does not match".into());
         }
         let proof = B64.decode(proof).map_err(|_| "SCRAM proof is not base64")?;
@@ -420,6 +424,19 @@ mod tests {
         ] {
             assert!(parse_client_first(msg).is_err(), "{msg:?}");
         }
+        // librdkafka 2.0-2.3 repeats its nonce in front of the combined one.
+        let credential = credential_from_password(Mechanism::Sha256, "pw", 4096);
+        let first = parse_client_first(b"n,,n=u,r=cn").expect("first");
+        let (server, _) = ScramServer::start(Mechanism::Sha256, first, Some(credential));
+        let wrong_nonce = format!(
+            "c=biws,r=cnXX{},p={}",
+            &server.nonce[2..],
+            B64.encode([0u8; 32])
+        );
+        assert_eq!(
+            server.finish(wrong_nonce.as_bytes()),
+            Err("SCRAM nonce does not match".into())
+        );
         let escaped = parse_client_first(b"n,,n=a=2Cb=3Dc,r=x").expect("escaped");
         assert_eq!(escaped.user, "a,b=c");
     }
