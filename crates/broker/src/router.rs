@@ -316,6 +316,7 @@ mod tests {
         }
         assert!(is_supported(ApiKey::ApiVersions, 3));
         assert!(!is_supported(ApiKey::ApiVersions, 99));
-        assert!(!is_supported(ApiKey::SaslHandshake, 0));
+        assert!(is_supported(ApiKey::SaslHandshake, 0));
+        assert!(!is_supported(ApiKey::EndTxn, 0));
     }
 }
