@@ -8,6 +8,7 @@
 //! the group coordinator), names its metrics, and answers ApiVersions.
 
 pub mod apis;
+pub mod authz;
 pub mod cluster;
 pub mod config;
 pub mod connection;

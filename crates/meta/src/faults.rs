@@ -17,10 +17,10 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::{
-    BatchOutcome, BrokerInfo, BrokerRegistry, CommitDeadline, CommitFeed, CommittedOffset,
-    DeadSegment, GroupClaim, GroupStore, IndexEntry, LogStore, MaintenanceStore, MetaError,
-    MetadataStore, PartitionOffsets, Result, ScramCredential, SecurityStore, SegmentCommit,
-    TopicMeta, TopicStore,
+    AclBinding, AclFilter, BatchOutcome, BrokerInfo, BrokerRegistry, CommitDeadline, CommitFeed,
+    CommittedOffset, DeadSegment, GroupClaim, GroupStore, IndexEntry, LogStore, MaintenanceStore,
+    MetaError, MetadataStore, PartitionOffsets, Result, ScramCredential, SecurityStore,
+    SegmentCommit, TopicMeta, TopicStore,
 };
 
 /// Decides the faults of a [`FaultyMeta`]. `op` is the trait method's name.
@@ -225,6 +225,10 @@ delegate!(SecurityStore {
     fn delete_scram_credential(&self, user: &str, mechanism: &str) -> Result<bool>;
     fn scram_credential(&self, user: &str, mechanism: &str) -> Result<Option<ScramCredential>>;
     fn list_scram_credentials(&self) -> Result<Vec<(String, String, i32)>>;
+    fn create_acls(&self, acls: &[AclBinding]) -> Result<()>;
+    fn delete_acls(&self, filter: &AclFilter) -> Result<Vec<AclBinding>>;
+    fn list_acls(&self) -> Result<Vec<AclBinding>>;
+    fn acl_version(&self) -> Result<i64>;
 });
 
 #[async_trait]

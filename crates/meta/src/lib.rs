@@ -36,6 +36,7 @@ pub use clock::{Clock, SystemClock};
 pub use error::MetaError;
 pub use open::{open_metadata, parse_metadata_url, MetadataUrl};
 pub use postgres::PostgresStore;
+pub use rules::acl::{AclBinding, AclFilter};
 pub use sqlite::SqliteStore;
 pub use topic_config::TopicConfig;
 
@@ -615,6 +616,17 @@ pub trait SecurityStore: Send + Sync + std::fmt::Debug {
     /// Every credential as `(user, mechanism, iterations)`, ordered by user
     /// and mechanism (no keys).
     async fn list_scram_credentials(&self) -> Result<Vec<(String, String, i32)>>;
+    /// Add ACL bindings (ones already there stay as they are). Callers
+    /// check them first ([`rules::acl::check_binding`]).
+    async fn create_acls(&self, acls: &[AclBinding]) -> Result<()>;
+    /// Remove every binding `filter` selects ([`rules::acl::matches`]);
+    /// returns the ones removed.
+    async fn delete_acls(&self, filter: &AclFilter) -> Result<Vec<AclBinding>>;
+    /// Every binding, sorted.
+    async fn list_acls(&self) -> Result<Vec<AclBinding>>;
+    /// A number that changes whenever the bindings do: brokers poll it and
+    /// reload the bindings when it moves.
+    async fn acl_version(&self) -> Result<i64>;
 }
 
 /// Everything a backend implements. Components never take it: they take the

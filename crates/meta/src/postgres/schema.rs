@@ -179,6 +179,24 @@ CREATE TABLE scram_credentials (
     PRIMARY KEY (user_name, mechanism)
 );
 "#,
+    // v10: ACL bindings and their version (see the SQLite schema's v11).
+    r#"
+CREATE TABLE acls (
+    resource_type  SMALLINT NOT NULL,
+    resource_name  TEXT     NOT NULL,
+    pattern_type   SMALLINT NOT NULL,
+    principal      TEXT     NOT NULL,
+    host           TEXT     NOT NULL,
+    operation      SMALLINT NOT NULL,
+    permission     SMALLINT NOT NULL,
+    PRIMARY KEY (resource_type, resource_name, pattern_type, principal, host, operation, permission)
+);
+CREATE TABLE acl_version (
+    singleton  INTEGER NOT NULL PRIMARY KEY CHECK (singleton = 0),
+    version    BIGINT  NOT NULL
+);
+INSERT INTO acl_version (singleton, version) VALUES (0, 0);
+"#,
 ];
 
 /// Create schema `schema` if missing (racing brokers retry).

@@ -1,12 +1,30 @@
 //! [`SecurityStore`] for [`PostgresStore`]: the `scram_credentials` table
-//! (schema v9).
+//! (schema v9), `acls` and `acl_version` (v10).
 
 use async_trait::async_trait;
 
 use super::conn::PostgresStore;
 use super::error::Step;
-use super::sql::{execute, query, query_opt};
-use crate::{Result, ScramCredential, SecurityStore};
+use super::sql::{begin_write, execute, query, query_one, query_opt};
+use crate::rules::acl;
+use crate::{AclBinding, AclFilter, Result, ScramCredential, SecurityStore};
+
+const SELECT_ACLS: &str = "SELECT resource_type, resource_name, pattern_type, principal, host, \
+     operation, permission FROM acls \
+     ORDER BY resource_type, resource_name, pattern_type, principal, host, operation, permission";
+
+fn acl_row(r: &tokio_postgres::Row) -> Step<AclBinding> {
+    let code = |i: usize| -> Step<i8> { Ok(r.try_get::<_, i16>(i)? as i8) };
+    Ok(AclBinding {
+        resource_type: code(0)?,
+        resource_name: r.try_get(1)?,
+        pattern_type: code(2)?,
+        principal: r.try_get(3)?,
+        host: r.try_get(4)?,
+        operation: code(5)?,
+        permission: code(6)?,
+    })
+}
 
 #[async_trait]
 impl SecurityStore for PostgresStore {
@@ -94,6 +112,100 @@ impl SecurityStore for PostgresStore {
                 Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))
             })
             .collect()
+        })
+        .await
+    }
+
+    async fn create_acls(&self, acls: &[AclBinding]) -> Result<()> {
+        self.run("create_acls", move || async move {
+            let mut client = self.client().await?;
+            let tx = begin_write(&mut client).await?;
+            let mut added = 0;
+            for b in acls {
+                added += execute(
+                    &tx,
+                    "INSERT INTO acls (resource_type, resource_name, pattern_type, principal, \
+                         host, operation, permission) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT DO NOTHING",
+                    &[
+                        &i16::from(b.resource_type),
+                        &b.resource_name,
+                        &i16::from(b.pattern_type),
+                        &b.principal,
+                        &b.host,
+                        &i16::from(b.operation),
+                        &i16::from(b.permission),
+                    ],
+                )
+                .await?;
+            }
+            if added > 0 {
+                execute(&tx, "UPDATE acl_version SET version = version + 1", &[]).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_acls(&self, filter: &AclFilter) -> Result<Vec<AclBinding>> {
+        self.run("delete_acls", move || async move {
+            let mut client = self.client().await?;
+            let tx = begin_write(&mut client).await?;
+            let all = query(&tx, SELECT_ACLS, &[])
+                .await?
+                .iter()
+                .map(acl_row)
+                .collect::<Step<Vec<_>>>()?;
+            let mut removed = Vec::new();
+            for b in all.into_iter().filter(|b| acl::matches(filter, b)) {
+                let n = execute(
+                    &tx,
+                    "DELETE FROM acls WHERE resource_type = $1 AND resource_name = $2 \
+                     AND pattern_type = $3 AND principal = $4 AND host = $5 \
+                     AND operation = $6 AND permission = $7",
+                    &[
+                        &i16::from(b.resource_type),
+                        &b.resource_name,
+                        &i16::from(b.pattern_type),
+                        &b.principal,
+                        &b.host,
+                        &i16::from(b.operation),
+                        &i16::from(b.permission),
+                    ],
+                )
+                .await?;
+                // A concurrent delete may have taken it first.
+                if n > 0 {
+                    removed.push(b);
+                }
+            }
+            if !removed.is_empty() {
+                execute(&tx, "UPDATE acl_version SET version = version + 1", &[]).await?;
+            }
+            tx.commit().await?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn list_acls(&self) -> Result<Vec<AclBinding>> {
+        self.run("list_acls", move || async move {
+            let client = self.client().await?;
+            query(&client, SELECT_ACLS, &[])
+                .await?
+                .iter()
+                .map(acl_row)
+                .collect()
+        })
+        .await
+    }
+
+    async fn acl_version(&self) -> Result<i64> {
+        self.run("acl_version", move || async move {
+            let client = self.client().await?;
+            let row = query_one(&client, "SELECT version FROM acl_version", &[]).await?;
+            Ok(row.try_get::<_, i64>(0)?)
         })
         .await
     }

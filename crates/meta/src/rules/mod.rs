@@ -13,6 +13,7 @@
 //! - [`registry`]: broker liveness and node-id ownership.
 //! - [`groups`]: group-coordinator fencing.
 
+pub mod acl;
 pub mod commit;
 pub mod compaction;
 pub mod groups;

@@ -190,6 +190,25 @@ CREATE TABLE scram_credentials (
     PRIMARY KEY (user_name, mechanism)
 ) WITHOUT ROWID;
 "#,
+    // v11: ACL bindings (Kafka's codes) and their version, which every
+    // change bumps so brokers know to reload.
+    r#"
+CREATE TABLE acls (
+    resource_type  INTEGER NOT NULL,
+    resource_name  TEXT    NOT NULL,
+    pattern_type   INTEGER NOT NULL,
+    principal      TEXT    NOT NULL,
+    host           TEXT    NOT NULL,
+    operation      INTEGER NOT NULL,
+    permission     INTEGER NOT NULL,
+    PRIMARY KEY (resource_type, resource_name, pattern_type, principal, host, operation, permission)
+) WITHOUT ROWID;
+CREATE TABLE acl_version (
+    singleton  INTEGER NOT NULL PRIMARY KEY CHECK (singleton = 0),
+    version    INTEGER NOT NULL
+);
+INSERT INTO acl_version (singleton, version) VALUES (0, 0);
+"#,
 ];
 
 /// Apply the migrations this database has not seen yet, in one transaction.

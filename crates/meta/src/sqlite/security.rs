@@ -1,11 +1,28 @@
 //! [`SecurityStore`] for [`SqliteStore`]: the `scram_credentials` table
-//! (schema v10).
+//! (schema v10), `acls` and `acl_version` (v11).
 
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 
 use super::conn::SqliteStore;
-use crate::{Result, ScramCredential, SecurityStore};
+use crate::rules::acl;
+use crate::{AclBinding, AclFilter, Result, ScramCredential, SecurityStore};
+
+const SELECT_ACLS: &str = "SELECT resource_type, resource_name, pattern_type, principal, host, \
+     operation, permission FROM acls \
+     ORDER BY resource_type, resource_name, pattern_type, principal, host, operation, permission";
+
+fn acl_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AclBinding> {
+    Ok(AclBinding {
+        resource_type: r.get(0)?,
+        resource_name: r.get(1)?,
+        pattern_type: r.get(2)?,
+        principal: r.get(3)?,
+        host: r.get(4)?,
+        operation: r.get(5)?,
+        permission: r.get(6)?,
+    })
+}
 
 #[async_trait]
 impl SecurityStore for SqliteStore {
@@ -80,6 +97,87 @@ impl SecurityStore for SqliteStore {
             )?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn create_acls(&self, acls: &[AclBinding]) -> Result<()> {
+        let acls = acls.to_vec();
+        self.write("create_acls", move |tx| {
+            let mut added = 0;
+            for b in &acls {
+                added += tx
+                    .prepare_cached(
+                        "INSERT INTO acls (resource_type, resource_name, pattern_type, principal, \
+                             host, operation, permission) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                         ON CONFLICT DO NOTHING",
+                    )?
+                    .execute(params![
+                        b.resource_type,
+                        b.resource_name,
+                        b.pattern_type,
+                        b.principal,
+                        b.host,
+                        b.operation,
+                        b.permission
+                    ])?;
+            }
+            if added > 0 {
+                tx.execute("UPDATE acl_version SET version = version + 1", [])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_acls(&self, filter: &AclFilter) -> Result<Vec<AclBinding>> {
+        let filter = filter.clone();
+        self.write("delete_acls", move |tx| {
+            let all = tx
+                .prepare_cached(SELECT_ACLS)?
+                .query_map([], acl_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let doomed: Vec<AclBinding> = all
+                .into_iter()
+                .filter(|b| acl::matches(&filter, b))
+                .collect();
+            for b in &doomed {
+                tx.prepare_cached(
+                    "DELETE FROM acls WHERE resource_type = ?1 AND resource_name = ?2 \
+                     AND pattern_type = ?3 AND principal = ?4 AND host = ?5 \
+                     AND operation = ?6 AND permission = ?7",
+                )?
+                .execute(params![
+                    b.resource_type,
+                    b.resource_name,
+                    b.pattern_type,
+                    b.principal,
+                    b.host,
+                    b.operation,
+                    b.permission
+                ])?;
+            }
+            if !doomed.is_empty() {
+                tx.execute("UPDATE acl_version SET version = version + 1", [])?;
+            }
+            Ok(doomed)
+        })
+        .await
+    }
+
+    async fn list_acls(&self) -> Result<Vec<AclBinding>> {
+        self.read("list_acls", move |tx| {
+            Ok(tx
+                .prepare_cached(SELECT_ACLS)?
+                .query_map([], acl_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn acl_version(&self) -> Result<i64> {
+        self.read("acl_version", move |tx| {
+            Ok(tx.query_row("SELECT version FROM acl_version", [], |r| r.get(0))?)
         })
         .await
     }

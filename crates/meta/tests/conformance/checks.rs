@@ -2852,3 +2852,95 @@ pub(crate) async fn scram_credentials(store: &dyn MetadataStore) {
     );
     assert_eq!(store.list_scram_credentials().await.expect("list").len(), 2);
 }
+
+/// ACL bindings: added once (duplicates change nothing), listed sorted,
+/// deleted by filter (returning what went), and every change moves the
+/// version brokers poll.
+pub(crate) async fn acls(store: &dyn MetadataStore) {
+    use tributary_meta::rules::acl::{operation, pattern, permission, resource};
+    use tributary_meta::{AclBinding, AclFilter};
+    let acl = |t: i8, name: &str, p: i8, who: &str, op: i8, perm: i8| AclBinding {
+        resource_type: t,
+        resource_name: name.to_owned(),
+        pattern_type: p,
+        principal: who.to_owned(),
+        host: "*".to_owned(),
+        operation: op,
+        permission: perm,
+    };
+    let v0 = store.acl_version().await.expect("version");
+    assert!(store.list_acls().await.expect("list").is_empty());
+    let read = acl(
+        resource::TOPIC,
+        "orders",
+        pattern::LITERAL,
+        "User:alice",
+        operation::READ,
+        permission::ALLOW,
+    );
+    let write = acl(
+        resource::TOPIC,
+        "ord",
+        pattern::PREFIXED,
+        "User:bob",
+        operation::WRITE,
+        permission::DENY,
+    );
+    let group = acl(
+        resource::GROUP,
+        "app",
+        pattern::LITERAL,
+        "User:alice",
+        operation::READ,
+        permission::ALLOW,
+    );
+    store
+        .create_acls(&[read.clone(), write.clone(), group.clone()])
+        .await
+        .expect("create");
+    let v1 = store.acl_version().await.expect("version");
+    assert_ne!(v1, v0, "adding bindings moves the version");
+    store
+        .create_acls(std::slice::from_ref(&read))
+        .await
+        .expect("again");
+    assert_eq!(
+        store.acl_version().await.expect("version"),
+        v1,
+        "a duplicate changes nothing"
+    );
+    let mut expected = vec![read.clone(), write.clone(), group.clone()];
+    expected.sort();
+    assert_eq!(store.list_acls().await.expect("list"), expected);
+
+    // Delete alice's topic bindings matching the name `orders` (literal or
+    // prefixed): only `read` (bob's prefixed one is another principal).
+    let filter = AclFilter {
+        resource_type: resource::TOPIC,
+        resource_name: Some("orders".into()),
+        pattern_type: pattern::MATCH,
+        principal: Some("User:alice".into()),
+        host: None,
+        operation: operation::ANY,
+        permission: permission::ANY,
+    };
+    assert_eq!(
+        store.delete_acls(&filter).await.expect("delete"),
+        vec![read]
+    );
+    let v2 = store.acl_version().await.expect("version");
+    assert_ne!(v2, v1);
+    assert!(store
+        .delete_acls(&filter)
+        .await
+        .expect("delete again")
+        .is_empty());
+    assert_eq!(
+        store.acl_version().await.expect("version"),
+        v2,
+        "deleting nothing changes nothing"
+    );
+    let mut rest = vec![write, group];
+    rest.sort();
+    assert_eq!(store.list_acls().await.expect("list"), rest);
+}

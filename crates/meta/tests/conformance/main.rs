@@ -149,4 +149,5 @@ conformance!(
     broker_registry,
     leases,
     scram_credentials,
+    acls,
 );
