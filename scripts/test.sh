@@ -3,7 +3,7 @@
 # as root on a fresh Debian machine.
 #
 #   ./scripts/test.sh           every tier (what .ci/run runs):
-#   1. installs kcat, postgresql, openssl and its headers (apt) if missing and a cached Python venv with
+#   1. installs kcat, postgresql, openssl and its headers (apt), KafkaJS (npm) if missing and a cached Python venv with
 #      tests/python/requirements.txt,
 #   2. cargo fmt --check, clippy -D warnings, the layout check, release build,
 #   3. cargo test --workspace (Rust unit + end-to-end tests with rdkafka), then
@@ -119,6 +119,22 @@ install_ssl_headers() {
     apt_install libssl-dev pkg-config
 }
 
+# KafkaJS (a Node.js client with its own protocol code) for the security
+# tests, installed once per version under the cache.
+KAFKAJS_VERSION=2.2.4
+KAFKAJS_DIR=$CACHE_DIR/kafkajs-$KAFKAJS_VERSION
+install_kafkajs() {
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        apt_install nodejs npm || return 1
+    fi
+    if [ -f "$KAFKAJS_DIR/node_modules/kafkajs/package.json" ]; then
+        echo "kafkajs present: $KAFKAJS_DIR"
+        return 0
+    fi
+    mkdir -p "$KAFKAJS_DIR" &&
+        npm install --silent --no-audit --no-fund --prefix "$KAFKAJS_DIR" "kafkajs@$KAFKAJS_VERSION"
+}
+
 # libFuzzer (built by the fuzz targets' libfuzzer-sys) is C++.
 install_cxx() {
     if command -v c++ >/dev/null 2>&1; then
@@ -192,6 +208,7 @@ cargo_tests_s3() {
 
 python_tests() {
     TRIBUTARY_BIN="$CARGO_TARGET_DIR/release/tributary" \
+        TRIBUTARY_KAFKAJS="$KAFKAJS_DIR/node_modules" \
         "$VENV/bin/python" -m pytest "$ROOT/tests/python" -v
 }
 
@@ -219,6 +236,7 @@ step "install kcat" install_kcat
 step "install postgresql" install_postgres
 step "install openssl" install_openssl
 step "install OpenSSL headers" install_ssl_headers
+step "install kafkajs" install_kafkajs
 step "install g++" install_cxx
 VENV_OK=0
 step "python venv ($REQUIREMENTS)" setup_venv && VENV_OK=1

@@ -92,3 +92,62 @@ def test_kcat_over_sasl_ssl_scram(secure_broker):
     assert listed.returncode == 0, listed.stderr
     # Told the SASL_SSL listener's address, not the plaintext one.
     assert b.sasl_ssl.split(":")[1] in listed.stdout
+
+
+def test_kafka_python_over_sasl_ssl_scram(secure_broker):
+    """kafka-python (a pure-Python client with its own SCRAM) produces and
+    consumes over SASL_SSL."""
+    import ssl
+
+    from kafka import KafkaConsumer, KafkaProducer
+
+    b = secure_broker
+    context = ssl.create_default_context(cafile=str(b.pki.ca))
+    common = dict(
+        bootstrap_servers=b.sasl_ssl,
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username="alice",
+        sasl_plain_password="alice-secret",
+        ssl_context=context,
+    )
+    topic = f"kafka-python-{uuid.uuid4().hex[:6]}"
+    producer = KafkaProducer(acks="all", **common)
+    for i in range(30):
+        producer.send(topic, key=str(i).encode(), value=f"v{i}".encode())
+    producer.flush(TIMEOUT)
+    producer.close()
+    consumer = KafkaConsumer(
+        topic,
+        group_id=topic,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=15000,
+        **common,
+    )
+    seen = [m.value.decode() for m, _ in zip(consumer, range(30))]
+    consumer.close()
+    assert seen == [f"v{i}" for i in range(30)]
+
+
+def test_kafkajs_over_sasl_ssl_scram(secure_broker):
+    """KafkaJS (Node.js, its own protocol and SCRAM code) round-trips over
+    SASL_SSL. scripts/test.sh installs it and sets TRIBUTARY_KAFKAJS."""
+    import os
+    from pathlib import Path
+
+    modules = os.environ.get("TRIBUTARY_KAFKAJS")
+    if not modules or not Path(modules, "kafkajs").exists() or shutil.which("node") is None:
+        pytest.fail("KafkaJS is not installed (scripts/test.sh installs it; set TRIBUTARY_KAFKAJS)")
+    b = secure_broker
+    topic = f"kafkajs-{uuid.uuid4().hex[:6]}"
+    script = Path(__file__).with_name("kafkajs_roundtrip.js")
+    result = subprocess.run(
+        ["node", str(script), b.sasl_ssl, str(b.pki.ca), topic, "25"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, NODE_PATH=modules),
+    )
+    print(result.stdout, result.stderr)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok 25"
