@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use anyhow::{ensure, Context, Result};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tributary_cli::config::Settings;
@@ -60,30 +60,6 @@ fn sasl_config(bootstrap: &str, mechanism: &str, user: &str, password: &str) -> 
         .set("sasl.username", user)
         .set("sasl.password", password);
     config
-}
-
-/// Produce `n` records to topic `name` and read them back in group `name`.
-async fn round_trip(config: &ClientConfig, name: &str, n: i64) -> Result<()> {
-    let mut producer_config = config.clone();
-    producer_config.set("acks", "all").set("linger.ms", "5");
-    let producer = producer_config.create().context("producer")?;
-    let out = (0..n).map(|i| Out {
-        partition: Some(0),
-        key: format!("k{i}"),
-        value: format!("{name}-{i}"),
-        ..Out::default()
-    });
-    produce_all(&producer, name, out).await?;
-    let mut consumer_config = config.clone();
-    consumer_config
-        .set("group.id", name)
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false");
-    let consumer: StreamConsumer = consumer_config.create().context("consumer")?;
-    consumer.subscribe(&[name])?;
-    let got = consume_n(&consumer, n as usize, Duration::from_secs(60)).await?;
-    check_dense(&got, |_| 0)?;
-    Ok(())
 }
 
 /// Metadata through `config` fails, and within `within`.
@@ -204,16 +180,8 @@ async fn requests_before_authentication_close_the_connection() -> Result<()> {
         let node = start(dir.path(), &pki).await?;
         let sasl = node.listener_addr("SASL_PLAINTEXT").context("sasl")?;
         // Metadata v1 for all topics, without a SASL handshake.
-        let mut body = Vec::new();
-        body.extend_from_slice(&3i16.to_be_bytes());
-        body.extend_from_slice(&1i16.to_be_bytes());
-        body.extend_from_slice(&9i32.to_be_bytes());
-        body.extend_from_slice(&(-1i16).to_be_bytes());
-        body.extend_from_slice(&(-1i32).to_be_bytes());
-        let mut frame = (body.len() as i32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&body);
         let mut s = tokio::net::TcpStream::connect(sasl).await?;
-        s.write_all(&frame).await?;
+        s.write_all(&frame(3, 1, &(-1i32).to_be_bytes())).await?;
         let mut buf = [0u8; 64];
         let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
             .await
@@ -240,16 +208,9 @@ async fn an_exchange_that_never_finishes_is_cut_off() -> Result<()> {
         let node = start(dir.path(), &pki).await?;
         let sasl = node.listener_addr("SASL_PLAINTEXT").context("sasl")?;
         // ApiVersions v0 (allowed before authenticating), then silence.
-        let mut body = Vec::new();
-        body.extend_from_slice(&18i16.to_be_bytes());
-        body.extend_from_slice(&0i16.to_be_bytes());
-        body.extend_from_slice(&1i32.to_be_bytes());
-        body.extend_from_slice(&(-1i16).to_be_bytes());
-        let mut frame = (body.len() as i32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&body);
         let mut s = tokio::net::TcpStream::connect(sasl).await?;
         let started = Instant::now();
-        s.write_all(&frame).await?;
+        s.write_all(&frame(18, 0, &[])).await?;
         let mut answer = vec![0u8; 4096];
         let n = s.read(&mut answer).await?;
         ensure!(n > 0, "ApiVersions was not answered before authentication");

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use anyhow::{bail, ensure, Context, Result};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tributary_cli::config::Settings;
@@ -62,31 +62,6 @@ fn advertised_ports(config: &ClientConfig) -> Result<Vec<u16>> {
     Ok(metadata.brokers().iter().map(|b| b.port() as u16).collect())
 }
 
-/// Produce `n` records to topic `name` (auto-created) and read them back in
-/// group `name`.
-async fn produce_and_consume(config: &ClientConfig, name: &str, n: i64) -> Result<()> {
-    let mut producer_config = config.clone();
-    producer_config.set("acks", "all").set("linger.ms", "5");
-    let producer = producer_config.create().context("producer")?;
-    let out = (0..n).map(|i| Out {
-        partition: Some(0),
-        key: format!("k{i}"),
-        value: format!("{name}-{i}"),
-        ..Out::default()
-    });
-    produce_all(&producer, name, out).await?;
-    let mut consumer_config = config.clone();
-    consumer_config
-        .set("group.id", name)
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false");
-    let consumer: StreamConsumer = consumer_config.create().context("consumer")?;
-    consumer.subscribe(&[name])?;
-    let got = consume_n(&consumer, n as usize, Duration::from_secs(60)).await?;
-    check_dense(&got, |_| 0)?;
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ssl_beside_plaintext_each_advertising_its_own_listener() -> Result<()> {
     tokio::time::timeout(TEST_TIMEOUT, async {
@@ -105,8 +80,8 @@ async fn ssl_beside_plaintext_each_advertising_its_own_listener() -> Result<()> 
             advertised_ports(&plain_config)? == vec![plain.port()],
             "a plaintext client is told the plaintext listener"
         );
-        produce_and_consume(&ssl_config, "over-ssl", 100).await?;
-        produce_and_consume(&plain_config, "over-plaintext", 100).await?;
+        round_trip(&ssl_config, "over-ssl", 100).await?;
+        round_trip(&plain_config, "over-plaintext", 100).await?;
         let failed = node.shutdown().await;
         ensure!(failed.is_empty(), "tasks failed: {failed:?}");
         Ok(())
@@ -125,7 +100,7 @@ async fn client_certificates_required() -> Result<()> {
         let node = start(dir.path(), &pki, &["--tls-client-ca", ca]).await?;
         let ssl = node.listener_addr("SSL").context("ssl")?.to_string();
         let alice = pki.client("alice")?;
-        produce_and_consume(&ssl_config(&ssl, &pki, Some(&alice)), "alice", 20).await?;
+        round_trip(&ssl_config(&ssl, &pki, Some(&alice)), "alice", 20).await?;
 
         // Without a certificate the handshake fails: an error, promptly.
         let mut anonymous = ssl_config(&ssl, &pki, None);
@@ -160,7 +135,7 @@ async fn client_certificates_required() -> Result<()> {
         );
 
         // Alice is still served.
-        produce_and_consume(&ssl_config(&ssl, &pki, Some(&alice)), "alice-again", 10).await?;
+        round_trip(&ssl_config(&ssl, &pki, Some(&alice)), "alice-again", 10).await?;
         node.shutdown().await;
         Ok(())
     })
@@ -227,7 +202,7 @@ async fn wrong_protocol_on_either_port_is_refused() -> Result<()> {
         // after the handshake timeout, not kept.
         let silent = tokio::net::TcpStream::connect(ssl).await?;
         // Others are served meanwhile.
-        produce_and_consume(&ssl_config(&ssl.to_string(), &pki, None), "meanwhile", 10).await?;
+        round_trip(&ssl_config(&ssl.to_string(), &pki, None), "meanwhile", 10).await?;
         let mut silent = silent;
         let mut buf = [0u8; 16];
         match tokio::time::timeout(Duration::from_secs(30), silent.read(&mut buf)).await {
@@ -301,7 +276,7 @@ async fn rotated_certificate_is_served_without_a_restart() -> Result<()> {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         // Clients keep working across the rotation.
-        produce_and_consume(&ssl_config(&ssl.to_string(), &pki, None), "rotated", 10).await?;
+        round_trip(&ssl_config(&ssl.to_string(), &pki, None), "rotated", 10).await?;
         node.shutdown().await;
         Ok(())
     })

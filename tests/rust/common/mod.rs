@@ -598,3 +598,28 @@ pub(crate) fn record_batch<V: AsRef<[u8]>>(values: &[V]) -> Result<bytes::Bytes>
     }
     Ok(buf.freeze())
 }
+
+/// Produce `n` records to topic `name` (auto-created) through `config` and
+/// read them back, densely, in group `name` (the TLS and SASL tests run it
+/// over each listener and mechanism).
+pub(crate) async fn round_trip(config: &ClientConfig, name: &str, n: i64) -> Result<()> {
+    let mut producer_config = config.clone();
+    producer_config.set("acks", "all").set("linger.ms", "5");
+    let producer: FutureProducer = producer_config.create().context("producer")?;
+    let out = (0..n).map(|i| Out {
+        partition: Some(0),
+        key: format!("k{i}"),
+        value: format!("{name}-{i}"),
+        ..Out::default()
+    });
+    produce_all(&producer, name, out).await?;
+    let mut consumer_config = config.clone();
+    consumer_config
+        .set("group.id", name)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false");
+    let consumer: StreamConsumer = consumer_config.create().context("consumer")?;
+    consumer.subscribe(&[name]).context("subscribe")?;
+    let got = consume_n(&consumer, n as usize, Duration::from_secs(60)).await?;
+    check_dense(&got, |_| 0)
+}

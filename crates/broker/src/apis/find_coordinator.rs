@@ -22,28 +22,14 @@ pub fn handle(
 ) -> FindCoordinatorResponse {
     let answer = |key: StrBytes| {
         if req.key_type != GROUP_KEY {
-            return Coordinator::default()
-                .with_key(key)
-                .with_node_id(BrokerId(-1))
-                .with_host(StrBytes::default())
-                .with_port(-1)
-                .with_error_code(ResponseError::CoordinatorNotAvailable.code())
-                .with_error_message(Some(str_bytes("transactions are not supported")));
+            return unavailable(key, "transactions are not supported");
         }
         let c = broker.cluster.coordinator(key.as_str());
         // The coordinator is the same whichever listener asks; it must be
         // reachable on this one.
         let Some((host, port)) = c.endpoint(ctx.listener) else {
-            return Coordinator::default()
-                .with_key(key)
-                .with_node_id(BrokerId(-1))
-                .with_host(StrBytes::default())
-                .with_port(-1)
-                .with_error_code(ResponseError::CoordinatorNotAvailable.code())
-                .with_error_message(Some(str_bytes(&format!(
-                    "the coordinator has no {} listener",
-                    ctx.listener
-                ))));
+            let why = format!("the coordinator has no {} listener", ctx.listener);
+            return unavailable(key, &why);
         };
         Coordinator::default()
             .with_key(key)
@@ -62,4 +48,15 @@ pub fn handle(
         .with_node_id(c.node_id)
         .with_host(c.host)
         .with_port(c.port)
+}
+
+/// COORDINATOR_NOT_AVAILABLE for `key`, saying why.
+fn unavailable(key: StrBytes, why: &str) -> Coordinator {
+    Coordinator::default()
+        .with_key(key)
+        .with_node_id(BrokerId(-1))
+        .with_host(StrBytes::default())
+        .with_port(-1)
+        .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+        .with_error_message(Some(str_bytes(why)))
 }
