@@ -306,3 +306,104 @@ async fn handshake_v0_with_raw_tokens() -> Result<()> {
     .await
     .context("timed out")?
 }
+
+/// Resident memory of this process (the broker runs in it), from /proc.
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line["VmRSS:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// A thousand wrong passwords (SaslHandshake v1 + SaslAuthenticate, PLAIN,
+/// over many connections): each is refused and its connection closed,
+/// memory does not grow with them, and the right password still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_wrong_passwords() -> Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let pki = Pki::new()?;
+        let dir = tempfile::tempdir()?;
+        add_user(dir.path(), "alice", "alice-secret", &[])?;
+        let server = pki.server_files();
+        let flags = vec![
+            "--listeners".to_owned(),
+            "SASL_PLAINTEXT://127.0.0.1:0".to_owned(),
+            "--sasl-mechanisms".to_owned(),
+            "PLAIN,SCRAM-SHA-512".to_owned(),
+            // No delay, so a thousand tries take seconds, not minutes.
+            "--failed-authentication-delay-ms".to_owned(),
+            "0".to_owned(),
+            "--data-dir".to_owned(),
+            dir.path().to_string_lossy().into_owned(),
+            "--tls-cert".to_owned(),
+            server.cert.to_string_lossy().into_owned(),
+            "--tls-key".to_owned(),
+            server.key.to_string_lossy().into_owned(),
+        ];
+        let node = Node::start(
+            Settings::from_flags(flags.iter().map(String::as_str))?,
+            Launch::default(),
+        )
+        .await?;
+        let sasl = node.listener_addr("SASL_PLAINTEXT").context("sasl")?;
+        let handshake = {
+            let mut body = (5i16).to_be_bytes().to_vec();
+            body.extend_from_slice(b"PLAIN");
+            frame(17, 1, &body)
+        };
+        let authenticate = |password: &str| {
+            let token = format!("\0alice\0{password}");
+            let mut body = (token.len() as i32).to_be_bytes().to_vec();
+            body.extend_from_slice(token.as_bytes());
+            frame(36, 0, &body)
+        };
+        let try_once = |password: String| {
+            let (handshake, auth) = (handshake.clone(), authenticate(&password));
+            async move {
+                let mut s = tokio::net::TcpStream::connect(sasl).await?;
+                s.write_all(&handshake).await?;
+                read_frame(&mut s).await?;
+                s.write_all(&auth).await?;
+                let answer = read_frame(&mut s).await?;
+                // correlation id (4) + error code (2)
+                let code = i16::from_be_bytes([answer[4], answer[5]]);
+                let mut rest = [0u8; 8];
+                let closed = matches!(
+                    tokio::time::timeout(Duration::from_secs(10), s.read(&mut rest)).await,
+                    Ok(Ok(0)) | Ok(Err(_))
+                );
+                anyhow::Ok((code, closed))
+            }
+        };
+        let (code, closed) = try_once("wrong".into()).await?;
+        ensure!(
+            code == 58 && closed,
+            "a wrong password: code {code}, closed {closed}"
+        );
+        let before = rss_bytes().unwrap_or(0);
+        for round in 0..50 {
+            let tries = (0..20).map(|i| try_once(format!("wrong-{round}-{i}")));
+            for outcome in futures::future::join_all(tries).await {
+                let (code, closed) = outcome?;
+                ensure!(code == 58 && closed, "code {code}, closed {closed}");
+            }
+        }
+        let after = rss_bytes().unwrap_or(0);
+        ensure!(
+            after.saturating_sub(before) < 64 << 20,
+            "memory grew by {} MiB over 1,000 failed logins",
+            after.saturating_sub(before) >> 20
+        );
+        let (code, _) = try_once("alice-secret".into()).await?;
+        ensure!(code == 0, "the right password after the flood: code {code}");
+        node.shutdown().await;
+        Ok(())
+    })
+    .await
+    .context("timed out")?
+}
