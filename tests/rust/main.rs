@@ -8,6 +8,7 @@
 mod common;
 
 mod abuse;
+mod acls;
 mod admin_endpoint;
 mod bad_input;
 mod crash_orphans;
@@ -18,6 +19,7 @@ mod group_rebalance;
 mod idempotent;
 mod in_process;
 mod list_offsets_by_timestamp;
+mod postgres_acls;
 mod postgres_brokers;
 mod postgres_cluster;
 mod postgres_locks;

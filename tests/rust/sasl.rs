@@ -16,23 +16,6 @@ use tributary_cli::config::Settings;
 use tributary_cli::node::{Launch, Node};
 use tributary_testkit::Pki;
 
-/// `tributary users add` with the password in the environment.
-fn add_user(dir: &Path, name: &str, password: &str, extra: &[&str]) -> Result<()> {
-    let out = std::process::Command::new(broker_bin())
-        .args(["users", "add", name, "--data-dir"])
-        .arg(dir)
-        .args(extra)
-        .env("TRIBUTARY_USER_PASSWORD", password)
-        .output()
-        .context("run tributary users add")?;
-    ensure!(
-        out.status.success(),
-        "users add failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 async fn start(dir: &Path, pki: &Pki) -> Result<Node> {
     let server = pki.server_files();
     let flags = vec![
@@ -50,16 +33,6 @@ async fn start(dir: &Path, pki: &Pki) -> Result<Node> {
         server.key.to_str().context("utf-8")?,
     ];
     Node::start(Settings::from_flags(flags)?, Launch::default()).await
-}
-
-fn sasl_config(bootstrap: &str, mechanism: &str, user: &str, password: &str) -> ClientConfig {
-    let mut config = client_config(bootstrap);
-    config
-        .set("security.protocol", "sasl_plaintext")
-        .set("sasl.mechanisms", mechanism)
-        .set("sasl.username", user)
-        .set("sasl.password", password);
-    config
 }
 
 /// Metadata through `config` fails, and within `within`.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tributary_meta::{topic_config, Clock};
 
+use crate::authz::AuthorizerConfig;
 use crate::groups::GroupConfig;
 use crate::sasl::SaslConfig;
 
@@ -73,6 +74,8 @@ pub struct BrokerConfig {
     pub groups: GroupConfig,
     /// SASL mechanisms and the failed-authentication delay.
     pub sasl: SaslConfig,
+    /// ACL checks (`--authorizer acl`, super users).
+    pub authorizer: AuthorizerConfig,
     /// How often a parked fetch re-reads the partition offsets, to notice
     /// commits made by other brokers sharing the metadata store. `None` (one
     /// broker) relies on this broker's own commit notifications only.
@@ -103,6 +106,7 @@ impl Default for BrokerConfig {
             rack: None,
             groups: GroupConfig::default(),
             sasl: SaslConfig::default(),
+            authorizer: AuthorizerConfig::default(),
             fetch_poll_interval: None,
             clock: tributary_meta::clock::system(),
         }

@@ -41,6 +41,9 @@ pub struct Broker {
     pub log: Arc<dyn LogStore>,
     /// Users' credentials (SASL).
     pub security: Arc<dyn SecurityStore>,
+    /// The ACLs and the decision every request goes through
+    /// ([`authz::gate`]).
+    pub authz: Arc<authz::Authorizer>,
     /// Recent authentication failures per client address.
     pub auth_failures: sasl::Failures,
     pub writer: SegmentWriter,
@@ -86,6 +89,7 @@ impl Broker {
             }
         }));
         let topics = topics::TopicCache::new(meta.topics.clone());
+        let authz = authz::Authorizer::new(config.authorizer.clone(), meta.security.clone());
         Arc::new(Self {
             request_memory: memory::RequestMemory::new(config.max_inflight_request_bytes),
             draining: tokio_util::sync::CancellationToken::new(),
@@ -93,6 +97,7 @@ impl Broker {
             topic_store: meta.topics.clone(),
             log: meta.log.clone(),
             security: meta.security.clone(),
+            authz,
             auth_failures: sasl::Failures::default(),
             writer,
             fetcher,

@@ -3,7 +3,8 @@
 //! ApiVersions, so the broker never advertises an API or version it does not
 //! handle, and every request is counted under its API's name
 //! (`tributary_requests_total{api=...}`). The connection only frames bytes;
-//! it knows no API by name.
+//! it knows no API by name. Before its handler, every request passes the
+//! authorization gate ([`crate::authz::gate`]).
 //!
 //! A handler answers in one phase ([`Answer::Now`]) or two
 //! ([`Answer::Later`]): the first phase runs before the connection reads
@@ -20,6 +21,7 @@ use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, RequestKind, ResponseKind};
 use kafka_protocol::ResponseError;
 
+use crate::authz::gate::{gate, Gate, Patch};
 use crate::context::RequestContext;
 use crate::{apis, Broker};
 
@@ -179,6 +181,23 @@ pub fn api_table() -> &'static [Route] {
             route!(DeleteRecords, 0..=2, |b, ctx, r, v| {
                 apis::delete_records::handle(&b, r, v).await
             }),
+            route!(CreateAcls, 1..=3, |b, _ctx, r, _v| apis::acls::create(
+                &b, r
+            )
+            .await),
+            route!(DescribeAcls, 1..=3, |b, _ctx, r, _v| {
+                apis::acls::describe(&b, r).await
+            }),
+            route!(DeleteAcls, 1..=3, |b, _ctx, r, _v| apis::acls::delete(
+                &b, r
+            )
+            .await),
+            route!(DescribeUserScramCredentials, 0..=0, |b, _ctx, r, _v| {
+                apis::scram_credentials::describe(&b, r).await
+            }),
+            route!(AlterUserScramCredentials, 0..=0, |b, _ctx, r, _v| {
+                apis::scram_credentials::alter(&b, r).await
+            }),
             // The group APIs: thin adapters to the coordinator.
             route!(JoinGroup, 0..=9, |b, ctx, r, v| {
                 let host = ctx.peer.ip().to_string();
@@ -274,19 +293,33 @@ pub async fn dispatch(broker: Arc<Broker>, ctx: RequestContext, request: Request
         return Answer::Close;
     }
     let started = Instant::now();
+    let (request, patch) = match gate(&broker, &ctx, route.name, request).await {
+        Gate::Pass(request, patch) => (request, patch),
+        Gate::Answer(resp) => {
+            observe(route.name, started);
+            return Answer::Now(Some(resp));
+        }
+        Gate::Close => return Answer::Close,
+    };
+    let patched = |mut resp: Box<ResponseKind>, patch: Option<Patch>| {
+        if let Some(patch) = patch {
+            patch(&mut resp);
+        }
+        resp
+    };
     match (route.handler)(broker, ctx, request).await {
         Answer::Now(resp) => {
             observe(route.name, started);
-            Answer::Now(resp)
+            Answer::Now(resp.map(|r| patched(r, patch)))
         }
         Answer::Last(resp) => {
             observe(route.name, started);
-            Answer::Last(resp)
+            Answer::Last(resp.map(|r| patched(r, patch)))
         }
         Answer::Later(pending) => Answer::Later(Box::pin(async move {
             let resp = pending.await;
             observe(route.name, started);
-            resp
+            resp.map(|r| *patched(Box::new(r), patch))
         })),
         Answer::Close => Answer::Close,
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use serde::Deserialize;
+use tributary_broker::authz::AuthorizerConfig;
 use tributary_broker::listener::{parse_listeners, ListenerConfig, SecurityProtocol};
 use tributary_broker::sasl::Mechanism as SaslMechanism;
 use tributary_broker::tls::{ClientAuth, TlsFiles};
@@ -118,6 +119,19 @@ serve_settings! {
     /// connection (Kafka `connection.failed.authentication.delay.ms`) [default: 100].
     #[arg(long, env = "TRIBUTARY_FAILED_AUTHENTICATION_DELAY_MS")]
     failed_authentication_delay_ms: u64,
+    /// Check ACLs on every request: `acl`, or `none` to allow everything
+    /// (Kafka `authorizer.class.name`) [default: none].
+    #[arg(long, env = "TRIBUTARY_AUTHORIZER")]
+    authorizer: String,
+    /// Principals allowed everything with --authorizer acl, comma-separated
+    /// (`User:admin,User:CN=ops`; Kafka `super.users`, which separates them
+    /// with `;`, also accepted) [default: none].
+    #[arg(long, env = "TRIBUTARY_SUPER_USERS")]
+    super_users: String,
+    /// With --authorizer acl, allow access to resources no ACL names
+    /// (Kafka `allow.everyone.if.no.acl.found`) [default: false].
+    #[arg(long, env = "TRIBUTARY_ALLOW_EVERYONE_IF_NO_ACL_FOUND")]
+    allow_everyone_if_no_acl_found: bool,
     /// Create topics on first use [default: true].
     #[arg(long, env = "TRIBUTARY_AUTO_CREATE_TOPICS")]
     auto_create_topics: bool,
@@ -263,6 +277,7 @@ impl Settings {
     pub fn layer(a: ServeArgs) -> anyhow::Result<Self> {
         let listeners = listeners(&a)?;
         let tls = tls_files(&a, &listeners)?;
+        let authorizer = authorizer(&a)?;
         let data_dir = a.stores.data_dir.unwrap_or_else(|| "data".into());
         let abs_data = if data_dir.is_absolute() {
             data_dir.clone()
@@ -346,6 +361,7 @@ impl Settings {
             &mut broker.sasl.failed_delay,
             a.failed_authentication_delay_ms.map(Duration::from_millis),
         );
+        broker.authorizer = authorizer;
 
         let mut maintenance = MaintenanceConfig::default();
         let ms = |v: Option<u64>| v.map(Duration::from_millis);
@@ -505,6 +521,53 @@ fn listeners(a: &ServeArgs) -> anyhow::Result<Vec<ListenerConfig>> {
 }
 
 /// The TLS files, required when a listener speaks TLS.
+/// `--authorizer`, `--super-users`, `--allow-everyone-if-no-acl-found`.
+fn authorizer(a: &ServeArgs) -> anyhow::Result<AuthorizerConfig> {
+    let enabled = match a.authorizer.as_deref().map(str::trim) {
+        None | Some("none") | Some("") => false,
+        Some("acl") => true,
+        Some(other) => bail!("bad --authorizer {other:?}: expected acl or none"),
+    };
+    let super_users =
+        principal_list(a.super_users.as_deref().unwrap_or_default()).map_err(|bad| {
+            anyhow::anyhow!("bad --super-users entry {bad:?}: expected TYPE:NAME, e.g. User:admin")
+        })?;
+    if !enabled && (!super_users.is_empty() || a.allow_everyone_if_no_acl_found.is_some()) {
+        bail!("--super-users and --allow-everyone-if-no-acl-found need --authorizer acl");
+    }
+    Ok(AuthorizerConfig {
+        enabled,
+        super_users,
+        allow_if_no_acl: a.allow_everyone_if_no_acl_found.unwrap_or(false),
+    })
+}
+
+/// A list of principals: separated by `;` (Kafka's `super.users`) or, when
+/// there is none, by `,`. Certificate principals hold commas
+/// (`User:CN=ops,O=Example`): a comma piece that is not `TYPE:NAME` belongs
+/// to the principal before it. `Err`: an entry that is not `TYPE:NAME`.
+fn principal_list(list: &str) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    if list.contains(';') {
+        out.extend(list.split(';').map(str::trim).map(str::to_owned));
+    } else {
+        for piece in list.split(',').map(str::trim) {
+            match out.last_mut() {
+                Some(last) if !piece.contains(':') => {
+                    last.push(',');
+                    last.push_str(piece);
+                }
+                _ => out.push(piece.to_owned()),
+            }
+        }
+    }
+    out.retain(|p| !p.is_empty());
+    match out.iter().find(|p| !p.contains(':')) {
+        Some(bad) => Err(bad.clone()),
+        None => Ok(out),
+    }
+}
+
 fn tls_files(a: &ServeArgs, listeners: &[ListenerConfig]) -> anyhow::Result<Option<TlsFiles>> {
     let needed = listeners.iter().find(|l| l.protocol.tls());
     let client_auth = match &a.tls_client_auth {
@@ -599,6 +662,34 @@ mod tests {
             Some(ClientAuth::Required),
             "a client CA means client certificates are required unless said otherwise"
         );
+    }
+
+    #[test]
+    fn authorizer_settings() {
+        let a = |authorizer: Option<&str>, supers: Option<&str>, open: Option<bool>| {
+            Settings::layer(ServeArgs {
+                authorizer: authorizer.map(Into::into),
+                super_users: supers.map(Into::into),
+                allow_everyone_if_no_acl_found: open,
+                ..Default::default()
+            })
+            .map(|s| s.broker.authorizer)
+        };
+        assert!(!a(None, None, None).expect("default").enabled);
+        let on = a(Some("acl"), Some("User:admin; User:CN=ops,O=x"), None).expect("acl");
+        assert!(on.enabled && !on.allow_if_no_acl);
+        assert_eq!(on.super_users, ["User:admin", "User:CN=ops,O=x"]);
+        let commas = a(Some("acl"), Some("User:a,User:CN=ops,O=x,User:b"), None).expect("commas");
+        assert_eq!(commas.super_users, ["User:a", "User:CN=ops,O=x", "User:b"]);
+        assert!(
+            a(Some("acl"), None, Some(true))
+                .expect("open")
+                .allow_if_no_acl
+        );
+        let err = |r: anyhow::Result<AuthorizerConfig>| r.expect_err("refused").to_string();
+        assert!(err(a(Some("ranger"), None, None)).contains("expected acl or none"));
+        assert!(err(a(None, Some("User:admin"), None)).contains("need --authorizer acl"));
+        assert!(err(a(Some("acl"), Some("admin"), None)).contains("TYPE:NAME"));
     }
 
     #[test]

@@ -225,6 +225,17 @@ impl Node {
         }
         let node_id = broker_config.node_id;
         let broker = Broker::new(broker_config, &meta, writer, fetcher, watermarks, cluster);
+        if broker.authz.enabled() {
+            // Serving before the ACLs are known would refuse everyone (or,
+            // worse, allow what a DENY forbids): the first load must work.
+            broker
+                .authz
+                .refresh()
+                .await
+                .context("cannot load ACLs from the metadata store")?;
+            tasks.push(broker.authz.spawn_refresh(stop.clone()));
+            tracing::info!(super_users = ?settings.broker.authorizer.super_users, "ACL authorizer on");
+        }
         let server = tributary_runtime::supervise(
             "kafka-server",
             tributary_broker::server::run(bound, broker, draining.clone().cancelled_owned()),

@@ -5,11 +5,13 @@
 //! Each test file includes this with `mod common;` and uses a subset of it.
 #![allow(dead_code)]
 
+pub(crate) mod raw;
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -622,4 +624,42 @@ pub(crate) async fn round_trip(config: &ClientConfig, name: &str, n: i64) -> Res
     consumer.subscribe(&[name]).context("subscribe")?;
     let got = consume_n(&consumer, n as usize, Duration::from_secs(60)).await?;
     check_dense(&got, |_| 0)
+}
+
+/// `tributary users add` with the password in the environment.
+pub(crate) fn add_user(
+    dir: &std::path::Path,
+    name: &str,
+    password: &str,
+    extra: &[&str],
+) -> Result<()> {
+    let out = std::process::Command::new(broker_bin())
+        .args(["users", "add", name, "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .env("TRIBUTARY_USER_PASSWORD", password)
+        .output()
+        .context("run tributary users add")?;
+    ensure!(
+        out.status.success(),
+        "users add failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// librdkafka over SASL_PLAINTEXT as `user`.
+pub(crate) fn sasl_config(
+    bootstrap: &str,
+    mechanism: &str,
+    user: &str,
+    password: &str,
+) -> ClientConfig {
+    let mut config = client_config(bootstrap);
+    config
+        .set("security.protocol", "sasl_plaintext")
+        .set("sasl.mechanisms", mechanism)
+        .set("sasl.username", user)
+        .set("sasl.password", password);
+    config
 }

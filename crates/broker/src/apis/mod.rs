@@ -4,6 +4,7 @@
 //! Handlers never fail as a whole: problems become per-topic or
 //! per-partition error codes.
 
+pub mod acls;
 pub mod alter_configs;
 pub mod create_partitions;
 pub mod create_topics;
@@ -20,6 +21,7 @@ pub mod metadata;
 pub mod produce;
 pub mod sasl_authenticate;
 pub mod sasl_handshake;
+pub mod scram_credentials;
 pub mod topic_configs;
 
 use kafka_protocol::messages::TopicName;

@@ -221,6 +221,47 @@ pub fn decide(acls: &[AclBinding], access: Access<'_>, allow_if_none: bool) -> b
     allowed || (!named && allow_if_none)
 }
 
+/// Whether `principal`, from `host`, may do `op` on *some* resource of
+/// `resource_type` (Kafka's `authorizeByResourceType`, which lets an
+/// idempotent producer in with WRITE on any topic): an ALLOW binding that
+/// no DENY of the same principal covers whole (a literal `*`, or a prefix
+/// of its name). With `allow_if_none`, also when no DENY applies at all.
+pub fn allows_some(
+    acls: &[AclBinding],
+    principal: &str,
+    host: &str,
+    op: i8,
+    resource_type: i8,
+    allow_if_none: bool,
+) -> bool {
+    let applies = |b: &&AclBinding| {
+        b.resource_type == resource_type
+            && (b.principal == principal || b.principal == "User:*")
+            && (b.host == WILDCARD || b.host == host)
+            && covers(b, op)
+    };
+    let denies: Vec<&AclBinding> = acls
+        .iter()
+        .filter(applies)
+        .filter(|b| b.permission == permission::DENY)
+        .collect();
+    let covered = |allow: &AclBinding| {
+        denies.iter().any(|d| {
+            (d.pattern_type == pattern::LITERAL && d.resource_name == WILDCARD)
+                || (d.pattern_type == pattern::PREFIXED
+                    && allow.resource_name.starts_with(&d.resource_name))
+                || (d.pattern_type == pattern::LITERAL
+                    && allow.pattern_type == pattern::LITERAL
+                    && d.resource_name == allow.resource_name)
+        })
+    };
+    let granted = acls
+        .iter()
+        .filter(applies)
+        .any(|b| b.permission == permission::ALLOW && !covered(b));
+    granted || (allow_if_none && denies.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +390,28 @@ mod tests {
             ..all
         };
         assert!(!matches(&groups, &lit));
+    }
+
+    #[test]
+    fn some_resource_of_a_type() {
+        use operation::*;
+        use permission::*;
+        use resource::*;
+        let some = |acls: &[AclBinding], who: &str| {
+            allows_some(acls, who, "10.0.0.1", WRITE, TOPIC, false)
+        };
+        let write_orders = acl(TOPIC, "orders", pattern::LITERAL, "User:a", WRITE, ALLOW);
+        assert!(some(std::slice::from_ref(&write_orders), "User:a"));
+        assert!(!some(std::slice::from_ref(&write_orders), "User:b"));
+        let read_only = acl(TOPIC, "orders", pattern::LITERAL, "User:a", READ, ALLOW);
+        assert!(!some(&[read_only], "User:a"), "READ does not imply WRITE");
+        let deny_all = acl(TOPIC, "*", pattern::LITERAL, "User:a", WRITE, DENY);
+        assert!(!some(&[write_orders.clone(), deny_all], "User:a"));
+        let deny_prefix = acl(TOPIC, "ord", pattern::PREFIXED, "User:a", ALL, DENY);
+        assert!(!some(&[write_orders.clone(), deny_prefix], "User:a"));
+        let deny_other = acl(TOPIC, "x", pattern::LITERAL, "User:a", WRITE, DENY);
+        assert!(some(&[write_orders, deny_other], "User:a"));
+        assert!(allows_some(&[], "User:a", "h", WRITE, TOPIC, true));
     }
 
     #[test]

@@ -10,12 +10,14 @@
 //! bindings must load once before the broker serves; afterwards a store
 //! that does not answer leaves the last bindings in force.
 
+pub mod gate;
+
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tributary_meta::rules::acl::{decide, Access};
+use tributary_meta::rules::acl::{allows_some, decide, Access};
 use tributary_meta::{AclBinding, MetaError, SecurityStore};
 use tributary_runtime::{Background, CancellationToken, Chain, TaskHandle, Tick};
 
@@ -81,6 +83,23 @@ impl Authorizer {
                 resource_type,
                 name,
             },
+            self.config.allow_if_no_acl,
+        )
+    }
+
+    /// May `principal` do `op` on some resource of `resource_type`
+    /// ([`allows_some`]: an idempotent producer with WRITE on any topic).
+    pub fn allows_some(&self, principal: &str, host: &str, op: i8, resource_type: i8) -> bool {
+        if !self.config.enabled || self.config.super_users.iter().any(|s| s == principal) {
+            return true;
+        }
+        let acls = self.acls.read().unwrap_or_else(|e| e.into_inner()).clone();
+        allows_some(
+            &acls,
+            principal,
+            host,
+            op,
+            resource_type,
             self.config.allow_if_no_acl,
         )
     }
