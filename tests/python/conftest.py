@@ -237,6 +237,22 @@ class Pki:
         ):
             subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
 
+    def client(self, name: str):
+        """A client certificate with subject `CN=<name>` signed by the CA:
+        (certificate path, key path). Its principal is `User:CN=<name>`."""
+        cert, key, csr = (self.dir / f"{name}{ext}" for ext in (".pem", ".key", ".csr"))
+        # An X.509 v3 certificate (extensions make it v3; webpki refuses v1).
+        ext = self.dir / f"{name}.ext"
+        ext.write_text("extendedKeyUsage=clientAuth\n")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        for args in (
+            ["req", *ec, "-keyout", key, "-out", csr, "-subj", f"/CN={name}"],
+            ["x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey", self.dir / "ca.key",
+             "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", ext],
+        ):
+            subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+        return cert, key
+
 
 def add_user(data_dir: Path, name: str, password: str, *extra: str):
     """`tributary users add` on a broker's data dir (password via env)."""

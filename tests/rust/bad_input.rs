@@ -9,6 +9,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
+use crate::common::raw::Raw;
 use crate::common::*;
 use anyhow::{bail, ensure, Context, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -19,7 +20,7 @@ use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{
     ApiVersionsRequest, FetchRequest, ProduceRequest, RequestHeader, ResponseHeader, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -352,33 +353,18 @@ fn topic_name(name: &str) -> TopicName {
 }
 
 struct Conn {
-    stream: TcpStream,
-    next_correlation: i32,
+    raw: Raw,
 }
 
 impl Conn {
     fn connect(addr: SocketAddr) -> Result<Self> {
         Ok(Conn {
-            stream: connect(addr)?,
-            next_correlation: 1,
+            raw: Raw::connect(addr)?,
         })
     }
 
     fn call<R: Request>(&mut self, request: &R, version: i16) -> Result<R::Response> {
-        let correlation = self.next_correlation;
-        self.next_correlation += 1;
-        let frame = encode_request(request, version, correlation, "bad-input")?;
-        send_frame(&mut self.stream, &frame)?;
-        let mut body = read_frame(&mut self.stream)?.with_context(|| {
-            format!("connection closed instead of answering api key {}", R::KEY)
-        })?;
-        let header = ResponseHeader::decode(&mut body, R::Response::header_version(version))?;
-        ensure!(
-            header.correlation_id == correlation,
-            "correlation id {} for request {correlation}",
-            header.correlation_id
-        );
-        R::Response::decode(&mut body, version).context("decode response")
+        self.raw.call(request, version)
     }
 
     fn produce(

@@ -18,10 +18,10 @@
 //! generously (the machine is shared).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::common::raw::Raw;
 use crate::common::*;
 use anyhow::{bail, ensure, Context, Result};
 use bytes::{Buf, Bytes, BytesMut};
@@ -40,7 +40,6 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use kafka_protocol::records::{Record, RecordBatchDecoder};
 
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Generous upper bound for "answers promptly" (the machine is shared).
 const PROMPT: Duration = Duration::from_secs(8);
 const MIB: i32 = 1024 * 1024;
@@ -649,7 +648,7 @@ fn acks_zero(addr: SocketAddr) -> Result<()> {
     let request = produce_request(0, "acks0", vec![(0, record_batch(&["z-0", "z-1"])?)]);
     let produce_id = conn.send(&request, version)?;
     let versions_id = conn.send(&ApiVersionsRequest::default(), 0)?;
-    let mut frame = read_frame(&mut conn.stream)?;
+    let mut frame = conn.raw.next_frame()?;
     let id = frame.get_i32();
     ensure!(
         id == versions_id,
@@ -705,7 +704,7 @@ fn pipelined_produce(addr: SocketAddr) -> Result<()> {
     }
     let mut bases = Vec::new();
     for (i, &expected) in ids.iter().enumerate() {
-        let mut frame = read_frame(&mut conn.stream)?;
+        let mut frame = conn.raw.next_frame()?;
         let header = ResponseHeader::decode(&mut frame, ProduceResponse::header_version(version))?;
         ensure!(
             header.correlation_id == expected,
@@ -755,7 +754,7 @@ fn versions_and_metadata(addr: SocketAddr) -> Result<()> {
             .with_client_software_version(StrBytes::from_static_str("1.0")),
         3,
     )?;
-    let raw = read_frame(&mut conn.stream)?;
+    let raw = conn.raw.next_frame()?;
     let mut body = raw.clone();
     ensure!(
         body.len() > 4 + 2 + 1 + 4,
@@ -855,7 +854,7 @@ fn versions_and_metadata(addr: SocketAddr) -> Result<()> {
             request.allow_auto_topic_creation = false;
         }
         let id = conn.send(&request, version)?;
-        let raw = read_frame(&mut conn.stream)?;
+        let raw = conn.raw.next_frame()?;
         let header_version = MetadataResponse::header_version(version);
         let mut body = raw.clone();
         let header = ResponseHeader::decode(&mut body, header_version)?;
@@ -1069,41 +1068,16 @@ fn topic_name(name: &str) -> TopicName {
 
 // ---------------------------------------------------------------- raw client
 
-fn send_frame(stream: &mut TcpStream, payload: &[u8]) -> Result<()> {
-    let len = i32::try_from(payload.len()).context("frame too long")?;
-    stream.write_all(&len.to_be_bytes())?;
-    stream.write_all(payload)?;
-    Ok(())
-}
-
-fn read_frame(stream: &mut TcpStream) -> Result<Bytes> {
-    let mut len = [0u8; 4];
-    stream
-        .read_exact(&mut len)
-        .context("read response length (closed or timed out)")?;
-    let len = usize::try_from(i32::from_be_bytes(len)).context("negative frame length")?;
-    ensure!(len <= 128 * 1024 * 1024, "response frame of {len} bytes");
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).context("read response body")?;
-    Ok(Bytes::from(body))
-}
-
 /// One raw-protocol connection that knows the broker's advertised versions.
 struct Conn {
-    stream: TcpStream,
-    next_correlation: i32,
+    raw: Raw,
     versions: BTreeMap<i16, (i16, i16)>,
 }
 
 impl Conn {
     fn connect(addr: SocketAddr) -> Result<Self> {
-        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).context("connect")?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        stream.set_nodelay(true)?;
         let mut conn = Conn {
-            stream,
-            next_correlation: 1,
+            raw: Raw::connect(addr)?,
             versions: BTreeMap::new(),
         };
         let response = conn.call(&ApiVersionsRequest::default(), 0)?;
@@ -1140,31 +1114,11 @@ impl Conn {
 
     /// Send a request without waiting; returns its correlation id.
     fn send<R: Request>(&mut self, request: &R, version: i16) -> Result<i32> {
-        let correlation = self.next_correlation;
-        self.next_correlation += 1;
-        let frame = encode_request(request, version, correlation, "fetch-semantics")?;
-        send_frame(&mut self.stream, &frame)?;
-        Ok(correlation)
+        self.raw.send(request, version)
     }
 
     fn call<R: Request>(&mut self, request: &R, version: i16) -> Result<R::Response> {
-        let correlation = self.send(request, version)?;
-        let mut body = read_frame(&mut self.stream)
-            .with_context(|| format!("no answer to api key {} v{version}", R::KEY))?;
-        let header = ResponseHeader::decode(&mut body, R::Response::header_version(version))?;
-        ensure!(
-            header.correlation_id == correlation,
-            "correlation id {} for request {correlation}",
-            header.correlation_id
-        );
-        let response = R::Response::decode(&mut body, version).context("decode response")?;
-        ensure!(
-            !body.has_remaining(),
-            "{} bytes left after decoding api key {} v{version}",
-            body.len(),
-            R::KEY
-        );
-        Ok(response)
+        self.raw.call(request, version)
     }
 
     fn produce_one(

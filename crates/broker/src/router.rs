@@ -352,4 +352,15 @@ mod tests {
         assert!(is_supported(ApiKey::SaslHandshake, 0));
         assert!(!is_supported(ApiKey::EndTxn, 0));
     }
+
+    #[test]
+    fn every_routed_api_has_an_authorization_rule() {
+        for route in api_table() {
+            assert!(
+                crate::authz::gate::has_rule(route.key),
+                "{} has no authorization rule",
+                route.name
+            );
+        }
+    }
 }

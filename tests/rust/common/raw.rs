@@ -14,7 +14,7 @@ use kafka_protocol::protocol::{Decodable, HeaderVersion, Request, StrBytes};
 use super::encode_request;
 
 /// Bound on every read and write.
-pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One connection.
 pub(crate) struct Raw {
@@ -27,6 +27,7 @@ impl Raw {
         let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).context("connect")?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        stream.set_nodelay(true)?;
         Ok(Raw {
             stream,
             next_correlation: 1,
@@ -60,14 +61,27 @@ impl Raw {
         Ok(conn)
     }
 
-    /// Send `request` as `version` and decode its answer.
-    pub(crate) fn call<R: Request>(&mut self, request: &R, version: i16) -> Result<R::Response> {
+    /// Send `request` as `version` without waiting; its correlation id.
+    pub(crate) fn send<R: Request>(&mut self, request: &R, version: i16) -> Result<i32> {
         let correlation = self.next_correlation;
         self.next_correlation += 1;
         let frame = encode_request(request, version, correlation, "raw-test")?;
         let len = i32::try_from(frame.len()).context("frame too long")?;
         self.stream.write_all(&len.to_be_bytes())?;
         self.stream.write_all(&frame)?;
+        Ok(correlation)
+    }
+
+    /// The next response frame (header and body); an error if the broker
+    /// closed the connection.
+    pub(crate) fn next_frame(&mut self) -> Result<Bytes> {
+        self.read_frame()?
+            .context("the broker closed the connection instead of answering")
+    }
+
+    /// Send `request` as `version` and decode its answer.
+    pub(crate) fn call<R: Request>(&mut self, request: &R, version: i16) -> Result<R::Response> {
+        let correlation = self.send(request, version)?;
         let mut body = self.read_frame()?.with_context(|| {
             format!("connection closed instead of answering api key {}", R::KEY)
         })?;

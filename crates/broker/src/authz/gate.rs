@@ -137,6 +137,34 @@ impl Who {
     }
 }
 
+/// A rule that keeps the items of `$r.$items` that `$allowed` admits and
+/// answers each refused one with `$refuse` (which adds it to `$resp`, the
+/// handler's answer, or to an empty answer when nothing is left).
+macro_rules! narrow {
+    ($r:ident, $Api:ident, $Resp:ty, $items:ident,
+     |$item:ident| $allowed:expr, |$resp:ident, $gone:ident| $refuse:expr) => {{
+        let (kept, denied) = split(std::mem::take(&mut $r.$items), |$item| $allowed);
+        $r.$items = kept;
+        if denied.is_empty() {
+            return Gate::Pass(RequestKind::$Api($r), None);
+        }
+        let emptied = $r.$items.is_empty();
+        let patch: Patch = Box::new(move |resp| {
+            if let ResponseKind::$Api($resp) = resp {
+                for $gone in denied {
+                    $refuse;
+                }
+            }
+        });
+        narrowed(
+            RequestKind::$Api($r),
+            emptied,
+            ResponseKind::$Api(<$Resp>::default()),
+            patch,
+        )
+    }};
+}
+
 /// Authorize one request (see the module docs). `api` names it in the
 /// denial metrics.
 pub async fn gate(
@@ -216,80 +244,78 @@ pub async fn gate(
         RequestKind::DescribeGroups(r) => describe_groups(&who, r),
         RequestKind::DeleteGroups(r) => delete_groups(&who, r),
         RequestKind::CreateAcls(r) => {
-            if who.may_cluster(op::ALTER) {
-                return Gate::Pass(RequestKind::CreateAcls(r), None);
-            }
-            let results = r
-                .creations
-                .iter()
-                .map(|_| {
-                    create_acls_response::AclCreationResult::default()
-                        .with_error_code(CLUSTER_DENIED)
-                })
-                .collect();
-            answer(ResponseKind::CreateAcls(
-                CreateAclsResponse::default().with_results(results),
-            ))
+            on_cluster(&who, op::ALTER, r, RequestKind::CreateAcls, |r| {
+                ResponseKind::CreateAcls(
+                    CreateAclsResponse::default().with_results(
+                        r.creations
+                            .iter()
+                            .map(|_| {
+                                create_acls_response::AclCreationResult::default()
+                                    .with_error_code(CLUSTER_DENIED)
+                            })
+                            .collect(),
+                    ),
+                )
+            })
         }
         RequestKind::DeleteAcls(r) => {
-            if who.may_cluster(op::ALTER) {
-                return Gate::Pass(RequestKind::DeleteAcls(r), None);
-            }
-            let results = r
-                .filters
-                .iter()
-                .map(|_| {
-                    delete_acls_response::DeleteAclsFilterResult::default()
-                        .with_error_code(CLUSTER_DENIED)
-                })
-                .collect();
-            answer(ResponseKind::DeleteAcls(
-                DeleteAclsResponse::default().with_filter_results(results),
-            ))
+            on_cluster(&who, op::ALTER, r, RequestKind::DeleteAcls, |r| {
+                ResponseKind::DeleteAcls(
+                    DeleteAclsResponse::default().with_filter_results(
+                        r.filters
+                            .iter()
+                            .map(|_| {
+                                delete_acls_response::DeleteAclsFilterResult::default()
+                                    .with_error_code(CLUSTER_DENIED)
+                            })
+                            .collect(),
+                    ),
+                )
+            })
         }
         RequestKind::DescribeAcls(r) => {
-            if who.may_cluster(op::DESCRIBE) {
-                return Gate::Pass(RequestKind::DescribeAcls(r), None);
-            }
-            answer(ResponseKind::DescribeAcls(
-                DescribeAclsResponse::default().with_error_code(CLUSTER_DENIED),
-            ))
+            on_cluster(&who, op::DESCRIBE, r, RequestKind::DescribeAcls, |_| {
+                ResponseKind::DescribeAcls(
+                    DescribeAclsResponse::default().with_error_code(CLUSTER_DENIED),
+                )
+            })
         }
-        RequestKind::DescribeUserScramCredentials(r) => {
-            if who.may_cluster(op::DESCRIBE) {
-                return Gate::Pass(RequestKind::DescribeUserScramCredentials(r), None);
-            }
-            answer(ResponseKind::DescribeUserScramCredentials(
-                DescribeUserScramCredentialsResponse::default().with_error_code(CLUSTER_DENIED),
-            ))
-        }
-        RequestKind::AlterUserScramCredentials(r) => {
-            if who.may_cluster(op::ALTER) {
-                return Gate::Pass(RequestKind::AlterUserScramCredentials(r), None);
-            }
-            let users: Vec<StrBytes> = r
-                .upsertions
-                .iter()
-                .map(|u| u.name.clone())
-                .chain(r.deletions.iter().map(|d| d.name.clone()))
-                .collect();
-            let results = users
-                .into_iter()
-                .map(|user| {
-                    alter_user_scram_credentials_response::AlterUserScramCredentialsResult::default(
-                    )
-                    .with_user(user)
-                    .with_error_code(CLUSTER_DENIED)
-                })
-                .collect();
-            answer(ResponseKind::AlterUserScramCredentials(
-                AlterUserScramCredentialsResponse::default().with_results(results),
-            ))
-        }
+        RequestKind::DescribeUserScramCredentials(r) => on_cluster(
+            &who,
+            op::DESCRIBE,
+            r,
+            RequestKind::DescribeUserScramCredentials,
+            |_| {
+                ResponseKind::DescribeUserScramCredentials(
+                    DescribeUserScramCredentialsResponse::default().with_error_code(CLUSTER_DENIED),
+                )
+            },
+        ),
+        RequestKind::AlterUserScramCredentials(r) => on_cluster(
+            &who,
+            op::ALTER,
+            r,
+            RequestKind::AlterUserScramCredentials,
+            |r| {
+                let users = r.upsertions.iter().map(|u| u.name.clone());
+                let users = users.chain(r.deletions.iter().map(|d| d.name.clone()));
+                ResponseKind::AlterUserScramCredentials(
+                    AlterUserScramCredentialsResponse::default().with_results(
+                        users
+                            .map(|user| {
+                                alter_user_scram_credentials_response::AlterUserScramCredentialsResult::default()
+                                    .with_user(user)
+                                    .with_error_code(CLUSTER_DENIED)
+                            })
+                            .collect(),
+                    ),
+                )
+            },
+        ),
         other => {
             // A routed API without a rule here is refused rather than let
-            // through unchecked (`every_routed_api_has_a_rule` keeps the two
-            // lists together).
+            // through unchecked (a test in `router` keeps the two lists
+            // together).
             tracing::error!(
                 api,
                 "no authorization rule for this API; closing connection"
@@ -359,6 +385,21 @@ fn narrowed(request: RequestKind, emptied: bool, empty: ResponseKind, patch: Pat
 /// Split `items` into those `allowed` and the rest.
 fn split<T>(items: Vec<T>, mut allowed: impl FnMut(&T) -> bool) -> (Vec<T>, Vec<T>) {
     items.into_iter().partition(|t| allowed(t))
+}
+
+/// A request on the cluster, all or nothing: `refused` answers it.
+fn on_cluster<T>(
+    who: &Who,
+    operation: i8,
+    request: T,
+    wrap: fn(T) -> RequestKind,
+    refused: impl FnOnce(&T) -> ResponseKind,
+) -> Gate {
+    if who.may_cluster(operation) {
+        Gate::Pass(wrap(request), None)
+    } else {
+        answer(refused(&request))
+    }
 }
 
 /// A request about one group, all or nothing.
@@ -447,81 +488,55 @@ async fn produce(broker: &Broker, who: &Who, mut r: ProduceRequest) -> Gate {
 
 /// Fetch: READ on each topic.
 fn fetch(who: &Who, mut r: FetchRequest) -> Gate {
-    let (kept, denied) = split(std::mem::take(&mut r.topics), |t| {
-        who.may(op::READ, res::TOPIC, &t.topic.0)
-    });
-    r.topics = kept;
-    if denied.is_empty() {
-        return Gate::Pass(RequestKind::Fetch(r), None);
-    }
-    let emptied = r.topics.is_empty();
-    let patch: Patch = Box::new(move |resp| {
-        if let ResponseKind::Fetch(resp) = resp {
-            for t in denied {
-                resp.responses.push(
-                    fetch_response::FetchableTopicResponse::default()
-                        .with_topic(t.topic)
-                        .with_topic_id(t.topic_id)
-                        .with_partitions(
-                            t.partitions
-                                .iter()
-                                .map(|p| {
-                                    fetch_response::PartitionData::default()
-                                        .with_partition_index(p.partition)
-                                        .with_error_code(TOPIC_DENIED)
-                                        .with_high_watermark(-1)
-                                })
-                                .collect(),
-                        ),
-                );
-            }
-        }
-    });
-    narrowed(
-        RequestKind::Fetch(r),
-        emptied,
-        ResponseKind::Fetch(FetchResponse::default()),
-        patch,
+    narrow!(
+        r,
+        Fetch,
+        FetchResponse,
+        topics,
+        |t| who.may(op::READ, res::TOPIC, &t.topic.0),
+        |resp, t| resp.responses.push(
+            fetch_response::FetchableTopicResponse::default()
+                .with_topic(t.topic)
+                .with_topic_id(t.topic_id)
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            fetch_response::PartitionData::default()
+                                .with_partition_index(p.partition)
+                                .with_error_code(TOPIC_DENIED)
+                                .with_high_watermark(-1)
+                        })
+                        .collect()
+                )
+        )
     )
 }
 
 /// ListOffsets: DESCRIBE on each topic.
 fn list_offsets(who: &Who, mut r: ListOffsetsRequest) -> Gate {
-    let (kept, denied) = split(std::mem::take(&mut r.topics), |t| {
-        who.may(op::DESCRIBE, res::TOPIC, &t.name.0)
-    });
-    r.topics = kept;
-    if denied.is_empty() {
-        return Gate::Pass(RequestKind::ListOffsets(r), None);
-    }
-    let emptied = r.topics.is_empty();
-    let patch: Patch = Box::new(move |resp| {
-        if let ResponseKind::ListOffsets(resp) = resp {
-            for t in denied {
-                resp.topics.push(
-                    list_offsets_response::ListOffsetsTopicResponse::default()
-                        .with_name(t.name)
-                        .with_partitions(
-                            t.partitions
-                                .iter()
-                                .map(|p| {
-                                    list_offsets_response::ListOffsetsPartitionResponse::default()
-                                        .with_partition_index(p.partition_index)
-                                        .with_error_code(TOPIC_DENIED)
-                                        .with_offset(-1)
-                                        .with_timestamp(-1)
-                                })
-                                .collect(),
-                        ),
-                );
-            }
-        }
-    });
-    narrowed(
-        RequestKind::ListOffsets(r),
-        emptied,
-        ResponseKind::ListOffsets(ListOffsetsResponse::default()),
-        patch,
+    narrow!(
+        r,
+        ListOffsets,
+        ListOffsetsResponse,
+        topics,
+        |t| who.may(op::DESCRIBE, res::TOPIC, &t.name.0),
+        |resp, t| resp.topics.push(
+            list_offsets_response::ListOffsetsTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            list_offsets_response::ListOffsetsPartitionResponse::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(TOPIC_DENIED)
+                                .with_offset(-1)
+                                .with_timestamp(-1)
+                        })
+                        .collect()
+                )
+        )
     )
 }
 
@@ -710,30 +725,21 @@ fn refusal(code: i16) -> Option<StrBytes> {
 
 /// CreateTopics: CREATE on the cluster or the topic.
 fn create_topics(who: &Who, mut r: CreateTopicsRequest) -> Gate {
-    let (kept, denied) = split(std::mem::take(&mut r.topics), |t| who.may_create(&t.name.0));
-    r.topics = kept;
-    if denied.is_empty() {
-        return Gate::Pass(RequestKind::CreateTopics(r), None);
-    }
-    let emptied = r.topics.is_empty();
-    let patch: Patch = Box::new(move |resp| {
-        if let ResponseKind::CreateTopics(resp) = resp {
-            resp.topics.extend(denied.into_iter().map(|t| {
-                create_topics_response::CreatableTopicResult::default()
-                    .with_name(t.name)
-                    .with_error_code(TOPIC_DENIED)
-                    .with_error_message(refusal(TOPIC_DENIED))
-                    .with_topic_config_error_code(TOPIC_DENIED)
-                    .with_num_partitions(-1)
-                    .with_replication_factor(-1)
-            }));
-        }
-    });
-    narrowed(
-        RequestKind::CreateTopics(r),
-        emptied,
-        ResponseKind::CreateTopics(CreateTopicsResponse::default()),
-        patch,
+    narrow!(
+        r,
+        CreateTopics,
+        CreateTopicsResponse,
+        topics,
+        |t| who.may_create(&t.name.0),
+        |resp, t| resp.topics.push(
+            create_topics_response::CreatableTopicResult::default()
+                .with_name(t.name)
+                .with_error_code(TOPIC_DENIED)
+                .with_error_message(refusal(TOPIC_DENIED))
+                .with_topic_config_error_code(TOPIC_DENIED)
+                .with_num_partitions(-1)
+                .with_replication_factor(-1)
+        )
     )
 }
 
@@ -790,247 +796,146 @@ async fn delete_topics(broker: &Broker, who: &Who, mut r: DeleteTopicsRequest, v
 
 /// CreatePartitions: ALTER on each topic.
 fn create_partitions(who: &Who, mut r: CreatePartitionsRequest) -> Gate {
-    let (kept, denied) = split(std::mem::take(&mut r.topics), |t| {
-        who.may(op::ALTER, res::TOPIC, &t.name.0)
-    });
-    r.topics = kept;
-    if denied.is_empty() {
-        return Gate::Pass(RequestKind::CreatePartitions(r), None);
-    }
-    let emptied = r.topics.is_empty();
-    let patch: Patch = Box::new(move |resp| {
-        if let ResponseKind::CreatePartitions(resp) = resp {
-            resp.results.extend(denied.into_iter().map(|t| {
-                create_partitions_response::CreatePartitionsTopicResult::default()
-                    .with_name(t.name)
-                    .with_error_code(TOPIC_DENIED)
-                    .with_error_message(refusal(TOPIC_DENIED))
-            }));
-        }
-    });
-    narrowed(
-        RequestKind::CreatePartitions(r),
-        emptied,
-        ResponseKind::CreatePartitions(CreatePartitionsResponse::default()),
-        patch,
+    narrow!(
+        r,
+        CreatePartitions,
+        CreatePartitionsResponse,
+        topics,
+        |t| who.may(op::ALTER, res::TOPIC, &t.name.0),
+        |resp, t| resp.results.push(
+            create_partitions_response::CreatePartitionsTopicResult::default()
+                .with_name(t.name)
+                .with_error_code(TOPIC_DENIED)
+                .with_error_message(refusal(TOPIC_DENIED))
+        )
     )
 }
 
 /// DeleteRecords: DELETE on each topic.
 fn delete_records(who: &Who, mut r: DeleteRecordsRequest) -> Gate {
-    let (kept, denied) = split(std::mem::take(&mut r.topics), |t| {
-        who.may(op::DELETE, res::TOPIC, &t.name.0)
-    });
-    r.topics = kept;
-    if denied.is_empty() {
-        return Gate::Pass(RequestKind::DeleteRecords(r), None);
-    }
-    let emptied = r.topics.is_empty();
-    let patch: Patch = Box::new(move |resp| {
-        if let ResponseKind::DeleteRecords(resp) = resp {
-            for t in denied {
-                resp.topics.push(
-                    delete_records_response::DeleteRecordsTopicResult::default()
-                        .with_name(t.name)
-                        .with_partitions(
-                            t.partitions
-                                .iter()
-                                .map(|p| {
-                                    delete_records_response::DeleteRecordsPartitionResult::default()
-                                        .with_partition_index(p.partition_index)
-                                        .with_low_watermark(-1)
-                                        .with_error_code(TOPIC_DENIED)
-                                })
-                                .collect(),
-                        ),
-                );
-            }
-        }
-    });
-    narrowed(
-        RequestKind::DeleteRecords(r),
-        emptied,
-        ResponseKind::DeleteRecords(DeleteRecordsResponse::default()),
-        patch,
+    narrow!(
+        r,
+        DeleteRecords,
+        DeleteRecordsResponse,
+        topics,
+        |t| who.may(op::DELETE, res::TOPIC, &t.name.0),
+        |resp, t| resp.topics.push(
+            delete_records_response::DeleteRecordsTopicResult::default()
+                .with_name(t.name)
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            delete_records_response::DeleteRecordsPartitionResult::default()
+                                .with_partition_index(p.partition_index)
+                                .with_low_watermark(-1)
+                                .with_error_code(TOPIC_DENIED)
+                        })
+                        .collect()
+                )
+        )
     )
 }
 
-/// The operation check of a config resource (`operation` is
-/// DESCRIBE_CONFIGS or ALTER_CONFIGS): the refusal code, or `None`.
-fn config_refusal(who: &Who, operation: i8, resource_type: i8, name: &str) -> Option<i16> {
+/// May `who` do `operation` (DESCRIBE_CONFIGS or ALTER_CONFIGS) on a
+/// config resource: a topic, or the cluster for brokers? Other types are
+/// the handler's to refuse as unsupported.
+fn may_config(who: &Who, operation: i8, resource_type: i8, name: &str) -> bool {
     match resource_type {
-        CONFIG_TOPIC => (!who.may(operation, res::TOPIC, name)).then_some(TOPIC_DENIED),
-        CONFIG_BROKER | CONFIG_BROKER_LOGGER => {
-            (!who.may_cluster(operation)).then_some(CLUSTER_DENIED)
-        }
-        // Other types are the handler's to refuse as unsupported.
-        _ => None,
+        CONFIG_TOPIC => who.may(operation, res::TOPIC, name),
+        CONFIG_BROKER | CONFIG_BROKER_LOGGER => who.may_cluster(operation),
+        _ => true,
+    }
+}
+
+/// The refusal code of a config resource [`may_config`] refused.
+fn config_denied(resource_type: i8) -> i16 {
+    if resource_type == CONFIG_TOPIC {
+        TOPIC_DENIED
+    } else {
+        CLUSTER_DENIED
     }
 }
 
 /// DescribeConfigs: DESCRIBE_CONFIGS on each topic, or on the cluster for
 /// brokers.
 fn describe_configs(who: &Who, mut r: DescribeConfigsRequest) -> Gate {
-    let mut denied = Vec::new();
-    r.resources.retain(|c| {
-        match config_refusal(who, op::DESCRIBE_CONFIGS, c.resource_type, &c.resource_name) {
-            Some(code) => {
-                denied.push(
-                    describe_configs_response::DescribeConfigsResult::default()
-                        .with_error_code(code)
-                        .with_error_message(refusal(code))
-                        .with_resource_type(c.resource_type)
-                        .with_resource_name(c.resource_name.clone()),
-                );
-                false
-            }
-            None => true,
-        }
-    });
-    if denied.is_empty() {
-        return Gate::Pass(RequestKind::DescribeConfigs(r), None);
-    }
-    let emptied = r.resources.is_empty();
-    let patch: Patch = Box::new(move |resp| {
-        if let ResponseKind::DescribeConfigs(resp) = resp {
-            resp.results.extend(denied);
-        }
-    });
-    narrowed(
-        RequestKind::DescribeConfigs(r),
-        emptied,
-        ResponseKind::DescribeConfigs(DescribeConfigsResponse::default()),
-        patch,
+    narrow!(
+        r,
+        DescribeConfigs,
+        DescribeConfigsResponse,
+        resources,
+        |c| may_config(who, op::DESCRIBE_CONFIGS, c.resource_type, &c.resource_name),
+        |resp, c| resp.results.push(
+            describe_configs_response::DescribeConfigsResult::default()
+                .with_error_code(config_denied(c.resource_type))
+                .with_error_message(refusal(config_denied(c.resource_type)))
+                .with_resource_type(c.resource_type)
+                .with_resource_name(c.resource_name)
+        )
     )
-}
-
-/// The refused resources of an AlterConfigs-like request, as answers.
-fn alter_refusals(
-    who: &Who,
-    resources: impl Iterator<Item = (i8, StrBytes)>,
-) -> Vec<(usize, alter_configs_response::AlterConfigsResourceResponse)> {
-    resources
-        .enumerate()
-        .filter_map(|(i, (resource_type, name))| {
-            config_refusal(who, op::ALTER_CONFIGS, resource_type, &name).map(|code| {
-                (
-                    i,
-                    alter_configs_response::AlterConfigsResourceResponse::default()
-                        .with_error_code(code)
-                        .with_error_message(refusal(code))
-                        .with_resource_type(resource_type)
-                        .with_resource_name(name),
-                )
-            })
-        })
-        .collect()
 }
 
 /// AlterConfigs: ALTER_CONFIGS on each topic, or on the cluster for brokers.
 fn alter_configs(who: &Who, mut r: AlterConfigsRequest) -> Gate {
-    let refused = alter_refusals(
-        who,
-        r.resources
-            .iter()
-            .map(|c| (c.resource_type, c.resource_name.clone())),
-    );
-    if refused.is_empty() {
-        return Gate::Pass(RequestKind::AlterConfigs(r), None);
-    }
-    let drop: HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
-    let mut i = 0;
-    r.resources.retain(|_| {
-        i += 1;
-        !drop.contains(&(i - 1))
-    });
-    let emptied = r.resources.is_empty();
-    let patch: Patch = Box::new(move |resp| {
-        if let ResponseKind::AlterConfigs(resp) = resp {
-            resp.responses.extend(refused.into_iter().map(|(_, a)| a));
-        }
-    });
-    narrowed(
-        RequestKind::AlterConfigs(r),
-        emptied,
-        ResponseKind::AlterConfigs(AlterConfigsResponse::default()),
-        patch,
+    narrow!(
+        r,
+        AlterConfigs,
+        AlterConfigsResponse,
+        resources,
+        |c| may_config(who, op::ALTER_CONFIGS, c.resource_type, &c.resource_name),
+        |resp, c| resp.responses.push(
+            alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_error_code(config_denied(c.resource_type))
+                .with_error_message(refusal(config_denied(c.resource_type)))
+                .with_resource_type(c.resource_type)
+                .with_resource_name(c.resource_name)
+        )
     )
 }
 
 /// IncrementalAlterConfigs: as AlterConfigs.
 fn incremental_alter_configs(who: &Who, mut r: IncrementalAlterConfigsRequest) -> Gate {
-    let refused = alter_refusals(
-        who,
-        r.resources
-            .iter()
-            .map(|c| (c.resource_type, c.resource_name.clone())),
-    );
-    if refused.is_empty() {
-        return Gate::Pass(RequestKind::IncrementalAlterConfigs(r), None);
-    }
-    let drop: HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
-    let mut i = 0;
-    r.resources.retain(|_| {
-        i += 1;
-        !drop.contains(&(i - 1))
-    });
-    let emptied = r.resources.is_empty();
-    let patch: Patch = Box::new(move |resp| {
-        if let ResponseKind::IncrementalAlterConfigs(resp) = resp {
-            resp.responses.extend(refused.into_iter().map(|(_, a)| {
-                incremental_alter_configs_response::AlterConfigsResourceResponse::default()
-                    .with_error_code(a.error_code)
-                    .with_error_message(a.error_message)
-                    .with_resource_type(a.resource_type)
-                    .with_resource_name(a.resource_name)
-            }));
-        }
-    });
-    narrowed(
-        RequestKind::IncrementalAlterConfigs(r),
-        emptied,
-        ResponseKind::IncrementalAlterConfigs(IncrementalAlterConfigsResponse::default()),
-        patch,
+    narrow!(
+        r,
+        IncrementalAlterConfigs,
+        IncrementalAlterConfigsResponse,
+        resources,
+        |c| may_config(who, op::ALTER_CONFIGS, c.resource_type, &c.resource_name),
+        |resp, c| resp.responses.push(
+            incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_error_code(config_denied(c.resource_type))
+                .with_error_message(refusal(config_denied(c.resource_type)))
+                .with_resource_type(c.resource_type)
+                .with_resource_name(c.resource_name)
+        )
     )
 }
 
 /// OffsetCommit: READ on the group, then READ on each topic.
 fn offset_commit(who: &Who, mut r: OffsetCommitRequest) -> Gate {
     let group_ok = who.may(op::READ, res::GROUP, &r.group_id.0);
-    let (kept, denied) = split(std::mem::take(&mut r.topics), |t| {
-        group_ok && who.may(op::READ, res::TOPIC, &t.name.0)
-    });
-    r.topics = kept;
-    if denied.is_empty() {
-        return Gate::Pass(RequestKind::OffsetCommit(r), None);
-    }
     let code = if group_ok { TOPIC_DENIED } else { GROUP_DENIED };
-    let emptied = r.topics.is_empty();
-    let patch: Patch = Box::new(move |resp| {
-        if let ResponseKind::OffsetCommit(resp) = resp {
-            for t in denied {
-                resp.topics.push(
-                    offset_commit_response::OffsetCommitResponseTopic::default()
-                        .with_name(t.name)
-                        .with_partitions(
-                            t.partitions
-                                .iter()
-                                .map(|p| {
-                                    offset_commit_response::OffsetCommitResponsePartition::default()
-                                        .with_partition_index(p.partition_index)
-                                        .with_error_code(code)
-                                })
-                                .collect(),
-                        ),
-                );
-            }
-        }
-    });
-    narrowed(
-        RequestKind::OffsetCommit(r),
-        emptied,
-        ResponseKind::OffsetCommit(OffsetCommitResponse::default()),
-        patch,
+    narrow!(
+        r,
+        OffsetCommit,
+        OffsetCommitResponse,
+        topics,
+        |t| group_ok && who.may(op::READ, res::TOPIC, &t.name.0),
+        |resp, t| resp.topics.push(
+            offset_commit_response::OffsetCommitResponseTopic::default()
+                .with_name(t.name)
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            offset_commit_response::OffsetCommitResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(code)
+                        })
+                        .collect()
+                )
+        )
     )
 }
 
@@ -1163,39 +1068,26 @@ fn offset_delete(who: &Who, mut r: OffsetDeleteRequest) -> Gate {
             OffsetDeleteResponse::default().with_error_code(GROUP_DENIED),
         ));
     }
-    let (kept, denied) = split(std::mem::take(&mut r.topics), |t| {
-        who.may(op::READ, res::TOPIC, &t.name.0)
-    });
-    r.topics = kept;
-    if denied.is_empty() {
-        return Gate::Pass(RequestKind::OffsetDelete(r), None);
-    }
-    let emptied = r.topics.is_empty();
-    let patch: Patch = Box::new(move |resp| {
-        if let ResponseKind::OffsetDelete(resp) = resp {
-            for t in denied {
-                resp.topics.push(
-                    offset_delete_response::OffsetDeleteResponseTopic::default()
-                        .with_name(t.name)
-                        .with_partitions(
-                            t.partitions
-                                .iter()
-                                .map(|p| {
-                                    offset_delete_response::OffsetDeleteResponsePartition::default()
-                                        .with_partition_index(p.partition_index)
-                                        .with_error_code(TOPIC_DENIED)
-                                })
-                                .collect(),
-                        ),
-                );
-            }
-        }
-    });
-    narrowed(
-        RequestKind::OffsetDelete(r),
-        emptied,
-        ResponseKind::OffsetDelete(OffsetDeleteResponse::default()),
-        patch,
+    narrow!(
+        r,
+        OffsetDelete,
+        OffsetDeleteResponse,
+        topics,
+        |t| who.may(op::READ, res::TOPIC, &t.name.0),
+        |resp, t| resp.topics.push(
+            offset_delete_response::OffsetDeleteResponseTopic::default()
+                .with_name(t.name)
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            offset_delete_response::OffsetDeleteResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(TOPIC_DENIED)
+                        })
+                        .collect()
+                )
+        )
     )
 }
 
@@ -1253,28 +1145,17 @@ fn describe_groups(who: &Who, mut r: DescribeGroupsRequest) -> Gate {
 
 /// DeleteGroups: DELETE on each group.
 fn delete_groups(who: &Who, mut r: DeleteGroupsRequest) -> Gate {
-    let (kept, denied) = split(std::mem::take(&mut r.groups_names), |g| {
-        who.may(op::DELETE, res::GROUP, &g.0)
-    });
-    r.groups_names = kept;
-    if denied.is_empty() {
-        return Gate::Pass(RequestKind::DeleteGroups(r), None);
-    }
-    let emptied = r.groups_names.is_empty();
-    let patch: Patch = Box::new(move |resp| {
-        if let ResponseKind::DeleteGroups(resp) = resp {
-            resp.results.extend(denied.into_iter().map(|id| {
-                delete_groups_response::DeletableGroupResult::default()
-                    .with_group_id(id)
-                    .with_error_code(GROUP_DENIED)
-            }));
-        }
-    });
-    narrowed(
-        RequestKind::DeleteGroups(r),
-        emptied,
-        ResponseKind::DeleteGroups(DeleteGroupsResponse::default()),
-        patch,
+    narrow!(
+        r,
+        DeleteGroups,
+        DeleteGroupsResponse,
+        groups_names,
+        |g| who.may(op::DELETE, res::GROUP, &g.0),
+        |resp, id| resp.results.push(
+            delete_groups_response::DeletableGroupResult::default()
+                .with_group_id(id)
+                .with_error_code(GROUP_DENIED)
+        )
     )
 }
 
@@ -1308,21 +1189,5 @@ pub fn resource_name(code: i8) -> &'static str {
         res::DELEGATION_TOKEN => "DelegationToken",
         res::USER => "User",
         _ => "Unknown",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_routed_api_has_a_rule() {
-        for route in crate::router::api_table() {
-            assert!(
-                has_rule(route.key),
-                "{} has no authorization rule",
-                route.name
-            );
-        }
     }
 }
