@@ -81,6 +81,10 @@ struct Args {
     /// Which phases to run, comma-separated.
     #[arg(long, default_value = "produce,consume,latency", value_delimiter = ',')]
     phases: Vec<String>,
+    /// Extra librdkafka settings of every client (producers, consumers,
+    /// admin), `key=value` (repeatable): e.g. `security.protocol=SASL_SSL`.
+    #[arg(long = "client-config")]
+    client_config: Vec<String>,
     /// Extra librdkafka producer settings, `key=value` (repeatable).
     #[arg(long = "producer-config")]
     producer_config: Vec<String>,
@@ -281,7 +285,7 @@ fn producer(args: &Args, stats: Arc<PhaseStats>) -> Result<ThreadedProducer<Deli
         .set("bootstrap.servers", &args.bootstrap)
         .set("acks", &args.acks)
         .set("compression.type", &args.compression);
-    for setting in &args.producer_config {
+    for setting in args.client_config.iter().chain(&args.producer_config) {
         let (k, v) = key_value(setting)?;
         config.set(k, v);
     }
@@ -297,7 +301,7 @@ fn consumer(args: &Args, group: &str) -> Result<BaseConsumer> {
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest");
-    for setting in &args.consumer_config {
+    for setting in args.client_config.iter().chain(&args.consumer_config) {
         let (k, v) = key_value(setting)?;
         config.set(k, v);
     }
@@ -610,10 +614,14 @@ fn count_objects(dir: &Path) -> (u64, u64) {
 const GIB: f64 = (1u64 << 30) as f64;
 
 fn create_topic(args: &Args) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &args.bootstrap)
-        .create()
-        .context("create admin client")?;
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &args.bootstrap);
+    for setting in &args.client_config {
+        let (k, v) = key_value(setting)?;
+        config.set(k, v);
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        config.create().context("create admin client")?;
     let topic = NewTopic::new(&args.topic, args.partitions, TopicReplication::Fixed(1));
     let results = futures::executor::block_on(admin.create_topics([&topic], &AdminOptions::new()))
         .context("create topic")?;
@@ -663,6 +671,7 @@ fn main() -> Result<()> {
             "latency_secs": args.latency_secs,
             "producer_config": args.producer_config,
             "consumer_config": args.consumer_config,
+            "client_config": args.client_config,
         },
     });
     let since_start = |at: Instant| at.duration_since(timeline.start).as_secs_f64();

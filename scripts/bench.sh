@@ -10,6 +10,9 @@
 #   --s3            a local S3 server (moto) instead of a local directory
 #   --postgres      PostgreSQL (a throwaway cluster, fsync on) instead of SQLite
 #   --brokers N     N brokers sharing the store and a throwaway PostgreSQL
+#   --tls           clients connect over SASL_SSL (TLS 1.3, SCRAM-SHA-512,
+#                   a throwaway CA; the ACL authorizer on, the bench user a
+#                   super user) instead of PLAINTEXT
 #   --runs N        N runs, each on fresh brokers and stores; prints the
 #                   median of each number (scripts/bench-report.py)
 #   --out DIR       keep each run's JSON (run-1.json, ...) in DIR
@@ -29,6 +32,7 @@ s3=0
 brokers=1
 pg=0
 runs=1
+tls=0
 out=""
 svg=""
 loadgen_args=()
@@ -38,6 +42,7 @@ while [ $# -gt 0 ]; do
     --postgres) pg=1; shift ;;
     --brokers) brokers="$2"; pg=1; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
+    --tls) tls=1; shift ;;
     --out) out="$2"; shift 2 ;;
     --svg) svg="$2"; shift 2 ;;
     *) loadgen_args+=("$1"); shift ;;
@@ -99,7 +104,29 @@ if [ "$pg" -eq 1 ]; then
     meta_name="PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}')"
 fi
 
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; brokers: $brokers; store: $store_name; metadata: $meta_name; broker flags: ${TRIBUTARY_BENCH_ARGS:-<defaults>}"
+listener_proto=PLAINTEXT
+tls_args=()
+client_args=()
+if [ "$tls" -eq 1 ]; then
+    # A throwaway CA and server certificate (EC P-256), one SCRAM user.
+    ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    openssl req -x509 "${ec[@]}" -keyout "$data/ca.key" -out "$data/ca.pem" -days 2 \
+        -subj "/CN=Tributary bench CA" 2>/dev/null
+    openssl req "${ec[@]}" -keyout "$data/server.key" -out "$data/server.csr" \
+        -subj "/CN=localhost" 2>/dev/null
+    echo "subjectAltName=IP:127.0.0.1,DNS:localhost" >"$data/san.ext"
+    openssl x509 -req -in "$data/server.csr" -CA "$data/ca.pem" -CAkey "$data/ca.key" \
+        -CAcreateserial -out "$data/server.pem" -days 2 -extfile "$data/san.ext" 2>/dev/null
+    listener_proto=SASL_SSL
+    tls_args=(--tls-cert "$data/server.pem" --tls-key "$data/server.key"
+        --sasl-mechanisms SCRAM-SHA-512 --authorizer acl --super-users User:bench)
+    client_args=(--client-config security.protocol=SASL_SSL
+        --client-config sasl.mechanisms=SCRAM-SHA-512
+        --client-config sasl.username=bench --client-config sasl.password=bench-secret
+        --client-config "ssl.ca.location=$data/ca.pem")
+fi
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; brokers: $brokers; store: $store_name; metadata: $meta_name; listener: $listener_proto; broker flags: ${TRIBUTARY_BENCH_ARGS:-<defaults>}"
 for run in $(seq "$runs"); do
     # Fresh stores per run: a new directory, bucket prefix and schema.
     store_args=(--object-store "file://$data/run$run/objects")
@@ -114,11 +141,20 @@ for run in $(seq "$runs"); do
     if [ "$pg" -eq 1 ]; then meta_args=(--metadata "$pg_url?schema=run$run"); fi
     bootstrap=()
     metrics=()
+    if [ "$tls" -eq 1 ]; then
+        # The user goes into the run's metadata store (the first broker's
+        # SQLite file, or the shared PostgreSQL schema) before any broker.
+        users_store=(--data-dir "$data/run$run/b1")
+        if [ "$pg" -eq 1 ]; then users_store=("${meta_args[@]}"); fi
+        mkdir -p "$data/run$run/b1"
+        TRIBUTARY_USER_PASSWORD=bench-secret "$bin/tributary" users add bench "${users_store[@]}" >/dev/null
+    fi
     for id in $(seq "$brokers"); do
         port=$(free_port)
         mport=$(free_port)
         # shellcheck disable=SC2086
-        "$bin/tributary" serve --listen "127.0.0.1:$port" --data-dir "$data/run$run/b$id" \
+        "$bin/tributary" serve --listeners "$listener_proto://127.0.0.1:$port" "${tls_args[@]}" \
+            --data-dir "$data/run$run/b$id" \
             --node-id "$id" --metrics-listen "127.0.0.1:$mport" "${store_args[@]}" \
             "${meta_args[@]}" ${TRIBUTARY_BENCH_ARGS:-} 2>"$data/broker-$run-$id.log" &
         broker_pids+=($!)
@@ -129,7 +165,8 @@ for run in $(seq "$runs"); do
     [ "$runs" -gt 1 ] && echo "## run $run of $runs"
     "$bin/examples/loadgen" --bootstrap "$(IFS=,; echo "${bootstrap[*]}")" "${metrics[@]}" \
         "${objects_arg[@]}" --json "$out/run-$run.json" \
-        --label "$store_name, $meta_name, $brokers broker(s), run $run" "${loadgen_args[@]}"
+        --label "$store_name, $meta_name, $brokers broker(s), $listener_proto, run $run" \
+        "${client_args[@]}" "${loadgen_args[@]}"
     stop_brokers
 done
 if [ "$runs" -gt 1 ]; then
