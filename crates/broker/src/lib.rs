@@ -44,6 +44,8 @@ pub struct Broker {
     /// The ACLs and the decision every request goes through
     /// ([`authz::gate`]).
     pub authz: Arc<authz::Authorizer>,
+    /// OAUTHBEARER's key set (empty unless offered).
+    pub oauth: Arc<sasl::oauthbearer::Keys>,
     /// Recent authentication failures per client address.
     pub auth_failures: sasl::Failures,
     pub writer: SegmentWriter,
@@ -89,6 +91,7 @@ impl Broker {
             }
         }));
         let topics = topics::TopicCache::new(meta.topics.clone());
+        let oauth = sasl::oauthbearer::Keys::new(config.sasl.oauth.clone());
         let authz = authz::Authorizer::new(config.authorizer.clone(), meta.security.clone());
         Arc::new(Self {
             request_memory: memory::RequestMemory::new(config.max_inflight_request_bytes),
@@ -98,6 +101,7 @@ impl Broker {
             log: meta.log.clone(),
             security: meta.security.clone(),
             authz,
+            oauth,
             auth_failures: sasl::Failures::default(),
             writer,
             fetcher,

@@ -10,7 +10,8 @@ use clap::Args;
 use serde::Deserialize;
 use tributary_broker::authz::AuthorizerConfig;
 use tributary_broker::listener::{parse_listeners, ListenerConfig, SecurityProtocol};
-use tributary_broker::sasl::Mechanism as SaslMechanism;
+use tributary_broker::sasl::oauthbearer::OAuthConfig;
+use tributary_broker::sasl::{Mechanism as SaslMechanism, SaslConfig};
 use tributary_broker::tls::{ClientAuth, TlsFiles};
 use tributary_broker::BrokerConfig;
 use tributary_meta::parse_metadata_url;
@@ -112,9 +113,26 @@ serve_settings! {
     #[arg(long, env = "TRIBUTARY_TLS_CLIENT_AUTH")]
     tls_client_auth: String,
     /// SASL mechanisms of the SASL_PLAINTEXT and SASL_SSL listeners:
-    /// SCRAM-SHA-512, SCRAM-SHA-256, PLAIN [default: SCRAM-SHA-512,SCRAM-SHA-256].
+    /// SCRAM-SHA-512, SCRAM-SHA-256, PLAIN, OAUTHBEARER [default: SCRAM-SHA-512,SCRAM-SHA-256].
     #[arg(long, env = "TRIBUTARY_SASL_MECHANISMS")]
     sasl_mechanisms: String,
+    /// OAUTHBEARER: the identity provider's keys, a JWKS file (re-read when
+    /// it changes) or an `https://` URL (fetched every 5 min) (Kafka
+    /// `sasl.oauthbearer.jwks.endpoint.url`) [default: none].
+    #[arg(long, env = "TRIBUTARY_SASL_OAUTHBEARER_JWKS")]
+    sasl_oauthbearer_jwks: String,
+    /// OAUTHBEARER: the `iss` tokens must carry [default: not checked].
+    #[arg(long, env = "TRIBUTARY_SASL_OAUTHBEARER_ISSUER")]
+    sasl_oauthbearer_issuer: String,
+    /// OAUTHBEARER: accepted `aud` values, comma-separated [default: not checked].
+    #[arg(long, env = "TRIBUTARY_SASL_OAUTHBEARER_AUDIENCE")]
+    sasl_oauthbearer_audience: String,
+    /// OAUTHBEARER: the claim naming the principal [default: sub].
+    #[arg(long, env = "TRIBUTARY_SASL_OAUTHBEARER_SUB_CLAIM")]
+    sasl_oauthbearer_sub_claim: String,
+    /// OAUTHBEARER: allowance for clocks that disagree, on exp and nbf [default: 30].
+    #[arg(long, env = "TRIBUTARY_SASL_OAUTHBEARER_CLOCK_SKEW_SECONDS")]
+    sasl_oauthbearer_clock_skew_seconds: u64,
     /// Wait before answering a failed authentication, then close the
     /// connection (Kafka `connection.failed.authentication.delay.ms`) [default: 100].
     #[arg(long, env = "TRIBUTARY_FAILED_AUTHENTICATION_DELAY_MS")]
@@ -278,6 +296,19 @@ impl Settings {
         let listeners = listeners(&a)?;
         let tls = tls_files(&a, &listeners)?;
         let authorizer = authorizer(&a)?;
+        let sasl_mechanisms = match &a.sasl_mechanisms {
+            Some(list) => Some(
+                SaslMechanism::parse_list(list)
+                    .map_err(|e| anyhow::anyhow!("bad --sasl-mechanisms: {e}"))?,
+            ),
+            None => None,
+        };
+        let oauth = oauth(
+            &a,
+            sasl_mechanisms
+                .as_deref()
+                .unwrap_or(&SaslConfig::default().mechanisms),
+        )?;
         let data_dir = a.stores.data_dir.unwrap_or_else(|| "data".into());
         let abs_data = if data_dir.is_absolute() {
             data_dir.clone()
@@ -352,15 +383,13 @@ impl Settings {
             Some(NodeId::Auto) => node_id_auto = true,
             None => {}
         }
-        broker.rack = a.rack;
-        if let Some(list) = &a.sasl_mechanisms {
-            broker.sasl.mechanisms = SaslMechanism::parse_list(list)
-                .map_err(|e| anyhow::anyhow!("bad --sasl-mechanisms: {e}"))?;
-        }
+        set(&mut broker.sasl.mechanisms, sasl_mechanisms);
         set(
             &mut broker.sasl.failed_delay,
             a.failed_authentication_delay_ms.map(Duration::from_millis),
         );
+        broker.sasl.oauth = oauth;
+        broker.rack = a.rack;
         broker.authorizer = authorizer;
 
         let mut maintenance = MaintenanceConfig::default();
@@ -542,6 +571,46 @@ fn authorizer(a: &ServeArgs) -> anyhow::Result<AuthorizerConfig> {
     })
 }
 
+/// The `--sasl-oauthbearer-*` settings; they go with OAUTHBEARER in
+/// `--sasl-mechanisms`.
+fn oauth(a: &ServeArgs, mechanisms: &[SaslMechanism]) -> anyhow::Result<Option<OAuthConfig>> {
+    let offered = mechanisms.contains(&SaslMechanism::OAuthBearer);
+    let Some(jwks) = a.sasl_oauthbearer_jwks.as_deref().filter(|j| !j.is_empty()) else {
+        if offered {
+            bail!("OAUTHBEARER needs --sasl-oauthbearer-jwks (a JWKS file or https:// URL)");
+        }
+        let others = a.sasl_oauthbearer_issuer.is_some()
+            || a.sasl_oauthbearer_audience.is_some()
+            || a.sasl_oauthbearer_sub_claim.is_some()
+            || a.sasl_oauthbearer_clock_skew_seconds.is_some();
+        if others {
+            bail!("the --sasl-oauthbearer-* settings need --sasl-oauthbearer-jwks");
+        }
+        return Ok(None);
+    };
+    if !offered {
+        bail!("--sasl-oauthbearer-jwks is set but OAUTHBEARER is not in --sasl-mechanisms");
+    }
+    let mut config = OAuthConfig::new(jwks);
+    config.issuer = a.sasl_oauthbearer_issuer.clone().filter(|i| !i.is_empty());
+    config.audience = a
+        .sasl_oauthbearer_audience
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    set(&mut config.sub_claim, a.sasl_oauthbearer_sub_claim.clone());
+    set(
+        &mut config.clock_skew,
+        a.sasl_oauthbearer_clock_skew_seconds
+            .map(Duration::from_secs),
+    );
+    Ok(Some(config))
+}
+
 /// A list of principals: separated by `;` (Kafka's `super.users`) or, when
 /// there is none, by `,`. Certificate principals hold commas
 /// (`User:CN=ops,O=Example`): a comma piece that is not `TYPE:NAME` belongs
@@ -690,6 +759,29 @@ mod tests {
         assert!(err(a(Some("ranger"), None, None)).contains("expected acl or none"));
         assert!(err(a(None, Some("User:admin"), None)).contains("need --authorizer acl"));
         assert!(err(a(Some("acl"), Some("admin"), None)).contains("TYPE:NAME"));
+    }
+
+    #[test]
+    fn oauthbearer_settings() {
+        let o = |mechanisms: &str, jwks: Option<&str>, audience: Option<&str>| {
+            Settings::layer(ServeArgs {
+                sasl_mechanisms: Some(mechanisms.into()),
+                sasl_oauthbearer_jwks: jwks.map(Into::into),
+                sasl_oauthbearer_audience: audience.map(Into::into),
+                ..Default::default()
+            })
+            .map(|s| s.broker.sasl.oauth)
+        };
+        let on = o("OAUTHBEARER", Some("jwks.json"), Some("a, b"))
+            .expect("valid")
+            .expect("configured");
+        assert_eq!(on.audience, ["a", "b"]);
+        assert_eq!(on.sub_claim, "sub");
+        assert!(o("SCRAM-SHA-512", None, None).expect("valid").is_none());
+        let err = |r: anyhow::Result<Option<OAuthConfig>>| r.expect_err("refused").to_string();
+        assert!(err(o("OAUTHBEARER", None, None)).contains("needs --sasl-oauthbearer-jwks"));
+        assert!(err(o("PLAIN", Some("j.json"), None)).contains("not in --sasl-mechanisms"));
+        assert!(err(o("PLAIN", None, Some("a"))).contains("need --sasl-oauthbearer-jwks"));
     }
 
     #[test]

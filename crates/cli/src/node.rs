@@ -225,6 +225,15 @@ impl Node {
         }
         let node_id = broker_config.node_id;
         let broker = Broker::new(broker_config, &meta, writer, fetcher, watermarks, cluster);
+        if broker.oauth.enabled() {
+            broker
+                .oauth
+                .load()
+                .await
+                .map_err(anyhow::Error::msg)
+                .context("cannot load the OAUTHBEARER keys (--sasl-oauthbearer-jwks)")?;
+            tasks.push(broker.oauth.spawn_refresh(stop.clone()));
+        }
         if broker.authz.enabled() {
             // Serving before the ACLs are known would refuse everyone (or,
             // worse, allow what a DENY forbids): the first load must work.

@@ -1,7 +1,8 @@
 //! SaslAuthenticate (v0-2): one message of the mechanism SaslHandshake
 //! chose ([`step`]; after a v0 SaslHandshake the same messages come as raw
 //! length-prefixed tokens, which the connection hands to [`step`] too). PLAIN takes one (`authzid\0user\0password`, checked against the
-//! user's SCRAM credential); SCRAM two (client-first, client-final). On
+//! user's SCRAM credential); SCRAM two (client-first, client-final);
+//! OAUTHBEARER one (the client's JWT, checked against the JWKS). On
 //! success the connection's requests carry `User:<name>`; on failure the
 //! answer is SASL_AUTHENTICATION_FAILED after the configured delay, and the
 //! connection closes.
@@ -18,7 +19,7 @@ use tributary_runtime::Chain;
 use super::str_bytes;
 use crate::context::RequestContext;
 use crate::router::Answer;
-use crate::sasl::{scram, Mechanism, Session, State};
+use crate::sasl::{oauthbearer, scram, Mechanism, Session, State};
 use crate::Broker;
 
 /// Why an authentication did not succeed.
@@ -53,6 +54,10 @@ pub async fn step(broker: &Broker, session: &Session, peer: SocketAddr, message:
         State::Chosen(Mechanism::Plain) => plain(broker, message)
             .await
             .map(|user| (Bytes::new(), Some(user))),
+        State::Chosen(Mechanism::OAuthBearer) => oauthbearer::parse_client_message(message)
+            .and_then(|token| broker.oauth.verify(token))
+            .map(|verified| (Bytes::new(), Some(verified.name)))
+            .map_err(Refusal::Failed),
         State::Chosen(Mechanism::Scram(m)) => match scram_first(broker, m, message).await {
             Ok((server, reply)) => {
                 *session.lock() = State::ScramFinal(Box::new(server));

@@ -8,11 +8,13 @@
 //!
 //! Mechanisms: `PLAIN` (the password is checked against the user's SCRAM
 //! credential, so one user store serves both) and `SCRAM-SHA-256` /
-//! `SCRAM-SHA-512` ([`scram`]). Credentials live in the metadata store
-//! ([`tributary_meta::SecurityStore`]). A failed authentication is answered
+//! `SCRAM-SHA-512` ([`scram`]), whose credentials live in the metadata
+//! store ([`tributary_meta::SecurityStore`]), and `OAUTHBEARER`
+//! ([`oauthbearer`]: JWTs checked against the identity provider's keys). A failed authentication is answered
 //! with SASL_AUTHENTICATION_FAILED after [`SaslConfig::failed_delay`], and
 //! the connection is closed.
 
+pub mod oauthbearer;
 pub mod scram;
 
 use std::collections::HashMap;
@@ -25,20 +27,24 @@ use std::time::{Duration, Instant};
 pub enum Mechanism {
     Plain,
     Scram(scram::Mechanism),
+    /// JWTs checked against a JWKS ([`oauthbearer`]).
+    OAuthBearer,
 }
 
 impl Mechanism {
     /// Every mechanism, in the order they are listed to clients.
-    pub const ALL: [Mechanism; 3] = [
+    pub const ALL: [Mechanism; 4] = [
         Mechanism::Scram(scram::Mechanism::Sha512),
         Mechanism::Scram(scram::Mechanism::Sha256),
         Mechanism::Plain,
+        Mechanism::OAuthBearer,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
             Mechanism::Plain => "PLAIN",
             Mechanism::Scram(m) => m.name(),
+            Mechanism::OAuthBearer => "OAUTHBEARER",
         }
     }
 
@@ -54,7 +60,7 @@ impl Mechanism {
         let mut out = Vec::new();
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             let m = Mechanism::parse(name).ok_or_else(|| {
-                format!("unknown SASL mechanism {name:?}: expected SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN")
+                format!("unknown SASL mechanism {name:?}: expected SCRAM-SHA-512, SCRAM-SHA-256, PLAIN or OAUTHBEARER")
             })?;
             if !out.contains(&m) {
                 out.push(m);
@@ -76,6 +82,8 @@ pub struct SaslConfig {
     /// `connection.failed.authentication.delay.ms`): slows password
     /// guessing down to one try per connection and delay.
     pub failed_delay: Duration,
+    /// OAUTHBEARER's key set and checks (when it is offered).
+    pub oauth: Option<oauthbearer::OAuthConfig>,
 }
 
 impl Default for SaslConfig {
@@ -86,6 +94,7 @@ impl Default for SaslConfig {
                 Mechanism::Scram(scram::Mechanism::Sha256),
             ],
             failed_delay: Duration::from_millis(100),
+            oauth: None,
         }
     }
 }
