@@ -25,6 +25,7 @@ mod postgres_cluster;
 mod postgres_locks;
 mod postgres_restart;
 mod produce_consume;
+mod reauthentication;
 mod restart_resume;
 mod retention_compaction;
 mod s3_broker;

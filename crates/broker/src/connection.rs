@@ -95,17 +95,27 @@ pub async fn serve<R, W>(
         // A SASL listener's client must authenticate within
         // AUTHENTICATION_TIMEOUT of connecting, however it spaces its
         // requests.
+        // A login with a lifetime (KIP-368) that ends without a
+        // re-authentication closes the connection.
         let unauthenticated = async {
-            match auth_deadline {
-                Some(deadline) if !conn.session.admitted() => {
+            match (auth_deadline, conn.session.logged_in()) {
+                (Some(deadline), false) => {
                     tokio::time::sleep_until(deadline).await;
+                    "not authenticated within the 30 s allowed; closing connection"
                 }
-                _ => std::future::pending().await,
+                (Some(_), true) => match conn.session.expires_at() {
+                    Some(expiry) => {
+                        tokio::time::sleep_until(expiry).await;
+                        "SASL session expired without re-authentication (connections.max.reauth.ms); closing connection"
+                    }
+                    None => std::future::pending().await,
+                },
+                (None, _) => std::future::pending().await,
             }
         };
         let len = tokio::select! {
-            () = unauthenticated => {
-                info!(%peer, "not authenticated within {AUTHENTICATION_TIMEOUT:?}; closing connection");
+            why = unauthenticated => {
+                info!(%peer, "{why}");
                 break;
             }
             r = read_length(&mut reader, broker.config.connections_max_idle, &unanswered) => match r {
@@ -133,7 +143,7 @@ pub async fn serve<R, W>(
                 break;
             }
             match apis::sasl_authenticate::step(&broker, &conn.session, peer, &token).await {
-                apis::sasl_authenticate::Step::Reply(reply) => {
+                apis::sasl_authenticate::Step::Reply(reply, _) => {
                     let mut framed = BytesMut::with_capacity(4 + reply.len());
                     framed.put_i32(reply.len() as i32);
                     framed.extend_from_slice(&reply);

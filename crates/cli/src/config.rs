@@ -133,6 +133,11 @@ serve_settings! {
     /// OAUTHBEARER: allowance for clocks that disagree, on exp and nbf [default: 30].
     #[arg(long, env = "TRIBUTARY_SASL_OAUTHBEARER_CLOCK_SKEW_SECONDS")]
     sasl_oauthbearer_clock_skew_seconds: u64,
+    /// Longest a SASL login lasts before the client must re-authenticate on
+    /// its connection (KIP-368); an OAUTHBEARER login also ends with its
+    /// token; 0: no limit (Kafka `connections.max.reauth.ms`) [default: 0].
+    #[arg(long, env = "TRIBUTARY_CONNECTIONS_MAX_REAUTH_MS")]
+    connections_max_reauth_ms: u64,
     /// Wait before answering a failed authentication, then close the
     /// connection (Kafka `connection.failed.authentication.delay.ms`) [default: 100].
     #[arg(long, env = "TRIBUTARY_FAILED_AUTHENTICATION_DELAY_MS")]
@@ -389,6 +394,10 @@ impl Settings {
             a.failed_authentication_delay_ms.map(Duration::from_millis),
         );
         broker.sasl.oauth = oauth;
+        broker.sasl.max_reauth = a
+            .connections_max_reauth_ms
+            .filter(|&ms| ms > 0)
+            .map(Duration::from_millis);
         broker.rack = a.rack;
         broker.authorizer = authorizer;
 

@@ -8,6 +8,7 @@
 //! connection closes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use std::net::SocketAddr;
@@ -35,28 +36,48 @@ enum Refusal {
 /// The outcome of one SASL message, whichever framing carried it.
 #[derive(Debug)]
 pub enum Step {
-    /// The mechanism's answer (empty when it has none).
-    Reply(Bytes),
+    /// The mechanism's answer (empty when it has none), and, when the
+    /// exchange ended in a login, how long it lasts (KIP-368; `None`: no
+    /// limit).
+    Reply(Bytes, Option<Duration>),
     /// Refused: this code and message, then the connection closes.
     Refused(ResponseError, String),
+}
+
+/// A finished login: the user, and when its credential expires (an
+/// OAUTHBEARER token; ms since the epoch).
+struct Login {
+    user: String,
+    expires_at_ms: Option<i64>,
 }
 
 /// Take one SASL message of the exchange `session` is in (the SaslHandshake
 /// before chose the mechanism). A failure has already waited its delay.
 pub async fn step(broker: &Broker, session: &Session, peer: SocketAddr, message: &[u8]) -> Step {
     let state = std::mem::take(&mut *session.lock());
-    let mechanism = match &state {
-        State::Chosen(m) => m.name(),
-        State::ScramFinal(_) => "SCRAM",
-        _ => "none",
+    let chosen = match &state {
+        State::Chosen(m) => Some(*m),
+        State::ScramFinal(server) => Some(Mechanism::Scram(server.mechanism())),
+        _ => None,
     };
+    let mechanism = chosen.map_or("none", Mechanism::name);
     let outcome = match state {
-        State::Chosen(Mechanism::Plain) => plain(broker, message)
-            .await
-            .map(|user| (Bytes::new(), Some(user))),
+        State::Chosen(Mechanism::Plain) => plain(broker, message).await.map(|user| {
+            let login = Login {
+                user,
+                expires_at_ms: None,
+            };
+            (Bytes::new(), Some(login))
+        }),
         State::Chosen(Mechanism::OAuthBearer) => oauthbearer::parse_client_message(message)
             .and_then(|token| broker.oauth.verify(token))
-            .map(|verified| (Bytes::new(), Some(verified.name)))
+            .map(|verified| {
+                let login = Login {
+                    user: verified.name,
+                    expires_at_ms: Some(verified.expires_at_ms),
+                };
+                (Bytes::new(), Some(login))
+            })
             .map_err(Refusal::Failed),
         State::Chosen(Mechanism::Scram(m)) => match scram_first(broker, m, message).await {
             Ok((server, reply)) => {
@@ -69,22 +90,40 @@ pub async fn step(broker: &Broker, session: &Session, peer: SocketAddr, message:
             let user = server.user().to_owned();
             server
                 .finish(message)
-                .map(|reply| (Bytes::from(reply), Some(user)))
+                .map(|reply| {
+                    let login = Login {
+                        user,
+                        expires_at_ms: None,
+                    };
+                    (Bytes::from(reply), Some(login))
+                })
                 .map_err(Refusal::Failed)
         }
         State::Start | State::Done(_) => Err(Refusal::IllegalState),
     };
+    // A login: record it (a re-authentication must keep the principal).
+    let outcome = outcome.and_then(|(reply, login)| {
+        let Some(login) = login else {
+            return Ok((reply, None));
+        };
+        let principal: Arc<str> = Arc::from(format!("User:{}", login.user));
+        let again = session.logged_in();
+        let lifetime = session_lifetime(broker, login.expires_at_ms);
+        let chosen = chosen.ok_or(Refusal::IllegalState)?;
+        session
+            .authenticated(principal.clone(), chosen, lifetime)
+            .map_err(Refusal::Failed)?;
+        tracing::debug!(%principal, mechanism, reauthentication = again, ?lifetime, "authenticated");
+        let counter = if again {
+            "tributary_reauthentications_total"
+        } else {
+            "tributary_authentications_total"
+        };
+        metrics::counter!(counter, "mechanism" => mechanism).increment(1);
+        Ok((reply, Some(lifetime)))
+    });
     match outcome {
-        Ok((reply, user)) => {
-            if let Some(user) = user {
-                let principal: Arc<str> = Arc::from(format!("User:{user}"));
-                tracing::debug!(%principal, mechanism, "authenticated");
-                metrics::counter!("tributary_authentications_total", "mechanism" => mechanism)
-                    .increment(1);
-                session.authenticated(principal);
-            }
-            Step::Reply(reply)
-        }
+        Ok((reply, lifetime)) => Step::Reply(reply, lifetime.flatten()),
         Err(Refusal::Failed(reason)) => {
             metrics::counter!("tributary_authentication_failures_total", "mechanism" => mechanism)
                 .increment(1);
@@ -109,12 +148,35 @@ pub async fn step(broker: &Broker, session: &Session, peer: SocketAddr, message:
     }
 }
 
+/// How long a login lasts (KIP-368): `connections.max.reauth.ms`, cut
+/// short by the credential's own expiry; `None` without a limit. At least
+/// [`MIN_SESSION`], so a token about to expire cannot make a client
+/// re-authenticate in a loop.
+fn session_lifetime(broker: &Broker, expires_at_ms: Option<i64>) -> Option<Duration> {
+    let max = broker.config.sasl.max_reauth?;
+    let lifetime = match expires_at_ms {
+        Some(at) => {
+            let now = broker.config.clock.now_ms();
+            max.min(Duration::from_millis(at.saturating_sub(now).max(0) as u64))
+        }
+        None => max,
+    };
+    Some(lifetime.max(MIN_SESSION))
+}
+
+/// Shortest session granted.
+const MIN_SESSION: Duration = Duration::from_secs(1);
+
 pub async fn handle(broker: &Broker, req: SaslAuthenticateRequest, ctx: &RequestContext) -> Answer {
     let resp = SaslAuthenticateResponse::default();
     match step(broker, &ctx.session, ctx.peer, &req.auth_bytes).await {
-        Step::Reply(reply) => Answer::Now(Some(Box::new(ResponseKind::SaslAuthenticate(
-            resp.with_auth_bytes(reply),
-        )))),
+        Step::Reply(reply, lifetime) => {
+            let lifetime_ms = lifetime.map_or(0, |l| l.as_millis().min(i64::MAX as u128) as i64);
+            Answer::Now(Some(Box::new(ResponseKind::SaslAuthenticate(
+                resp.with_auth_bytes(reply)
+                    .with_session_lifetime_ms(lifetime_ms),
+            ))))
+        }
         Step::Refused(code, message) => {
             Answer::Last(Some(Box::new(ResponseKind::SaslAuthenticate(
                 resp.with_error_code(code.code())

@@ -22,13 +22,23 @@ pub fn handle(
     if !ctx.session.required {
         return resp.with_error_code(ResponseError::IllegalSaslState.code());
     }
+    let reauthentication = ctx.session.logged_in();
     let mut state = ctx.session.lock();
-    if !matches!(*state, State::Start) {
-        // Re-authentication (KIP-368) is not offered: session lifetimes
-        // are 0, so clients never start one.
+    // A logged-in client may start again (KIP-368 re-authentication,
+    // v1 only) with the mechanism it logged in with.
+    let may_start = match &*state {
+        State::Start => true,
+        State::Done(_) => reauthentication && version >= 1,
+        _ => false,
+    };
+    if !may_start {
         return resp.with_error_code(ResponseError::IllegalSaslState.code());
     }
-    match Mechanism::parse(req.mechanism.as_str()).filter(|m| offered.contains(m)) {
+    let wanted = Mechanism::parse(req.mechanism.as_str()).filter(|m| offered.contains(m));
+    if reauthentication && wanted.is_some() && wanted != ctx.session.login_mechanism() {
+        return resp.with_error_code(ResponseError::IllegalSaslState.code());
+    }
+    match wanted {
         Some(m) => {
             *state = State::Chosen(m);
             // v0: the exchange follows as raw tokens, not SaslAuthenticate.

@@ -84,6 +84,10 @@ pub struct SaslConfig {
     pub failed_delay: Duration,
     /// OAUTHBEARER's key set and checks (when it is offered).
     pub oauth: Option<oauthbearer::OAuthConfig>,
+    /// Longest a SASL login lasts before the client must re-authenticate
+    /// (KIP-368, Kafka `connections.max.reauth.ms`); an OAUTHBEARER login
+    /// also ends when its token expires. `None` (Kafka's 0): no limit.
+    pub max_reauth: Option<Duration>,
 }
 
 impl Default for SaslConfig {
@@ -95,6 +99,7 @@ impl Default for SaslConfig {
             ],
             failed_delay: Duration::from_millis(100),
             oauth: None,
+            max_reauth: None,
         }
     }
 }
@@ -124,6 +129,18 @@ pub struct Session {
     principal: Mutex<Arc<str>>,
     /// After a v0 SaslHandshake: the exchange comes as raw tokens.
     raw_tokens: std::sync::atomic::AtomicBool,
+    /// Set by the first successful SASL authentication: the principal and
+    /// mechanism a re-authentication must keep, and when the session
+    /// expires (KIP-368; `None`: never).
+    authenticated: Mutex<Option<Authenticated>>,
+}
+
+/// A connection's SASL login.
+#[derive(Debug, Clone)]
+struct Authenticated {
+    principal: Arc<str>,
+    mechanism: Mechanism,
+    expires: Option<tokio::time::Instant>,
 }
 
 impl Session {
@@ -133,6 +150,7 @@ impl Session {
             state: Mutex::new(State::Start),
             principal: Mutex::new(principal),
             raw_tokens: std::sync::atomic::AtomicBool::new(false),
+            authenticated: Mutex::new(None),
         })
     }
 
@@ -144,9 +162,36 @@ impl Session {
             .clone()
     }
 
-    /// Whether requests other than the SASL ones may run.
+    /// Whether requests other than the SASL ones may run: not a SASL
+    /// listener, or logged in and the session not expired (a
+    /// re-authentication in progress keeps the old session until then).
     pub fn admitted(&self) -> bool {
-        !self.required || matches!(*self.lock(), State::Done(_))
+        if !self.required {
+            return true;
+        }
+        match &*self.login() {
+            Some(a) => a.expires.is_none_or(|e| tokio::time::Instant::now() < e),
+            None => false,
+        }
+    }
+
+    /// Whether SASL succeeded on this connection at least once.
+    pub fn logged_in(&self) -> bool {
+        self.login().is_some()
+    }
+
+    /// When the session expires, if it does (KIP-368).
+    pub fn expires_at(&self) -> Option<tokio::time::Instant> {
+        self.login().as_ref().and_then(|a| a.expires)
+    }
+
+    /// The mechanism of the first login (a re-authentication must use it).
+    pub fn login_mechanism(&self) -> Option<Mechanism> {
+        self.login().as_ref().map(|a| a.mechanism)
+    }
+
+    fn login(&self) -> std::sync::MutexGuard<'_, Option<Authenticated>> {
+        self.authenticated.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The state, to read or change (the SASL handlers).
@@ -172,10 +217,33 @@ impl Session {
         *self.principal.lock().unwrap_or_else(|e| e.into_inner()) = principal;
     }
 
-    /// Record a successful authentication.
-    pub fn authenticated(&self, principal: Arc<str>) {
+    /// Record a successful authentication with `mechanism`, valid for
+    /// `lifetime` (`None`: no expiry). A re-authentication must be as the
+    /// same principal: `Err` otherwise (the caller refuses it).
+    pub fn authenticated(
+        &self,
+        principal: Arc<str>,
+        mechanism: Mechanism,
+        lifetime: Option<Duration>,
+    ) -> Result<(), String> {
+        let mut login = self.login();
+        if let Some(before) = &*login {
+            if before.principal != principal {
+                return Err(format!(
+                    "re-authentication as {principal}, not {}",
+                    before.principal
+                ));
+            }
+        }
+        *login = Some(Authenticated {
+            principal: principal.clone(),
+            mechanism,
+            expires: lifetime.map(|l| tokio::time::Instant::now() + l),
+        });
+        drop(login);
         *self.principal.lock().unwrap_or_else(|e| e.into_inner()) = principal.clone();
         *self.lock() = State::Done(principal);
+        Ok(())
     }
 }
 

@@ -299,6 +299,11 @@ impl ScramServer {
     }
 
     /// The user this exchange is for.
+    /// The SCRAM variant of this exchange.
+    pub fn mechanism(&self) -> Mechanism {
+        self.mechanism
+    }
+
     pub fn user(&self) -> &str {
         &self.first.user
     }
