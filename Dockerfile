@@ -26,7 +26,7 @@ COPY --from=build /src/target/release/tributary /usr/local/bin/tributary
 USER tributary
 WORKDIR /var/lib/tributary
 ENV TRIBUTARY_DATA_DIR=/var/lib/tributary \
-    TRIBUTARY_LISTEN=0.0.0.0:9092 \
+    TRIBUTARY_LISTENERS=PLAINTEXT://0.0.0.0:9092 \
     TRIBUTARY_METRICS_LISTEN=0.0.0.0:9464
 EXPOSE 9092 9464
 ENTRYPOINT ["tributary"]

@@ -28,7 +28,10 @@ resource "aws_vpc_security_group_ingress_rule" "load_balancer_kafka" {
 }
 
 resource "aws_vpc_security_group_egress_rule" "load_balancer_to_brokers" {
-  for_each                     = toset([tostring(var.kafka_port), tostring(var.admin_port)])
+  for_each = toset(concat(
+    [tostring(var.kafka_port), tostring(var.admin_port)],
+    local.sasl_ssl ? [tostring(var.sasl_ssl_port)] : [],
+  ))
   security_group_id            = aws_security_group.load_balancer.id
   referenced_security_group_id = aws_security_group.broker.id
   ip_protocol                  = "tcp"
@@ -95,27 +98,45 @@ resource "aws_ecs_task_definition" "broker" {
   memory                   = var.broker_memory
   task_role_arn            = aws_iam_role.broker.arn
   execution_role_arn       = aws_iam_role.execution.arn
-  container_definitions = jsonencode([{
+  container_definitions = jsonencode(concat(local.users_container, [merge({
     name      = "broker"
     image     = var.image
     essential = true
     command   = ["serve"]
-    portMappings = [
-      { containerPort = var.kafka_port, protocol = "tcp" },
-      { containerPort = var.admin_port, protocol = "tcp" },
-    ]
-    environment = [
-      { name = "TRIBUTARY_LISTEN", value = "0.0.0.0:${var.kafka_port}" },
-      { name = "TRIBUTARY_METRICS_LISTEN", value = "0.0.0.0:${var.admin_port}" },
-      { name = "TRIBUTARY_OBJECT_STORE", value = local.object_store },
-      { name = "TRIBUTARY_CACHE_BYTES", value = tostring(var.cache_bytes) },
-      # Each task takes the lowest free node id and advertises its own address.
-      { name = "TRIBUTARY_NODE_ID", value = "auto" },
-      { name = "TRIBUTARY_DATA_DIR", value = "/tmp/tributary" },
-    ]
-    secrets = [
-      { name = "TRIBUTARY_METADATA", valueFrom = aws_secretsmanager_secret.metadata.arn },
-    ]
+    portMappings = concat(
+      [
+        { containerPort = var.kafka_port, protocol = "tcp" },
+        { containerPort = var.admin_port, protocol = "tcp" },
+      ],
+      local.sasl_ssl ? [{ containerPort = var.sasl_ssl_port, protocol = "tcp" }] : [],
+    )
+    environment = concat(
+      [
+        { name = "TRIBUTARY_METRICS_LISTEN", value = "0.0.0.0:${var.admin_port}" },
+        { name = "TRIBUTARY_OBJECT_STORE", value = local.object_store },
+        { name = "TRIBUTARY_CACHE_BYTES", value = tostring(var.cache_bytes) },
+        # Each task takes the lowest free node id and advertises its own address.
+        { name = "TRIBUTARY_NODE_ID", value = "auto" },
+        { name = "TRIBUTARY_DATA_DIR", value = "/tmp/tributary" },
+      ],
+      local.sasl_ssl ? [
+        { name = "TRIBUTARY_LISTENERS", value = "PLAINTEXT://0.0.0.0:${var.kafka_port},SASL_SSL://0.0.0.0:${var.sasl_ssl_port}" },
+        { name = "TRIBUTARY_SASL_MECHANISMS", value = var.sasl_mechanisms },
+        ] : [
+        { name = "TRIBUTARY_LISTENERS", value = "PLAINTEXT://0.0.0.0:${var.kafka_port}" },
+      ],
+      local.sasl_ssl && var.enable_acls ? [
+        { name = "TRIBUTARY_AUTHORIZER", value = "acl" },
+        { name = "TRIBUTARY_SUPER_USERS", value = local.super_users },
+      ] : [],
+    )
+    secrets = concat(
+      [{ name = "TRIBUTARY_METADATA", valueFrom = aws_secretsmanager_secret.metadata.arn }],
+      local.sasl_ssl ? [
+        { name = "TRIBUTARY_TLS_CERT", valueFrom = aws_secretsmanager_secret.security["tls-certificate"].arn },
+        { name = "TRIBUTARY_TLS_KEY", valueFrom = aws_secretsmanager_secret.security["tls-private-key"].arn },
+      ] : [],
+    )
     logConfiguration = {
       logDriver = "awslogs"
       options = {
@@ -125,7 +146,10 @@ resource "aws_ecs_task_definition" "broker" {
       }
     }
     stopTimeout = 30
-  }])
+    },
+    # The admin user is written before the broker starts.
+    { for k, v in { dependsOn = [{ containerName = "users", condition = "SUCCESS" }] } : k => v if local.sasl_ssl },
+  )]))
   tags = local.tags
 }
 
@@ -183,9 +207,22 @@ resource "aws_ecs_service" "broker" {
     container_name   = "broker"
     container_port   = var.kafka_port
   }
+  dynamic "load_balancer" {
+    for_each = aws_lb_target_group.sasl_ssl
+    content {
+      target_group_arn = load_balancer.value.arn
+      container_name   = "broker"
+      container_port   = var.sasl_ssl_port
+    }
+  }
   health_check_grace_period_seconds  = 60
   deployment_minimum_healthy_percent = 100
   deployment_maximum_percent         = 200
-  depends_on                         = [aws_lb_listener.kafka, aws_secretsmanager_secret_version.metadata]
-  tags                               = local.tags
+  depends_on = [
+    aws_lb_listener.kafka,
+    aws_lb_listener.sasl_ssl,
+    aws_secretsmanager_secret_version.metadata,
+    aws_secretsmanager_secret_version.security,
+  ]
+  tags = local.tags
 }

@@ -72,7 +72,8 @@ resource "aws_iam_role_policy" "broker" {
 }
 
 # The execution role pulls the image, writes logs and reads the database
-# connection string.
+# connection string (and, with SASL_SSL, the certificate, key and admin
+# password).
 resource "aws_iam_role" "execution" {
   name               = "${var.name}-execution"
   assume_role_policy = data.aws_iam_policy_document.ecs_assume.json
@@ -87,7 +88,7 @@ resource "aws_iam_role_policy_attachment" "execution" {
 data "aws_iam_policy_document" "execution_secret" {
   statement {
     actions   = ["secretsmanager:GetSecretValue"]
-    resources = [aws_secretsmanager_secret.metadata.arn]
+    resources = local.secret_arns
   }
 }
 

@@ -27,3 +27,13 @@ output "log_group" {
   description = "CloudWatch log group of the brokers."
   value       = aws_cloudwatch_log_group.broker.name
 }
+
+output "sasl_ssl_bootstrap_servers" {
+  description = "Kafka bootstrap address of the SASL_SSL listener (null without enable_sasl_ssl)."
+  value       = var.enable_sasl_ssl ? "${aws_lb.this.dns_name}:${var.sasl_ssl_port}" : null
+}
+
+output "security_secret_arns" {
+  description = "Secrets Manager secrets of the SASL_SSL listener (certificate, key, admin password); empty without enable_sasl_ssl."
+  value       = { for k, s in aws_secretsmanager_secret.security : k => s.arn }
+}

@@ -136,3 +136,62 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+# --- Security (SASL_SSL listener, users, ACLs)
+
+variable "enable_sasl_ssl" {
+  description = "Add a SASL_SSL listener on sasl_ssl_port (TLS with tls_certificate_pem, SCRAM logins, ACLs with the admin as super user). The PLAINTEXT listener on kafka_port stays; with the authorizer on it serves only what ACLs grant User:ANONYMOUS."
+  type        = bool
+  default     = false
+}
+
+variable "sasl_ssl_port" {
+  description = "Port of the SASL_SSL listener (brokers and load balancer)."
+  type        = number
+  default     = 9094
+}
+
+variable "tls_certificate_pem" {
+  description = "PEM certificate chain of the SASL_SSL listener (stored in Secrets Manager). It must be valid for the names clients connect to: the load balancer and the brokers' advertised addresses (see the README)."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "tls_private_key_pem" {
+  description = "PEM private key of tls_certificate_pem (stored in Secrets Manager)."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "admin_user" {
+  description = "The first SCRAM user, created (or its password reset) by each task before its broker starts; a super user."
+  type        = string
+  default     = "admin"
+}
+
+variable "admin_password" {
+  description = "Password of admin_user (stored in Secrets Manager; at least 12 characters)."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "sasl_mechanisms" {
+  description = "SASL mechanisms offered on the SASL_SSL listener."
+  type        = string
+  default     = "SCRAM-SHA-512,SCRAM-SHA-256"
+}
+
+variable "enable_acls" {
+  description = "With enable_sasl_ssl: check ACLs (--authorizer acl); admin_user and extra_super_users may do everything."
+  type        = bool
+  default     = true
+}
+
+variable "extra_super_users" {
+  description = "Principals besides admin_user allowed everything (e.g. [\"User:CN=ops\"])."
+  type        = list(string)
+  default     = []
+}

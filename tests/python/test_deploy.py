@@ -22,7 +22,7 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, Producer
 
-from conftest import Broker, broker_bin, free_port
+from conftest import Pki, Broker, broker_bin, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 30
@@ -80,6 +80,64 @@ def test_terraform_fmt_init_validate(tmp_path):
     for module in (copy, copy / "examples" / "localstack"):
         tf(["init", "-backend=false", "-input=false"], module, env)
         assert "configuration is valid" in tf(["validate"], module, env)
+
+
+def test_terraform_plan_with_sasl_ssl(tmp_path):
+    """The module with enable_sasl_ssl plans (offline: fake credentials, no
+    API calls) a SASL_SSL listener on the load balancer and the brokers, the
+    certificate, key and admin password in Secrets Manager; without a proper
+    certificate or password the plan stops with a clear message."""
+    env = terraform_env(tmp_path)
+    module = copy_terraform(tmp_path)
+    pki = Pki(tmp_path / "pki")
+    root = tmp_path / "root"
+    root.mkdir()
+
+    def write(admin_password):
+        (root / "main.tf").write_text(f"""
+provider "aws" {{
+  region                      = "us-east-1"
+  access_key                  = "test"
+  secret_key                  = "test"
+  skip_credentials_validation = true
+  skip_metadata_api_check     = true
+  skip_requesting_account_id  = true
+}}
+module "tributary" {{
+  source              = "{module}"
+  vpc_id              = "vpc-0123"
+  subnet_ids          = ["subnet-1", "subnet-2"]
+  allowed_cidrs       = ["10.0.0.0/8"]
+  image               = "tributary:test"
+  bucket_name         = "tributary-plan"
+  db_password         = "a-database-password"
+  enable_sasl_ssl     = true
+  tls_certificate_pem = file("{pki.cert}")
+  tls_private_key_pem = file("{pki.key}")
+  admin_password      = "{admin_password}"
+}}
+""")
+
+    write("an-admin-password")
+    tf(["init", "-input=false"], root, env)
+    plan = tf(["plan", "-input=false"], root, env)
+    for address in (
+        'aws_lb_listener.sasl_ssl[0]',
+        'aws_lb_target_group.sasl_ssl[0]',
+        'aws_secretsmanager_secret.security["tls-certificate"]',
+        'aws_secretsmanager_secret.security["tls-private-key"]',
+        'aws_secretsmanager_secret.security["admin-password"]',
+        'aws_vpc_security_group_ingress_rule.sasl_ssl["10.0.0.0/8"]',
+        'aws_vpc_security_group_egress_rule.load_balancer_to_brokers["9094"]',
+    ):
+        assert f"module.tributary.{address} will be created" in plan, address
+    assert "-----BEGIN" not in plan, "a secret reached the plan output"
+
+    write("short")
+    out = subprocess.run(["terraform", "plan", "-input=false", "-no-color"], cwd=root,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0
+    assert "admin_password of at least 12 characters" in out.stderr
 
 
 @pytest.fixture
@@ -167,15 +225,35 @@ def test_compose_file_refers_to_real_image_ports_and_settings():
     assert "USER tributary" in dockerfile and "EXPOSE 9092 9464" in dockerfile
     help_text = subprocess.run([str(broker_bin()), "serve", "--help"],
                                capture_output=True, text=True).stdout
-    for name in ("init", "broker-1", "broker-2"):
+    for name in ("init", "users", "broker-1", "broker-2"):
         svc = services[name]
         assert svc["image"] == "tributary:local"
         assert (ROOT / "localstack" / svc["build"]["context"] / "Dockerfile").resolve() == ROOT / "Dockerfile"
+        if name == "users":
+            continue
         for key in svc["environment"]:
             if key.startswith("TRIBUTARY_"):
                 assert f"[env: {key}=" in help_text, f"{name}: {key} is not a serve setting"
     assert services["init"]["command"] == ["init", "--create-bucket"]
-    for name, port in (("broker-1", "9092"), ("broker-2", "9093")):
+    for name, port, secure in (("broker-1", "9092", "9094"), ("broker-2", "9093", "9095")):
         ports = services[name]["ports"]
-        assert f"127.0.0.1:{port}:9092" in ports
-        assert services[name]["environment"]["TRIBUTARY_ADVERTISED_LISTENER"] == f"127.0.0.1:{port}"
+        assert f"127.0.0.1:{port}:9092" in ports and f"127.0.0.1:{secure}:9094" in ports
+        env = services[name]["environment"]
+        assert env["TRIBUTARY_ADVERTISED_LISTENERS"] == (
+            f"PLAINTEXT://127.0.0.1:{port},SASL_SSL://127.0.0.1:{secure}")
+        assert env["TRIBUTARY_LISTENERS"] == "PLAINTEXT://0.0.0.0:9092,SASL_SSL://0.0.0.0:9094"
+        assert "./certs:/certs:ro" in services[name]["volumes"]
+        assert services[name]["depends_on"]["users"]["condition"] == "service_completed_successfully"
+    # The users service runs `tributary users add` with the password from the
+    # environment, on the brokers' database.
+    users = services["users"]
+    assert users["command"][:2] == ["users", "add"]
+    assert users["environment"]["TRIBUTARY_METADATA"] == services["broker-1"]["environment"]["TRIBUTARY_METADATA"]
+    users_help = subprocess.run([str(broker_bin()), "users", "add", "--help"],
+                                capture_output=True, text=True).stdout
+    for key in users["environment"]:
+        assert key in users_help, f"users: {key} is not a `users add` setting"
+    # The certificate script makes what the brokers mount.
+    script = (ROOT / "localstack" / "make-certs.sh").read_text()
+    for name in ("server.pem", "server.key", "ca.pem"):
+        assert name in script

@@ -283,3 +283,36 @@ async fn rotated_certificate_is_served_without_a_restart() -> Result<()> {
     .await
     .context("timed out")?
 }
+
+/// The certificate and key given as PEM text (how a secret store hands
+/// them to a container, e.g. ECS secrets in the Terraform module) work like
+/// files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn certificate_and_key_as_pem_text() -> Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let pki = Pki::new()?;
+        let dir = tempfile::tempdir()?;
+        let server = pki.server_files();
+        let cert = std::fs::read_to_string(&server.cert)?;
+        let key = std::fs::read_to_string(&server.key)?;
+        let flags = vec![
+            "--listeners",
+            "SSL://127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().context("utf-8 dir")?,
+            "--flush-interval-ms",
+            "10",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ];
+        let node = Node::start(Settings::from_flags(flags)?, Launch::default()).await?;
+        let ssl = node.listener_addr("SSL").context("ssl")?;
+        let result = round_trip(&ssl_config(&ssl.to_string(), &pki, None), "inline-pem", 20).await;
+        node.shutdown().await;
+        result
+    })
+    .await
+    .context("test timed out")?
+}

@@ -12,7 +12,7 @@
 //! keep theirs, and files that do not load (half written, mismatched key)
 //! leave the previous certificate in place with a warning.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -53,15 +53,70 @@ impl ClientAuth {
     }
 }
 
+/// PEM text: a file (re-read when it changes), or the text itself, as a
+/// secret store hands it to a container in an environment variable (like
+/// Kafka's `ssl.keystore.certificate.chain`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Pem {
+    File(PathBuf),
+    Inline(String),
+}
+
+impl Pem {
+    /// A setting's value: PEM text when it starts with `-----BEGIN`, else
+    /// a file path.
+    pub fn from_setting(value: impl Into<PathBuf>) -> Pem {
+        let path: PathBuf = value.into();
+        match path.to_str() {
+            Some(text) if text.trim_start().starts_with("-----BEGIN") => {
+                Pem::Inline(text.to_owned())
+            }
+            _ => Pem::File(path),
+        }
+    }
+
+    /// For messages: the path, or "inline PEM" (never the text: it may be
+    /// a private key).
+    pub fn name(&self) -> String {
+        match self {
+            Pem::File(p) => p.display().to_string(),
+            Pem::Inline(_) => "(inline PEM)".to_owned(),
+        }
+    }
+
+    fn read(&self) -> Result<Vec<u8>, String> {
+        match self {
+            Pem::File(p) => std::fs::read(p).map_err(|e| format!("{}: {e}", p.display())),
+            Pem::Inline(text) => Ok(text.as_bytes().to_vec()),
+        }
+    }
+
+    /// Size and modification time of a file (`None` for inline text,
+    /// which never changes).
+    fn stamp(&self) -> Option<(u64, SystemTime)> {
+        let Pem::File(p) = self else {
+            return None;
+        };
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.len(), m.modified().ok()?))
+    }
+}
+
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
 /// Where the TLS material is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     /// PEM certificate chain, the broker's certificate first.
-    pub cert: PathBuf,
+    pub cert: Pem,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
+    pub key: Pem,
     /// PEM CA certificates client certificates must chain to.
-    pub client_ca: Option<PathBuf>,
+    pub client_ca: Option<Pem>,
     pub client_auth: ClientAuth,
 }
 
@@ -110,7 +165,7 @@ impl TlsContext {
         match build(&self.files) {
             Ok(config) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
-                tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
+                tracing::info!(cert = %self.files.cert.name(), "TLS certificate reloaded");
                 true
             }
             Err(e) => {
@@ -145,24 +200,18 @@ impl Background for Reload {
 }
 
 fn stamps(files: &TlsFiles) -> Vec<Option<(u64, SystemTime)>> {
-    let stamp = |p: &Path| {
-        let m = std::fs::metadata(p).ok()?;
-        Some((m.len(), m.modified().ok()?))
-    };
-    let mut out = vec![stamp(&files.cert), stamp(&files.key)];
-    out.extend(files.client_ca.as_deref().map(stamp));
+    let mut out = vec![files.cert.stamp(), files.key.stamp()];
+    out.extend(files.client_ca.as_ref().map(Pem::stamp));
     out
 }
 
-fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+fn certificates(pem: &Pem, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let text = pem.read().map_err(|e| format!("cannot read {what} {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot read {what} {}: {e}", pem.name()))?;
     if certs.is_empty() {
-        return Err(format!(
-            "{what} {} holds no PEM certificate",
-            path.display()
-        ));
+        return Err(format!("{what} {} holds no PEM certificate", pem.name()));
     }
     Ok(certs)
 }
@@ -170,8 +219,11 @@ fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>,
 /// The rustls configuration for `files`.
 fn build(files: &TlsFiles) -> Result<ServerConfig, String> {
     let chain = certificates(&files.cert, "TLS certificate")?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| format!("cannot read TLS key {}: {e}", files.key.display()))?;
+    let key = files
+        .key
+        .read()
+        .and_then(|text| PrivateKeyDer::from_pem_slice(&text).map_err(|e| e.to_string()))
+        .map_err(|e| format!("cannot read TLS key {}: {e}", files.key.name()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -186,7 +238,7 @@ fn build(files: &TlsFiles) -> Result<ServerConfig, String> {
             for cert in certificates(ca, "TLS client CA")? {
                 roots
                     .add(cert)
-                    .map_err(|e| format!("TLS client CA {}: {e}", ca.display()))?;
+                    .map_err(|e| format!("TLS client CA {}: {e}", ca.name()))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = match auth {
@@ -195,7 +247,7 @@ fn build(files: &TlsFiles) -> Result<ServerConfig, String> {
             };
             verifier
                 .build()
-                .map_err(|e| format!("TLS client CA {}: {e}", ca.display()))?
+                .map_err(|e| format!("TLS client CA {}: {e}", ca.name()))?
         }
     };
     builder
@@ -204,8 +256,8 @@ fn build(files: &TlsFiles) -> Result<ServerConfig, String> {
         .map_err(|e| {
             format!(
                 "TLS certificate {} and key {} do not make a server identity: {e}",
-                files.cert.display(),
-                files.key.display()
+                files.cert.name(),
+                files.key.name()
             )
         })
 }

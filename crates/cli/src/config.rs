@@ -12,7 +12,7 @@ use tributary_broker::authz::AuthorizerConfig;
 use tributary_broker::listener::{parse_listeners, ListenerConfig, SecurityProtocol};
 use tributary_broker::sasl::oauthbearer::OAuthConfig;
 use tributary_broker::sasl::{Mechanism as SaslMechanism, SaslConfig};
-use tributary_broker::tls::{ClientAuth, TlsFiles};
+use tributary_broker::tls::{ClientAuth, Pem, TlsFiles};
 use tributary_broker::BrokerConfig;
 use tributary_meta::parse_metadata_url;
 use tributary_storage::writer::min_safe_grace;
@@ -98,15 +98,17 @@ serve_settings! {
     /// `SSL://broker-1.example.com:9093` [default: each listener's bind address].
     #[arg(long, env = "TRIBUTARY_ADVERTISED_LISTENERS")]
     advertised_listeners: String,
-    /// PEM certificate chain of the SSL and SASL_SSL listeners (re-read when it changes).
-    #[arg(long, env = "TRIBUTARY_TLS_CERT")]
+    /// PEM certificate chain of the SSL and SASL_SSL listeners (re-read when
+    /// it changes), or the PEM text itself (e.g. from a secret store).
+    #[arg(long, env = "TRIBUTARY_TLS_CERT", allow_hyphen_values = true)]
     tls_cert: PathBuf,
-    /// PEM private key of --tls-cert (re-read when it changes).
-    #[arg(long, env = "TRIBUTARY_TLS_KEY")]
+    /// PEM private key of --tls-cert (re-read when it changes), or the PEM
+    /// text itself.
+    #[arg(long, env = "TRIBUTARY_TLS_KEY", allow_hyphen_values = true)]
     tls_key: PathBuf,
     /// PEM CA certificates client certificates must chain to (mTLS); the
     /// principal is `User:<certificate subject>` [default: none].
-    #[arg(long, env = "TRIBUTARY_TLS_CLIENT_CA")]
+    #[arg(long, env = "TRIBUTARY_TLS_CLIENT_CA", allow_hyphen_values = true)]
     tls_client_ca: PathBuf,
     /// Client certificates: none, requested or required [default: required
     /// with --tls-client-ca, else none].
@@ -533,10 +535,24 @@ pub fn parse_file(text: &str) -> anyhow::Result<ServeArgs> {
 fn listeners(a: &ServeArgs) -> anyhow::Result<Vec<ListenerConfig>> {
     let listeners = match &a.listeners {
         Some(spec) => {
-            if a.listen.is_some() || a.advertised_listener.is_some() {
-                bail!("give --listeners (and --advertised-listeners), or --listen (and --advertised-listener), not both");
+            if a.listen.is_some() {
+                bail!(
+                    "give --listeners or --listen (TRIBUTARY_LISTENERS or TRIBUTARY_LISTEN), not both; \
+                     the container image sets TRIBUTARY_LISTENERS=PLAINTEXT://0.0.0.0:9092"
+                );
             }
-            parse_listeners(spec, a.advertised_listeners.as_deref()).map_err(anyhow::Error::msg)?
+            let mut listeners = parse_listeners(spec, a.advertised_listeners.as_deref())
+                .map_err(anyhow::Error::msg)?;
+            // The one-listener shorthand still advertises a lone listener.
+            if let Some(l) = &a.advertised_listener {
+                if a.advertised_listeners.is_some() || listeners.len() != 1 {
+                    bail!("--advertised-listener names the address of a lone listener; with several, use --advertised-listeners");
+                }
+                listeners[0].advertised = Some(
+                    parse_host_port(l).with_context(|| format!("bad --advertised-listener {l}"))?,
+                );
+            }
+            listeners
         }
         None => {
             if a.advertised_listeners.is_some() {
@@ -558,7 +574,6 @@ fn listeners(a: &ServeArgs) -> anyhow::Result<Vec<ListenerConfig>> {
     Ok(listeners)
 }
 
-/// The TLS files, required when a listener speaks TLS.
 /// `--authorizer`, `--super-users`, `--allow-everyone-if-no-acl-found`.
 fn authorizer(a: &ServeArgs) -> anyhow::Result<AuthorizerConfig> {
     let enabled = match a.authorizer.as_deref().map(str::trim) {
@@ -646,6 +661,7 @@ fn principal_list(list: &str) -> Result<Vec<String>, String> {
     }
 }
 
+/// The TLS files, required when a listener speaks TLS.
 fn tls_files(a: &ServeArgs, listeners: &[ListenerConfig]) -> anyhow::Result<Option<TlsFiles>> {
     let needed = listeners.iter().find(|l| l.protocol.tls());
     let client_auth = match &a.tls_client_auth {
@@ -657,9 +673,9 @@ fn tls_files(a: &ServeArgs, listeners: &[ListenerConfig]) -> anyhow::Result<Opti
     };
     match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => Ok(Some(TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-            client_ca: a.tls_client_ca.clone(),
+            cert: Pem::from_setting(cert.clone()),
+            key: Pem::from_setting(key.clone()),
+            client_ca: a.tls_client_ca.clone().map(Pem::from_setting),
             client_auth,
         })),
         (None, None) => match needed {
@@ -725,6 +741,18 @@ mod tests {
         let err = |r: anyhow::Result<Settings>| r.expect_err("refused").to_string();
         assert!(err(l(Some("SSL://:9093"), None, false)).contains("needs --tls-cert"));
         assert!(err(l(Some("SSL://:9093"), Some("127.0.0.1:1"), true)).contains("not both"));
+        // The image sets TRIBUTARY_LISTENERS; the shorthand advertised
+        // address still applies to a lone listener.
+        let lone = Settings::layer(ServeArgs {
+            listeners: Some("PLAINTEXT://0.0.0.0:9092".into()),
+            advertised_listener: Some("broker-1.example.com:9092".into()),
+            ..Default::default()
+        })
+        .expect("lone listener");
+        assert_eq!(
+            lone.listeners[0].advertised,
+            Some(("broker-1.example.com".into(), 9092))
+        );
         assert!(l(Some("SASL_SSL://:9094"), None, true).is_ok());
         assert!(err(l(Some("SASL_SSL://:9094"), None, false)).contains("needs --tls-cert"));
         assert!(l(Some("SASL_PLAINTEXT://:9094"), None, false).is_ok());
