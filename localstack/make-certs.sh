@@ -3,9 +3,9 @@
 # listeners (valid for localhost, 127.0.0.1 and the broker service names).
 # Development only: the key is left readable by the container's user.
 #
-#   localstack/make-certs.sh            # writes localstack/certs/{ca,server}.pem, server.key
+#   localstack/make-certs.sh [DIR]      # writes DIR (default localstack/certs)/{ca,server}.pem, server.key
 set -euo pipefail
-dir="$(cd "$(dirname "$0")" && pwd)/certs"
+dir="${1:-$(cd "$(dirname "$0")" && pwd)/certs}"
 mkdir -p "$dir"
 ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
 openssl req -x509 "${ec[@]}" -keyout "$dir/ca.key" -out "$dir/ca.pem" -days 365 \

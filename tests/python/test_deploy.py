@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
 
-from conftest import Pki, Broker, broker_bin, free_port
+from conftest import Pki, Broker, add_user, broker_bin, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 30
@@ -162,11 +163,53 @@ def localstack(tmp_path):
         shutil.rmtree(state, ignore_errors=True)
 
 
+def sasl_ssl_example(outputs, certs, data_dir):
+    """The example's SASL_SSL commands, run as printed (on free ports): the
+    admin logs in over SASL_SSL with the development CA and reads what the
+    plaintext run wrote; an anonymous plaintext client sees nothing (ACLs)."""
+    users = shlex.split(outputs["users_add_command"]["value"])
+    user_env = dict(w.split("=", 1) for w in users if "=" in w and w.split("=", 1)[0].isupper())
+    add_user(data_dir, users[users.index("add") + 1], user_env["TRIBUTARY_USER_PASSWORD"])
+    words = shlex.split(outputs["serve_sasl_ssl_command"]["value"])
+    args = words[words.index("serve") + 1:]
+    plain, secure = free_port(), free_port()
+    i = args.index("--listeners")
+    assert args[i + 1] == "PLAINTEXT://127.0.0.1:9092,SASL_SSL://127.0.0.1:9094"
+    args[i + 1] = f"PLAINTEXT://127.0.0.1:{plain},SASL_SSL://127.0.0.1:{secure}"
+    broker = Broker(data_dir, plain, [a for j, a in enumerate(args) if j not in (i, i + 1)],
+                    listeners=args[i + 1]).start()
+    try:
+        conf = {"bootstrap.servers": f"127.0.0.1:{secure}", "security.protocol": "SASL_SSL",
+                "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": "admin",
+                "sasl.password": user_env["TRIBUTARY_USER_PASSWORD"],
+                "ssl.ca.location": str(certs / "ca.pem"), "broker.address.family": "v4"}
+        c = Consumer({**conf, "group.id": "deploy-secure", "auto.offset.reset": "earliest"})
+        c.subscribe(["deploy"])
+        got = 0
+        deadline = time.time() + TIMEOUT
+        while got < 100 and time.time() < deadline:
+            m = c.poll(1)
+            if m is not None and not m.error():
+                got += 1
+        c.close()
+        assert got == 100
+        anonymous = AdminClient({"bootstrap.servers": f"127.0.0.1:{plain}"})
+        assert "deploy" not in anonymous.list_topics(timeout=TIMEOUT).topics
+    finally:
+        code = broker.stop()
+        if code not in (0, None):
+            print(broker.logs())
+
+
 def test_localstack_example_apply_serve_destroy(tmp_path, localstack, request):
     env = terraform_env(tmp_path)
     example = copy_terraform(tmp_path) / "examples" / "localstack"
     tf(["init", "-input=false"], example, env)
-    var = ["-var", f"endpoint={localstack}", "-var", "bucket_name=tributary-acceptance"]
+    certs = tmp_path / "certs"
+    subprocess.run([str(ROOT / "localstack" / "make-certs.sh"), str(certs)], check=True,
+                   capture_output=True, timeout=60)
+    var = ["-var", f"endpoint={localstack}", "-var", "bucket_name=tributary-acceptance",
+           "-var", f"certs_dir={certs}"]
     tf(["apply", "-auto-approve", "-input=false", *var], example, env)
     try:
         outputs = json.loads(tf(["output", "-json"], example, env))
@@ -203,6 +246,7 @@ def test_localstack_example_apply_serve_destroy(tmp_path, localstack, request):
                 code = broker.stop()
                 if code not in (0, None):
                     print(broker.logs())
+            sasl_ssl_example(outputs, certs, tmp_path / "data")
         finally:
             for k, v in old.items():
                 if v is None:
