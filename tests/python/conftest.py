@@ -284,3 +284,16 @@ def secure_broker(request, tmp_path):
         broker.sasl_ssl = f"127.0.0.1:{secure}"
         broker.pki = pki
         yield broker
+
+
+def sasl_conf(broker, mechanism, user="alice", password="alice-secret"):
+    """librdkafka settings for `broker.sasl_ssl` as `user` (test CA)."""
+    return {
+        "bootstrap.servers": broker.sasl_ssl,
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": mechanism,
+        "sasl.username": user,
+        "sasl.password": password,
+        "ssl.ca.location": str(broker.pki.ca),
+        "broker.address.family": "v4",
+    }

@@ -26,7 +26,7 @@ from confluent_kafka.admin import (
     UserScramCredentialUpsertion,
 )
 
-from conftest import Pki, _run_broker, add_user, free_port
+from conftest import Pki, _run_broker, add_user, free_port, sasl_conf
 
 TIMEOUT = 30
 CLIENT_CN = "svc-orders"
@@ -52,18 +52,6 @@ def acl_broker(request, tmp_path):
         broker.ssl = f"127.0.0.1:{ssl}"
         broker.pki = pki
         yield broker
-
-
-def sasl(broker, mechanism, user, password):
-    return {
-        "bootstrap.servers": broker.sasl_ssl,
-        "security.protocol": "SASL_SSL",
-        "sasl.mechanisms": mechanism,
-        "sasl.username": user,
-        "sasl.password": password,
-        "ssl.ca.location": str(broker.pki.ca),
-        "broker.address.family": "v4",
-    }
 
 
 def mtls(broker, cert, key):
@@ -142,7 +130,7 @@ def kafka_python_describe_acls_is_refused(broker):
 
 
 def test_admin_apis_grant_and_take_away_access(acl_broker):
-    admin = AdminClient(sasl(acl_broker, "SCRAM-SHA-512", "admin", "admin-secret"))
+    admin = AdminClient(sasl_conf(acl_broker, "SCRAM-SHA-512", "admin", "admin-secret"))
     run = uuid.uuid4().hex[:6]
     orders, secret = f"orders-{run}", f"secret-{run}"
     wait_all(admin.create_topics([NewTopic(orders, 2), NewTopic(secret, 1)]))
@@ -173,9 +161,9 @@ def test_admin_apis_grant_and_take_away_access(acl_broker):
     assert len(admin.describe_acls(everything).result(TIMEOUT)) == 6
 
     clients = {
-        "scram-512": sasl(acl_broker, "SCRAM-SHA-512", "alice", "alice-secret"),
-        "scram-256": sasl(acl_broker, "SCRAM-SHA-256", "alice", "alice-secret"),
-        "plain": sasl(acl_broker, "PLAIN", "alice", "alice-secret"),
+        "scram-512": sasl_conf(acl_broker, "SCRAM-SHA-512", "alice", "alice-secret"),
+        "scram-256": sasl_conf(acl_broker, "SCRAM-SHA-256", "alice", "alice-secret"),
+        "plain": sasl_conf(acl_broker, "PLAIN", "alice", "alice-secret"),
         "mtls": mtls(acl_broker, cert, key),
     }
     for name, conf in clients.items():

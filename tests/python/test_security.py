@@ -12,19 +12,9 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from conftest import sasl_conf
+
 TIMEOUT = 30
-
-
-def sasl_conf(broker, mechanism, user="alice", password="alice-secret"):
-    return {
-        "bootstrap.servers": broker.sasl_ssl,
-        "security.protocol": "SASL_SSL",
-        "sasl.mechanisms": mechanism,
-        "sasl.username": user,
-        "sasl.password": password,
-        "ssl.ca.location": str(broker.pki.ca),
-        "broker.address.family": "v4",
-    }
 
 
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"])

@@ -12,34 +12,12 @@ use crate::acls::blocking;
 use crate::common::raw::Raw;
 use crate::common::*;
 use anyhow::{ensure, Context, Result};
-use bytes::Bytes;
-use kafka_protocol::messages::{
-    MetadataRequest, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
-};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::MetadataRequest;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tributary_cli::config::Settings;
 use tributary_cli::node::{Launch, Node};
 
 const LIFETIME_MS: i64 = 1500;
-
-/// SaslHandshake v1 (PLAIN) and SaslAuthenticate v2 as `user`.
-fn plain_login(conn: &mut Raw, user: &str, password: &str) -> Result<SaslAuthenticateResponse> {
-    let hello = conn.call(
-        &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
-        1,
-    )?;
-    ensure!(
-        hello.error_code == 0,
-        "SaslHandshake: error {}",
-        hello.error_code
-    );
-    conn.call(
-        &SaslAuthenticateRequest::default()
-            .with_auth_bytes(Bytes::from(format!("\0{user}\0{password}"))),
-        2,
-    )
-}
 
 fn metadata_ok(conn: &mut Raw) -> Result<()> {
     let answer = conn.call(&MetadataRequest::default().with_topics(Some(vec![])), 9)?;
@@ -97,7 +75,7 @@ async fn body(node: &Node) -> Result<()> {
     blocking(|| {
         // The login says how long it lasts; logging in again renews it.
         let mut conn = Raw::connect(addr)?;
-        let login = plain_login(&mut conn, "alice", "alice-secret")?;
+        let login = conn.plain_login("alice", "alice-secret")?;
         ensure!(login.error_code == 0);
         ensure!(
             login.session_lifetime_ms == LIFETIME_MS,
@@ -107,13 +85,13 @@ async fn body(node: &Node) -> Result<()> {
         for _ in 0..3 {
             std::thread::sleep(Duration::from_millis(1000));
             metadata_ok(&mut conn)?;
-            let again = plain_login(&mut conn, "alice", "alice-secret")?;
+            let again = conn.plain_login("alice", "alice-secret")?;
             ensure!(again.error_code == 0 && again.session_lifetime_ms == LIFETIME_MS);
         }
         metadata_ok(&mut conn).context("after three re-authentications")?;
 
         // Re-authenticating as someone else is refused, and closes.
-        let other = plain_login(&mut conn, "bob", "bob-secret")?;
+        let other = conn.plain_login("bob", "bob-secret")?;
         ensure!(
             other.error_code == 58,
             "re-login as bob: {}",
@@ -123,7 +101,7 @@ async fn body(node: &Node) -> Result<()> {
 
         // A connection that does not log in again is closed at expiry.
         let mut idle = Raw::connect(addr)?;
-        ensure!(plain_login(&mut idle, "alice", "alice-secret")?.error_code == 0);
+        ensure!(idle.plain_login("alice", "alice-secret")?.error_code == 0);
         metadata_ok(&mut idle)?;
         std::thread::sleep(Duration::from_millis(LIFETIME_MS as u64 + 500));
         ensure!(

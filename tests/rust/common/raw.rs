@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use bytes::{Buf, Bytes};
-use kafka_protocol::messages::{ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest};
+use kafka_protocol::messages::{
+    ResponseHeader, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+};
 use kafka_protocol::protocol::{Decodable, HeaderVersion, Request, StrBytes};
 
 use super::encode_request;
@@ -38,7 +40,24 @@ impl Raw {
     /// SaslAuthenticate v2).
     pub(crate) fn login(addr: SocketAddr, user: &str, password: &str) -> Result<Self> {
         let mut conn = Raw::connect(addr)?;
-        let hello = conn.call(
+        let auth = conn.plain_login(user, password)?;
+        ensure!(
+            auth.error_code == 0,
+            "SaslAuthenticate as {user}: error {} {:?}",
+            auth.error_code,
+            auth.error_message
+        );
+        Ok(conn)
+    }
+
+    /// SaslHandshake v1 (PLAIN) and SaslAuthenticate v2 as `user` on this
+    /// connection (a first login or a re-authentication): the answer.
+    pub(crate) fn plain_login(
+        &mut self,
+        user: &str,
+        password: &str,
+    ) -> Result<SaslAuthenticateResponse> {
+        let hello = self.call(
             &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
             1,
         )?;
@@ -47,18 +66,11 @@ impl Raw {
             "SaslHandshake: error {}",
             hello.error_code
         );
-        let token = format!("\0{user}\0{password}");
-        let auth = conn.call(
-            &SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(token)),
+        self.call(
+            &SaslAuthenticateRequest::default()
+                .with_auth_bytes(Bytes::from(format!("\0{user}\0{password}"))),
             2,
-        )?;
-        ensure!(
-            auth.error_code == 0,
-            "SaslAuthenticate as {user}: error {} {:?}",
-            auth.error_code,
-            auth.error_message
-        );
-        Ok(conn)
+        )
     }
 
     /// Send `request` as `version` without waiting; its correlation id.
