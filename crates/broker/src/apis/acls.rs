@@ -136,6 +136,22 @@ fn filter(
     })
 }
 
+/// [`filter`] of a DescribeAcls request or a DeleteAcls filter (the two
+/// Kafka types have the same fields).
+macro_rules! filter_of {
+    ($r:expr) => {
+        filter(
+            $r.resource_type_filter,
+            $r.resource_name_filter.as_ref(),
+            $r.pattern_type_filter,
+            $r.principal_filter.as_ref(),
+            $r.host_filter.as_ref(),
+            $r.operation,
+            $r.permission_type,
+        )
+    };
+}
+
 pub async fn describe(broker: &Broker, req: DescribeAclsRequest) -> DescribeAclsResponse {
     let refuse = |code: i16, message: String| {
         DescribeAclsResponse::default()
@@ -145,15 +161,7 @@ pub async fn describe(broker: &Broker, req: DescribeAclsRequest) -> DescribeAcls
     if !broker.authz.enabled() {
         return refuse(ResponseError::SecurityDisabled.code(), DISABLED.into());
     }
-    let f = match filter(
-        req.resource_type_filter,
-        req.resource_name_filter.as_ref(),
-        req.pattern_type_filter,
-        req.principal_filter.as_ref(),
-        req.host_filter.as_ref(),
-        req.operation,
-        req.permission_type,
-    ) {
+    let f = match filter_of!(req) {
         Ok(f) => f,
         Err(why) => return refuse(ResponseError::InvalidRequest.code(), why),
     };
@@ -201,15 +209,7 @@ pub async fn delete(broker: &Broker, req: DeleteAclsRequest) -> DeleteAclsRespon
             results.push(refuse(ResponseError::SecurityDisabled.code(), DISABLED));
             continue;
         }
-        let f = match filter(
-            r.resource_type_filter,
-            r.resource_name_filter.as_ref(),
-            r.pattern_type_filter,
-            r.principal_filter.as_ref(),
-            r.host_filter.as_ref(),
-            r.operation,
-            r.permission_type,
-        ) {
+        let f = match filter_of!(r) {
             Ok(f) => f,
             Err(why) => {
                 results.push(refuse(ResponseError::InvalidRequest.code(), &why));

@@ -13,6 +13,35 @@ const SELECT_ACLS: &str = "SELECT resource_type, resource_name, pattern_type, pr
      operation, permission FROM acls \
      ORDER BY resource_type, resource_name, pattern_type, principal, host, operation, permission";
 
+const INSERT_ACL: &str = "INSERT INTO acls (resource_type, resource_name, pattern_type, \
+     principal, host, operation, permission) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     ON CONFLICT DO NOTHING";
+const DELETE_ACL: &str = "DELETE FROM acls WHERE resource_type = $1 AND resource_name = $2 \
+     AND pattern_type = $3 AND principal = $4 AND host = $5 AND operation = $6 \
+     AND permission = $7";
+
+/// Run `sql` (INSERT_ACL or DELETE_ACL) with `b`'s columns; rows affected.
+async fn on_binding<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    sql: &str,
+    b: &AclBinding,
+) -> Step<u64> {
+    execute(
+        c,
+        sql,
+        &[
+            &i16::from(b.resource_type),
+            &b.resource_name,
+            &i16::from(b.pattern_type),
+            &b.principal,
+            &b.host,
+            &i16::from(b.operation),
+            &i16::from(b.permission),
+        ],
+    )
+    .await
+}
+
 fn acl_row(r: &tokio_postgres::Row) -> Step<AclBinding> {
     let code = |i: usize| -> Step<i8> { Ok(r.try_get::<_, i16>(i)? as i8) };
     Ok(AclBinding {
@@ -122,22 +151,7 @@ impl SecurityStore for PostgresStore {
             let tx = begin_write(&mut client).await?;
             let mut added = 0;
             for b in acls {
-                added += execute(
-                    &tx,
-                    "INSERT INTO acls (resource_type, resource_name, pattern_type, principal, \
-                         host, operation, permission) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                     ON CONFLICT DO NOTHING",
-                    &[
-                        &i16::from(b.resource_type),
-                        &b.resource_name,
-                        &i16::from(b.pattern_type),
-                        &b.principal,
-                        &b.host,
-                        &i16::from(b.operation),
-                        &i16::from(b.permission),
-                    ],
-                )
-                .await?;
+                added += on_binding(&tx, INSERT_ACL, b).await?;
             }
             if added > 0 {
                 execute(&tx, "UPDATE acl_version SET version = version + 1", &[]).await?;
@@ -159,22 +173,7 @@ impl SecurityStore for PostgresStore {
                 .collect::<Step<Vec<_>>>()?;
             let mut removed = Vec::new();
             for b in all.into_iter().filter(|b| acl::matches(filter, b)) {
-                let n = execute(
-                    &tx,
-                    "DELETE FROM acls WHERE resource_type = $1 AND resource_name = $2 \
-                     AND pattern_type = $3 AND principal = $4 AND host = $5 \
-                     AND operation = $6 AND permission = $7",
-                    &[
-                        &i16::from(b.resource_type),
-                        &b.resource_name,
-                        &i16::from(b.pattern_type),
-                        &b.principal,
-                        &b.host,
-                        &i16::from(b.operation),
-                        &i16::from(b.permission),
-                    ],
-                )
-                .await?;
+                let n = on_binding(&tx, DELETE_ACL, &b).await?;
                 // A concurrent delete may have taken it first.
                 if n > 0 {
                     removed.push(b);

@@ -12,6 +12,30 @@ const SELECT_ACLS: &str = "SELECT resource_type, resource_name, pattern_type, pr
      operation, permission FROM acls \
      ORDER BY resource_type, resource_name, pattern_type, principal, host, operation, permission";
 
+const INSERT_ACL: &str = "INSERT INTO acls (resource_type, resource_name, pattern_type, \
+     principal, host, operation, permission) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+     ON CONFLICT DO NOTHING";
+const DELETE_ACL: &str = "DELETE FROM acls WHERE resource_type = ?1 AND resource_name = ?2 \
+     AND pattern_type = ?3 AND principal = ?4 AND host = ?5 AND operation = ?6 \
+     AND permission = ?7";
+
+/// Run `sql` (INSERT_ACL or DELETE_ACL) with `b`'s columns; rows affected.
+fn on_binding(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    b: &AclBinding,
+) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(params![
+        b.resource_type,
+        b.resource_name,
+        b.pattern_type,
+        b.principal,
+        b.host,
+        b.operation,
+        b.permission
+    ])
+}
+
 fn acl_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AclBinding> {
     Ok(AclBinding {
         resource_type: r.get(0)?,
@@ -106,21 +130,7 @@ impl SecurityStore for SqliteStore {
         self.write("create_acls", move |tx| {
             let mut added = 0;
             for b in &acls {
-                added += tx
-                    .prepare_cached(
-                        "INSERT INTO acls (resource_type, resource_name, pattern_type, principal, \
-                             host, operation, permission) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-                         ON CONFLICT DO NOTHING",
-                    )?
-                    .execute(params![
-                        b.resource_type,
-                        b.resource_name,
-                        b.pattern_type,
-                        b.principal,
-                        b.host,
-                        b.operation,
-                        b.permission
-                    ])?;
+                added += on_binding(tx, INSERT_ACL, b)?;
             }
             if added > 0 {
                 tx.execute("UPDATE acl_version SET version = version + 1", [])?;
@@ -142,20 +152,7 @@ impl SecurityStore for SqliteStore {
                 .filter(|b| acl::matches(&filter, b))
                 .collect();
             for b in &doomed {
-                tx.prepare_cached(
-                    "DELETE FROM acls WHERE resource_type = ?1 AND resource_name = ?2 \
-                     AND pattern_type = ?3 AND principal = ?4 AND host = ?5 \
-                     AND operation = ?6 AND permission = ?7",
-                )?
-                .execute(params![
-                    b.resource_type,
-                    b.resource_name,
-                    b.pattern_type,
-                    b.principal,
-                    b.host,
-                    b.operation,
-                    b.permission
-                ])?;
+                on_binding(tx, DELETE_ACL, b)?;
             }
             if !doomed.is_empty() {
                 tx.execute("UPDATE acl_version SET version = version + 1", [])?;
