@@ -71,6 +71,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             offset_count: 10,
                             max_timestamp: 0,
                             producer: None,
+                            txn: Default::default(),
                         })
                         .collect(),
                     deadline: None,

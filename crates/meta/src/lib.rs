@@ -17,7 +17,7 @@
 //! Backends: [`SqliteStore`] (embedded, one broker) and [`PostgresStore`]
 //! (shared by many brokers); [`open_metadata`] picks one from a URL.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -61,6 +61,21 @@ pub struct PartitionOffsets {
     pub log_start_offset: i64,
     /// Offset the next appended record gets (the high watermark).
     pub next_offset: i64,
+    /// The last stable offset: the first offset of the oldest transaction
+    /// still open on the partition, or `next_offset` when none is.
+    /// `read_committed` consumers read only below it.
+    pub last_stable_offset: i64,
+}
+
+impl PartitionOffsets {
+    /// Offsets of a partition without open transactions.
+    pub fn settled(log_start_offset: i64, next_offset: i64) -> Self {
+        Self {
+            log_start_offset,
+            next_offset,
+            last_stable_offset: next_offset,
+        }
+    }
 }
 
 /// Identity and sequence range of an idempotent producer's batch.
@@ -86,8 +101,33 @@ pub struct PendingBatch {
     pub offset_count: i64,
     /// Max timestamp of the batch (ms since epoch).
     pub max_timestamp: i64,
-    /// Set for idempotent producers (producer id >= 0).
+    /// Set for idempotent producers (producer id >= 0); `None` for
+    /// transaction markers, whose producer is in `txn`.
     pub producer: Option<ProducerBatch>,
+    /// The batch's part in a transaction.
+    pub txn: TxnRole,
+}
+
+/// How a batch takes part in a transaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TxnRole {
+    /// Not transactional.
+    #[default]
+    None,
+    /// Data of its producer's ongoing transaction (the producer is in
+    /// [`PendingBatch::producer`]). Refused unless that transaction is
+    /// ongoing with this epoch and has the partition added (KIP-890).
+    Data,
+    /// The control batch ending a transaction on the partition, written by
+    /// the transaction coordinator. Appended only while the transaction is
+    /// preparing that end with this epoch and the producer has data open on
+    /// the partition; otherwise [`BatchOutcome::NotNeeded`] (already marked,
+    /// or nothing was written there) or refused (`InvalidTxnState`).
+    Marker {
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+    },
 }
 
 /// A segment object that has been durably written and now needs offsets.
@@ -144,6 +184,10 @@ pub enum BatchOutcome {
     Duplicate { base_offset: i64 },
     /// The batch was refused; nothing was assigned.
     Rejected(BatchRejection),
+    /// A transaction marker for a partition where its producer has nothing
+    /// open (marked already, or no data was written there): nothing was
+    /// appended, and nothing needs to be.
+    NotNeeded,
 }
 
 /// Why a batch got no offsets. Maps to a Kafka error code in the broker.
@@ -155,6 +199,10 @@ pub enum BatchRejection {
     OutOfOrderSequence,
     /// Producer epoch older than the one already seen.
     InvalidProducerEpoch,
+    /// A transactional batch whose transaction is not ongoing, or does not
+    /// have the partition added (KIP-890's hanging-transaction defence); or
+    /// a marker whose transaction is not preparing that end.
+    InvalidTxnState,
     /// Not a store answer: the commit's answer was lost and this batch is
     /// not in the index (it was a duplicate or refused). The producer should
     /// retry; an idempotent retry then gets the real answer.
@@ -629,15 +677,215 @@ pub trait SecurityStore: Send + Sync + std::fmt::Debug {
     async fn acl_version(&self) -> Result<i64>;
 }
 
+/// A transaction's state, as Kafka's transaction coordinator names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TxnState {
+    /// No transaction open (a new id, or after an epoch bump).
+    Empty,
+    /// Partitions or offsets were added; data may be written.
+    Ongoing,
+    /// Ending with a commit: markers are being written.
+    PrepareCommit,
+    /// Ending with an abort: markers are being written.
+    PrepareAbort,
+    CompleteCommit,
+    CompleteAbort,
+}
+
+impl TxnState {
+    /// Every state, in code order.
+    pub const ALL: [TxnState; 6] = [
+        TxnState::Empty,
+        TxnState::Ongoing,
+        TxnState::PrepareCommit,
+        TxnState::PrepareAbort,
+        TxnState::CompleteCommit,
+        TxnState::CompleteAbort,
+    ];
+
+    /// Kafka's name (DescribeTransactions, ListTransactions).
+    pub fn name(self) -> &'static str {
+        match self {
+            TxnState::Empty => "Empty",
+            TxnState::Ongoing => "Ongoing",
+            TxnState::PrepareCommit => "PrepareCommit",
+            TxnState::PrepareAbort => "PrepareAbort",
+            TxnState::CompleteCommit => "CompleteCommit",
+            TxnState::CompleteAbort => "CompleteAbort",
+        }
+    }
+
+    /// The code stored in the metadata store.
+    pub fn code(self) -> i16 {
+        match self {
+            TxnState::Empty => 0,
+            TxnState::Ongoing => 1,
+            TxnState::PrepareCommit => 2,
+            TxnState::PrepareAbort => 3,
+            TxnState::CompleteCommit => 4,
+            TxnState::CompleteAbort => 5,
+        }
+    }
+
+    /// The state stored as `code`.
+    pub fn from_code(code: i16) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.code() == code)
+            .ok_or_else(|| {
+                MetaError::InvalidArgument(format!("unknown transaction state code={code}"))
+            })
+    }
+
+    /// Whether the transaction is ending (markers being written).
+    pub fn is_preparing(self) -> bool {
+        matches!(self, TxnState::PrepareCommit | TxnState::PrepareAbort)
+    }
+}
+
+/// A transactional id's state, kept by the metadata store for whichever
+/// broker coordinates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnRecord {
+    pub transactional_id: String,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// The id and epoch before the coordinator last bumped them (a
+    /// timed-out or fenced transaction), so the producer that held them may
+    /// recover (KIP-360); -1 when none.
+    pub last_producer_id: i64,
+    pub last_producer_epoch: i16,
+    pub state: TxnState,
+    /// The producer's `transaction.timeout.ms`.
+    pub timeout_ms: i32,
+    /// When the ongoing transaction began, by the store's clock; -1 when
+    /// none is. Written as -1 with state [`TxnState::Ongoing`], the store
+    /// stamps its own clock.
+    pub started_ms: i64,
+    /// Last write, by the store's clock (stamped by the store).
+    pub updated_ms: i64,
+    /// Partitions in the transaction, by topic id.
+    pub partitions: BTreeSet<(Uuid, i32)>,
+    /// Consumer groups whose offsets the transaction commits.
+    pub groups: BTreeSet<String>,
+    /// Grows by one with every write: a write names the version it read
+    /// and fails if another write came first (a coordinator acting on stale
+    /// state, on this broker or another, cannot win).
+    pub version: i64,
+}
+
+/// Why staged transactional offsets were refused
+/// ([`TransactionStore::stage_txn_offsets`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnOffsetRefusal {
+    /// No such transactional id, or another producer id holds it.
+    UnknownProducer,
+    /// An older epoch: the producer was fenced.
+    Fenced,
+    /// The transaction is not ongoing or does not have the group added.
+    InvalidState,
+}
+
+/// An aborted transaction's range on one partition: Fetch tells
+/// `read_committed` consumers to drop the producer's batches from
+/// `first_offset` up to its abort marker at `last_offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
+}
+
+/// A producer's open transaction on a partition (DescribeProducers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+}
+
+/// Transactions: each transactional id's state for its coordinator, the
+/// offsets a transaction will commit, and expiry.
+#[async_trait]
+pub trait TransactionStore: Send + Sync + std::fmt::Debug {
+    /// The record of `transactional_id`, if any.
+    async fn transaction(&self, transactional_id: &str) -> Result<Option<TxnRecord>>;
+
+    /// Write `record` if the stored one still has `expected_version`
+    /// (`None`: no record may exist yet). Returns the record as stored (its
+    /// version one above the expected, or 0 when new; timestamps stamped)
+    /// or `None` when another write came first. Writing
+    /// [`TxnState::CompleteCommit`] turns the offsets staged by
+    /// [`stage_txn_offsets`](Self::stage_txn_offsets) into the groups'
+    /// committed offsets; any state but `Ongoing` and the `Prepare` ones
+    /// drops them. Another id already holding `record.producer_id` is
+    /// [`MetaError::InvalidArgument`].
+    async fn put_transaction(
+        &self,
+        record: &TxnRecord,
+        expected_version: Option<i64>,
+    ) -> Result<Option<TxnRecord>>;
+
+    /// Stage offsets the transaction commits for `group` (TxnOffsetCommit),
+    /// replacing ones staged before for the same partitions. Checked in the
+    /// same store transaction: the id must be held by `producer_id` at
+    /// `producer_epoch`, ongoing, with `group` added.
+    async fn stage_txn_offsets(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        group: &str,
+        offsets: &[CommittedOffset],
+    ) -> Result<Result<(), TxnOffsetRefusal>>;
+
+    /// The partitions of `group` with offsets staged by a transaction not
+    /// yet ended (OffsetFetch with `require_stable` waits for them).
+    async fn pending_txn_offsets(&self, group: &str) -> Result<Vec<(String, i32)>>;
+
+    /// Records in any of `states`, ordered by transactional id.
+    async fn list_transactions(&self, states: &[TxnState]) -> Result<Vec<TxnRecord>>;
+
+    /// Delete ids idle longer than `max_idle_ms` at `now_ms` (the store's
+    /// clock; Kafka's `transactional.id.expiration.ms`) whose transaction
+    /// is not ongoing or ending. Returns them.
+    async fn expire_transactions(&self, now_ms: i64, max_idle_ms: i64) -> Result<Vec<String>>;
+
+    /// Aborted transactions on a partition whose range meets
+    /// `from_offset ..= to_offset`, by first offset.
+    async fn aborted_transactions(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        from_offset: i64,
+        to_offset: i64,
+    ) -> Result<Vec<AbortedTxn>>;
+
+    /// Transactions with data open (not yet marked) on a partition.
+    async fn open_transactions(&self, topic_id: Uuid, partition: i32) -> Result<Vec<OpenTxn>>;
+}
+
 /// Everything a backend implements. Components never take it: they take the
 /// handle of the plane they use from [`Stores`].
 pub trait MetadataStore:
-    TopicStore + LogStore + GroupStore + MaintenanceStore + BrokerRegistry + SecurityStore
+    TopicStore
+    + LogStore
+    + GroupStore
+    + MaintenanceStore
+    + BrokerRegistry
+    + SecurityStore
+    + TransactionStore
 {
 }
 
-impl<T: TopicStore + LogStore + GroupStore + MaintenanceStore + BrokerRegistry + SecurityStore>
-    MetadataStore for T
+impl<
+        T: TopicStore
+            + LogStore
+            + GroupStore
+            + MaintenanceStore
+            + BrokerRegistry
+            + SecurityStore
+            + TransactionStore,
+    > MetadataStore for T
 {
 }
 
@@ -653,6 +901,7 @@ pub struct Stores {
     pub maintenance: Arc<dyn MaintenanceStore>,
     pub registry: Arc<dyn BrokerRegistry>,
     pub security: Arc<dyn SecurityStore>,
+    pub transactions: Arc<dyn TransactionStore>,
 }
 
 impl Stores {
@@ -664,7 +913,8 @@ impl Stores {
             groups: store.clone(),
             maintenance: store.clone(),
             registry: store.clone(),
-            security: store,
+            security: store.clone(),
+            transactions: store,
         }
     }
 }

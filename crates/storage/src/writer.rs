@@ -509,6 +509,7 @@ async fn committer(
                     offset_count: m.offset_count,
                     max_timestamp: m.max_timestamp,
                     producer: m.producer,
+                    txn: Default::default(),
                 })
                 .collect(),
             deadline: Some(CommitDeadline {

@@ -17,8 +17,10 @@ use super::rows::{
 use super::sql::{
     begin_read, begin_write, execute, i64_arg, now_ms, query, query_one, query_opt, SQL_NOW_MS,
 };
+use super::txn::{load_open, load_txn_view, oldest_open, write_txn_events};
 use crate::rules::commit::{self, ProducerKey, ProducerWrite};
 use crate::rules::producer::{ProducerHistory, RememberedBatch, BATCH_MEMORY};
+use crate::rules::txn::{last_stable_offset, TxnInputs};
 use crate::{
     BatchOutcome, IndexEntry, LogStore, MetaError, PartitionOffsets, Result, SegmentCommit,
 };
@@ -153,7 +155,18 @@ async fn commit_segment_tx(
     for key in commit::producers_of(commit, &partitions) {
         producers.insert(key, load_producer(tx, key).await?);
     }
-    let plan = commit::plan_commit(commit, &partitions, producers)?;
+    let mut txns = TxnInputs::default();
+    for producer_id in commit::txn_producers_of(commit, &partitions) {
+        if let Some(view) = load_txn_view(tx, producer_id).await? {
+            txns.views.insert(producer_id, view);
+        }
+    }
+    for key in commit::txn_keys_of(commit, &partitions) {
+        if let Some(first) = load_open(tx, key).await? {
+            txns.open.insert(key, first);
+        }
+    }
+    let plan = commit::plan_commit(commit, &partitions, producers, txns)?;
 
     let update = tx
         .prepare_cached(
@@ -182,6 +195,7 @@ async fn commit_segment_tx(
     for w in &plan.producers {
         write_producer(tx, w).await?;
     }
+    write_txn_events(tx, &plan.txn_events).await?;
     insert_entries(
         tx,
         plan.entries
@@ -279,10 +293,29 @@ impl LogStore for PostgresStore {
     async fn partition_offsets(&self, topic_id: Uuid, partition: i32) -> Result<PartitionOffsets> {
         self.run("partition_offsets", move || async move {
             let client = self.client().await?;
-            let p = require_partition(&client, topic_id, partition, false).await?;
+            let row = query_opt(
+                &client,
+                "SELECT p.log_start_offset, p.next_offset, \
+                 (SELECT MIN(o.first_offset) FROM open_transactions o \
+                  WHERE o.topic_id = p.topic_id AND o.partition_index = p.partition_index) \
+                 FROM partitions p WHERE p.topic_id = $1 AND p.partition_index = $2",
+                &[&topic_id, &partition],
+            )
+            .await?;
+            let Some(row) = row else {
+                // Names the missing topic or partition.
+                require_partition(&client, topic_id, partition, false).await?;
+                return Err(MetaError::UnknownPartition {
+                    topic: topic_id.to_string(),
+                    partition,
+                }
+                .into());
+            };
+            let next_offset: i64 = row.try_get(1)?;
             Ok(PartitionOffsets {
-                log_start_offset: p.log_start_offset,
-                next_offset: p.next_offset,
+                log_start_offset: row.try_get(0)?,
+                next_offset,
+                last_stable_offset: last_stable_offset(row.try_get(2)?, next_offset),
             })
         })
         .await
@@ -363,10 +396,12 @@ impl LogStore for PostgresStore {
                 )
                 .await?;
             }
+            let oldest = oldest_open(&tx, topic_id, partition).await?;
             tx.commit().await?;
             Ok(PartitionOffsets {
                 log_start_offset,
                 next_offset: p.next_offset,
+                last_stable_offset: last_stable_offset(oldest, p.next_offset),
             })
         })
         .await

@@ -72,6 +72,7 @@ mod sql;
 mod tests;
 mod tls;
 mod topics;
+mod txn;
 mod url;
 
 pub use conn::PostgresStore;

@@ -197,6 +197,64 @@ CREATE TABLE acl_version (
 );
 INSERT INTO acl_version (singleton, version) VALUES (0, 0);
 "#,
+    // v11: transactions (see the SQLite schema's v12).
+    r#"
+CREATE TABLE transactions (
+    transactional_id     TEXT     NOT NULL PRIMARY KEY,
+    producer_id          BIGINT   NOT NULL UNIQUE,
+    producer_epoch       SMALLINT NOT NULL,
+    last_producer_id     BIGINT   NOT NULL,
+    last_producer_epoch  SMALLINT NOT NULL,
+    state                SMALLINT NOT NULL,
+    timeout_ms           INTEGER  NOT NULL,
+    started_ms           BIGINT   NOT NULL,
+    updated_ms           BIGINT   NOT NULL,
+    version              BIGINT   NOT NULL
+);
+CREATE INDEX transactions_by_state ON transactions (state, updated_ms);
+CREATE TABLE transaction_partitions (
+    transactional_id  TEXT    NOT NULL REFERENCES transactions (transactional_id) ON DELETE CASCADE,
+    topic_id          UUID    NOT NULL,
+    partition_index   INTEGER NOT NULL,
+    PRIMARY KEY (transactional_id, topic_id, partition_index)
+);
+CREATE TABLE transaction_groups (
+    transactional_id  TEXT NOT NULL REFERENCES transactions (transactional_id) ON DELETE CASCADE,
+    group_id          TEXT NOT NULL,
+    PRIMARY KEY (transactional_id, group_id)
+);
+CREATE TABLE transaction_offsets (
+    transactional_id     TEXT    NOT NULL REFERENCES transactions (transactional_id) ON DELETE CASCADE,
+    group_id             TEXT    NOT NULL,
+    topic                TEXT    NOT NULL,
+    partition_index      INTEGER NOT NULL,
+    committed_offset     BIGINT  NOT NULL,
+    leader_epoch         INTEGER NOT NULL,
+    metadata             TEXT,
+    commit_timestamp_ms  BIGINT  NOT NULL,
+    PRIMARY KEY (transactional_id, group_id, topic, partition_index)
+);
+CREATE INDEX transaction_offsets_by_group ON transaction_offsets (group_id);
+CREATE TABLE open_transactions (
+    topic_id         UUID    NOT NULL,
+    partition_index  INTEGER NOT NULL,
+    producer_id      BIGINT  NOT NULL,
+    first_offset     BIGINT  NOT NULL,
+    PRIMARY KEY (topic_id, partition_index, producer_id),
+    FOREIGN KEY (topic_id, partition_index)
+        REFERENCES partitions (topic_id, partition_index) ON DELETE CASCADE
+);
+CREATE TABLE aborted_transactions (
+    topic_id         UUID    NOT NULL,
+    partition_index  INTEGER NOT NULL,
+    last_offset      BIGINT  NOT NULL,
+    producer_id      BIGINT  NOT NULL,
+    first_offset     BIGINT  NOT NULL,
+    PRIMARY KEY (topic_id, partition_index, last_offset),
+    FOREIGN KEY (topic_id, partition_index)
+        REFERENCES partitions (topic_id, partition_index) ON DELETE CASCADE
+);
+"#,
 ];
 
 /// Create schema `schema` if missing (racing brokers retry).

@@ -38,6 +38,7 @@ fn batch(topic_id: Uuid, partition: i32, byte_start: u64, count: i64) -> Pending
         offset_count: count,
         max_timestamp: 1_000,
         producer: None,
+        txn: Default::default(),
     }
 }
 
@@ -231,13 +232,7 @@ async fn survives_server_restart() {
         store.partition_offsets(topic.id, 0)
     })
     .await;
-    assert_eq!(
-        offsets,
-        PartitionOffsets {
-            log_start_offset: 0,
-            next_offset: 3
-        }
-    );
+    assert_eq!(offsets, PartitionOffsets::settled(0, 3));
 
     // A restart while the pool holds live connections.
     tokio::task::block_in_place(|| server.restart()).expect("restart");

@@ -12,9 +12,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use uuid::Uuid;
 
 use super::producer::{ProducerHistory, RememberedBatch, Verdict};
+use super::txn::{self, TxnEvent, TxnInputs};
 use super::PartitionRow;
 use crate::{
     BatchOutcome, BatchRejection, IndexEntry, MetaError, PendingBatch, Result, SegmentCommit,
+    TxnRole,
 };
 
 /// A producer on a partition: `(topic_id, partition, producer_id)`.
@@ -63,6 +65,40 @@ pub fn producers_of(
         .collect()
 }
 
+/// The producers of a commit's transactional batches (data and markers)
+/// whose partition exists, sorted: the transactions [`plan_commit`] needs.
+pub fn txn_producers_of(
+    commit: &SegmentCommit,
+    partitions: &HashMap<(Uuid, i32), PartitionRow>,
+) -> BTreeSet<i64> {
+    txn_keys_of(commit, partitions)
+        .into_iter()
+        .map(|(_, _, id)| id)
+        .collect()
+}
+
+/// `(topic, partition, producer)` of a commit's transactional batches whose
+/// partition exists, sorted: where [`plan_commit`] needs to know whether
+/// the producer has data open.
+pub fn txn_keys_of(
+    commit: &SegmentCommit,
+    partitions: &HashMap<(Uuid, i32), PartitionRow>,
+) -> BTreeSet<ProducerKey> {
+    commit
+        .batches
+        .iter()
+        .filter(|b| partitions.contains_key(&(b.topic_id, b.partition)))
+        .filter_map(|b| {
+            let producer = match b.txn {
+                TxnRole::None => return None,
+                TxnRole::Data => b.producer?.producer_id,
+                TxnRole::Marker { producer_id, .. } => producer_id,
+            };
+            Some((b.topic_id, b.partition, producer))
+        })
+        .collect()
+}
+
 /// What to write for one producer on one partition after a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProducerWrite {
@@ -88,15 +124,19 @@ pub struct CommitPlan {
     pub producers: Vec<ProducerWrite>,
     /// Index rows to insert.
     pub entries: Vec<NewEntry>,
+    /// Transactions opened and closed on partitions, in order.
+    pub txn_events: Vec<TxnEvent>,
 }
 
-/// Plan `commit` against the loaded `partitions` (absent = unknown) and
-/// `producers` (absent or default = not remembered).
+/// Plan `commit` against the loaded `partitions` (absent = unknown),
+/// `producers` (absent or default = not remembered) and transactions.
 pub fn plan_commit(
     commit: &SegmentCommit,
     partitions: &HashMap<(Uuid, i32), PartitionRow>,
     mut producers: HashMap<ProducerKey, ProducerHistory>,
+    mut txns: TxnInputs,
 ) -> Result<CommitPlan> {
+    let mut txn_events = Vec::new();
     let mut parts: BTreeMap<(Uuid, i32), PartitionRow> = BTreeMap::new();
     let mut appended: BTreeMap<ProducerKey, usize> = BTreeMap::new();
     let mut planner = EntryPlanner::default();
@@ -110,6 +150,45 @@ pub fn plan_commit(
             ));
             continue;
         };
+        // Transactions first: a batch its transaction does not allow is
+        // refused whatever its sequence.
+        let mut opens = None;
+        let mut closes = None;
+        match b.txn {
+            TxnRole::None => {}
+            TxnRole::Data => {
+                let Some(p) = &b.producer else {
+                    outcomes.push(BatchOutcome::Rejected(BatchRejection::InvalidTxnState));
+                    continue;
+                };
+                let view = txns.views.get(&p.producer_id);
+                if let Err(why) = txn::check_data(view, key, p.producer_epoch) {
+                    outcomes.push(BatchOutcome::Rejected(why));
+                    continue;
+                }
+                let pkey = (b.topic_id, b.partition, p.producer_id);
+                if !txns.open.contains_key(&pkey) {
+                    opens = Some(pkey);
+                }
+            }
+            TxnRole::Marker {
+                producer_id,
+                producer_epoch,
+                commit: is_commit,
+            } => {
+                let view = txns.views.get(&producer_id);
+                if let Err(why) = txn::check_marker(view, key, producer_epoch, is_commit) {
+                    outcomes.push(BatchOutcome::Rejected(why));
+                    continue;
+                }
+                let pkey = (b.topic_id, b.partition, producer_id);
+                let Some(&first_offset) = txns.open.get(&pkey) else {
+                    outcomes.push(BatchOutcome::NotNeeded);
+                    continue;
+                };
+                closes = Some((pkey, first_offset, is_commit));
+            }
+        }
         let mut accepted = None;
         if let Some(p) = &b.producer {
             let pkey = (b.topic_id, b.partition, p.producer_id);
@@ -140,6 +219,22 @@ pub fn plan_commit(
             history.record(p, base_offset, reset);
             let count = appended.entry(pkey).or_default();
             *count = if reset { 1 } else { *count + 1 };
+        }
+        if let Some(key) = opens {
+            txns.open.insert(key, base_offset);
+            txn_events.push(TxnEvent::Opened {
+                key,
+                first_offset: base_offset,
+            });
+        }
+        if let Some((key, first_offset, commit)) = closes {
+            txns.open.remove(&key);
+            txn_events.push(TxnEvent::Closed {
+                key,
+                first_offset,
+                marker_offset: base_offset,
+                commit,
+            });
         }
 
         planner.add(
@@ -174,6 +269,7 @@ pub fn plan_commit(
         partitions: parts.into_iter().collect(),
         producers,
         entries: planner.into_entries(),
+        txn_events,
     })
 }
 

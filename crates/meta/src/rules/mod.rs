@@ -12,6 +12,8 @@
 //!   replace request is valid.
 //! - [`registry`]: broker liveness and node-id ownership.
 //! - [`groups`]: group-coordinator fencing.
+//! - [`txn`]: what transactions allow into the log (data, markers), and
+//!   the last stable offset.
 
 pub mod acl;
 pub mod commit;
@@ -20,6 +22,7 @@ pub mod groups;
 pub mod producer;
 pub mod registry;
 pub mod retention;
+pub mod txn;
 
 use uuid::Uuid;
 

@@ -13,8 +13,10 @@ use super::rows::{
     entry_from_row, load_partition, mark_dead_if_unused, now_ms, require_partition,
     SQL_ENTRIES_FROM,
 };
+use super::txn::{load_open, load_txn_view, oldest_open, write_txn_events};
 use crate::rules::commit::{self, CommitPlan, ProducerKey};
 use crate::rules::producer::{ProducerHistory, RememberedBatch, BATCH_MEMORY};
+use crate::rules::txn::{last_stable_offset, TxnInputs};
 use crate::{
     BatchOutcome, IndexEntry, LogStore, MetaError, PartitionOffsets, Result, SegmentCommit,
 };
@@ -157,8 +159,20 @@ fn commit_segment_tx(tx: &Transaction<'_>, commit: &SegmentCommit) -> Step<Vec<B
     for key in commit::producers_of(commit, &partitions) {
         producers.insert(key, load_producer(tx, key)?);
     }
-    let plan = commit::plan_commit(commit, &partitions, producers)?;
+    let mut txns = TxnInputs::default();
+    for producer_id in commit::txn_producers_of(commit, &partitions) {
+        if let Some(view) = load_txn_view(tx, producer_id)? {
+            txns.views.insert(producer_id, view);
+        }
+    }
+    for key in commit::txn_keys_of(commit, &partitions) {
+        if let Some(first) = load_open(tx, key)? {
+            txns.open.insert(key, first);
+        }
+    }
+    let plan = commit::plan_commit(commit, &partitions, producers, txns)?;
     write_plan(tx, &plan, committed_at)?;
+    write_txn_events(tx, &plan.txn_events)?;
     if plan.entries.is_empty() {
         // Nothing of it is readable (every batch rejected or a duplicate):
         // dead from the start, so the janitor removes the object.
@@ -232,9 +246,11 @@ impl LogStore for SqliteStore {
     async fn partition_offsets(&self, topic_id: Uuid, partition: i32) -> Result<PartitionOffsets> {
         self.read("partition_offsets", move |tx| {
             let p = require_partition(tx, topic_id, partition)?;
+            let oldest = oldest_open(tx, topic_id, partition)?;
             Ok(PartitionOffsets {
                 log_start_offset: p.log_start_offset,
                 next_offset: p.next_offset,
+                last_stable_offset: last_stable_offset(oldest, p.next_offset),
             })
         })
         .await
@@ -315,9 +331,11 @@ impl LogStore for SqliteStore {
                     log_start_offset
                 ])?;
             }
+            let oldest = oldest_open(tx, topic_id, partition)?;
             Ok(PartitionOffsets {
                 log_start_offset,
                 next_offset: p.next_offset,
+                last_stable_offset: last_stable_offset(oldest, p.next_offset),
             })
         })
         .await

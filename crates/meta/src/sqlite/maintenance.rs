@@ -51,6 +51,12 @@ fn delete_entries_below(
     partition: i32,
     offset: i64,
 ) -> rusqlite::Result<(u64, BTreeSet<String>)> {
+    // Aborted ranges wholly below it are no longer read.
+    tx.prepare_cached(
+        "DELETE FROM aborted_transactions \
+         WHERE topic_id = ?1 AND partition_index = ?2 AND last_offset < ?3",
+    )?
+    .execute(params![topic_id.as_bytes(), partition, offset])?;
     let keys = tx
         .prepare_cached(
             "DELETE FROM index_entries \
@@ -77,10 +83,9 @@ fn retention_log_start(
     retention_ms: i64,
     retention_bytes: i64,
 ) -> Step<PartitionOffsets> {
-    let offsets = |log_start_offset| PartitionOffsets {
-        log_start_offset,
-        next_offset: p.next_offset,
-    };
+    // Retention ignores transactions (as Kafka's does); the caller fills
+    // in the last stable offset.
+    let offsets = |log_start_offset| PartitionOffsets::settled(log_start_offset, p.next_offset);
     let Some(mut walk) =
         RetentionWalk::new(p.log_start_offset, now_ms, retention_ms, retention_bytes)
     else {
@@ -145,7 +150,11 @@ fn apply_retention_tx(
     }
     let (_, keys) = delete_entries_below(tx, topic_id, partition, after.log_start_offset)?;
     mark_dead_if_unused(tx, keys.iter().map(String::as_str), now_ms)?;
-    Ok(after)
+    let oldest = super::txn::oldest_open(tx, topic_id, partition)?;
+    Ok(PartitionOffsets {
+        last_stable_offset: crate::rules::txn::last_stable_offset(oldest, after.next_offset),
+        ..after
+    })
 }
 
 fn drop_expired_entries_tx(tx: &Transaction<'_>, now_ms: i64) -> Step<u64> {
@@ -549,6 +558,7 @@ mod tests {
                 offset_count: 1,
                 max_timestamp,
                 producer: None,
+                txn: Default::default(),
             }],
             deadline: None,
         }

@@ -50,6 +50,7 @@ mod security;
 #[cfg(test)]
 mod tests;
 mod topics;
+mod txn;
 
 pub(crate) use conn::parse_url;
 pub use conn::SqliteStore;

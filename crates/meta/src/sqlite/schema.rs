@@ -209,6 +209,68 @@ CREATE TABLE acl_version (
 );
 INSERT INTO acl_version (singleton, version) VALUES (0, 0);
 "#,
+    // v12: transactions. A transactional id's state for its coordinator
+    // (`version` grows with every write: writes compare it), the partitions
+    // and groups it has added, the offsets it will commit, and in the log
+    // the transactions open on each partition (the last stable offset) and
+    // the aborted ranges `read_committed` fetches skip.
+    r#"
+CREATE TABLE transactions (
+    transactional_id     TEXT    NOT NULL PRIMARY KEY,
+    producer_id          INTEGER NOT NULL UNIQUE,
+    producer_epoch       INTEGER NOT NULL,
+    last_producer_id     INTEGER NOT NULL,
+    last_producer_epoch  INTEGER NOT NULL,
+    state                INTEGER NOT NULL,
+    timeout_ms           INTEGER NOT NULL,
+    started_ms           INTEGER NOT NULL,
+    updated_ms           INTEGER NOT NULL,
+    version              INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX transactions_by_state ON transactions (state, updated_ms);
+CREATE TABLE transaction_partitions (
+    transactional_id  TEXT    NOT NULL REFERENCES transactions(transactional_id) ON DELETE CASCADE,
+    topic_id          BLOB    NOT NULL,
+    partition_index   INTEGER NOT NULL,
+    PRIMARY KEY (transactional_id, topic_id, partition_index)
+) WITHOUT ROWID;
+CREATE TABLE transaction_groups (
+    transactional_id  TEXT NOT NULL REFERENCES transactions(transactional_id) ON DELETE CASCADE,
+    group_id          TEXT NOT NULL,
+    PRIMARY KEY (transactional_id, group_id)
+) WITHOUT ROWID;
+CREATE TABLE transaction_offsets (
+    transactional_id     TEXT    NOT NULL REFERENCES transactions(transactional_id) ON DELETE CASCADE,
+    group_id             TEXT    NOT NULL,
+    topic                TEXT    NOT NULL,
+    partition_index      INTEGER NOT NULL,
+    committed_offset     INTEGER NOT NULL,
+    leader_epoch         INTEGER NOT NULL,
+    metadata             TEXT,
+    commit_timestamp_ms  INTEGER NOT NULL,
+    PRIMARY KEY (transactional_id, group_id, topic, partition_index)
+) WITHOUT ROWID;
+CREATE INDEX transaction_offsets_by_group ON transaction_offsets (group_id);
+CREATE TABLE open_transactions (
+    topic_id         BLOB    NOT NULL,
+    partition_index  INTEGER NOT NULL,
+    producer_id      INTEGER NOT NULL,
+    first_offset     INTEGER NOT NULL,
+    PRIMARY KEY (topic_id, partition_index, producer_id),
+    FOREIGN KEY (topic_id, partition_index)
+        REFERENCES partitions(topic_id, partition_index) ON DELETE CASCADE
+) WITHOUT ROWID;
+CREATE TABLE aborted_transactions (
+    topic_id         BLOB    NOT NULL,
+    partition_index  INTEGER NOT NULL,
+    last_offset      INTEGER NOT NULL,
+    producer_id      INTEGER NOT NULL,
+    first_offset     INTEGER NOT NULL,
+    PRIMARY KEY (topic_id, partition_index, last_offset),
+    FOREIGN KEY (topic_id, partition_index)
+        REFERENCES partitions(topic_id, partition_index) ON DELETE CASCADE
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Apply the migrations this database has not seen yet, in one transaction.

@@ -25,6 +25,7 @@ fn batch(topic_id: Uuid, partition: i32, byte_start: u64, count: i64) -> Pending
         offset_count: count,
         max_timestamp: 1_000,
         producer: None,
+        txn: Default::default(),
     }
 }
 
@@ -85,17 +86,11 @@ async fn reopen_keeps_everything() {
     );
     assert_eq!(
         store.partition_offsets(topic.id, 0).await.expect("p0"),
-        PartitionOffsets {
-            log_start_offset: 0,
-            next_offset: 3
-        }
+        PartitionOffsets::settled(0, 3)
     );
     assert_eq!(
         store.partition_offsets(topic.id, 1).await.expect("p1"),
-        PartitionOffsets {
-            log_start_offset: 1,
-            next_offset: 4
-        }
+        PartitionOffsets::settled(1, 4)
     );
     let entries = store
         .index_entries(topic.id, 0, 0, 10)

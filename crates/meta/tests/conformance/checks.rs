@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
+use tributary_meta::{AbortedTxn, OpenTxn, TxnOffsetRefusal, TxnRecord, TxnRole, TxnState};
 use tributary_meta::{
     BatchOutcome, BatchRejection, BrokerInfo, CommitDeadline, CommittedOffset, GroupClaim,
     IndexEntry, MetaError, MetadataStore, PartitionOffsets, PendingBatch, ProducerBatch,
@@ -66,6 +67,7 @@ fn batch(
         offset_count,
         max_timestamp,
         producer: None,
+        txn: Default::default(),
     }
 }
 
@@ -252,10 +254,7 @@ pub(crate) async fn topic_lifecycle(store: &dyn MetadataStore) {
     for p in 0..3 {
         assert_eq!(
             offsets(store, b.id, p).await,
-            PartitionOffsets {
-                log_start_offset: 0,
-                next_offset: 0
-            }
+            PartitionOffsets::settled(0, 0)
         );
     }
 
@@ -376,10 +375,7 @@ pub(crate) async fn dense_offsets(store: &dyn MetadataStore) {
     for ((topic_id, partition), next) in &expected {
         assert_eq!(
             offsets(store, *topic_id, *partition).await,
-            PartitionOffsets {
-                log_start_offset: 0,
-                next_offset: *next
-            }
+            PartitionOffsets::settled(0, *next)
         );
         // The index covers [0, next) exactly, with no gap and no overlap.
         let mut cursor = 0;
@@ -1302,13 +1298,7 @@ pub(crate) async fn advance_log_start(store: &dyn MetadataStore) {
     }
     // Entries [0,9] [10,19] [20,29]; next = 30.
     let moved = store.advance_log_start(t.id, 0, 12).await.expect("advance");
-    assert_eq!(
-        moved,
-        PartitionOffsets {
-            log_start_offset: 12,
-            next_offset: 30
-        }
-    );
+    assert_eq!(moved, PartitionOffsets::settled(12, 30));
     assert_eq!(offsets(store, t.id, 0).await, moved);
     let back = store
         .advance_log_start(t.id, 0, 5)
@@ -1345,13 +1335,7 @@ pub(crate) async fn advance_log_start(store: &dyn MetadataStore) {
 
     // Up to next_offset: everything hidden, appends continue densely.
     let end = store.advance_log_start(t.id, 0, 30).await.expect("to end");
-    assert_eq!(
-        end,
-        PartitionOffsets {
-            log_start_offset: 30,
-            next_offset: 30
-        }
-    );
+    assert_eq!(end, PartitionOffsets::settled(30, 30));
     assert!(entries(store, t.id, 0, 0).await.is_empty());
     assert_eq!(
         store.entry_for_timestamp(t.id, 0, 0).await.expect("lookup"),
@@ -1362,25 +1346,16 @@ pub(crate) async fn advance_log_start(store: &dyn MetadataStore) {
     assert_eq!(entries(store, t.id, 0, 0).await.len(), 1);
     assert_eq!(
         offsets(store, t.id, 0).await,
-        PartitionOffsets {
-            log_start_offset: 30,
-            next_offset: 35
-        }
+        PartitionOffsets::settled(30, 35)
     );
     // Other partitions are untouched.
     assert_eq!(
         offsets(store, t.id, 1).await,
-        PartitionOffsets {
-            log_start_offset: 0,
-            next_offset: 0
-        }
+        PartitionOffsets::settled(0, 0)
     );
     assert_eq!(
         store.advance_log_start(t.id, 1, 0).await.expect("empty"),
-        PartitionOffsets {
-            log_start_offset: 0,
-            next_offset: 0
-        }
+        PartitionOffsets::settled(0, 0)
     );
 }
 
@@ -1543,10 +1518,7 @@ pub(crate) async fn retention_by_time(store: &dyn MetadataStore) {
         .expect("retention");
     assert_eq!(
         moved,
-        PartitionOffsets {
-            log_start_offset: 20,
-            next_offset: 50
-        },
+        PartitionOffsets::settled(20, 50),
         "entries older than 250 are dropped up to the first younger one"
     );
     assert_eq!(offsets(store, t.id, 0).await, moved);
@@ -1605,10 +1577,7 @@ pub(crate) async fn retention_by_time(store: &dyn MetadataStore) {
     );
     assert_eq!(
         offsets(store, t.id, 1).await,
-        PartitionOffsets {
-            log_start_offset: 0,
-            next_offset: 3
-        },
+        PartitionOffsets::settled(0, 3),
         "other partitions are untouched"
     );
     assert_eq!(entries(store, t.id, 1, 0).await.len(), 1);
@@ -1706,10 +1675,7 @@ pub(crate) async fn retention_keeps_newest_and_never_moves_back(store: &dyn Meta
         .expect("retention");
     assert_eq!(
         moved,
-        PartitionOffsets {
-            log_start_offset: 20,
-            next_offset: 30
-        },
+        PartitionOffsets::settled(20, 30),
         "the newest entry is kept even though it is expired"
     );
     assert_eq!(
@@ -1741,10 +1707,7 @@ pub(crate) async fn retention_keeps_newest_and_never_moves_back(store: &dyn Meta
             .apply_retention(t.id, 1, now, 1, 0)
             .await
             .expect("empty partition"),
-        PartitionOffsets {
-            log_start_offset: 0,
-            next_offset: 0
-        }
+        PartitionOffsets::settled(0, 0)
     );
 
     // Everything hidden by DeleteRecords: retention drops the rows and the
@@ -1754,13 +1717,7 @@ pub(crate) async fn retention_keeps_newest_and_never_moves_back(store: &dyn Meta
         .apply_retention(t.id, 0, now, 1, 0)
         .await
         .expect("retention");
-    assert_eq!(
-        end,
-        PartitionOffsets {
-            log_start_offset: 30,
-            next_offset: 30
-        }
-    );
+    assert_eq!(end, PartitionOffsets::settled(30, 30));
     assert_eq!(dead_keys(store, now).await, keys(&["n0", "n1", "n2"]));
     commit_entries(store, t.id, &[("n3", 10, 5, 100)]).await;
     assert_eq!(
@@ -1836,10 +1793,7 @@ pub(crate) async fn delete_records_then_drop_expired(store: &dyn MetadataStore) 
     );
     assert_eq!(
         offsets(store, b.id, 0).await,
-        PartitionOffsets {
-            log_start_offset: 5,
-            next_offset: 5
-        }
+        PartitionOffsets::settled(5, 5)
     );
 }
 
@@ -2104,10 +2058,7 @@ pub(crate) async fn replace_entries_swaps(store: &dyn MetadataStore) {
     }
     assert_eq!(
         offsets(store, t.id, 0).await,
-        PartitionOffsets {
-            log_start_offset: 0,
-            next_offset: 15
-        }
+        PartitionOffsets::settled(0, 15)
     );
     let at = |ts: i64| async move {
         store
@@ -2943,4 +2894,399 @@ pub(crate) async fn acls(store: &dyn MetadataStore) {
     let mut rest = vec![write, group];
     rest.sort();
     assert_eq!(store.list_acls().await.expect("list"), rest);
+}
+
+// ----------------------------------------------------------- transactions
+
+fn txn_record(id: &str, producer_id: i64, epoch: i16) -> TxnRecord {
+    TxnRecord {
+        transactional_id: id.to_owned(),
+        producer_id,
+        producer_epoch: epoch,
+        last_producer_id: -1,
+        last_producer_epoch: -1,
+        state: TxnState::Empty,
+        timeout_ms: 60_000,
+        started_ms: -1,
+        updated_ms: -1,
+        partitions: BTreeSet::new(),
+        groups: BTreeSet::new(),
+        version: 0,
+    }
+}
+
+/// A transactional data batch of `count` records.
+fn tbatch(
+    topic_id: Uuid,
+    partition: i32,
+    byte_start: u64,
+    producer: (i64, i16),
+    base_sequence: i32,
+    count: i32,
+) -> PendingBatch {
+    PendingBatch {
+        txn: TxnRole::Data,
+        ..pbatch(
+            topic_id,
+            partition,
+            byte_start,
+            producer,
+            base_sequence,
+            count,
+        )
+    }
+}
+
+fn marker(
+    topic_id: Uuid,
+    partition: i32,
+    byte_start: u64,
+    producer: (i64, i16),
+    commit: bool,
+) -> PendingBatch {
+    PendingBatch {
+        txn: TxnRole::Marker {
+            producer_id: producer.0,
+            producer_epoch: producer.1,
+            commit,
+        },
+        ..batch(topic_id, partition, byte_start, 50, 1, 0)
+    }
+}
+
+async fn put(store: &dyn MetadataStore, rec: &TxnRecord, expected: Option<i64>) -> TxnRecord {
+    store
+        .put_transaction(rec, expected)
+        .await
+        .expect("put_transaction")
+        .unwrap_or_else(|| panic!("put_transaction lost the race for {rec:?}"))
+}
+
+/// Transaction records are written compare-and-set on their version;
+/// transactional data needs an ongoing transaction with the partition
+/// added; markers need the matching end, are written once, and move the
+/// last stable offset; aborted ranges are listed; staged offsets become
+/// committed offsets only with the commit; idle ids expire.
+pub(crate) async fn transactions(store: &dyn MetadataStore) {
+    let t = create(store, "txn", 2).await;
+    let (pid, _) = store.allocate_producer_id().await.expect("producer id");
+    let producer = (pid, 0);
+
+    // Create once; a second create and a stale version lose.
+    let mut rec = put(store, &txn_record("app-1", pid, 0), None).await;
+    assert_eq!(rec.version, 0);
+    assert!(rec.updated_ms > 0, "the store stamps updated_ms");
+    assert!(store
+        .put_transaction(&txn_record("app-1", pid, 0), None)
+        .await
+        .expect("second create")
+        .is_none());
+    assert!(store
+        .put_transaction(&rec, Some(5))
+        .await
+        .expect("stale")
+        .is_none());
+    assert!(
+        store
+            .put_transaction(&txn_record("app-2", pid, 0), None)
+            .await
+            .is_err(),
+        "one producer id belongs to one transactional id"
+    );
+
+    // Data before the partition is added is refused (KIP-890).
+    let out = commit(
+        store,
+        segment("t1", vec![tbatch(t.id, 0, 0, producer, 0, 3)]),
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![BatchOutcome::Rejected(BatchRejection::InvalidTxnState)]
+    );
+
+    // Plain data first, then the transaction's.
+    commit(store, segment("t2", vec![batch(t.id, 0, 0, 50, 2, 0)])).await;
+    rec.state = TxnState::Ongoing;
+    rec.partitions.insert((t.id, 0));
+    rec.partitions.insert((t.id, 1));
+    let v = rec.version;
+    rec = put(store, &rec, Some(v)).await;
+    assert_eq!(rec.version, v + 1);
+    assert!(
+        rec.started_ms > 0,
+        "an ongoing transaction gets a start time"
+    );
+    let loaded = store
+        .transaction("app-1")
+        .await
+        .expect("load")
+        .expect("present");
+    assert_eq!(loaded, rec);
+
+    let out = commit(
+        store,
+        segment(
+            "t3",
+            vec![
+                tbatch(t.id, 0, 0, producer, 0, 3),
+                batch(t.id, 0, 50, 50, 1, 0),
+                tbatch(t.id, 0, 100, producer, 3, 2),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(appended(out[0]), 2);
+    let o = offsets(store, t.id, 0).await;
+    assert_eq!(
+        (o.next_offset, o.last_stable_offset),
+        (8, 2),
+        "the open transaction holds the LSO"
+    );
+    assert_eq!(
+        store.open_transactions(t.id, 0).await.expect("open"),
+        vec![OpenTxn {
+            producer_id: pid,
+            first_offset: 2
+        }]
+    );
+    assert_eq!(offsets(store, t.id, 1).await.last_stable_offset, 0);
+
+    // A marker before the transaction ends is refused.
+    let out = commit(
+        store,
+        segment("t4", vec![marker(t.id, 0, 0, producer, false)]),
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![BatchOutcome::Rejected(BatchRejection::InvalidTxnState)]
+    );
+
+    // Abort: the marker closes the data, moves the LSO, records the range;
+    // the partition without data needs no marker; a repeat changes nothing.
+    rec.state = TxnState::PrepareAbort;
+    let v = rec.version;
+    rec = put(store, &rec, Some(v)).await;
+    let out = commit(
+        store,
+        segment(
+            "t5",
+            vec![
+                marker(t.id, 0, 0, producer, true),
+                marker(t.id, 0, 50, producer, false),
+                marker(t.id, 1, 100, producer, false),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(
+        out[0],
+        BatchOutcome::Rejected(BatchRejection::InvalidTxnState),
+        "a commit marker while aborting"
+    );
+    assert_eq!(appended(out[1]), 8);
+    assert_eq!(out[2], BatchOutcome::NotNeeded);
+    let o = offsets(store, t.id, 0).await;
+    assert_eq!((o.next_offset, o.last_stable_offset), (9, 9));
+    let again = commit(
+        store,
+        segment("t6", vec![marker(t.id, 0, 0, producer, false)]),
+    )
+    .await;
+    assert_eq!(
+        again,
+        vec![BatchOutcome::NotNeeded],
+        "a repeated marker is not written twice"
+    );
+    assert_eq!(
+        store
+            .aborted_transactions(t.id, 0, 0, 100)
+            .await
+            .expect("aborted"),
+        vec![AbortedTxn {
+            producer_id: pid,
+            first_offset: 2,
+            last_offset: 8
+        }]
+    );
+    assert!(store
+        .aborted_transactions(t.id, 0, 9, 100)
+        .await
+        .expect("after")
+        .is_empty());
+    assert!(store
+        .aborted_transactions(t.id, 0, 0, 1)
+        .await
+        .expect("before")
+        .is_empty());
+
+    // The aborted transaction's late data is refused.
+    rec.state = TxnState::CompleteAbort;
+    rec.partitions.clear();
+    let v = rec.version;
+    rec = put(store, &rec, Some(v)).await;
+    assert_eq!(rec.started_ms, -1);
+    let out = commit(
+        store,
+        segment("t7", vec![tbatch(t.id, 0, 0, producer, 5, 1)]),
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![BatchOutcome::Rejected(BatchRejection::InvalidTxnState)]
+    );
+
+    // A new epoch: the old one is fenced; offsets staged for a group
+    // become committed offsets with the commit.
+    rec.producer_epoch = 1;
+    rec.state = TxnState::Ongoing;
+    rec.started_ms = -1;
+    rec.partitions.insert((t.id, 1));
+    let v = rec.version;
+    rec = put(store, &rec, Some(v)).await;
+    let out = commit(
+        store,
+        segment("t8", vec![tbatch(t.id, 1, 0, producer, 0, 1)]),
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![BatchOutcome::Rejected(BatchRejection::InvalidProducerEpoch)]
+    );
+    let out = commit(
+        store,
+        segment("t9", vec![tbatch(t.id, 1, 0, (pid, 1), 0, 2)]),
+    )
+    .await;
+    assert_eq!(appended(out[0]), 0);
+    let staged = [offset("txn", 1, 42, Some("m"))];
+    assert_eq!(
+        store
+            .stage_txn_offsets("app-1", pid, 1, "g", &staged)
+            .await
+            .expect("stage"),
+        Err(TxnOffsetRefusal::InvalidState),
+        "the group was not added"
+    );
+    rec.groups.insert("g".to_owned());
+    let v = rec.version;
+    rec = put(store, &rec, Some(v)).await;
+    assert_eq!(
+        store
+            .stage_txn_offsets("app-1", pid, 0, "g", &staged)
+            .await
+            .expect("stage"),
+        Err(TxnOffsetRefusal::Fenced)
+    );
+    assert_eq!(
+        store
+            .stage_txn_offsets("app-1", pid + 1, 1, "g", &staged)
+            .await
+            .expect("stage"),
+        Err(TxnOffsetRefusal::UnknownProducer)
+    );
+    assert_eq!(
+        store
+            .stage_txn_offsets("app-1", pid, 1, "g", &staged)
+            .await
+            .expect("stage"),
+        Ok(())
+    );
+    assert_eq!(
+        store.pending_txn_offsets("g").await.expect("pending"),
+        vec![("txn".to_owned(), 1)]
+    );
+    assert!(
+        store
+            .fetch_offsets("g", None)
+            .await
+            .expect("fetch")
+            .is_empty(),
+        "not before the commit"
+    );
+    let listed = store
+        .list_transactions(&[TxnState::Ongoing])
+        .await
+        .expect("list");
+    assert_eq!(
+        listed
+            .iter()
+            .map(|r| r.transactional_id.as_str())
+            .collect::<Vec<_>>(),
+        ["app-1"]
+    );
+    rec.state = TxnState::PrepareCommit;
+    let v = rec.version;
+    rec = put(store, &rec, Some(v)).await;
+    let out = commit(
+        store,
+        segment("t10", vec![marker(t.id, 1, 0, (pid, 1), true)]),
+    )
+    .await;
+    assert_eq!(appended(out[0]), 2);
+    assert!(
+        store
+            .aborted_transactions(t.id, 1, 0, 100)
+            .await
+            .expect("none")
+            .is_empty(),
+        "commits leave no range"
+    );
+    rec.state = TxnState::CompleteCommit;
+    rec.partitions.clear();
+    rec.groups.clear();
+    let v = rec.version;
+    rec = put(store, &rec, Some(v)).await;
+    let fetched = store.fetch_offsets("g", None).await.expect("fetch");
+    assert_eq!(fetched.len(), 1);
+    assert_eq!(
+        (fetched[0].offset, fetched[0].metadata.as_deref()),
+        (42, Some("m"))
+    );
+    assert!(store
+        .pending_txn_offsets("g")
+        .await
+        .expect("pending")
+        .is_empty());
+    assert!(store
+        .list_transactions(&[TxnState::Ongoing])
+        .await
+        .expect("list")
+        .is_empty());
+
+    // Idle ids expire; ongoing ones never do.
+    let other = put(
+        store,
+        &TxnRecord {
+            state: TxnState::Ongoing,
+            ..txn_record("app-3", pid + 1000, 0)
+        },
+        None,
+    )
+    .await;
+    let far = rec.updated_ms.max(other.updated_ms) + 10_000;
+    assert!(store
+        .expire_transactions(far, 60_000)
+        .await
+        .expect("expire")
+        .is_empty());
+    assert_eq!(
+        store.expire_transactions(far, 1_000).await.expect("expire"),
+        vec!["app-1".to_owned()]
+    );
+    assert!(store.transaction("app-1").await.expect("gone").is_none());
+    assert!(store.transaction("app-3").await.expect("kept").is_some());
+
+    // Retention past an aborted range forgets it.
+    store
+        .advance_log_start(t.id, 0, 9)
+        .await
+        .expect("delete records");
+    store.drop_expired_entries(wall_ms()).await.expect("drop");
+    assert!(store
+        .aborted_transactions(t.id, 0, 0, 100)
+        .await
+        .expect("aborted")
+        .is_empty());
 }

@@ -150,4 +150,5 @@ conformance!(
     leases,
     scram_credentials,
     acls,
+    transactions,
 );
