@@ -155,7 +155,7 @@ setup_venv() {
     sha=$(sha256sum "$REQUIREMENTS" | cut -c1-16)
     VENV=$CACHE_DIR/venv-$sha
     if [ -f "$VENV/.complete" ] &&
-        "$VENV/bin/python" -c 'import confluent_kafka, pytest, duckdb, pyarrow' >/dev/null 2>&1; then
+        "$VENV/bin/python" -c 'import confluent_kafka, pytest, duckdb, pyarrow, aiokafka, jwt' >/dev/null 2>&1; then
         echo "venv cached: $VENV"
         return 0
     fi
@@ -163,7 +163,7 @@ setup_venv() {
     mkdir -p "$CACHE_DIR"
     "$PYTHON" -m venv "$VENV" &&
         "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQUIREMENTS" &&
-        "$VENV/bin/python" -c 'import confluent_kafka, pytest, duckdb, pyarrow' &&
+        "$VENV/bin/python" -c 'import confluent_kafka, pytest, duckdb, pyarrow, aiokafka, jwt' &&
         touch "$VENV/.complete"
 }
 

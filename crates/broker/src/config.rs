@@ -9,6 +9,7 @@ use tributary_meta::{topic_config, Clock};
 use crate::authz::AuthorizerConfig;
 use crate::groups::GroupConfig;
 use crate::sasl::SaslConfig;
+use crate::txn::TxnConfig;
 
 /// Settings of one broker.
 #[derive(Debug, Clone)]
@@ -72,6 +73,8 @@ pub struct BrokerConfig {
     pub rack: Option<String>,
     /// Consumer-group coordinator settings.
     pub groups: GroupConfig,
+    /// Transaction coordinator settings.
+    pub transactions: TxnConfig,
     /// SASL mechanisms and the failed-authentication delay.
     pub sasl: SaslConfig,
     /// ACL checks (`--authorizer acl`, super users).
@@ -105,6 +108,7 @@ impl Default for BrokerConfig {
             max_inflight_per_connection: 1024,
             rack: None,
             groups: GroupConfig::default(),
+            transactions: TxnConfig::default(),
             sasl: SaslConfig::default(),
             authorizer: AuthorizerConfig::default(),
             fetch_poll_interval: None,

@@ -75,6 +75,7 @@ pub(crate) fn rejection_code(r: BatchRejection) -> i16 {
         BatchRejection::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition.code(),
         BatchRejection::OutOfOrderSequence => ResponseError::OutOfOrderSequenceNumber.code(),
         BatchRejection::InvalidProducerEpoch => ResponseError::InvalidProducerEpoch.code(),
+        BatchRejection::InvalidTxnState => ResponseError::InvalidTxnState.code(),
         BatchRejection::OutcomeUnknown | BatchRejection::AwaitingEarlierRetry => {
             ResponseError::KafkaStorageError.code()
         }

@@ -22,6 +22,7 @@ pub mod sasl;
 pub mod server;
 pub mod tls;
 pub mod topics;
+pub mod txn;
 
 use std::sync::Arc;
 
@@ -52,6 +53,8 @@ pub struct Broker {
     pub fetcher: Fetcher,
     pub watermarks: Watermarks,
     pub groups: Arc<groups::GroupCoordinator>,
+    /// The transaction coordinator of the ids this broker is assigned.
+    pub txns: Arc<txn::TxnCoordinator>,
     pub topics: topics::TopicCache,
     pub cluster: Arc<cluster::Cluster>,
     /// [`BrokerConfig::max_inflight_request_bytes`].
@@ -90,12 +93,26 @@ impl Broker {
                 groups.release_moved_groups();
             }
         }));
+        groups.set_transactions(meta.transactions.clone());
+        let txns = txn::TxnCoordinator::new(
+            meta.transactions.clone(),
+            meta.log.clone(),
+            meta.registry.clone(),
+            writer.clone(),
+            cluster.clone(),
+            config.transactions.clone(),
+            config.clock.clone(),
+        );
+        let draining = tokio_util::sync::CancellationToken::new();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            txns.spawn_reaper(draining.clone());
+        }
         let topics = topics::TopicCache::new(meta.topics.clone());
         let oauth = sasl::oauthbearer::Keys::new(config.sasl.oauth.clone());
         let authz = authz::Authorizer::new(config.authorizer.clone(), meta.security.clone());
         Arc::new(Self {
             request_memory: memory::RequestMemory::new(config.max_inflight_request_bytes),
-            draining: tokio_util::sync::CancellationToken::new(),
+            draining,
             config,
             topic_store: meta.topics.clone(),
             log: meta.log.clone(),
@@ -107,6 +124,7 @@ impl Broker {
             fetcher,
             watermarks,
             groups,
+            txns,
             topics,
             cluster,
         })

@@ -198,6 +198,27 @@ pub fn api_table() -> &'static [Route] {
             route!(AlterUserScramCredentials, 0..=0, |b, _ctx, r, _v| {
                 apis::scram_credentials::alter(&b, r).await
             }),
+            // The transaction APIs (TxnOffsetCommit goes to the group
+            // coordinator).
+            route!(AddPartitionsToTxn, 0..=4, |b, ctx, r, v| {
+                apis::transactions::add_partitions(&b, r, v).await
+            }),
+            route!(AddOffsetsToTxn, 0..=4, |b, ctx, r, v| {
+                apis::transactions::add_offsets(&b, r, v).await
+            }),
+            route!(EndTxn, 0..=4, |b, ctx, r, v| apis::transactions::end_txn(
+                &b, r, v
+            )
+            .await),
+            route!(TxnOffsetCommit, 0..=4, |b, ctx, r, v| {
+                b.groups.txn_offset_commit(r, v).await
+            }),
+            route!(DescribeTransactions, 0..=0, |b, _ctx, r, _v| {
+                apis::transactions::describe(&b, r).await
+            }),
+            route!(ListTransactions, 0..=1, |b, ctx, r, v| {
+                apis::transactions::list(&b, r, v).await
+            }),
             // The group APIs: thin adapters to the coordinator.
             route!(JoinGroup, 0..=9, |b, ctx, r, v| {
                 let host = ctx.peer.ip().to_string();
@@ -350,7 +371,11 @@ mod tests {
         assert!(is_supported(ApiKey::ApiVersions, 3));
         assert!(!is_supported(ApiKey::ApiVersions, 99));
         assert!(is_supported(ApiKey::SaslHandshake, 0));
-        assert!(!is_supported(ApiKey::EndTxn, 0));
+        assert!(is_supported(ApiKey::EndTxn, 0));
+        assert!(
+            !is_supported(ApiKey::EndTxn, 5),
+            "transaction version 2 is not offered"
+        );
     }
 
     #[test]

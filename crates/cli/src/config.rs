@@ -226,6 +226,19 @@ serve_settings! {
     /// this long (Kafka's producer.id.expiration.ms) [default: 86400000].
     #[arg(long, env = "TRIBUTARY_PRODUCER_ID_EXPIRATION_MS")]
     producer_id_expiration_ms: u64,
+    /// Largest transaction.timeout.ms a transactional producer may ask for
+    /// (Kafka's transaction.max.timeout.ms) [default: 900000].
+    #[arg(long, env = "TRIBUTARY_TRANSACTION_MAX_TIMEOUT_MS")]
+    transaction_max_timeout_ms: u64,
+    /// How often the transaction coordinator aborts timed-out transactions
+    /// and finishes interrupted ones (Kafka's
+    /// transaction.abort.timed.out.transaction.cleanup.interval.ms) [default: 10000].
+    #[arg(long, env = "TRIBUTARY_TRANSACTION_ABORT_INTERVAL_MS")]
+    transaction_abort_interval_ms: u64,
+    /// Forget a transactional id unused for this long with no transaction
+    /// open (Kafka's transactional.id.expiration.ms) [default: 604800000].
+    #[arg(long, env = "TRIBUTARY_TRANSACTIONAL_ID_EXPIRATION_MS")]
+    transactional_id_expiration_ms: u64,
     /// Drop a consumer group's committed offsets once it has had no member
     /// and no commit for this long (Kafka's offsets.retention.minutes) [default: 10080].
     #[arg(long, env = "TRIBUTARY_OFFSETS_RETENTION_MINUTES")]
@@ -403,8 +416,15 @@ impl Settings {
         broker.rack = a.rack;
         broker.authorizer = authorizer;
 
-        let mut maintenance = MaintenanceConfig::default();
         let ms = |v: Option<u64>| v.map(Duration::from_millis);
+        let txn = &mut broker.transactions;
+        set(&mut txn.max_timeout, ms(a.transaction_max_timeout_ms));
+        set(&mut txn.abort_interval, ms(a.transaction_abort_interval_ms));
+        set(&mut txn.id_expiration, ms(a.transactional_id_expiration_ms));
+        if txn.abort_interval.is_zero() || txn.max_timeout.is_zero() {
+            bail!("transaction_abort_interval_ms and transaction_max_timeout_ms must be above 0");
+        }
+        let mut maintenance = MaintenanceConfig::default();
         set(&mut maintenance.interval, ms(a.maintenance_interval_ms));
         set(&mut maintenance.grace, ms(a.segment_grace_ms));
         set(&mut maintenance.compaction, a.compaction);

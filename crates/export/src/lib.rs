@@ -37,7 +37,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use thiserror::Error;
 use tracing::{info, warn};
-use tributary_meta::{LogStore, MetaError, Stores, TopicMeta, TopicStore};
+use tributary_meta::{AbortedTxn, LogStore, MetaError, Stores, TopicMeta, TopicStore};
 use tributary_storage::{keys, Fetcher, ReadCache};
 
 use arrow_schema::SchemaRef;
@@ -338,10 +338,14 @@ impl Exporter {
                     high_watermark: hw,
                 });
             }
+            // Records of a transaction still open are not decided yet: the
+            // export stops at the last stable offset (a later incremental
+            // run takes them, or skips them if they are aborted).
+            let stable = offsets.last_stable_offset.min(hw);
             let until = match opts.until {
-                End::Latest => hw,
-                End::Offset(o) => o.min(hw),
-                End::Time(ts) => by_time(ts).await?,
+                End::Latest => stable,
+                End::Offset(o) => o.min(stable),
+                End::Time(ts) => by_time(ts).await?.min(stable),
             }
             .max(from);
             plans.push(PartitionPlan {
@@ -780,6 +784,8 @@ struct RangeReader<'a> {
     /// An object was missing once (compaction replaced the entry); the
     /// index is read again before giving up.
     missing_retry: bool,
+    /// Aborted transactions of the range, read once at the first entry.
+    aborted: Option<Vec<AbortedTxn>>,
 }
 
 impl<'a> RangeReader<'a> {
@@ -798,6 +804,7 @@ impl<'a> RangeReader<'a> {
             last,
             page: Default::default(),
             missing_retry: false,
+            aborted: None,
         }
     }
 
@@ -857,13 +864,28 @@ impl<'a> RangeReader<'a> {
                 }
             };
             self.missing_retry = false;
-            rows::decode_chunk(&bytes, entry.base_offset, self.next, self.last + 1, rows).map_err(
-                |reason| ExportError::Corrupt {
-                    partition: self.partition,
-                    offset: entry.base_offset,
-                    reason,
-                },
-            )?;
+            if self.aborted.is_none() {
+                let aborted = self
+                    .exporter
+                    .log
+                    .aborted_transactions(self.topic.id, self.partition, self.next, self.last)
+                    .await?;
+                self.aborted = Some(aborted);
+            }
+            let aborted = self.aborted.as_deref().unwrap_or_default();
+            rows::decode_chunk(
+                &bytes,
+                entry.base_offset,
+                self.next,
+                self.last + 1,
+                aborted,
+                rows,
+            )
+            .map_err(|reason| ExportError::Corrupt {
+                partition: self.partition,
+                offset: entry.base_offset,
+                reason,
+            })?;
             self.next = entry.last_offset + 1;
             return Ok(Some(entry.byte_len));
         }

@@ -3,7 +3,7 @@
 //! Stored batches keep their producer's bytes, with base offset 0 in the
 //! header (the index knows the real base offset of the first batch of a
 //! chunk; the following batches are consecutive). Compressed batches are
-//! decompressed here, into at most [`MAX_DECOMPRESSED_BATCH`] bytes each; control batches (transaction markers) are skipped;
+//! decompressed here, into at most [`MAX_DECOMPRESSED_BATCH`] bytes each; control batches (transaction markers) and the batches of aborted transactions are skipped;
 //! `LogAppendTime` batches give every record the batch's max timestamp, as a
 //! Kafka consumer sees it.
 
@@ -16,6 +16,7 @@ use arrow_array::builder::{
 use arrow_array::{ArrayRef, BooleanArray, RecordBatch, StructArray};
 use arrow_schema::{ArrowError, DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
+use tributary_meta::AbortedTxn;
 use tributary_protocol::batch::{decode_records, split_stored_batches};
 
 /// Most bytes one batch's records may decompress to. Client batches are at
@@ -45,19 +46,26 @@ pub enum KeyFormat {
 }
 
 /// Decode the batches of one index entry's bytes, whose first batch starts
-/// at `base_offset`, keeping records with `from <= offset < until`.
+/// at `base_offset`, keeping records with `from <= offset < until`, except
+/// the transactional batches inside an `aborted` range of their producer
+/// (what a `read_committed` consumer drops).
 pub fn decode_chunk(
     chunk: &Bytes,
     base_offset: i64,
     from: i64,
     until: i64,
+    aborted: &[AbortedTxn],
     out: &mut Vec<Row>,
 ) -> Result<(), String> {
     let mut base = base_offset;
     for view in split_stored_batches(chunk).map_err(|e| e.to_string())? {
         let h = view.header;
         let next = h.last_offset(base) + 1;
-        if h.is_control() || next <= from || base >= until {
+        let was_aborted = h.is_transactional()
+            && aborted.iter().any(|a| {
+                a.producer_id == h.producer_id && a.first_offset <= base && base <= a.last_offset
+            });
+        if h.is_control() || was_aborted || next <= from || base >= until {
             base = next;
             continue;
         }
@@ -432,7 +440,7 @@ mod tests {
         chunk.extend_from_slice(&batch(&[(0, "c"), (1, "d"), (2, "e")], Compression::Zstd));
         let chunk = chunk.freeze();
         let mut rows = Vec::new();
-        decode_chunk(&chunk, 100, 101, 104, &mut rows).expect("decode");
+        decode_chunk(&chunk, 100, 101, 104, &[], &mut rows).expect("decode");
         let got: Vec<(i64, &[u8])> = rows
             .iter()
             .map(|r| (r.offset, r.value.as_deref().unwrap_or_default()))

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use uuid::Uuid;
 
+use crate::{AbortedTxn, OpenTxn, TransactionStore, TxnOffsetRefusal, TxnRecord, TxnState};
 use crate::{
     AclBinding, AclFilter, BatchOutcome, BrokerInfo, BrokerRegistry, CommitDeadline, CommitFeed,
     CommittedOffset, DeadSegment, GroupClaim, GroupStore, IndexEntry, LogStore, MaintenanceStore,
@@ -177,6 +178,8 @@ delegate!(LogStore {
     fn entry_for_timestamp(&self, topic_id: Uuid, partition: i32, timestamp: i64) -> Result<Option<IndexEntry>>;
     fn advance_log_start(&self, topic_id: Uuid, partition: i32, offset: i64) -> Result<PartitionOffsets>;
     fn allocate_producer_id(&self) -> Result<(i64, i16)>;
+    fn aborted_transactions(&self, topic_id: Uuid, partition: i32, from_offset: i64, to_offset: i64) -> Result<Vec<AbortedTxn>>;
+    fn open_transactions(&self, topic_id: Uuid, partition: i32) -> Result<Vec<OpenTxn>>;
     fn list_segments(&self) -> Result<Vec<String>>;
 } detached {
     fn commit_segment(&self, commit: &SegmentCommit) -> Result<Vec<BatchOutcome>> {
@@ -229,6 +232,21 @@ delegate!(SecurityStore {
     fn delete_acls(&self, filter: &AclFilter) -> Result<Vec<AclBinding>>;
     fn list_acls(&self) -> Result<Vec<AclBinding>>;
     fn acl_version(&self) -> Result<i64>;
+});
+
+delegate!(TransactionStore {
+    fn transaction(&self, transactional_id: &str) -> Result<Option<TxnRecord>>;
+    fn stage_txn_offsets(&self, transactional_id: &str, producer_id: i64, producer_epoch: i16, group: &str, offsets: &[CommittedOffset]) -> Result<Result<(), TxnOffsetRefusal>>;
+    fn pending_txn_offsets(&self, group: &str) -> Result<Vec<(String, i32)>>;
+    fn list_transactions(&self, states: &[TxnState]) -> Result<Vec<TxnRecord>>;
+    fn expire_transactions(&self, now_ms: i64, max_idle_ms: i64) -> Result<Vec<String>>;
+} detached {
+    fn put_transaction(&self, record: &TxnRecord, expected_version: Option<i64>) -> Result<Option<TxnRecord>> {
+        let record = record.clone();
+        move |inner: Arc<dyn MetadataStore>| async move {
+            inner.put_transaction(&record, expected_version).await
+        }
+    }
 });
 
 #[async_trait]

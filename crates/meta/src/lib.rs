@@ -347,6 +347,19 @@ pub trait LogStore: Send + Sync + std::fmt::Debug {
     /// Allocate a fresh producer id with epoch 0.
     async fn allocate_producer_id(&self) -> Result<(i64, i16)>;
 
+    /// Aborted transactions on a partition whose range meets
+    /// `from_offset ..= to_offset`, by first offset.
+    async fn aborted_transactions(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        from_offset: i64,
+        to_offset: i64,
+    ) -> Result<Vec<AbortedTxn>>;
+
+    /// Transactions with data open (not yet marked) on a partition.
+    async fn open_transactions(&self, topic_id: Uuid, partition: i32) -> Result<Vec<OpenTxn>>;
+
     /// All live committed segment keys (at least one index entry points into
     /// them), ordered. Dead segments are listed by
     /// [`MaintenanceStore::dead_segments`] instead.
@@ -849,21 +862,7 @@ pub trait TransactionStore: Send + Sync + std::fmt::Debug {
     /// clock; Kafka's `transactional.id.expiration.ms`) whose transaction
     /// is not ongoing or ending. Returns them.
     async fn expire_transactions(&self, now_ms: i64, max_idle_ms: i64) -> Result<Vec<String>>;
-
-    /// Aborted transactions on a partition whose range meets
-    /// `from_offset ..= to_offset`, by first offset.
-    async fn aborted_transactions(
-        &self,
-        topic_id: Uuid,
-        partition: i32,
-        from_offset: i64,
-        to_offset: i64,
-    ) -> Result<Vec<AbortedTxn>>;
-
-    /// Transactions with data open (not yet marked) on a partition.
-    async fn open_transactions(&self, topic_id: Uuid, partition: i32) -> Result<Vec<OpenTxn>>;
 }
-
 /// Everything a backend implements. Components never take it: they take the
 /// handle of the plane they use from [`Stores`].
 pub trait MetadataStore:

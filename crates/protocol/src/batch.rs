@@ -336,6 +336,97 @@ pub struct BatchView {
     pub bytes: Bytes,
 }
 
+/// Which end of a transaction a control record marks (its key's type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlType {
+    Abort,
+    Commit,
+}
+
+/// A transaction marker: a transactional control batch of one control
+/// record (key: version 0, type; value: version 0, coordinator epoch), as
+/// Kafka's coordinator writes it, with base offset 0 (patched on the way
+/// out like any stored batch) and base sequence -1.
+pub fn control_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    kind: ControlType,
+    coordinator_epoch: i32,
+    timestamp: i64,
+) -> Bytes {
+    let mut key = Vec::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    let kind: i16 = match kind {
+        ControlType::Abort => 0,
+        ControlType::Commit => 1,
+    };
+    key.extend_from_slice(&kind.to_be_bytes());
+    let mut value = Vec::with_capacity(6);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+
+    // The record: attributes, timestamp delta, offset delta, key, value,
+    // no headers (lengths as zigzag varints).
+    let mut body = vec![0u8];
+    put_varint(&mut body, 0);
+    put_varint(&mut body, 0);
+    put_varint(&mut body, key.len() as i64);
+    body.extend_from_slice(&key);
+    put_varint(&mut body, value.len() as i64);
+    body.extend_from_slice(&value);
+    put_varint(&mut body, 0);
+    let mut record = Vec::with_capacity(body.len() + 2);
+    put_varint(&mut record, body.len() as i64);
+    record.extend_from_slice(&body);
+
+    let total = HEADER_LEN + record.len();
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&0i64.to_be_bytes());
+    let batch_length = i32::try_from(total - LOG_OVERHEAD).expect("a marker is tiny");
+    out.extend_from_slice(&batch_length.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.push(MAGIC_V2 as u8);
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&(ATTR_TRANSACTIONAL | ATTR_CONTROL).to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.extend_from_slice(&timestamp.to_be_bytes());
+    out.extend_from_slice(&timestamp.to_be_bytes());
+    out.extend_from_slice(&producer_id.to_be_bytes());
+    out.extend_from_slice(&producer_epoch.to_be_bytes());
+    out.extend_from_slice(&(-1i32).to_be_bytes());
+    out.extend_from_slice(&1i32.to_be_bytes());
+    out.extend_from_slice(&record);
+    let crc = crc32c(&out[CRC_START..]);
+    out[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
+    Bytes::from(out)
+}
+
+/// The end a control batch marks (the type in its first record's key);
+/// `None` for other control records or undecodable bytes.
+pub fn control_type(batch: &Bytes) -> Option<ControlType> {
+    let records = decode_records(batch, 1 << 10).ok()?;
+    let key = records.first()?.key.as_ref()?;
+    match key.get(2..4)? {
+        [0, 0] => Some(ControlType::Abort),
+        [0, 1] => Some(ControlType::Commit),
+        _ => None,
+    }
+}
+
+/// Append `v` as a zigzag varint (the record format's lengths).
+fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        let byte = (z & 0x7f) as u8;
+        z >>= 7;
+        if z == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
 /// CRC32C (Castagnoli), the checksum Kafka uses for RecordBatch v2.
 pub fn crc32c(bytes: &[u8]) -> u32 {
     ::crc32c::crc32c(bytes)
@@ -1214,6 +1305,23 @@ mod tests {
                     "{codec:?} ts={ts}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn control_batches_parse_as_kafka_markers() {
+        for kind in [ControlType::Commit, ControlType::Abort] {
+            let b = control_batch(42, 3, kind, 0, 1_700_000_000_000);
+            let views = split_batches(&b).expect("a valid batch");
+            assert_eq!(views.len(), 1);
+            let h = views[0].header;
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!(
+                (h.producer_id, h.producer_epoch, h.base_sequence),
+                (42, 3, -1)
+            );
+            assert_eq!((h.record_count, h.offset_count()), (1, 1));
+            assert_eq!(control_type(&b), Some(kind));
         }
     }
 }

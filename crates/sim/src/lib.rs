@@ -45,7 +45,7 @@ use tributary_meta::faults::FaultyMeta;
 use tributary_meta::{BatchOutcome, Clock, LogStore, SqliteStore, Stores, TopicMeta, TopicStore};
 use tributary_runtime::chain;
 use tributary_storage::{
-    entropy, AppendBatch, Fetcher, Maintenance, MaintenanceConfig, ReadCache, ReadError,
+    entropy, AppendBatch, Fetcher, Isolation, Maintenance, MaintenanceConfig, ReadCache, ReadError,
     SegmentWriter, Watermarks, WriterConfig,
 };
 
@@ -585,7 +585,14 @@ async fn reader(world: Arc<World>, fetcher: Fetcher, crashed: CancellationToken,
         for (partition, cursor) in (0..).zip(cursors.iter_mut()) {
             let read = fenced(
                 Some(&crashed),
-                fetcher.read(world.topic.id, partition, *cursor, 16 << 10, true),
+                fetcher.read(
+                    world.topic.id,
+                    partition,
+                    *cursor,
+                    16 << 10,
+                    true,
+                    Isolation::ReadUncommitted,
+                ),
             )
             .await;
             match read {
@@ -650,6 +657,7 @@ fn encode_batch(id: u64, count: u32, timestamp: i64) -> AppendBatch {
         first_timestamp: timestamp,
         max_timestamp: timestamp,
         producer: None,
+        txn: Default::default(),
     }
 }
 
@@ -742,7 +750,14 @@ async fn check(world: &Arc<World>, store: &Arc<dyn ObjectStore>, when: &str) {
         let mut expect = offsets.log_start_offset;
         'read: while expect < offsets.next_offset {
             let fetched = match fetcher
-                .read(topic.id, partition, expect, 1 << 20, true)
+                .read(
+                    topic.id,
+                    partition,
+                    expect,
+                    1 << 20,
+                    true,
+                    Isolation::ReadUncommitted,
+                )
                 .await
             {
                 Ok(f) => f,

@@ -28,7 +28,7 @@ pub use open::{
     open_object_store, open_object_store_with, parse_fault_spec, FaultSpec, ObjectStoreUrl,
     OpenedStore, S3Settings,
 };
-pub use reader::{FetchedPartition, Fetcher};
+pub use reader::{FetchedPartition, Fetcher, Isolation};
 pub use watermarks::{PartitionKey, PartitionWatch, Watermarks};
 pub use wrappers::{FaultyStore, MetricsHandle, MetricsStore, RetryPolicy, RetryingStore};
 pub use writer::{AppendBatch, AppendReceiver, SegmentWriter, WriterConfig};

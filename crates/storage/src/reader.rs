@@ -11,7 +11,7 @@ use tributary_runtime::Chain;
 
 use bytes::{Bytes, BytesMut};
 use tracing::{error, warn};
-use tributary_meta::{IndexEntry, LogStore, PartitionOffsets};
+use tributary_meta::{AbortedTxn, IndexEntry, LogStore, PartitionOffsets};
 use tributary_protocol::batch::{
     check_stored_crc, first_offset_at_or_after_timestamp, set_base_offset, split_stored_batches,
 };
@@ -33,6 +33,38 @@ pub struct FetchedPartition {
     pub offsets: PartitionOffsets,
     /// Concatenated record batches (possibly empty).
     pub records: Bytes,
+    /// For a `read_committed` read, the aborted transactions whose ranges
+    /// meet the records returned (the client drops their batches); `None`
+    /// for `read_uncommitted`.
+    pub aborted: Option<Vec<AbortedTxn>>,
+}
+
+/// What a read may see (Kafka's `isolation_level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Everything committed to the log (up to the high watermark).
+    ReadUncommitted,
+    /// Only below the last stable offset, with the aborted ranges.
+    ReadCommitted,
+}
+
+impl Isolation {
+    /// From the wire's `isolation_level` (1 = read_committed).
+    pub fn from_level(level: i8) -> Self {
+        if level == 1 {
+            Self::ReadCommitted
+        } else {
+            Self::ReadUncommitted
+        }
+    }
+
+    /// Where reads of `offsets` stop (exclusive).
+    pub fn end(self, offsets: &PartitionOffsets) -> i64 {
+        match self {
+            Self::ReadUncommitted => offsets.next_offset,
+            Self::ReadCommitted => offsets.last_stable_offset.min(offsets.next_offset),
+        }
+    }
 }
 
 /// Reads committed records.
@@ -55,7 +87,8 @@ impl Fetcher {
     /// Read whole batches of one partition starting at the batch containing
     /// `offset`, at most `max_bytes` of them — except that with
     /// `at_least_one` the first batch is returned even if it is bigger (Kafka
-    /// lets only the first batch of a response exceed the limits).
+    /// lets only the first batch of a response exceed the limits). A
+    /// `read_committed` read stops at the last stable offset.
     pub async fn read(
         &self,
         topic_id: Uuid,
@@ -63,13 +96,18 @@ impl Fetcher {
         offset: i64,
         max_bytes: usize,
         at_least_one: bool,
+        isolation: Isolation,
     ) -> Result<FetchedPartition, ReadError> {
         let offsets = self.offsets_around(topic_id, partition, offset).await?;
+        let end = isolation.end(&offsets);
         // The batches to return (slices of cached data) and their base
         // offsets; copied once, into a buffer of the exact size, at the end.
-        let mut picked = Picked::default();
+        let mut picked = Picked {
+            end,
+            ..Picked::default()
+        };
         let mut cursor = offset;
-        'pages: while cursor < offsets.next_offset {
+        'pages: while cursor < end {
             let entries = self
                 .meta
                 .index_entries(topic_id, partition, cursor, INDEX_PAGE)
@@ -97,6 +135,15 @@ impl Fetcher {
                 }
             }
         }
+        let aborted = match isolation {
+            Isolation::ReadUncommitted => None,
+            Isolation::ReadCommitted if picked.batches.is_empty() => Some(Vec::new()),
+            Isolation::ReadCommitted => Some(
+                self.meta
+                    .aborted_transactions(topic_id, partition, offset, cursor - 1)
+                    .await?,
+            ),
+        };
         let mut out = BytesMut::with_capacity(picked.len);
         for (batch, base) in &picked.batches {
             let start = out.len();
@@ -107,6 +154,7 @@ impl Fetcher {
         Ok(FetchedPartition {
             offsets,
             records: out.freeze(),
+            aborted,
         })
     }
 
@@ -121,10 +169,12 @@ impl Fetcher {
         partition: i32,
         offset: i64,
         max_bytes: u64,
+        isolation: Isolation,
     ) -> Result<u64, ReadError> {
         let offsets = self.offsets_around(topic_id, partition, offset).await?;
+        let end = isolation.end(&offsets);
         let (mut total, mut cursor) = (0u64, offset);
-        while cursor < offsets.next_offset && total < max_bytes {
+        while cursor < end && total < max_bytes {
             let entries = self
                 .meta
                 .index_entries(topic_id, partition, cursor, INDEX_PAGE)
@@ -133,6 +183,9 @@ impl Fetcher {
                 break;
             }
             for entry in entries {
+                if entry.base_offset >= end {
+                    return Ok(total.min(max_bytes));
+                }
                 total += entry.byte_len;
                 cursor = entry.last_offset + 1;
             }
@@ -247,6 +300,10 @@ impl Fetcher {
         for batch in batches {
             let count = batch.header.offset_count();
             let last = base + count - 1;
+            if base >= out.end {
+                // Past the last stable offset (read_committed).
+                return Ok(true);
+            }
             if last >= *cursor {
                 if origin == Origin::Stored {
                     if let Err(e) = check_stored_crc(&batch) {
@@ -285,6 +342,8 @@ struct Picked {
     batches: Vec<(Bytes, i64)>,
     /// Sum of the batches' lengths.
     len: usize,
+    /// No batch at or past this offset is picked.
+    end: i64,
 }
 
 /// Write the partitionLeaderEpoch field (bytes 12..16; not covered by the CRC).

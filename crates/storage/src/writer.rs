@@ -23,7 +23,7 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{debug, error, warn};
 use tributary_meta::{
     BatchOutcome, BatchRejection, Clock, CommitDeadline, LogStore, MetaError, PendingBatch,
-    ProducerBatch, SegmentCommit,
+    ProducerBatch, SegmentCommit, TxnRole,
 };
 use tributary_runtime::{supervise, Chain, TaskHandle};
 use tributary_segment::{PushBatch, SegmentBuilder};
@@ -92,6 +92,8 @@ pub struct AppendBatch {
     pub first_timestamp: i64,
     pub max_timestamp: i64,
     pub producer: Option<ProducerBatch>,
+    /// The batch's part in a transaction (data, or a coordinator's marker).
+    pub txn: TxnRole,
 }
 
 type Reply = oneshot::Sender<Result<Vec<BatchOutcome>, WriteError>>;
@@ -124,6 +126,7 @@ struct BatchMeta {
     offset_count: i64,
     max_timestamp: i64,
     producer: Option<ProducerBatch>,
+    txn: TxnRole,
 }
 
 struct Sealed {
@@ -303,6 +306,7 @@ async fn batcher(
                 offset_count: b.offset_count,
                 max_timestamp: b.max_timestamp,
                 producer: b.producer,
+                txn: b.txn,
             });
             o.builder.push_batch(
                 append.topic_id,
@@ -509,7 +513,7 @@ async fn committer(
                     offset_count: m.offset_count,
                     max_timestamp: m.max_timestamp,
                     producer: m.producer,
-                    txn: Default::default(),
+                    txn: m.txn,
                 })
                 .collect(),
             deadline: Some(CommitDeadline {
@@ -831,6 +835,7 @@ mod tests {
             first_timestamp: 0,
             max_timestamp: 0,
             producer: None,
+            txn: Default::default(),
         }
     }
 

@@ -15,10 +15,12 @@
 use std::time::Duration;
 use tributary_runtime::Chain;
 
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId};
 use tokio::time::{sleep_until, Instant};
-use tributary_storage::{PartitionKey, PartitionWatch, ReadError};
+use tributary_storage::{Isolation, PartitionKey, PartitionWatch, ReadError};
 
 use crate::error::read_error_code;
 use crate::Broker;
@@ -164,7 +166,13 @@ async fn available(broker: &Broker, req: &FetchRequest) -> Option<i64> {
             }
             let n = broker
                 .fetcher
-                .available_bytes(topic.id, p.partition, p.fetch_offset, limit as u64)
+                .available_bytes(
+                    topic.id,
+                    p.partition,
+                    p.fetch_offset,
+                    limit as u64,
+                    Isolation::from_level(req.isolation_level),
+                )
                 .await
                 .ok()?;
             let n = i64::try_from(n).unwrap_or(i64::MAX);
@@ -216,6 +224,7 @@ async fn read_all(broker: &Broker, req: &FetchRequest) -> (FetchResponse, i64, b
                     p.fetch_offset,
                     limit.max(0) as usize,
                     total == 0,
+                    Isolation::from_level(req.isolation_level),
                 )
                 .await
             {
@@ -223,10 +232,20 @@ async fn read_all(broker: &Broker, req: &FetchRequest) -> (FetchResponse, i64, b
                     let n = read.records.len() as i64;
                     total += n;
                     budget -= n;
+                    let aborted = read.aborted.map(|list| {
+                        list.into_iter()
+                            .map(|a| {
+                                AbortedTransaction::default()
+                                    .with_producer_id(ProducerId(a.producer_id))
+                                    .with_first_offset(a.first_offset)
+                            })
+                            .collect()
+                    });
                     parts.push(
                         base.with_high_watermark(read.offsets.next_offset)
-                            .with_last_stable_offset(read.offsets.next_offset)
+                            .with_last_stable_offset(read.offsets.last_stable_offset)
                             .with_log_start_offset(read.offsets.log_start_offset)
+                            .with_aborted_transactions(aborted)
                             .with_records(Some(read.records)),
                     );
                 }

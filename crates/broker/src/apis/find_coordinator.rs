@@ -1,6 +1,6 @@
-//! FindCoordinator: each group is coordinated by one live broker, picked by a
-//! stable hash over the registry ([`crate::cluster::Cluster::coordinator`]).
-//! Transaction coordinators are not offered (no transactions).
+//! FindCoordinator: each group and each transactional id is coordinated by
+//! one live broker, picked by a stable hash over the registry
+//! ([`crate::cluster::Cluster::coordinator`]).
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
@@ -11,8 +11,10 @@ use super::str_bytes;
 use crate::context::RequestContext;
 use crate::Broker;
 
-/// Key type of consumer groups (1 is transactions).
+/// Key type of consumer groups.
 const GROUP_KEY: i8 = 0;
+/// Key type of transactional ids.
+const TRANSACTION_KEY: i8 = 1;
 
 pub fn handle(
     broker: &Broker,
@@ -21,8 +23,15 @@ pub fn handle(
     ctx: &RequestContext,
 ) -> FindCoordinatorResponse {
     let answer = |key: StrBytes| {
-        if req.key_type != GROUP_KEY {
-            return unavailable(key, "transactions are not supported");
+        if req.key_type != GROUP_KEY && req.key_type != TRANSACTION_KEY {
+            return refused(
+                key,
+                ResponseError::InvalidRequest,
+                "unknown coordinator key type",
+            );
+        }
+        if req.key_type == TRANSACTION_KEY && key.is_empty() {
+            return refused(key, ResponseError::InvalidRequest, "empty transactional id");
         }
         let c = broker.cluster.coordinator(key.as_str());
         // The coordinator is the same whichever listener asks; it must be
@@ -52,11 +61,16 @@ pub fn handle(
 
 /// COORDINATOR_NOT_AVAILABLE for `key`, saying why.
 fn unavailable(key: StrBytes, why: &str) -> Coordinator {
+    refused(key, ResponseError::CoordinatorNotAvailable, why)
+}
+
+/// No coordinator for `key`: `error`, saying why.
+fn refused(key: StrBytes, error: ResponseError, why: &str) -> Coordinator {
     Coordinator::default()
         .with_key(key)
         .with_node_id(BrokerId(-1))
         .with_host(StrBytes::default())
         .with_port(-1)
-        .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+        .with_error_code(error.code())
         .with_error_message(Some(str_bytes(why)))
 }

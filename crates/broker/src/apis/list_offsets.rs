@@ -7,6 +7,8 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 
+use tributary_storage::Isolation;
+
 use crate::error::{meta_error_code, read_error_code};
 use crate::Broker;
 
@@ -41,8 +43,9 @@ pub async fn handle(broker: &Broker, req: ListOffsetsRequest, version: i16) -> L
                     .partition_offsets(topic.id, p.partition_index)
                     .await
                 {
+                    // read_committed consumers see up to the last stable offset.
                     Ok(o) => base.with_offset(if p.timestamp == LATEST {
-                        o.next_offset
+                        Isolation::from_level(req.isolation_level).end(&o)
                     } else {
                         o.log_start_offset
                     }),

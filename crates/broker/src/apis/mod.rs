@@ -23,6 +23,7 @@ pub mod sasl_authenticate;
 pub mod sasl_handshake;
 pub mod scram_credentials;
 pub mod topic_configs;
+pub mod transactions;
 
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;

@@ -13,7 +13,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use tributary_meta::topic_config::TimestampType;
-use tributary_meta::{BatchOutcome, ProducerBatch, TopicConfig, TopicMeta};
+use tributary_meta::{BatchOutcome, ProducerBatch, TopicConfig, TopicMeta, TxnRole};
 use tributary_protocol::batch::{set_log_append_time, split_batches, BatchView};
 use tributary_protocol::sequence;
 use tributary_storage::{AppendBatch, AppendReceiver, WriteError};
@@ -61,11 +61,6 @@ pub async fn submit(broker: &Broker, req: ProduceRequest, _version: i16) -> Pend
                 ResponseError::InvalidRequiredAcks.code(),
                 "acks must be -1, 0 or 1",
             )
-        } else if transactional {
-            fail_all(
-                ResponseError::TransactionalIdAuthorizationFailed.code(),
-                "transactions are not supported",
-            )
         } else if let Some(why) = invalid_topic_name(&name) {
             fail_all(ResponseError::InvalidTopicException.code(), why)
         } else {
@@ -82,7 +77,7 @@ pub async fn submit(broker: &Broker, req: ProduceRequest, _version: i16) -> Pend
                 Ok(Some(topic)) => {
                     let mut slots = Vec::with_capacity(t.partition_data.len());
                     for p in t.partition_data {
-                        slots.push(submit_partition(broker, &topic, p).await);
+                        slots.push(submit_partition(broker, &topic, p, transactional).await);
                     }
                     slots
                 }
@@ -162,8 +157,13 @@ fn error_response(index: i32, code: i16, message: &str) -> PartitionProduceRespo
         .with_error_message(Some(str_bytes(message)))
 }
 
-async fn submit_partition(broker: &Broker, topic: &TopicMeta, data: PartitionProduceData) -> Slot {
-    match validate_partition(broker, topic, data) {
+async fn submit_partition(
+    broker: &Broker,
+    topic: &TopicMeta,
+    data: PartitionProduceData,
+    transactional: bool,
+) -> Slot {
+    match validate_partition(broker, topic, data, transactional) {
         Err(resp) => Slot::Ready(resp),
         Ok((index, append, log_append_time)) => {
             // acks=0 is queued and awaited like any produce (only the answer
@@ -198,6 +198,7 @@ fn validate_partition(
     broker: &Broker,
     topic: &TopicMeta,
     data: PartitionProduceData,
+    transactional: bool,
 ) -> Result<(i32, Vec<AppendBatch>, Option<i64>), PartitionProduceResponse> {
     let index = data.index;
     if index < 0 || index >= topic.partitions {
@@ -235,14 +236,24 @@ fn validate_partition(
             ),
         ));
     }
+    // Markers are the coordinator's to write; transactional data comes
+    // from a producer that names its transactional id (whose WRITE the
+    // authorization gate checked), and only from one.
+    if batches.iter().any(|b| b.header.is_control()) {
+        return Err(error_response(
+            index,
+            ResponseError::InvalidRecord.code(),
+            "control batches are written by the transaction coordinator, not produced",
+        ));
+    }
     if batches
         .iter()
-        .any(|b| b.header.is_transactional() || b.header.is_control())
+        .any(|b| b.header.is_transactional() && (!transactional || b.header.producer_id < 0))
     {
         return Err(error_response(
             index,
             ResponseError::InvalidRecord.code(),
-            "transactional and control batches are not supported",
+            "a transactional batch needs the request's transactional id and a producer id",
         ));
     }
     let mut append: Vec<AppendBatch> = batches.iter().map(append_batch).collect();
@@ -270,6 +281,8 @@ fn outcome_response(index: i32, outcomes: &[BatchOutcome]) -> PartitionProduceRe
             BatchOutcome::Rejected(r) => {
                 return error_response(index, rejection_code(r), &format!("batch rejected: {r:?}"));
             }
+            // Only markers are "not needed", and clients send none.
+            BatchOutcome::NotNeeded => {}
         }
     }
     PartitionProduceResponse::default()
@@ -295,5 +308,10 @@ fn append_batch(b: &BatchView) -> AppendBatch {
         first_timestamp: h.base_timestamp,
         max_timestamp: h.max_timestamp,
         producer,
+        txn: if h.is_transactional() {
+            TxnRole::Data
+        } else {
+            TxnRole::None
+        },
     }
 }

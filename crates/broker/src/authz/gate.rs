@@ -237,6 +237,58 @@ pub async fn gate(
                 )
             })
         }
+        RequestKind::AddPartitionsToTxn(r) => add_partitions_to_txn(&who, r, v),
+        RequestKind::AddOffsetsToTxn(r) => {
+            let code = if !who.may(op::WRITE, res::TRANSACTIONAL_ID, &r.transactional_id.0) {
+                TXN_DENIED
+            } else if !who.may(op::READ, res::GROUP, &r.group_id.0) {
+                GROUP_DENIED
+            } else {
+                return Gate::Pass(RequestKind::AddOffsetsToTxn(r), None);
+            };
+            answer(ResponseKind::AddOffsetsToTxn(
+                AddOffsetsToTxnResponse::default().with_error_code(code),
+            ))
+        }
+        RequestKind::EndTxn(r) => {
+            if who.may(op::WRITE, res::TRANSACTIONAL_ID, &r.transactional_id.0) {
+                return Gate::Pass(RequestKind::EndTxn(r), None);
+            }
+            answer(ResponseKind::EndTxn(
+                EndTxnResponse::default()
+                    .with_error_code(TXN_DENIED)
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1),
+            ))
+        }
+        RequestKind::TxnOffsetCommit(r) => txn_offset_commit(&who, r),
+        RequestKind::DescribeTransactions(mut r) => narrow!(
+            r,
+            DescribeTransactions,
+            DescribeTransactionsResponse,
+            transactional_ids,
+            |id| who.may(op::DESCRIBE, res::TRANSACTIONAL_ID, &id.0),
+            |resp, id| resp.transaction_states.push(
+                describe_transactions_response::TransactionState::default()
+                    .with_transactional_id(id)
+                    .with_error_code(TXN_DENIED)
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1)
+                    .with_transaction_start_time_ms(-1)
+            )
+        ),
+        RequestKind::ListTransactions(r) => {
+            // Listed are only the ids the principal may describe.
+            let who = who.clone();
+            let patch: Patch = Box::new(move |resp| {
+                if let ResponseKind::ListTransactions(resp) = resp {
+                    resp.transaction_states.retain(|t| {
+                        who.quietly(op::DESCRIBE, res::TRANSACTIONAL_ID, &t.transactional_id.0)
+                    });
+                }
+            });
+            Gate::Pass(RequestKind::ListTransactions(r), Some(patch))
+        }
         RequestKind::OffsetCommit(r) => offset_commit(&who, r),
         RequestKind::OffsetFetch(r) => offset_fetch(&who, r, v),
         RequestKind::OffsetDelete(r) => offset_delete(&who, r),
@@ -352,6 +404,12 @@ pub fn has_rule(key: ApiKey) -> bool {
             | SyncGroup
             | Heartbeat
             | LeaveGroup
+            | AddPartitionsToTxn
+            | AddOffsetsToTxn
+            | EndTxn
+            | TxnOffsetCommit
+            | DescribeTransactions
+            | ListTransactions
             | OffsetCommit
             | OffsetFetch
             | OffsetDelete
@@ -711,6 +769,97 @@ fn init_producer_id(who: &Who, r: InitProducerIdRequest) -> Gate {
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1),
     ))
+}
+
+/// AddPartitionsToTxn: WRITE on the transactional id and on every topic
+/// (all or nothing, as Kafka: with a refused topic the others are not
+/// attempted). The batched form (v4) is for brokers: CLUSTER_ACTION.
+fn add_partitions_to_txn(who: &Who, r: AddPartitionsToTxnRequest, version: i16) -> Gate {
+    use add_partitions_to_txn_response::{
+        AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
+    };
+    if version >= 4 {
+        if who.may_cluster(op::CLUSTER_ACTION) {
+            return Gate::Pass(RequestKind::AddPartitionsToTxn(r), None);
+        }
+        return answer(ResponseKind::AddPartitionsToTxn(
+            AddPartitionsToTxnResponse::default().with_error_code(CLUSTER_DENIED),
+        ));
+    }
+    let txn_ok = who.may(
+        op::WRITE,
+        res::TRANSACTIONAL_ID,
+        &r.v3_and_below_transactional_id.0,
+    );
+    let denied: HashSet<StrBytes> = r
+        .v3_and_below_topics
+        .iter()
+        .filter(|t| !txn_ok || !who.may(op::WRITE, res::TOPIC, &t.name.0))
+        .map(|t| t.name.0.clone())
+        .collect();
+    if denied.is_empty() {
+        return Gate::Pass(RequestKind::AddPartitionsToTxn(r), None);
+    }
+    let not_attempted = ResponseError::OperationNotAttempted.code();
+    let results = r
+        .v3_and_below_topics
+        .iter()
+        .map(|t| {
+            let code = match (txn_ok, denied.contains(&t.name.0)) {
+                (false, _) => TXN_DENIED,
+                (true, true) => TOPIC_DENIED,
+                (true, false) => not_attempted,
+            };
+            AddPartitionsToTxnTopicResult::default()
+                .with_name(t.name.clone())
+                .with_results_by_partition(
+                    t.partitions
+                        .iter()
+                        .map(|&p| {
+                            AddPartitionsToTxnPartitionResult::default()
+                                .with_partition_index(p)
+                                .with_partition_error_code(code)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    answer(ResponseKind::AddPartitionsToTxn(
+        AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results),
+    ))
+}
+
+/// TxnOffsetCommit: WRITE on the transactional id, READ on the group (all
+/// or nothing) and READ on each topic.
+fn txn_offset_commit(who: &Who, mut r: TxnOffsetCommitRequest) -> Gate {
+    let whole = if !who.may(op::WRITE, res::TRANSACTIONAL_ID, &r.transactional_id.0) {
+        Some(TXN_DENIED)
+    } else if !who.may(op::READ, res::GROUP, &r.group_id.0) {
+        Some(GROUP_DENIED)
+    } else {
+        None
+    };
+    narrow!(
+        r,
+        TxnOffsetCommit,
+        TxnOffsetCommitResponse,
+        topics,
+        |t| whole.is_none() && who.may(op::READ, res::TOPIC, &t.name.0),
+        |resp, t| resp.topics.push(
+            txn_offset_commit_response::TxnOffsetCommitResponseTopic::default()
+                .with_name(t.name)
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            txn_offset_commit_response::TxnOffsetCommitResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(whole.unwrap_or(TOPIC_DENIED))
+                        })
+                        .collect()
+                )
+        )
+    )
 }
 
 /// An error entry of a topic-level admin answer.

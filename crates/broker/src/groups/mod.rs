@@ -62,7 +62,7 @@ use kafka_protocol::ResponseError;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tributary_meta::{Clock, GroupClaim, GroupStore, MetaError, TopicStore};
+use tributary_meta::{Clock, GroupClaim, GroupStore, MetaError, TopicStore, TransactionStore};
 use tributary_runtime::{Background, Chain, Tick};
 
 use crate::error::group_meta_error_code;
@@ -142,6 +142,8 @@ pub struct GroupCoordinator {
     node_id: Mutex<i32>,
     /// The claims this broker holds, one per group it serves.
     claims: Mutex<HashMap<String, GroupClaim>>,
+    /// Offsets staged by transactions (TxnOffsetCommit, `require_stable`).
+    transactions: std::sync::OnceLock<Arc<dyn TransactionStore>>,
 }
 
 impl std::fmt::Debug for GroupCoordinator {
@@ -189,6 +191,7 @@ impl GroupCoordinator {
             owner: Mutex::new(None),
             node_id: Mutex::new(0),
             claims: Mutex::new(HashMap::new()),
+            transactions: std::sync::OnceLock::new(),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
             let sweep = IdleSweep {
@@ -417,6 +420,16 @@ impl GroupCoordinator {
     /// Whether another broker coordinates `group_id`. If so, this broker
     /// forgets whatever it held of the group, so that when the group comes
     /// back it starts afresh under a new claim.
+    /// Where transactional offsets are staged (set once, at start).
+    pub fn set_transactions(&self, store: Arc<dyn TransactionStore>) {
+        // A second call keeps the first store.
+        let _ = self.transactions.set(store);
+    }
+
+    fn transactions(&self) -> Option<&Arc<dyn TransactionStore>> {
+        self.transactions.get()
+    }
+
     fn not_mine(&self, group_id: &str) -> bool {
         // A coordinator shutting down serves no group: members look for
         // the group's next coordinator instead of parking here.

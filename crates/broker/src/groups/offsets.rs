@@ -20,14 +20,19 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
+use kafka_protocol::messages::txn_offset_commit_response::{
+    TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+};
 use kafka_protocol::messages::{
     ConsumerProtocolSubscription, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest,
     OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, TopicName,
+    TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 use kafka_protocol::protocol::Decodable;
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use tokio::time::Instant;
-use tributary_meta::{CommittedOffset, MetaError, TopicMeta};
+use tributary_meta::{CommittedOffset, MetaError, TopicMeta, TxnOffsetRefusal};
 
 use super::group::{code, Group, GroupState, NONE};
 use super::{lock, opt_str, str_bytes, GroupCoordinator};
@@ -126,22 +131,12 @@ impl GroupCoordinator {
             for (ti, t) in req.topics.iter().enumerate() {
                 let name = t.name.0.to_string();
                 for (pi, p) in t.partitions.iter().enumerate() {
-                    let error = match topics.get(&name) {
-                        Some(Ok(Some(meta)))
-                            if p.partition_index >= 0 && p.partition_index < meta.partitions =>
-                        {
-                            if p.committed_metadata
-                                .as_ref()
-                                .is_some_and(|m| m.len() > MAX_METADATA_BYTES)
-                            {
-                                code(ResponseError::OffsetMetadataTooLarge)
-                            } else {
-                                NONE
-                            }
-                        }
-                        Some(Err(e)) => *e,
-                        Some(Ok(_)) | None => code(ResponseError::UnknownTopicOrPartition),
-                    };
+                    let error = commit_error(
+                        &topics,
+                        &name,
+                        p.partition_index,
+                        p.committed_metadata.as_ref(),
+                    );
                     if error == NONE {
                         batch.push(CommittedOffset {
                             topic: name.clone(),
@@ -208,8 +203,178 @@ impl GroupCoordinator {
         OffsetCommitResponse::default().with_topics(topics)
     }
 
-    /// Committed offsets of one group. `topics = None` means all.
+    /// TxnOffsetCommit (v0-4): stage offsets that the producer's
+    /// transaction commits (they become the group's when it does). The
+    /// member and generation are checked as for OffsetCommit (KIP-447);
+    /// the transaction is checked by the store.
+    pub async fn txn_offset_commit(
+        &self,
+        req: TxnOffsetCommitRequest,
+        version: i16,
+    ) -> TxnOffsetCommitResponse {
+        let group_id = req.group_id.0.to_string();
+        let group_error = if self.not_mine(&group_id) {
+            Some(code(ResponseError::NotCoordinator))
+        } else if version >= 3 && (req.generation_id >= 0 || !req.member_id.is_empty()) {
+            match self.load(&group_id, false).await {
+                Err(c) => Some(c),
+                Ok(Some(slot)) => lock(&slot.group)
+                    .validate_commit(
+                        req.member_id.as_str(),
+                        opt_str(&req.group_instance_id).as_deref(),
+                        req.generation_id,
+                        Instant::now(),
+                    )
+                    .err(),
+                Ok(None) if req.generation_id < 0 => None,
+                Ok(None) => Some(code(ResponseError::IllegalGeneration)),
+            }
+        } else {
+            None
+        };
+        let mut errors: Vec<Vec<i16>> = req
+            .topics
+            .iter()
+            .map(|t| vec![group_error.unwrap_or(NONE); t.partitions.len()])
+            .collect();
+        if group_error.is_none() {
+            let topics = self
+                .topics_of(req.topics.iter().map(|t| t.name.0.to_string()))
+                .await;
+            let commit_ts = self.clock.now_ms();
+            let mut batch = Vec::new();
+            let mut slots = Vec::new();
+            for (ti, t) in req.topics.iter().enumerate() {
+                let name = t.name.0.to_string();
+                for (pi, p) in t.partitions.iter().enumerate() {
+                    let error = commit_error(
+                        &topics,
+                        &name,
+                        p.partition_index,
+                        p.committed_metadata.as_ref(),
+                    );
+                    if error != NONE {
+                        errors[ti][pi] = error;
+                        continue;
+                    }
+                    batch.push(CommittedOffset {
+                        topic: name.clone(),
+                        partition: p.partition_index,
+                        offset: p.committed_offset,
+                        leader_epoch: if version >= 2 {
+                            p.committed_leader_epoch
+                        } else {
+                            -1
+                        },
+                        metadata: opt_str(&p.committed_metadata),
+                        commit_timestamp_ms: commit_ts,
+                    });
+                    slots.push((ti, pi));
+                }
+            }
+            let staged = match self.transactions() {
+                None => Err(code(ResponseError::CoordinatorNotAvailable)),
+                Some(store) if !batch.is_empty() => store
+                    .stage_txn_offsets(
+                        req.transactional_id.0.as_str(),
+                        req.producer_id.0,
+                        req.producer_epoch,
+                        &group_id,
+                        &batch,
+                    )
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(group = %group_id, error = %Chain(&e), "staging transactional offsets failed");
+                        group_meta_error_code(&e)
+                    })
+                    .and_then(|r| {
+                        r.map_err(|why| match why {
+                            TxnOffsetRefusal::UnknownProducer => {
+                                code(ResponseError::InvalidProducerIdMapping)
+                            }
+                            TxnOffsetRefusal::Fenced if version < 3 => {
+                                code(ResponseError::InvalidProducerEpoch)
+                            }
+                            TxnOffsetRefusal::Fenced => code(ResponseError::ProducerFenced),
+                            TxnOffsetRefusal::InvalidState => code(ResponseError::InvalidTxnState),
+                        })
+                    }),
+                Some(_) => Ok(()),
+            };
+            if let Err(c) = staged {
+                for (ti, pi) in slots {
+                    errors[ti][pi] = c;
+                }
+            }
+        }
+        let topics = req
+            .topics
+            .iter()
+            .zip(errors)
+            .map(|(t, errs)| {
+                TxnOffsetCommitResponseTopic::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(
+                        t.partitions
+                            .iter()
+                            .zip(errs)
+                            .map(|(p, e)| {
+                                TxnOffsetCommitResponsePartition::default()
+                                    .with_partition_index(p.partition_index)
+                                    .with_error_code(e)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        TxnOffsetCommitResponse::default().with_topics(topics)
+    }
+
+    /// Committed offsets of one group. `topics = None` means all. With
+    /// `require_stable`, partitions with offsets staged by a transaction
+    /// not yet ended answer UNSTABLE_OFFSET_COMMIT (the consumer retries).
     async fn fetch_group(
+        &self,
+        group_id: &str,
+        topics: Option<Vec<(String, Vec<i32>)>>,
+        require_stable: bool,
+    ) -> FetchedGroup {
+        let mut fetched = self.fetch_committed(group_id, topics).await;
+        if !require_stable || fetched.error != NONE {
+            return fetched;
+        }
+        let pending = match self.transactions() {
+            Some(store) => store.pending_txn_offsets(group_id).await,
+            None => Ok(Vec::new()),
+        };
+        match pending {
+            Ok(pending) if pending.is_empty() => {}
+            Ok(pending) => {
+                let pending: HashSet<(String, i32)> = pending.into_iter().collect();
+                for (name, parts) in &mut fetched.topics {
+                    for p in parts {
+                        if pending.contains(&(name.clone(), p.partition)) {
+                            p.error = code(ResponseError::UnstableOffsetCommit);
+                            p.offset = -1;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(group = %group_id, error = %Chain(&e), "reading staged transactional offsets failed");
+                let c = group_meta_error_code(&e);
+                for (_, parts) in &mut fetched.topics {
+                    for p in parts {
+                        p.error = c;
+                    }
+                }
+            }
+        }
+        fetched
+    }
+
+    /// Committed offsets of one group. `topics = None` means all.
+    async fn fetch_committed(
         &self,
         group_id: &str,
         topics: Option<Vec<(String, Vec<i32>)>>,
@@ -302,7 +467,9 @@ impl GroupCoordinator {
                         .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
                         .collect()
                 });
-                let fetched = self.fetch_group(g.group_id.0.as_str(), topics).await;
+                let fetched = self
+                    .fetch_group(g.group_id.0.as_str(), topics, req.require_stable)
+                    .await;
                 let topics = fetched
                     .topics
                     .into_iter()
@@ -337,7 +504,10 @@ impl GroupCoordinator {
                 .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
                 .collect()
         });
-        let fetched = self.fetch_group(req.group_id.0.as_str(), topics).await;
+        let require_stable = version >= 7 && req.require_stable;
+        let fetched = self
+            .fetch_group(req.group_id.0.as_str(), topics, require_stable)
+            .await;
         let topics = fetched
             .topics
             .into_iter()
@@ -466,6 +636,28 @@ impl GroupCoordinator {
             })
             .collect();
         OffsetDeleteResponse::default().with_topics(topics)
+    }
+}
+
+/// The error of committing an offset (OffsetCommit, TxnOffsetCommit) to
+/// partition `index` of topic `name`: unknown topic or partition, metadata
+/// too large, the topic lookup's failure, or none.
+fn commit_error(
+    topics: &HashMap<String, Result<Option<TopicMeta>, i16>>,
+    name: &str,
+    index: i32,
+    metadata: Option<&StrBytes>,
+) -> i16 {
+    match topics.get(name) {
+        Some(Ok(Some(meta))) if index >= 0 && index < meta.partitions => {
+            if metadata.is_some_and(|m| m.len() > MAX_METADATA_BYTES) {
+                code(ResponseError::OffsetMetadataTooLarge)
+            } else {
+                NONE
+            }
+        }
+        Some(Err(e)) => *e,
+        Some(Ok(_)) | None => code(ResponseError::UnknownTopicOrPartition),
     }
 }
 

@@ -22,7 +22,8 @@ use crate::rules::commit::{self, ProducerKey, ProducerWrite};
 use crate::rules::producer::{ProducerHistory, RememberedBatch, BATCH_MEMORY};
 use crate::rules::txn::{last_stable_offset, TxnInputs};
 use crate::{
-    BatchOutcome, IndexEntry, LogStore, MetaError, PartitionOffsets, Result, SegmentCommit,
+    AbortedTxn, BatchOutcome, IndexEntry, LogStore, MetaError, OpenTxn, PartitionOffsets, Result,
+    SegmentCommit,
 };
 
 /// First entry (offset order) at or after the log start whose max timestamp
@@ -419,6 +420,58 @@ impl LogStore for PostgresStore {
             )
             .await?;
             Ok((row.try_get(0)?, 0))
+        })
+        .await
+    }
+
+    async fn aborted_transactions(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        from_offset: i64,
+        to_offset: i64,
+    ) -> Result<Vec<AbortedTxn>> {
+        self.run("aborted_transactions", move || async move {
+            let client = self.client().await?;
+            query(
+                &client,
+                "SELECT producer_id, first_offset, last_offset FROM aborted_transactions \
+                 WHERE topic_id = $1 AND partition_index = $2 AND last_offset >= $3 \
+                 AND first_offset <= $4 ORDER BY first_offset",
+                &[&topic_id, &partition, &from_offset, &to_offset],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(AbortedTxn {
+                    producer_id: r.try_get(0)?,
+                    first_offset: r.try_get(1)?,
+                    last_offset: r.try_get(2)?,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn open_transactions(&self, topic_id: Uuid, partition: i32) -> Result<Vec<OpenTxn>> {
+        self.run("open_transactions", move || async move {
+            let client = self.client().await?;
+            query(
+                &client,
+                "SELECT producer_id, first_offset FROM open_transactions \
+                 WHERE topic_id = $1 AND partition_index = $2 ORDER BY first_offset",
+                &[&topic_id, &partition],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(OpenTxn {
+                    producer_id: r.try_get(0)?,
+                    first_offset: r.try_get(1)?,
+                })
+            })
+            .collect()
         })
         .await
     }

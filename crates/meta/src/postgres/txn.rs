@@ -15,8 +15,7 @@ use super::sql::{begin_read, begin_write, execute, query, query_one, query_opt, 
 use crate::rules::commit::ProducerKey;
 use crate::rules::txn::{self, TxnEvent, TxnView};
 use crate::{
-    AbortedTxn, CommittedOffset, MetaError, OpenTxn, Result, TransactionStore, TxnOffsetRefusal,
-    TxnRecord, TxnState,
+    CommittedOffset, MetaError, Result, TransactionStore, TxnOffsetRefusal, TxnRecord, TxnState,
 };
 
 const RECORD_COLUMNS: &str = "transactional_id, producer_id, producer_epoch, last_producer_id, \
@@ -458,58 +457,6 @@ impl TransactionStore for PostgresStore {
                 ids.sort();
                 Ok(ids)
             }
-        })
-        .await
-    }
-
-    async fn aborted_transactions(
-        &self,
-        topic_id: Uuid,
-        partition: i32,
-        from_offset: i64,
-        to_offset: i64,
-    ) -> Result<Vec<AbortedTxn>> {
-        self.run("aborted_transactions", move || async move {
-            let client = self.client().await?;
-            query(
-                &client,
-                "SELECT producer_id, first_offset, last_offset FROM aborted_transactions \
-                 WHERE topic_id = $1 AND partition_index = $2 AND last_offset >= $3 \
-                 AND first_offset <= $4 ORDER BY first_offset",
-                &[&topic_id, &partition, &from_offset, &to_offset],
-            )
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(AbortedTxn {
-                    producer_id: r.try_get(0)?,
-                    first_offset: r.try_get(1)?,
-                    last_offset: r.try_get(2)?,
-                })
-            })
-            .collect()
-        })
-        .await
-    }
-
-    async fn open_transactions(&self, topic_id: Uuid, partition: i32) -> Result<Vec<OpenTxn>> {
-        self.run("open_transactions", move || async move {
-            let client = self.client().await?;
-            query(
-                &client,
-                "SELECT producer_id, first_offset FROM open_transactions \
-                 WHERE topic_id = $1 AND partition_index = $2 ORDER BY first_offset",
-                &[&topic_id, &partition],
-            )
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(OpenTxn {
-                    producer_id: r.try_get(0)?,
-                    first_offset: r.try_get(1)?,
-                })
-            })
-            .collect()
         })
         .await
     }

@@ -19,8 +19,7 @@ use crate::{
     TxnRole,
 };
 
-/// A producer on a partition: `(topic_id, partition, producer_id)`.
-pub type ProducerKey = (Uuid, i32, i64);
+pub use super::ProducerKey;
 
 /// Reject commits the schema cannot hold before touching the store.
 pub fn validate_commit(commit: &SegmentCommit) -> Result<()> {

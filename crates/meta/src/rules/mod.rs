@@ -28,6 +28,9 @@ use uuid::Uuid;
 
 use crate::{MetaError, TopicMeta};
 
+/// A producer on a partition: `(topic_id, partition, producer_id)`.
+pub type ProducerKey = (Uuid, i32, i64);
+
 /// A partition's row as the store keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionRow {

@@ -21,7 +21,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use uuid::Uuid;
 
-use super::commit::ProducerKey;
+use super::ProducerKey;
 use crate::{BatchRejection, TxnOffsetRefusal, TxnRecord, TxnState};
 
 /// What a commit needs of a producer's transaction.

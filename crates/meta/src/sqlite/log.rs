@@ -18,7 +18,8 @@ use crate::rules::commit::{self, CommitPlan, ProducerKey};
 use crate::rules::producer::{ProducerHistory, RememberedBatch, BATCH_MEMORY};
 use crate::rules::txn::{last_stable_offset, TxnInputs};
 use crate::{
-    BatchOutcome, IndexEntry, LogStore, MetaError, PartitionOffsets, Result, SegmentCommit,
+    AbortedTxn, BatchOutcome, IndexEntry, LogStore, MetaError, OpenTxn, PartitionOffsets, Result,
+    SegmentCommit,
 };
 
 /// First entry (offset order) at or after the log start whose max timestamp
@@ -350,6 +351,53 @@ impl LogStore for SqliteStore {
                 )?
                 .query_row([], |r| r.get(0))?;
             Ok((id, 0))
+        })
+        .await
+    }
+
+    async fn aborted_transactions(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        from_offset: i64,
+        to_offset: i64,
+    ) -> Result<Vec<AbortedTxn>> {
+        self.read("aborted_transactions", move |tx| {
+            Ok(tx
+                .prepare_cached(
+                    "SELECT producer_id, first_offset, last_offset FROM aborted_transactions \
+                     WHERE topic_id = ?1 AND partition_index = ?2 AND last_offset >= ?3 \
+                     AND first_offset <= ?4 ORDER BY first_offset",
+                )?
+                .query_map(
+                    params![topic_id.as_bytes(), partition, from_offset, to_offset],
+                    |r| {
+                        Ok(AbortedTxn {
+                            producer_id: r.get(0)?,
+                            first_offset: r.get(1)?,
+                            last_offset: r.get(2)?,
+                        })
+                    },
+                )?
+                .collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn open_transactions(&self, topic_id: Uuid, partition: i32) -> Result<Vec<OpenTxn>> {
+        self.read("open_transactions", move |tx| {
+            Ok(tx
+                .prepare_cached(
+                    "SELECT producer_id, first_offset FROM open_transactions \
+                     WHERE topic_id = ?1 AND partition_index = ?2 ORDER BY first_offset",
+                )?
+                .query_map(params![topic_id.as_bytes(), partition], |r| {
+                    Ok(OpenTxn {
+                        producer_id: r.get(0)?,
+                        first_offset: r.get(1)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?)
         })
         .await
     }

@@ -14,8 +14,7 @@ use super::rows::topic_id_from_row;
 use crate::rules::commit::ProducerKey;
 use crate::rules::txn::{self, TxnEvent, TxnView};
 use crate::{
-    AbortedTxn, CommittedOffset, MetaError, OpenTxn, Result, TransactionStore, TxnOffsetRefusal,
-    TxnRecord, TxnState,
+    CommittedOffset, MetaError, Result, TransactionStore, TxnOffsetRefusal, TxnRecord, TxnState,
 };
 
 const RECORD_COLUMNS: &str = "transactional_id, producer_id, producer_epoch, last_producer_id, \
@@ -404,53 +403,6 @@ impl TransactionStore for SqliteStore {
             }
             out.sort();
             Ok(out)
-        })
-        .await
-    }
-
-    async fn aborted_transactions(
-        &self,
-        topic_id: Uuid,
-        partition: i32,
-        from_offset: i64,
-        to_offset: i64,
-    ) -> Result<Vec<AbortedTxn>> {
-        self.read("aborted_transactions", move |tx| {
-            Ok(tx
-                .prepare_cached(
-                    "SELECT producer_id, first_offset, last_offset FROM aborted_transactions \
-                     WHERE topic_id = ?1 AND partition_index = ?2 AND last_offset >= ?3 \
-                     AND first_offset <= ?4 ORDER BY first_offset",
-                )?
-                .query_map(
-                    params![topic_id.as_bytes(), partition, from_offset, to_offset],
-                    |r| {
-                        Ok(AbortedTxn {
-                            producer_id: r.get(0)?,
-                            first_offset: r.get(1)?,
-                            last_offset: r.get(2)?,
-                        })
-                    },
-                )?
-                .collect::<rusqlite::Result<_>>()?)
-        })
-        .await
-    }
-
-    async fn open_transactions(&self, topic_id: Uuid, partition: i32) -> Result<Vec<OpenTxn>> {
-        self.read("open_transactions", move |tx| {
-            Ok(tx
-                .prepare_cached(
-                    "SELECT producer_id, first_offset FROM open_transactions \
-                     WHERE topic_id = ?1 AND partition_index = ?2 ORDER BY first_offset",
-                )?
-                .query_map(params![topic_id.as_bytes(), partition], |r| {
-                    Ok(OpenTxn {
-                        producer_id: r.get(0)?,
-                        first_offset: r.get(1)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<_>>()?)
         })
         .await
     }
