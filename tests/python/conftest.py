@@ -5,6 +5,8 @@ with a temporary data directory; it is stopped with SIGTERM afterwards. The
 binary is $TRIBUTARY_BIN, else $CARGO_TARGET_DIR/{release,debug}/tributary
 (CARGO_TARGET_DIR defaults to ~/.cache/tributary/target). The broker's
 stderr goes to a file in the data dir and is printed when a test fails.
+`Broker.restart()` SIGKILLs a broker and starts it again on the same data dir
+and port, so that its clients reconnect to it.
 """
 
 import os
@@ -138,6 +140,15 @@ class Broker:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+    def restart(self):
+        """SIGKILL (no clean shutdown: what was not durable is lost, open
+        transactions and group members stay behind) and start again on the
+        same data dir and port. Both runs log to the same file."""
+        self.kill()
+        with open(self.log_path, "a") as log:
+            log.write(f"----- SIGKILLed; restarting on {self.bootstrap} -----\n")
+        return self.start()
 
     def logs(self, tail: int = 200) -> str:
         try:

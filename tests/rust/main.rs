@@ -24,6 +24,7 @@ mod postgres_brokers;
 mod postgres_cluster;
 mod postgres_locks;
 mod postgres_restart;
+mod postgres_transactions;
 mod produce_consume;
 mod reauthentication;
 mod restart_resume;

@@ -1,0 +1,283 @@
+"""Exactly-once consume-transform-produce under SIGKILL (confluent-kafka,
+send_offsets_to_transaction).
+
+100,000 records with unique ids go to a 4-partition input topic. The
+processor (eos_processor.py, a subprocess) copies them transactionally to a
+4-partition output topic, committing its input offsets in each transaction.
+While it works, it is SIGKILLed three times inside a transaction and
+restarted, and the broker is SIGKILLed once inside a transaction and
+restarted on the same data dir and port. Then the last processor runs to
+the input's end.
+
+A read_committed reader of the output must find every input id exactly once
+(in input order per partition), and the group's stable committed offsets
+must be the input's end offsets.
+
+Each kill waits for progress (the group's committed offsets growing) and
+for the processor to be inside a transaction; every wait has a deadline.
+The random amounts of progress between kills come from a seed printed by
+the test (TRIBUTARY_EOS_SEED repeats a run).
+"""
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+
+from test_transactions import Reader, create_topics
+
+RECORDS = 100_000
+PARTITIONS = 4
+GROUP = "eos"  # eos_processor.py's group
+SOURCE, SINK = "eos-input", "eos-output"
+PROCESSOR = Path(__file__).with_name("eos_processor.py")
+# What happens while the processor works, in this order.
+KILLS = ["processor", "processor", "broker", "processor"]
+PROGRESS = (6_000, 12_000)  # committed input records between kills (random)
+PROGRESS_TIMEOUT = 60  # seconds for that progress (a restart costs a session timeout)
+IN_TRANSACTION_TIMEOUT = 10  # seconds to catch the processor inside a transaction
+FINISH_TIMEOUT = 120  # seconds for the last processor to reach the input's end
+READ_TIMEOUT = 60  # seconds to read the output back
+
+
+def produce_input(bootstrap):
+    """RECORDS records `id-NNNNNN`, round-robin over the partitions, with an
+    idempotent producer. Returns {partition: [ids in offset order]}."""
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 50,
+            "batch.size": 1_000_000,
+        }
+    )
+    errors = []
+
+    def on_delivery(err, _msg):
+        if err is not None:
+            errors.append(err)
+
+    ids = {p: [] for p in range(PARTITIONS)}
+    for i in range(RECORDS):
+        value = f"id-{i:06d}"
+        partition = i % PARTITIONS
+        while True:
+            try:
+                producer.produce(SOURCE, value=value.encode(), partition=partition,
+                                 on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+        ids[partition].append(value)
+    assert producer.flush(READ_TIMEOUT) == 0, "input records still queued"
+    assert errors == [], errors[:10]
+    return ids
+
+
+def end_offsets(bootstrap, topic):
+    """{partition: high watermark} by ListOffsets."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "eos-ends"})  # never joined
+    try:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            for p in range(PARTITIONS)
+        }
+    finally:
+        consumer.close()
+
+
+def group_offsets(admin, require_stable):
+    """{partition: committed offset} of GROUP on SOURCE (negative: none)."""
+    request = ConsumerGroupTopicPartitions(
+        GROUP, [TopicPartition(SOURCE, p) for p in range(PARTITIONS)]
+    )
+    future = admin.list_consumer_group_offsets([request], require_stable=require_stable)[GROUP]
+    return {tp.partition: tp.offset for tp in future.result(30).topic_partitions}
+
+
+def committed_records(admin):
+    """Input records the group has committed, or None while the broker
+    cannot say (it may be down)."""
+    try:
+        return sum(max(o, 0) for o in group_offsets(admin, require_stable=False).values())
+    except KafkaException:
+        return None
+
+
+class Processors:
+    """eos_processor.py runs, one at a time, each logging to its own file."""
+
+    def __init__(self, bootstrap, ends, log_dir: Path):
+        self.args = [sys.executable, str(PROCESSOR), bootstrap, SOURCE, SINK, json.dumps(ends)]
+        self.log_dir = log_dir
+        self.runs = []  # (Popen, log path)
+
+    @property
+    def current(self):
+        return self.runs[-1][0]
+
+    def start(self):
+        path = self.log_dir / f"processor-{len(self.runs) + 1}.log"
+        with open(path, "wb") as log:
+            proc = subprocess.Popen(
+                self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        self.runs.append((proc, path))
+
+    def own_lines(self):
+        """The current run's own progress lines (librdkafka logs there too)."""
+        text = self.runs[-1][1].read_text(errors="replace")
+        return [line for line in text.splitlines() if line.startswith("eos ")]
+
+    def log_tail(self, run=-1, lines=40):
+        text = self.runs[run][1].read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def check_running(self, what):
+        code = self.current.poll()
+        if code is not None:
+            pytest.fail(
+                f"processor run {len(self.runs)} exited with {code} while waiting for "
+                f"{what}\n{self.log_tail()}"
+            )
+
+    def kill_all(self):
+        for proc, _ in self.runs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def wait_for_progress(admin, processors, target, what):
+    """Until the group has committed at least `target` input records."""
+    deadline = time.monotonic() + PROGRESS_TIMEOUT
+    while True:
+        processors.check_running(what)
+        committed = committed_records(admin)
+        if committed is not None and committed >= target:
+            return committed
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"{what}: the group committed {committed} input records, not {target}, "
+                f"within {PROGRESS_TIMEOUT}s\n{processors.log_tail()}"
+            )
+        time.sleep(0.2)
+
+
+def wait_inside_transaction(processors, rng, what):
+    """Until the processor's last progress line is `begin N` (it has begun a
+    transaction and not committed it), plus a random few milliseconds.
+    Returns that line."""
+    deadline = time.monotonic() + IN_TRANSACTION_TIMEOUT
+    while True:
+        processors.check_running(what)
+        lines = processors.own_lines()
+        if lines and " begin " in lines[-1]:
+            time.sleep(rng.uniform(0, 0.05))
+            return lines[-1]
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"{what}: the processor was not inside a transaction within "
+                f"{IN_TRANSACTION_TIMEOUT}s\n{processors.log_tail()}"
+            )
+        time.sleep(0.01)
+
+
+def test_exactly_once_with_processor_and_broker_kills(broker, tmp_path):
+    started = time.monotonic()
+    seed = int(os.environ.get("TRIBUTARY_EOS_SEED") or random.randrange(1 << 32))
+    print(f"seed {seed} (TRIBUTARY_EOS_SEED)")
+    rng = random.Random(seed)
+    bs = broker.bootstrap
+    create_topics(bs, {SOURCE: PARTITIONS, SINK: PARTITIONS})
+    inputs = produce_input(bs)
+    ends = end_offsets(bs, SOURCE)
+    assert ends == {p: len(ids) for p, ids in inputs.items()}, ends
+    print(f"input produced in {time.monotonic() - started:.1f}s, end offsets {ends}")
+
+    admin = AdminClient({"bootstrap.servers": bs})
+    processors = Processors(bs, ends, tmp_path)
+    try:
+        processors.start()
+        committed = 0
+        for n, victim in enumerate(KILLS, 1):
+            what = f"kill {n} ({victim})"
+            committed = wait_for_progress(
+                admin, processors, committed + rng.randint(*PROGRESS), what
+            )
+            line = wait_inside_transaction(processors, rng, what)
+            if victim == "processor":
+                processors.current.kill()
+                processors.current.wait()
+                processors.start()
+            else:
+                broker.restart()
+            print(
+                f"{time.monotonic() - started:6.1f}s kill {n}: {victim} SIGKILLed after "
+                f"{committed} committed records, during: {line}"
+            )
+
+        proc = processors.current
+        try:
+            code = proc.wait(timeout=FINISH_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                f"the last processor did not reach the input's end within {FINISH_TIMEOUT}s "
+                f"(group offsets {group_offsets(admin, False)}, ends {ends})\n"
+                f"{processors.log_tail()}"
+            )
+        assert code == 0, f"the last processor exited with {code}\n{processors.log_tail()}"
+        print(f"{time.monotonic() - started:6.1f}s processed; processor runs: {len(processors.runs)}")
+        for i in range(len(processors.runs)):
+            aborts = [l for l in processors.log_tail(i, 10**9).splitlines() if " abort " in l]
+            if aborts:
+                print(f"processor run {i + 1} aborted: " + "; ".join(aborts))
+    finally:
+        processors.kill_all()
+
+    assert group_offsets(admin, require_stable=True) == ends, "committed offsets != input end"
+
+    reader = Reader(bs, SINK, range(PARTITIONS), "read_committed")
+    try:
+        reader.read_until(
+            lambda: all(
+                p in reader.ends and reader.ends[p] == reader.high_watermark(p)
+                for p in range(PARTITIONS)
+            ),
+            "reading the output to its stable end",
+            timeout=READ_TIMEOUT,
+        )
+        output = reader.values
+    finally:
+        reader.consumer.close()
+
+    want = Counter(f"out:{v}" for ids in inputs.values() for v in ids)
+    got = Counter(v for values in output.values() for v in values)
+    missing = sorted(want - got)
+    extra = sorted(got - want)
+    duplicated = sorted(v for v, count in got.items() if count > 1)
+    assert not missing and not extra, (
+        f"output != input: {len(missing)} missing (e.g. {missing[:5]}), "
+        f"{len(extra)} extra (e.g. {extra[:5]}), {len(duplicated)} duplicated "
+        f"(e.g. {duplicated[:5]}); output records per partition "
+        f"{ {p: len(v) for p, v in output.items()} }"
+    )
+    # Each transaction wrote a consecutive run of its partition's input.
+    for p in range(PARTITIONS):
+        assert output[p] == [f"out:{v}" for v in inputs[p]], f"output partition {p} out of order"
+    print(f"{time.monotonic() - started:6.1f}s checked {sum(got.values())} output records")
