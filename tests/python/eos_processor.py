@@ -23,6 +23,7 @@ processor inside a transaction.
 """
 
 import json
+import os
 import sys
 import time
 
@@ -41,6 +42,13 @@ BATCH = 1000  # records per transaction, at most
 OP_TIMEOUT_S = 30  # for one client call
 RETRY_FOR_S = 90  # how long a retriable error is retried
 IDLE_TIMEOUT_S = 90
+# librdkafka (2.10 and later) answers "all brokers down" -- a single broker
+# restarting -- by re-bootstrapping, which decommissions the broker handle its
+# coordinator cache still points at; send_offsets_to_transaction() then hangs
+# past its timeout (confluentinc/librdkafka#5511, #5456). Without
+# re-bootstrapping the client reconnects to the same broker handle.
+NO_REBOOTSTRAP = {"metadata.recovery.strategy": "none"}
+DEBUG = os.environ.get("TRIBUTARY_EOS_DEBUG")
 
 START = time.monotonic()
 
@@ -71,6 +79,9 @@ class Processor:
                 "bootstrap.servers": bootstrap,
                 "transactional.id": TRANSACTIONAL_ID,
                 "linger.ms": 5,
+                **NO_REBOOTSTRAP,
+                # e.g. TRIBUTARY_EOS_DEBUG=eos,protocol: librdkafka's steps.
+                **({"debug": DEBUG} if DEBUG else {}),
             }
         )
         # Fences the killed predecessor and aborts its open transaction, so
@@ -88,6 +99,7 @@ class Processor:
                 # session times out; 6 s keeps each restart short.
                 "session.timeout.ms": 6000,
                 "heartbeat.interval.ms": 1000,
+                **NO_REBOOTSTRAP,
             }
         )
         self.consumer.subscribe(

@@ -34,3 +34,4 @@ mod sasl;
 mod sigkill_durability;
 mod stored_data_faults;
 mod tls;
+mod transactions;

@@ -216,6 +216,9 @@ pub fn api_table() -> &'static [Route] {
             route!(DescribeTransactions, 0..=0, |b, _ctx, r, _v| {
                 apis::transactions::describe(&b, r).await
             }),
+            route!(DescribeProducers, 0..=0, |b, _ctx, r, _v| {
+                apis::transactions::describe_producers(&b, r).await
+            }),
             route!(ListTransactions, 0..=1, |b, ctx, r, v| {
                 apis::transactions::list(&b, r, v).await
             }),

@@ -321,10 +321,18 @@ impl TxnCoordinator {
     }
 
     /// `rec` handed to a (re-)initialising producer: the next epoch, or a
-    /// fresh producer id at epoch 0 once the epochs are used up.
+    /// fresh producer id at epoch 0 once the epochs are used up. The epoch
+    /// it replaces is not kept for recovery: whoever still holds it is a
+    /// zombie now (PRODUCER_FENCED), unlike after the coordinator's own
+    /// bump ([`Self::bumped`]).
     async fn next_producer(&self, rec: TxnRecord) -> Result<TxnRecord, Code> {
         if rec.producer_epoch < MAX_EPOCH {
-            return Ok(self.bumped(rec));
+            return Ok(TxnRecord {
+                producer_epoch: rec.producer_epoch + 1,
+                last_producer_id: -1,
+                last_producer_epoch: -1,
+                ..rec
+            });
         }
         let (producer_id, _) = self
             .log

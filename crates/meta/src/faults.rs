@@ -16,7 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::{AbortedTxn, OpenTxn, TransactionStore, TxnOffsetRefusal, TxnRecord, TxnState};
+use crate::{AbortedTxn, ActiveProducer, TransactionStore, TxnOffsetRefusal, TxnRecord, TxnState};
 use crate::{
     AclBinding, AclFilter, BatchOutcome, BrokerInfo, BrokerRegistry, CommitDeadline, CommitFeed,
     CommittedOffset, DeadSegment, GroupClaim, GroupStore, IndexEntry, LogStore, MaintenanceStore,
@@ -179,7 +179,7 @@ delegate!(LogStore {
     fn advance_log_start(&self, topic_id: Uuid, partition: i32, offset: i64) -> Result<PartitionOffsets>;
     fn allocate_producer_id(&self) -> Result<(i64, i16)>;
     fn aborted_transactions(&self, topic_id: Uuid, partition: i32, from_offset: i64, to_offset: i64) -> Result<Vec<AbortedTxn>>;
-    fn open_transactions(&self, topic_id: Uuid, partition: i32) -> Result<Vec<OpenTxn>>;
+    fn active_producers(&self, topic_id: Uuid, partition: i32) -> Result<Vec<ActiveProducer>>;
     fn list_segments(&self) -> Result<Vec<String>>;
 } detached {
     fn commit_segment(&self, commit: &SegmentCommit) -> Result<Vec<BatchOutcome>> {

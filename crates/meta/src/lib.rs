@@ -357,8 +357,11 @@ pub trait LogStore: Send + Sync + std::fmt::Debug {
         to_offset: i64,
     ) -> Result<Vec<AbortedTxn>>;
 
-    /// Transactions with data open (not yet marked) on a partition.
-    async fn open_transactions(&self, topic_id: Uuid, partition: i32) -> Result<Vec<OpenTxn>>;
+    /// The producers the store remembers on a partition, with their open
+    /// transaction's first offset, by producer id (at most
+    /// [`MAX_LISTED_PRODUCERS`]).
+    async fn active_producers(&self, topic_id: Uuid, partition: i32)
+        -> Result<Vec<ActiveProducer>>;
 
     /// All live committed segment keys (at least one index entry points into
     /// them), ordered. Dead segments are listed by
@@ -809,11 +812,20 @@ pub struct AbortedTxn {
     pub last_offset: i64,
 }
 
-/// A producer's open transaction on a partition (DescribeProducers).
+/// Most producers [`LogStore::active_producers`] lists for one partition.
+pub const MAX_LISTED_PRODUCERS: i64 = 10_000;
+
+/// A producer the store remembers on a partition (DescribeProducers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpenTxn {
+pub struct ActiveProducer {
     pub producer_id: i64,
-    pub first_offset: i64,
+    pub producer_epoch: i16,
+    /// Sequence of its newest remembered record; -1 if none.
+    pub last_sequence: i32,
+    /// When it last wrote to the partition (the store's clock).
+    pub last_write_ms: i64,
+    /// First offset of its transaction open on the partition; -1 if none.
+    pub txn_start_offset: i64,
 }
 
 /// Transactions: each transactional id's state for its coordinator, the

@@ -1,8 +1,8 @@
 //! The transaction APIs a producer sends its transaction coordinator
 //! (AddPartitionsToTxn, AddOffsetsToTxn, EndTxn) and the admin ones
-//! (DescribeTransactions, ListTransactions): adapters from the wire to
-//! [`crate::txn::TxnCoordinator`]. TxnOffsetCommit goes to the group
-//! coordinator ([`crate::groups`]).
+//! (DescribeTransactions, ListTransactions, DescribeProducers): adapters
+//! from the wire to [`crate::txn::TxnCoordinator`] and the log.
+//! TxnOffsetCommit goes to the group coordinator ([`crate::groups`]).
 
 use std::collections::BTreeMap;
 
@@ -10,13 +10,16 @@ use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnT
 use kafka_protocol::messages::add_partitions_to_txn_response::{
     AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
 };
+use kafka_protocol::messages::describe_producers_response::{
+    PartitionResponse, ProducerState, TopicResponse,
+};
 use kafka_protocol::messages::describe_transactions_response::{TopicData, TransactionState};
 use kafka_protocol::messages::list_transactions_response::TransactionState as ListedState;
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
-    AddPartitionsToTxnResponse, DescribeTransactionsRequest, DescribeTransactionsResponse,
-    EndTxnRequest, EndTxnResponse, ListTransactionsRequest, ListTransactionsResponse, ProducerId,
-    TransactionalId,
+    AddPartitionsToTxnResponse, DescribeProducersRequest, DescribeProducersResponse,
+    DescribeTransactionsRequest, DescribeTransactionsResponse, EndTxnRequest, EndTxnResponse,
+    ListTransactionsRequest, ListTransactionsResponse, ProducerId, TransactionalId,
 };
 use kafka_protocol::ResponseError;
 use tributary_meta::{TxnRecord, TxnState};
@@ -295,4 +298,52 @@ pub async fn list(
     ListTransactionsResponse::default()
         .with_unknown_state_filters(unknown)
         .with_transaction_states(out)
+}
+
+/// DescribeProducers v0: the producers each partition remembers, with the
+/// first offset of their open transaction.
+pub async fn describe_producers(
+    broker: &Broker,
+    req: DescribeProducersRequest,
+) -> DescribeProducersResponse {
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let topic = broker.topics.get(t.name.0.as_str()).await;
+        let mut parts = Vec::with_capacity(t.partition_indexes.len());
+        for p in t.partition_indexes {
+            let base = PartitionResponse::default().with_partition_index(p);
+            let meta = match super::partition_topic(&topic, p) {
+                Ok(meta) => meta,
+                Err(c) => {
+                    parts.push(base.with_error_code(c));
+                    continue;
+                }
+            };
+            parts.push(match broker.log.active_producers(meta.id, p).await {
+                Ok(active) => base.with_active_producers(
+                    active
+                        .into_iter()
+                        .map(|a| {
+                            ProducerState::default()
+                                .with_producer_id(ProducerId(a.producer_id))
+                                .with_producer_epoch(i32::from(a.producer_epoch))
+                                .with_last_sequence(a.last_sequence)
+                                .with_last_timestamp(a.last_write_ms)
+                                .with_coordinator_epoch(-1)
+                                .with_current_txn_start_offset(a.txn_start_offset)
+                        })
+                        .collect(),
+                ),
+                Err(e) => base
+                    .with_error_code(crate::error::meta_error_code(&e))
+                    .with_error_message(Some(str_bytes(&e.to_string()))),
+            });
+        }
+        topics.push(
+            TopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(parts),
+        );
+    }
+    DescribeProducersResponse::default().with_topics(topics)
 }

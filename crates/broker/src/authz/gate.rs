@@ -277,6 +277,27 @@ pub async fn gate(
                     .with_transaction_start_time_ms(-1)
             )
         ),
+        RequestKind::DescribeProducers(mut r) => narrow!(
+            r,
+            DescribeProducers,
+            DescribeProducersResponse,
+            topics,
+            |t| who.may(op::READ, res::TOPIC, &t.name.0),
+            |resp, t| resp.topics.push(
+                describe_producers_response::TopicResponse::default()
+                    .with_name(t.name)
+                    .with_partitions(
+                        t.partition_indexes
+                            .iter()
+                            .map(|&p| {
+                                describe_producers_response::PartitionResponse::default()
+                                    .with_partition_index(p)
+                                    .with_error_code(TOPIC_DENIED)
+                            })
+                            .collect()
+                    )
+            )
+        ),
         RequestKind::ListTransactions(r) => {
             // Listed are only the ids the principal may describe.
             let who = who.clone();
@@ -409,6 +430,7 @@ pub fn has_rule(key: ApiKey) -> bool {
             | EndTxn
             | TxnOffsetCommit
             | DescribeTransactions
+            | DescribeProducers
             | ListTransactions
             | OffsetCommit
             | OffsetFetch

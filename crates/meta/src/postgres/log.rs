@@ -22,8 +22,8 @@ use crate::rules::commit::{self, ProducerKey, ProducerWrite};
 use crate::rules::producer::{ProducerHistory, RememberedBatch, BATCH_MEMORY};
 use crate::rules::txn::{last_stable_offset, TxnInputs};
 use crate::{
-    AbortedTxn, BatchOutcome, IndexEntry, LogStore, MetaError, OpenTxn, PartitionOffsets, Result,
-    SegmentCommit,
+    AbortedTxn, ActiveProducer, BatchOutcome, IndexEntry, LogStore, MetaError, PartitionOffsets,
+    Result, SegmentCommit,
 };
 
 /// First entry (offset order) at or after the log start whose max timestamp
@@ -211,6 +211,18 @@ async fn commit_segment_tx(
     }
     Ok(plan.outcomes)
 }
+
+/// The producers remembered on a partition, with their newest sequence and
+/// open transaction (DescribeProducers).
+const SQL_ACTIVE_PRODUCERS: &str = "SELECT s.producer_id, s.epoch, s.last_write_ms, \
+     COALESCE((SELECT b.last_sequence FROM producer_batches b \
+       WHERE b.topic_id = s.topic_id AND b.partition_index = s.partition_index \
+         AND b.producer_id = s.producer_id ORDER BY b.base_offset DESC LIMIT 1), -1), \
+     COALESCE((SELECT o.first_offset FROM open_transactions o \
+       WHERE o.topic_id = s.topic_id AND o.partition_index = s.partition_index \
+         AND o.producer_id = s.producer_id), -1) \
+     FROM producer_state s WHERE s.topic_id = $1 AND s.partition_index = $2 \
+     ORDER BY s.producer_id LIMIT $3";
 
 #[async_trait]
 impl LogStore for PostgresStore {
@@ -454,21 +466,27 @@ impl LogStore for PostgresStore {
         .await
     }
 
-    async fn open_transactions(&self, topic_id: Uuid, partition: i32) -> Result<Vec<OpenTxn>> {
-        self.run("open_transactions", move || async move {
+    async fn active_producers(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+    ) -> Result<Vec<ActiveProducer>> {
+        self.run("active_producers", move || async move {
             let client = self.client().await?;
             query(
                 &client,
-                "SELECT producer_id, first_offset FROM open_transactions \
-                 WHERE topic_id = $1 AND partition_index = $2 ORDER BY first_offset",
-                &[&topic_id, &partition],
+                SQL_ACTIVE_PRODUCERS,
+                &[&topic_id, &partition, &crate::MAX_LISTED_PRODUCERS],
             )
             .await?
             .iter()
             .map(|r| {
-                Ok(OpenTxn {
+                Ok(ActiveProducer {
                     producer_id: r.try_get(0)?,
-                    first_offset: r.try_get(1)?,
+                    producer_epoch: r.try_get(1)?,
+                    last_write_ms: r.try_get(2)?,
+                    last_sequence: r.try_get(3)?,
+                    txn_start_offset: r.try_get(4)?,
                 })
             })
             .collect()

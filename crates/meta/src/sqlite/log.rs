@@ -18,8 +18,8 @@ use crate::rules::commit::{self, CommitPlan, ProducerKey};
 use crate::rules::producer::{ProducerHistory, RememberedBatch, BATCH_MEMORY};
 use crate::rules::txn::{last_stable_offset, TxnInputs};
 use crate::{
-    AbortedTxn, BatchOutcome, IndexEntry, LogStore, MetaError, OpenTxn, PartitionOffsets, Result,
-    SegmentCommit,
+    AbortedTxn, ActiveProducer, BatchOutcome, IndexEntry, LogStore, MetaError, PartitionOffsets,
+    Result, SegmentCommit,
 };
 
 /// First entry (offset order) at or after the log start whose max timestamp
@@ -181,6 +181,18 @@ fn commit_segment_tx(tx: &Transaction<'_>, commit: &SegmentCommit) -> Step<Vec<B
     }
     Ok(plan.outcomes)
 }
+
+/// The producers remembered on a partition, with their newest sequence and
+/// open transaction (DescribeProducers).
+const SQL_ACTIVE_PRODUCERS: &str = "SELECT s.producer_id, s.epoch, s.last_write_ms, \
+     COALESCE((SELECT b.last_sequence FROM producer_batches b \
+       WHERE b.topic_id = s.topic_id AND b.partition_index = s.partition_index \
+         AND b.producer_id = s.producer_id ORDER BY b.base_offset DESC LIMIT 1), -1), \
+     COALESCE((SELECT o.first_offset FROM open_transactions o \
+       WHERE o.topic_id = s.topic_id AND o.partition_index = s.partition_index \
+         AND o.producer_id = s.producer_id), -1) \
+     FROM producer_state s WHERE s.topic_id = ?1 AND s.partition_index = ?2 \
+     ORDER BY s.producer_id LIMIT ?3";
 
 #[async_trait]
 impl LogStore for SqliteStore {
@@ -384,19 +396,26 @@ impl LogStore for SqliteStore {
         .await
     }
 
-    async fn open_transactions(&self, topic_id: Uuid, partition: i32) -> Result<Vec<OpenTxn>> {
-        self.read("open_transactions", move |tx| {
+    async fn active_producers(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+    ) -> Result<Vec<ActiveProducer>> {
+        self.read("active_producers", move |tx| {
             Ok(tx
-                .prepare_cached(
-                    "SELECT producer_id, first_offset FROM open_transactions \
-                     WHERE topic_id = ?1 AND partition_index = ?2 ORDER BY first_offset",
+                .prepare_cached(SQL_ACTIVE_PRODUCERS)?
+                .query_map(
+                    params![topic_id.as_bytes(), partition, crate::MAX_LISTED_PRODUCERS],
+                    |r| {
+                        Ok(ActiveProducer {
+                            producer_id: r.get(0)?,
+                            producer_epoch: r.get(1)?,
+                            last_write_ms: r.get(2)?,
+                            last_sequence: r.get(3)?,
+                            txn_start_offset: r.get(4)?,
+                        })
+                    },
                 )?
-                .query_map(params![topic_id.as_bytes(), partition], |r| {
-                    Ok(OpenTxn {
-                        producer_id: r.get(0)?,
-                        first_offset: r.get(1)?,
-                    })
-                })?
                 .collect::<rusqlite::Result<_>>()?)
         })
         .await

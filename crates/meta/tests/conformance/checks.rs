@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
-use tributary_meta::{AbortedTxn, OpenTxn, TxnOffsetRefusal, TxnRecord, TxnRole, TxnState};
+use tributary_meta::{AbortedTxn, TxnOffsetRefusal, TxnRecord, TxnRole, TxnState};
 use tributary_meta::{
     BatchOutcome, BatchRejection, BrokerInfo, CommitDeadline, CommittedOffset, GroupClaim,
     IndexEntry, MetaError, MetadataStore, PartitionOffsets, PendingBatch, ProducerBatch,
@@ -3043,12 +3043,19 @@ pub(crate) async fn transactions(store: &dyn MetadataStore) {
         (8, 2),
         "the open transaction holds the LSO"
     );
+    let active = store.active_producers(t.id, 0).await.expect("producers");
     assert_eq!(
-        store.open_transactions(t.id, 0).await.expect("open"),
-        vec![OpenTxn {
-            producer_id: pid,
-            first_offset: 2
-        }]
+        active
+            .iter()
+            .map(|a| (
+                a.producer_id,
+                a.producer_epoch,
+                a.last_sequence,
+                a.txn_start_offset
+            ))
+            .collect::<Vec<_>>(),
+        vec![(pid, 0, 4, 2)],
+        "the transactional producer and its open transaction"
     );
     assert_eq!(offsets(store, t.id, 1).await.last_stable_offset, 0);
 
