@@ -85,6 +85,11 @@ struct Args {
     /// admin), `key=value` (repeatable): e.g. `security.protocol=SASL_SSL`.
     #[arg(long = "client-config")]
     client_config: Vec<String>,
+    /// Produce in transactions of this many records per producer (a
+    /// `transactional.id` each; commit latency is measured); 0: no
+    /// transactions.
+    #[arg(long, default_value_t = 0)]
+    transaction_records: u64,
     /// Extra librdkafka producer settings, `key=value` (repeatable).
     #[arg(long = "producer-config")]
     producer_config: Vec<String>,
@@ -222,6 +227,8 @@ struct PhaseStats {
     consumed: AtomicU64,
     consumed_bytes: AtomicU64,
     e2e: Mutex<Histogram<u64>>,
+    /// Transaction commit latency (`--transaction-records`).
+    commit: Mutex<Histogram<u64>>,
     timeline: Arc<Timeline>,
 }
 
@@ -236,6 +243,7 @@ impl PhaseStats {
             consumed: AtomicU64::new(0),
             consumed_bytes: AtomicU64::new(0),
             e2e: Mutex::new(histogram(3)),
+            commit: Mutex::new(histogram(3)),
             timeline,
         })
     }
@@ -279,12 +287,20 @@ fn key_value(setting: &str) -> Result<(&str, &str)> {
         .with_context(|| format!("expected key=value, got {setting:?}"))
 }
 
-fn producer(args: &Args, stats: Arc<PhaseStats>) -> Result<ThreadedProducer<DeliveryContext>> {
+fn producer(
+    args: &Args,
+    stats: Arc<PhaseStats>,
+    index: u64,
+) -> Result<ThreadedProducer<DeliveryContext>> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &args.bootstrap)
         .set("acks", &args.acks)
         .set("compression.type", &args.compression);
+    if args.transaction_records > 0 {
+        let id = format!("loadgen-{}-{index}", std::process::id());
+        config.set("transactional.id", id);
+    }
     for setting in args.client_config.iter().chain(&args.producer_config) {
         let (k, v) = key_value(setting)?;
         config.set(k, v);
@@ -360,7 +376,23 @@ fn produce(args: &Args, stats: &Arc<PhaseStats>, pace: Pace) -> Result<f64> {
             let args = args.clone();
             let stats = stats.clone();
             std::thread::spawn(move || -> Result<u64> {
-                let p = producer(&args, stats)?;
+                let p = producer(&args, stats.clone(), i)?;
+                let per_txn = args.transaction_records;
+                if per_txn > 0 {
+                    p.init_transactions(Duration::from_secs(30))
+                        .context("init transactions")?;
+                    p.begin_transaction().context("begin transaction")?;
+                }
+                // Commit the open transaction (which waits for its records)
+                // and time it.
+                let commit = |p: &ThreadedProducer<DeliveryContext>| -> Result<()> {
+                    let t = Instant::now();
+                    p.commit_transaction(Duration::from_secs(300))
+                        .context("commit transaction")?;
+                    let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    let _ = lock(&stats.commit).record(us.max(1));
+                    Ok(())
+                };
                 let mut payload = vec![b'x'; args.record_size.max(8)];
                 let mut sent = 0u64;
                 let interval = match pace {
@@ -384,6 +416,10 @@ fn produce(args: &Args, stats: &Arc<PhaseStats>, pace: Pace) -> Result<f64> {
                     let key = ((sent * n + i) % 1024).to_string();
                     send(&p, &args.topic, &key, &mut payload)?;
                     sent += 1;
+                    if per_txn > 0 && sent.is_multiple_of(per_txn) {
+                        commit(&p)?;
+                        p.begin_transaction().context("begin transaction")?;
+                    }
                     if !interval.is_zero() {
                         next += interval;
                         if let Some(wait) = next.checked_duration_since(Instant::now()) {
@@ -391,7 +427,11 @@ fn produce(args: &Args, stats: &Arc<PhaseStats>, pace: Pace) -> Result<f64> {
                         }
                     }
                 }
-                p.flush(Duration::from_secs(300)).context("flush")?;
+                if per_txn > 0 {
+                    commit(&p)?;
+                } else {
+                    p.flush(Duration::from_secs(300)).context("flush")?;
+                }
                 Ok(sent)
             })
         })
@@ -671,6 +711,7 @@ fn main() -> Result<()> {
             "latency_secs": args.latency_secs,
             "producer_config": args.producer_config,
             "consumer_config": args.consumer_config,
+            "transaction_records": args.transaction_records,
             "client_config": args.client_config,
         },
     });
@@ -716,6 +757,17 @@ fn main() -> Result<()> {
         phase["errors"] = json!(errors);
         phase["first_error"] = json!(*lock(&stats.first_error));
         phase["ack_latency_ms"] = percentiles(&lock(&stats.ack));
+        if args.transaction_records > 0 {
+            let c = percentiles(&lock(&stats.commit));
+            table.push((
+                format!(
+                    "transaction commit latency ({} records per transaction)",
+                    args.transaction_records
+                ),
+                format!("p50 {} ms, p99 {}, max {}", c["p50"], c["p99"], c["max"]),
+            ));
+            phase["commit_latency_ms"] = c;
+        }
         table.push((
             format!("produce at saturation (acks={})", args.acks),
             format!(

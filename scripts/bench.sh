@@ -13,6 +13,9 @@
 #   --tls           clients connect over SASL_SSL (TLS 1.3, SCRAM-SHA-512,
 #                   a throwaway CA; the ACL authorizer on, the bench user a
 #                   super user) instead of PLAINTEXT
+#   --transactional producers write in transactions of 1,000 records each
+#                   (loadgen --transaction-records 1000; commit latency is
+#                   reported); consumers read read_committed
 #   --runs N        N runs, each on fresh brokers and stores; prints the
 #                   median of each number (scripts/bench-report.py)
 #   --out DIR       keep each run's JSON (run-1.json, ...) in DIR
@@ -43,6 +46,7 @@ while [ $# -gt 0 ]; do
     --brokers) brokers="$2"; pg=1; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
     --tls) tls=1; shift ;;
+    --transactional) loadgen_args+=(--transaction-records 1000 --consumer-config isolation.level=read_committed); shift ;;
     --out) out="$2"; shift 2 ;;
     --svg) svg="$2"; shift 2 ;;
     *) loadgen_args+=("$1"); shift ;;

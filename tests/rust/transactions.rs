@@ -115,9 +115,17 @@ fn verify(conn: &mut Raw, id: &str, producer: (i64, i16), partition: i32) -> Res
     )
 }
 
-/// (high watermark, last stable offset, aborted (producer, first offset),
-/// record bytes) of partition 0 read from offset 0.
-fn fetch(conn: &mut Raw, isolation: i8) -> Result<(i64, i64, Option<Vec<(i64, i64)>>, usize)> {
+/// What a Fetch of partition 0 from offset 0 answered.
+#[derive(Debug)]
+struct Fetched {
+    high_watermark: i64,
+    last_stable_offset: i64,
+    /// (producer id, first offset) of each aborted transaction listed.
+    aborted: Option<Vec<(i64, i64)>>,
+    bytes: usize,
+}
+
+fn fetch(conn: &mut Raw, isolation: i8) -> Result<Fetched> {
     let request = FetchRequest::default()
         .with_replica_id(BrokerId(-1))
         .with_max_wait_ms(0)
@@ -133,16 +141,16 @@ fn fetch(conn: &mut Raw, isolation: i8) -> Result<(i64, i64, Option<Vec<(i64, i6
     let answer = conn.call(&request, 11)?;
     let p = &answer.responses[0].partitions[0];
     ensure!(p.error_code == 0, "fetch error {}", p.error_code);
-    Ok((
-        p.high_watermark,
-        p.last_stable_offset,
-        p.aborted_transactions.as_ref().map(|list| {
+    Ok(Fetched {
+        high_watermark: p.high_watermark,
+        last_stable_offset: p.last_stable_offset,
+        aborted: p.aborted_transactions.as_ref().map(|list| {
             list.iter()
                 .map(|a| (a.producer_id.0, a.first_offset))
                 .collect()
         }),
-        p.records.as_ref().map_or(0, |r| r.len()),
-    ))
+        bytes: p.records.as_ref().map_or(0, |r| r.len()),
+    })
 }
 
 fn latest(conn: &mut Raw, isolation: i8) -> Result<i64> {
@@ -232,7 +240,10 @@ fn body(broker: &BrokerProcess) -> Result<()> {
         produce(&mut conn, "app", 0, data.clone())? == INVALID_TXN_STATE,
         "transactional data to a partition not in the transaction"
     );
-    ensure!(fetch(&mut conn, 0)?.0 == 0, "nothing was written");
+    ensure!(
+        fetch(&mut conn, 0)?.high_watermark == 0,
+        "nothing was written"
+    );
     // A client's control batch is never accepted.
     let control = batch(producer, 0, &["x"], true)?;
     ensure!(
@@ -252,16 +263,15 @@ fn body(broker: &BrokerProcess) -> Result<()> {
     ensure!(produce(&mut conn, "app", 0, data)? == 0, "data once added");
 
     // Open: read_committed stops at the LSO (0); read_uncommitted sees both.
-    let (hw, lso, aborted, bytes) = fetch(&mut conn, 1)?;
+    let f = fetch(&mut conn, 1)?;
     ensure!(
-        (hw, lso, bytes) == (2, 0, 0),
-        "read_committed while open: hw={hw} lso={lso} bytes={bytes}"
+        (f.high_watermark, f.last_stable_offset, f.bytes) == (2, 0, 0) && f.aborted == Some(vec![]),
+        "read_committed while open: {f:?}"
     );
-    ensure!(aborted == Some(vec![]), "no aborted range yet: {aborted:?}");
-    let (_, _, aborted, bytes) = fetch(&mut conn, 0)?;
+    let f = fetch(&mut conn, 0)?;
     ensure!(
-        bytes > 0 && aborted.is_none(),
-        "read_uncommitted sees the data"
+        f.bytes > 0 && f.aborted.is_none(),
+        "read_uncommitted sees the data: {f:?}"
     );
     ensure!(
         latest(&mut conn, 1)? == 0 && latest(&mut conn, 0)? == 2,
@@ -325,14 +335,12 @@ fn body(broker: &BrokerProcess) -> Result<()> {
         end_txn(&mut conn, "app", producer, true)? == INVALID_TXN_STATE,
         "commit after abort"
     );
-    let (hw, lso, aborted, bytes) = fetch(&mut conn, 1)?;
+    let f = fetch(&mut conn, 1)?;
     ensure!(
-        (hw, lso) == (3, 3) && bytes > 0,
-        "after the abort: hw={hw} lso={lso} bytes={bytes}"
-    );
-    ensure!(
-        aborted == Some(vec![(producer.0, 0)]),
-        "the aborted range: {aborted:?}"
+        (f.high_watermark, f.last_stable_offset) == (3, 3)
+            && f.bytes > 0
+            && f.aborted == Some(vec![(producer.0, 0)]),
+        "after the abort (the aborted range listed): {f:?}"
     );
     ensure!(latest(&mut conn, 1)? == 3, "LSO after the abort");
 
@@ -342,7 +350,10 @@ fn body(broker: &BrokerProcess) -> Result<()> {
         produce(&mut conn, "app", 0, late)? == INVALID_TXN_STATE,
         "late data after the abort"
     );
-    ensure!(fetch(&mut conn, 0)?.0 == 3, "nothing more was written");
+    ensure!(
+        fetch(&mut conn, 0)?.high_watermark == 3,
+        "nothing more was written"
+    );
 
     // A second InitProducerId fences the first epoch.
     let (code, next) = init(&mut conn, "app", 60_000)?;
