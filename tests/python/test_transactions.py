@@ -29,6 +29,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import broker_bin
+from conftest import broker_bin, free_port
 
 TIMEOUT = 30  # seconds, for any one step
 HOLD_S = 3  # how long a held-back consumer is watched for records it must not get
@@ -288,7 +289,10 @@ def test_stalled_transaction_times_out(broker_with_args):
     """A transaction left open past transaction.timeout.ms is aborted by the
     broker: read_committed consumers get the records behind it, never its
     own, and its producer can no longer commit it."""
-    broker = broker_with_args("--transaction-abort-interval-ms", "200")
+    admin = free_port()
+    broker = broker_with_args(
+        "--transaction-abort-interval-ms", "200", "--metrics-listen", f"127.0.0.1:{admin}"
+    )
     bs = broker.bootstrap
     topic = unique("stalled")
     create_topics(bs, {topic: 1})
@@ -312,6 +316,22 @@ def test_stalled_transaction_times_out(broker_with_args):
         stalled.commit_transaction(TIMEOUT)
     print(f"commit of the timed-out transaction: {raised.value}")
     assert read_all(bs, topic, [0], "read_committed")[0] == later
+
+    # The coordinator counted it: begun, timed out, aborted; none open now.
+    def metric(name):
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as r:
+            page = r.read().decode()
+        values = [
+            float(line.split()[-1])
+            for line in page.splitlines()
+            if line.startswith(name + " ") or line.startswith(name + "{")
+        ]
+        return sum(values) if values else None
+
+    wait_for(lambda: metric("tributary_transactions_open") == 0, "no transaction open")
+    assert metric("tributary_transactions_started_total") >= 1
+    assert metric("tributary_transactions_timed_out_total") == 1
+    assert metric("tributary_transactions_aborted_total") >= 1
 
 
 def test_zombie_is_fenced(broker):

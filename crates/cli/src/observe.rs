@@ -429,7 +429,11 @@ async fn measure_lag(
                 escape_label(&o.topic),
                 o.partition
             );
-            let behind = (offsets.next_offset - o.offset.max(offsets.log_start_offset)).max(0);
+            // Up to the last stable offset: what a read_committed group can
+            // reach (records of an open transaction are not yet lag); the
+            // same as the high watermark while no transaction is open.
+            let behind =
+                (offsets.last_stable_offset - o.offset.max(offsets.log_start_offset)).max(0);
             let _ = writeln!(lag, "tributary_consumer_group_lag{{{labels}}} {behind}");
             let _ = writeln!(
                 committed,
@@ -440,7 +444,7 @@ async fn measure_lag(
     }
     let mut text = String::new();
     if !lag.is_empty() {
-        text.push_str("# HELP tributary_consumer_group_lag Records between a group's committed offset and the partition's high watermark.\n# TYPE tributary_consumer_group_lag gauge\n");
+        text.push_str("# HELP tributary_consumer_group_lag Records between a group's committed offset and the partition's last stable offset (the high watermark unless a transaction is open).\n# TYPE tributary_consumer_group_lag gauge\n");
         text.push_str(&lag);
         text.push_str("# HELP tributary_consumer_group_committed_offset A group's committed offset.\n# TYPE tributary_consumer_group_committed_offset gauge\n");
         text.push_str(&committed);
