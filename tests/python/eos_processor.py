@@ -1,7 +1,7 @@
 """Exactly-once consume-transform-produce with confluent-kafka, run by
 test_exactly_once.py as a subprocess that it SIGKILLs and restarts.
 
-    eos_processor.py BOOTSTRAP INPUT_TOPIC OUTPUT_TOPIC ENDS_JSON
+    eos_processor.py BOOTSTRAP INPUT_TOPIC OUTPUT_TOPIC ENDS_JSON [HOLD_FILE]
 
 Consumes INPUT_TOPIC in the group "eos" (read_committed, no auto-commit) and
 writes each record's value as `out:<value>` to the same partition of
@@ -16,16 +16,22 @@ consumer to the group's committed offsets, anything else is fatal (exit 3).
 Exits 0 once the group's committed offsets equal ENDS_JSON
 ({"partition": end offset}), 2 after IDLE_TIMEOUT_S without a record.
 
-Progress goes to stderr, one line per step, each starting with "eos ":
-"eos begin N" is written right after begin_transaction and "eos committed N"
-right after commit_transaction, so the test can tell whether it killed the
-processor inside a transaction.
+Progress goes to stderr, one line per step, each starting with "eos ": in
+transaction N, "begin N" comes right after begin_transaction, "produced N"
+once its records are acknowledged (written to the log, not yet committed),
+"offsets sent N" once its input offsets are part of it, and "committed N"
+after commit_transaction.
+
+While HOLD_FILE holds a step's name ("produced" or "offsets sent"), the
+processor stops after that step of its next transaction ("holding after
+... N") until the file is removed: the test kills it (or the broker) there.
 """
 
 import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -42,12 +48,14 @@ BATCH = 1000  # records per transaction, at most
 OP_TIMEOUT_S = 30  # for one client call
 RETRY_FOR_S = 90  # how long a retriable error is retried
 IDLE_TIMEOUT_S = 90
+HOLD_MAX_S = 60  # a hold nobody ends
 # librdkafka (2.10 and later) answers "all brokers down" -- a single broker
 # restarting -- by re-bootstrapping, which decommissions the broker handle its
 # coordinator cache still points at; send_offsets_to_transaction() then hangs
 # past its timeout (confluentinc/librdkafka#5511, #5456). Without
 # re-bootstrapping the client reconnects to the same broker handle.
 NO_REBOOTSTRAP = {"metadata.recovery.strategy": "none"}
+# e.g. TRIBUTARY_EOS_DEBUG=eos,protocol: librdkafka's transaction steps.
 DEBUG = os.environ.get("TRIBUTARY_EOS_DEBUG")
 
 START = time.monotonic()
@@ -72,15 +80,14 @@ def retry(call, what):
 
 
 class Processor:
-    def __init__(self, bootstrap, source, sink, ends):
-        self.source, self.sink, self.ends = source, sink, ends
+    def __init__(self, bootstrap, source, sink, ends, hold_file):
+        self.source, self.sink, self.ends, self.hold_file = source, sink, ends, hold_file
         self.producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
                 "transactional.id": TRANSACTIONAL_ID,
                 "linger.ms": 5,
                 **NO_REBOOTSTRAP,
-                # e.g. TRIBUTARY_EOS_DEBUG=eos,protocol: librdkafka's steps.
                 **({"debug": DEBUG} if DEBUG else {}),
             }
         )
@@ -161,6 +168,11 @@ class Processor:
             log(f"begin {n}: {len(records)} records, input offsets {ranges}")
             for msg in records:
                 self.produce(msg.partition(), b"out:" + msg.value())
+            # Written out now: a kill from here on leaves records in the log
+            # for the successor's init_transactions to abort.
+            left = self.producer.flush(OP_TIMEOUT_S)
+            log(f"produced {n}" + (f" ({left} records not yet acknowledged)" if left else ""))
+            self.hold("produced", n)
             tps = [TopicPartition(self.source, p, o) for p, o in sorted(offsets.items())]
             retry(
                 lambda: self.producer.send_offsets_to_transaction(
@@ -168,6 +180,8 @@ class Processor:
                 ),
                 "send_offsets_to_transaction",
             )
+            log(f"offsets sent {n}")
+            self.hold("offsets sent", n)
             retry(lambda: self.producer.commit_transaction(OP_TIMEOUT_S), "commit_transaction")
             log(f"committed {n}: offsets {dict(sorted(offsets.items()))}")
         except KafkaException as e:
@@ -186,6 +200,19 @@ class Processor:
             except BufferError:
                 self.producer.poll(0.1)
 
+    def hold(self, step, n):
+        """Waits while the hold file names `step`."""
+        try:
+            if self.hold_file is None or self.hold_file.read_text() != step:
+                return
+        except FileNotFoundError:
+            return
+        log(f"holding after {step} {n}")
+        deadline = time.monotonic() + HOLD_MAX_S
+        while self.hold_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        log(f"released {n}")
+
     def rewind(self):
         """Back to the group's committed offsets: the aborted transaction's
         records are processed again."""
@@ -203,9 +230,10 @@ class Processor:
 def main():
     bootstrap, source, sink, ends = sys.argv[1:5]
     ends = {int(p): offset for p, offset in json.loads(ends).items()}
+    hold_file = Path(sys.argv[5]) if len(sys.argv) > 5 else None
     processor = None
     try:
-        processor = Processor(bootstrap, source, sink, ends)
+        processor = Processor(bootstrap, source, sink, ends, hold_file)
         return processor.run()
     except KafkaException as e:
         log(f"FATAL: {e.args[0]}")

@@ -13,12 +13,18 @@ A read_committed reader of the output must find every input id exactly once
 (in input order per partition), and the group's stable committed offsets
 must be the input's end offsets.
 
-Each kill waits for progress (the group's committed offsets growing) and
-for the processor to be inside a transaction; every wait has a deadline.
-The random amounts of progress between kills come from a seed printed by
-the test (TRIBUTARY_EOS_SEED repeats a run).
+Each kill waits for progress (the group's committed offsets growing), then
+for the processor to be at a randomly chosen step of a transaction:
+producing its records (killed as soon as it began one), or held by the test
+after its records are in the log ("produced") or after its offsets were
+added to it ("offsets sent"). A killed processor's successor must abort
+the transaction it held: its offsets stay where they were and its records
+stay hidden. The broker is restarted under a transaction likewise, which
+then goes on. Every wait has a deadline. The random choices come from a seed
+printed by the test (TRIBUTARY_EOS_SEED repeats them).
 """
 
+import ast
 import json
 import os
 import random
@@ -45,11 +51,14 @@ RECORDS = 100_000
 PARTITIONS = 4
 SOURCE, SINK = "eos-input", "eos-output"
 PROCESSOR = Path(__file__).with_name("eos_processor.py")
-# What happens while the processor works, in this order.
+# What is SIGKILLed while the processor works, in this order.
 KILLS = ["processor", "processor", "broker", "processor"]
+# Where in a transaction: "producing" is not held; the others are
+# eos_processor.py's hold points.
+STEPS = ["producing", "produced", "offsets sent"]
 PROGRESS = (6_000, 12_000)  # committed input records between kills (random)
 PROGRESS_TIMEOUT = 60  # seconds for that progress (a restart costs a session timeout)
-IN_TRANSACTION_TIMEOUT = 10  # seconds to catch the processor inside a transaction
+STEP_TIMEOUT = 15  # seconds for the processor to reach a step
 FINISH_TIMEOUT = 120  # seconds for the last processor to reach the input's end
 READ_TIMEOUT = 60  # seconds to read the output back
 
@@ -77,8 +86,9 @@ def produce_input(bootstrap):
         partition = i % PARTITIONS
         while True:
             try:
-                producer.produce(SOURCE, value=value.encode(), partition=partition,
-                                 on_delivery=on_delivery)
+                producer.produce(
+                    SOURCE, value=value.encode(), partition=partition, on_delivery=on_delivery
+                )
                 break
             except BufferError:
                 producer.poll(0.1)
@@ -119,12 +129,31 @@ def committed_records(admin):
         return None
 
 
-class Processors:
-    """eos_processor.py runs, one at a time, each logging to its own file."""
+def read_output(bootstrap, isolation):
+    """{partition: [values]} of SINK from the beginning to the stable end."""
+    with Reader(bootstrap, SINK, range(PARTITIONS), isolation) as reader:
+        reader.read_until(
+            lambda: all(
+                p in reader.ends and reader.ends[p] == reader.high_watermark(p)
+                for p in range(PARTITIONS)
+            ),
+            f"reading the output ({isolation}) to its stable end",
+            timeout=READ_TIMEOUT,
+        )
+        return reader.values
 
-    def __init__(self, bootstrap, ends, log_dir: Path):
-        self.args = [sys.executable, str(PROCESSOR), bootstrap, SOURCE, SINK, json.dumps(ends)]
-        self.log_dir = log_dir
+
+class Processors:
+    """eos_processor.py runs, one at a time, each logging to its own file,
+    and the file that holds them at a step of a transaction."""
+
+    def __init__(self, bootstrap, ends, tmp_path: Path):
+        self.dir = tmp_path
+        self.hold_file = tmp_path / "hold"
+        self.args = [
+            sys.executable, str(PROCESSOR), bootstrap, SOURCE, SINK, json.dumps(ends),
+            str(self.hold_file),
+        ]
         self.runs = []  # (Popen, log path)
 
     @property
@@ -132,17 +161,34 @@ class Processors:
         return self.runs[-1][0]
 
     def start(self):
-        path = self.log_dir / f"processor-{len(self.runs) + 1}.log"
+        path = self.dir / f"processor-{len(self.runs) + 1}.log"
         with open(path, "wb") as log:
             proc = subprocess.Popen(
                 self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
         self.runs.append((proc, path))
 
-    def own_lines(self):
-        """The current run's own progress lines (librdkafka logs there too)."""
-        text = self.runs[-1][1].read_text(errors="replace")
+    def hold(self, step):
+        """From the next transaction on, stop after `step`."""
+        partial = self.hold_file.with_suffix(".partial")
+        partial.write_text(step)
+        partial.rename(self.hold_file)  # never read half-written
+
+    def release(self):
+        self.hold_file.unlink(missing_ok=True)
+
+    def own_lines(self, run=-1):
+        """A run's own progress lines (librdkafka logs there too)."""
+        text = self.runs[run][1].read_text(errors="replace")
         return [line for line in text.splitlines() if line.startswith("eos ")]
+
+    def last_transaction(self, run=-1):
+        """(N, {partition: (first, last) input offset}) of a run's last
+        `begin N` line."""
+        line = next(line for line in reversed(self.own_lines(run)) if " begin " in line)
+        n = int(line.split(" begin ")[1].split(":")[0])
+        ranges = ast.literal_eval(line.split("input offsets ")[1])
+        return n, {p: tuple(map(int, r.split("-"))) for p, r in ranges.items()}
 
     def log_tail(self, run=-1, lines=40):
         text = self.runs[run][1].read_text(errors="replace")
@@ -155,6 +201,18 @@ class Processors:
                 f"processor run {len(self.runs)} exited with {code} while waiting for "
                 f"{what}\n{self.log_tail()}"
             )
+
+    def wait_for_line(self, accept, what, timeout, poll=0.05):
+        """Until accept(own lines) returns a line; returns it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_running(what)
+            line = accept(self.own_lines())
+            if line:
+                return line
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what}: not within {timeout}s\n{self.log_tail()}")
+            time.sleep(poll)
 
     def kill_all(self):
         for proc, _ in self.runs:
@@ -179,23 +237,44 @@ def wait_for_progress(admin, processors, target, what):
         time.sleep(0.2)
 
 
-def wait_inside_transaction(processors, rng, what):
-    """Until the processor's last progress line is `begin N` (it has begun a
-    transaction and not committed it), plus a random few milliseconds.
-    Returns that line."""
-    deadline = time.monotonic() + IN_TRANSACTION_TIMEOUT
-    while True:
-        processors.check_running(what)
-        lines = processors.own_lines()
-        if lines and " begin " in lines[-1]:
-            time.sleep(rng.uniform(0, 0.05))
-            return lines[-1]
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"{what}: the processor was not inside a transaction within "
-                f"{IN_TRANSACTION_TIMEOUT}s\n{processors.log_tail()}"
-            )
-        time.sleep(0.01)
+def reach_step(processors, step, what):
+    """Until the processor is at `step` of a transaction; returns its line.
+    "producing": it has just begun one (its last line is `begin N`), and
+    goes on. Else it holds after `step` until released."""
+    if step == "producing":
+        return processors.wait_for_line(
+            lambda lines: lines and " begin " in lines[-1] and lines[-1],
+            f"{what}: the processor beginning a transaction", STEP_TIMEOUT, poll=0.002,
+        )
+    marker = f" holding after {step} "
+    held_before = sum(marker in line for line in processors.own_lines())
+    processors.hold(step)
+    return processors.wait_for_line(
+        lambda lines: sum(marker in line for line in lines) > held_before and lines[-1],
+        f"{what}: the processor holding after {step}", STEP_TIMEOUT,
+    )
+
+
+def killed_transaction_outcome(admin, processors, what):
+    """After the processor's successor initialised its transactions (which
+    finishes the killed one), whether the killed transaction's offsets were
+    all committed or none were: (N, its records, "committed" or "aborted")."""
+    n, ranges = processors.last_transaction(run=-2)
+    records = sum(last - first + 1 for first, last in ranges.values())
+    processors.wait_for_line(
+        lambda lines: any("transactions initialised" in line for line in lines),
+        f"{what}: the successor initialising its transactions", PROGRESS_TIMEOUT,
+    )
+    offsets = group_offsets(admin, require_stable=True)
+    at = {p: max(offsets[p], 0) for p in ranges}
+    if all(at[p] == last + 1 for p, (_, last) in ranges.items()):
+        return n, records, "committed"
+    if all(at[p] == first for p, (first, _) in ranges.items()):
+        return n, records, "aborted"
+    pytest.fail(
+        f"{what}: the killed transaction {n} (input offsets {ranges}) is neither committed "
+        f"nor aborted: the group's offsets are {offsets}"
+    )
 
 
 def test_exactly_once_with_processor_and_broker_kills(broker, tmp_path):
@@ -213,24 +292,39 @@ def test_exactly_once_with_processor_and_broker_kills(broker, tmp_path):
     # Survives the broker's restart: see NO_REBOOTSTRAP.
     admin = AdminClient({"bootstrap.servers": bs, **NO_REBOOTSTRAP})
     processors = Processors(bs, ends, tmp_path)
+    hidden_at_least = 0  # acknowledged records of aborted killed transactions
     try:
         processors.start()
         committed = 0
         for n, victim in enumerate(KILLS, 1):
-            what = f"kill {n} ({victim})"
+            step = rng.choice(STEPS)
+            what = f"kill {n} ({victim}, {step})"
             committed = wait_for_progress(
                 admin, processors, committed + rng.randint(*PROGRESS), what
             )
-            line = wait_inside_transaction(processors, rng, what)
+            line = reach_step(processors, step, what)
             if victim == "processor":
                 processors.current.kill()
                 processors.current.wait()
+                processors.release()
                 processors.start()
+                txn, records, outcome = killed_transaction_outcome(admin, processors, what)
+                if step != "producing":
+                    # It never asked for a commit.
+                    assert outcome == "aborted", (
+                        f"{what}: the successor committed transaction {txn}, which the "
+                        f"killed processor held after {step}"
+                    )
+                    hidden_at_least += records
+                result = f"; transaction {txn} {outcome}"
             else:
                 broker.restart()
+                processors.release()
+                result = ""
             print(
                 f"{time.monotonic() - started:6.1f}s kill {n}: {victim} SIGKILLed after "
-                f"{committed} committed records, during: {line}"
+                f"{committed} committed records, the processor at: {line}"
+                f"{result}"
             )
 
         proc = processors.current
@@ -245,7 +339,7 @@ def test_exactly_once_with_processor_and_broker_kills(broker, tmp_path):
         assert code == 0, f"the last processor exited with {code}\n{processors.log_tail()}"
         print(f"{time.monotonic() - started:6.1f}s processed; processor runs: {len(processors.runs)}")
         for i in range(len(processors.runs)):
-            aborts = [l for l in processors.log_tail(i, 10**9).splitlines() if " abort " in l]
+            aborts = [line for line in processors.own_lines(i) if " abort " in line]
             if aborts:
                 print(f"processor run {i + 1} aborted: " + "; ".join(aborts))
     finally:
@@ -253,20 +347,7 @@ def test_exactly_once_with_processor_and_broker_kills(broker, tmp_path):
 
     assert group_offsets(admin, require_stable=True) == ends, "committed offsets != input end"
 
-    reader = Reader(bs, SINK, range(PARTITIONS), "read_committed")
-    try:
-        reader.read_until(
-            lambda: all(
-                p in reader.ends and reader.ends[p] == reader.high_watermark(p)
-                for p in range(PARTITIONS)
-            ),
-            "reading the output to its stable end",
-            timeout=READ_TIMEOUT,
-        )
-        output = reader.values
-    finally:
-        reader.consumer.close()
-
+    output = read_output(bs, "read_committed")
     want = Counter(f"out:{v}" for ids in inputs.values() for v in ids)
     got = Counter(v for values in output.values() for v in values)
     missing = sorted(want - got)
@@ -281,4 +362,14 @@ def test_exactly_once_with_processor_and_broker_kills(broker, tmp_path):
     # Each transaction wrote a consecutive run of its partition's input.
     for p in range(PARTITIONS):
         assert output[p] == [f"out:{v}" for v in inputs[p]], f"output partition {p} out of order"
-    print(f"{time.monotonic() - started:6.1f}s checked {sum(got.values())} output records")
+
+    # The aborted transactions' records are in the log, hidden from read_committed.
+    hidden = sum(len(v) for v in read_output(bs, "read_uncommitted").values()) - RECORDS
+    print(
+        f"{time.monotonic() - started:6.1f}s checked {sum(got.values())} output records; "
+        f"the log also holds {hidden} records of aborted transactions"
+    )
+    assert hidden >= hidden_at_least, (
+        f"killed transactions with {hidden_at_least} acknowledged records were aborted, "
+        f"but only {hidden} aborted records are in the output log"
+    )
