@@ -212,3 +212,56 @@ def test_admin_apis_grant_and_take_away_access(acl_broker):
     ]))
     with pytest.raises(KafkaException):
         AdminClient(clients["scram-512"]).list_topics(timeout=5)
+
+
+def test_transactions_need_the_transactional_id(acl_broker):
+    """A transactional producer needs WRITE on its transactional id (and on
+    the topic); consume-transform-produce also needs READ on the group.
+    Without the id it is refused at init_transactions with
+    TRANSACTIONAL_ID_AUTHORIZATION_FAILED; with it, a transaction commits."""
+    admin = AdminClient(sasl_conf(acl_broker, "SCRAM-SHA-512", "admin", "admin-secret"))
+    run = uuid.uuid4().hex[:6]
+    topic, txn_id = f"payments-{run}", f"payments-app-{run}"
+    wait_all(admin.create_topics([NewTopic(topic, 1)]))
+    wait_all(admin.alter_user_scram_credentials([UserScramCredentialUpsertion(
+        "bob", ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096), b"bob-secret")]))
+    wait_all(admin.create_acls([
+        allow(ResourceType.TOPIC, topic, "User:bob", AclOperation.WRITE),
+        allow(ResourceType.TOPIC, topic, "User:bob", AclOperation.READ),
+    ]))
+    bob = sasl_conf(acl_broker, "SCRAM-SHA-512", "bob", "bob-secret")
+
+    refused = Producer({**bob, "transactional.id": txn_id})
+    with pytest.raises(KafkaException) as raised:
+        refused.init_transactions(TIMEOUT)
+    assert raised.value.args[0].code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+
+    wait_all(admin.create_acls([
+        allow(ResourceType.TRANSACTIONAL_ID, txn_id, "User:bob", AclOperation.WRITE)]))
+    # ACLs reach the broker's cache within its refresh (2 s).
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        producer = Producer({**bob, "transactional.id": txn_id})
+        try:
+            producer.init_transactions(TIMEOUT)
+            break
+        except KafkaException as e:
+            code = e.args[0].code()
+            assert code == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, e
+            assert time.monotonic() < deadline, "the grant never took effect"
+            time.sleep(0.5)
+    producer.begin_transaction()
+    producer.produce(topic, b"paid")
+    producer.commit_transaction(TIMEOUT)
+    seen, error = consume({**bob, "isolation.level": "read_committed"}, topic, "app-bob", 1)
+    assert error == KafkaError.GROUP_AUTHORIZATION_FAILED, "no READ on the group yet"
+    wait_all(admin.create_acls([
+        allow(ResourceType.GROUP, "app-bob", "User:bob", AclOperation.READ)]))
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        seen, error = consume({**bob, "isolation.level": "read_committed"}, topic, "app-bob", 1)
+        if error is None:
+            break
+        assert time.monotonic() < deadline, f"the group grant never took effect: {error}"
+        time.sleep(0.5)
+    assert seen == ["paid"], seen
