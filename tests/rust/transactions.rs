@@ -1,6 +1,6 @@
 //! Issue #15 at the protocol level, with raw frames (what a client may try
 //! that librdkafka never would): transactional data to a partition not in
-//! the transaction is refused (KIP-890's hanging-transaction defence), so is
+//! the transaction (or under another transactional id) is refused (KIP-890's hanging-transaction defence), so is
 //! late data after the transaction ended and a control batch from a client;
 //! verify-only AddPartitionsToTxn; read_committed Fetch and ListOffsets stop
 //! at the last stable offset and list the aborted range;
@@ -261,6 +261,13 @@ fn body(broker: &BrokerProcess) -> Result<()> {
         "p1 is not in"
     );
     ensure!(produce(&mut conn, "app", 0, data)? == 0, "data once added");
+    // Another transactional id may not write into this transaction.
+    let foreign = batch(producer, 2, &["c"], false)?;
+    let code = produce(&mut conn, "someone-else", 0, foreign)?;
+    ensure!(
+        code == ResponseError::InvalidProducerIdMapping.code(),
+        "a batch of this producer under another transactional id: {code}"
+    );
 
     // Open: read_committed stops at the LSO (0); read_uncommitted sees both.
     let f = fetch(&mut conn, 1)?;

@@ -76,6 +76,7 @@ pub(crate) fn rejection_code(r: BatchRejection) -> i16 {
         BatchRejection::OutOfOrderSequence => ResponseError::OutOfOrderSequenceNumber.code(),
         BatchRejection::InvalidProducerEpoch => ResponseError::InvalidProducerEpoch.code(),
         BatchRejection::InvalidTxnState => ResponseError::InvalidTxnState.code(),
+        BatchRejection::InvalidProducerIdMapping => ResponseError::InvalidProducerIdMapping.code(),
         BatchRejection::OutcomeUnknown | BatchRejection::AwaitingEarlierRetry => {
             ResponseError::KafkaStorageError.code()
         }

@@ -109,15 +109,17 @@ pub struct PendingBatch {
 }
 
 /// How a batch takes part in a transaction.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum TxnRole {
     /// Not transactional.
     #[default]
     None,
     /// Data of its producer's ongoing transaction (the producer is in
-    /// [`PendingBatch::producer`]). Refused unless that transaction is
-    /// ongoing with this epoch and has the partition added (KIP-890).
-    Data,
+    /// [`PendingBatch::producer`]), produced under `transactional_id` (the
+    /// id whose WRITE the request was authorized for). Refused unless that
+    /// id holds the producer and its transaction is ongoing with this epoch
+    /// and has the partition added (KIP-890).
+    Data { transactional_id: Arc<str> },
     /// The control batch ending a transaction on the partition, written by
     /// the transaction coordinator. Appended only while the transaction is
     /// preparing that end with this epoch and the producer has data open on
@@ -203,6 +205,9 @@ pub enum BatchRejection {
     /// have the partition added (KIP-890's hanging-transaction defence); or
     /// a marker whose transaction is not preparing that end.
     InvalidTxnState,
+    /// A transactional batch whose producer id is not held by the
+    /// transactional id it was produced under.
+    InvalidProducerIdMapping,
     /// Not a store answer: the commit's answer was lost and this batch is
     /// not in the index (it was a duplicate or refused). The producer should
     /// retry; an idempotent retry then gets the real answer.

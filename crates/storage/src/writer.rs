@@ -25,6 +25,7 @@ use tributary_meta::{
     BatchOutcome, BatchRejection, Clock, CommitDeadline, LogStore, MetaError, PendingBatch,
     ProducerBatch, SegmentCommit, TxnRole,
 };
+use tributary_protocol::batch::{control_batch, ControlType};
 use tributary_runtime::{supervise, Chain, TaskHandle};
 use tributary_segment::{PushBatch, SegmentBuilder};
 use uuid::Uuid;
@@ -94,6 +95,32 @@ pub struct AppendBatch {
     pub producer: Option<ProducerBatch>,
     /// The batch's part in a transaction (data, or a coordinator's marker).
     pub txn: TxnRole,
+}
+
+impl AppendBatch {
+    /// The marker ending a transaction of `producer_id` at
+    /// `producer_epoch` (commit or abort) on one partition: a control
+    /// batch, as the transaction coordinator writes it, stamped `now_ms`.
+    pub fn marker(producer_id: i64, producer_epoch: i16, commit: bool, now_ms: i64) -> Self {
+        let kind = if commit {
+            ControlType::Commit
+        } else {
+            ControlType::Abort
+        };
+        Self {
+            bytes: control_batch(producer_id, producer_epoch, kind, 0, now_ms),
+            record_count: 1,
+            offset_count: 1,
+            first_timestamp: now_ms,
+            max_timestamp: now_ms,
+            producer: None,
+            txn: TxnRole::Marker {
+                producer_id,
+                producer_epoch,
+                commit,
+            },
+        }
+    }
 }
 
 type Reply = oneshot::Sender<Result<Vec<BatchOutcome>, WriteError>>;
@@ -306,7 +333,7 @@ async fn batcher(
                 offset_count: b.offset_count,
                 max_timestamp: b.max_timestamp,
                 producer: b.producer,
-                txn: b.txn,
+                txn: b.txn.clone(),
             });
             o.builder.push_batch(
                 append.topic_id,
@@ -513,7 +540,7 @@ async fn committer(
                     offset_count: m.offset_count,
                     max_timestamp: m.max_timestamp,
                     producer: m.producer,
-                    txn: m.txn,
+                    txn: m.txn.clone(),
                 })
                 .collect(),
             deadline: Some(CommitDeadline {

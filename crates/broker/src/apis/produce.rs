@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use tributary_runtime::Chain;
 
 use kafka_protocol::messages::produce_request::PartitionProduceData;
@@ -46,7 +47,10 @@ enum Slot {
 /// memory reservation until then.
 pub async fn submit(broker: &Broker, req: ProduceRequest, _version: i16) -> PendingProduce {
     let acks = req.acks;
-    let transactional = req.transactional_id.is_some();
+    let transactional: Option<Arc<str>> = req
+        .transactional_id
+        .as_ref()
+        .map(|id| Arc::from(id.0.as_str()));
     let mut topics: Vec<(TopicName, Vec<Slot>)> = Vec::with_capacity(req.topic_data.len());
     for t in req.topic_data {
         let name = t.name.0.to_string();
@@ -77,7 +81,8 @@ pub async fn submit(broker: &Broker, req: ProduceRequest, _version: i16) -> Pend
                 Ok(Some(topic)) => {
                     let mut slots = Vec::with_capacity(t.partition_data.len());
                     for p in t.partition_data {
-                        slots.push(submit_partition(broker, &topic, p, transactional).await);
+                        slots
+                            .push(submit_partition(broker, &topic, p, transactional.clone()).await);
                     }
                     slots
                 }
@@ -161,7 +166,7 @@ async fn submit_partition(
     broker: &Broker,
     topic: &TopicMeta,
     data: PartitionProduceData,
-    transactional: bool,
+    transactional: Option<Arc<str>>,
 ) -> Slot {
     match validate_partition(broker, topic, data, transactional) {
         Err(resp) => Slot::Ready(resp),
@@ -198,7 +203,7 @@ fn validate_partition(
     broker: &Broker,
     topic: &TopicMeta,
     data: PartitionProduceData,
-    transactional: bool,
+    transactional: Option<Arc<str>>,
 ) -> Result<(i32, Vec<AppendBatch>, Option<i64>), PartitionProduceResponse> {
     let index = data.index;
     if index < 0 || index >= topic.partitions {
@@ -246,17 +251,19 @@ fn validate_partition(
             "control batches are written by the transaction coordinator, not produced",
         ));
     }
-    if batches
-        .iter()
-        .any(|b| b.header.is_transactional() && (!transactional || b.header.producer_id < 0))
-    {
+    if batches.iter().any(|b| {
+        b.header.is_transactional() && (transactional.is_none() || b.header.producer_id < 0)
+    }) {
         return Err(error_response(
             index,
             ResponseError::InvalidRecord.code(),
             "a transactional batch needs the request's transactional id and a producer id",
         ));
     }
-    let mut append: Vec<AppendBatch> = batches.iter().map(append_batch).collect();
+    let mut append: Vec<AppendBatch> = batches
+        .iter()
+        .map(|b| append_batch(b, transactional.as_ref()))
+        .collect();
     let log_append_time = (config.timestamp_type == TimestampType::LogAppendTime)
         .then(|| broker.config.clock.now_ms());
     if let Some(now) = log_append_time {
@@ -293,7 +300,9 @@ fn outcome_response(index: i32, outcomes: &[BatchOutcome]) -> PartitionProduceRe
         .with_error_message(None::<StrBytes>)
 }
 
-fn append_batch(b: &BatchView) -> AppendBatch {
+/// The writer's view of a checked batch; `transactional_id` is the
+/// request's (a transactional batch is produced under it).
+fn append_batch(b: &BatchView, transactional_id: Option<&Arc<str>>) -> AppendBatch {
     let h = &b.header;
     let producer = (h.producer_id >= 0).then(|| ProducerBatch {
         producer_id: h.producer_id,
@@ -308,10 +317,11 @@ fn append_batch(b: &BatchView) -> AppendBatch {
         first_timestamp: h.base_timestamp,
         max_timestamp: h.max_timestamp,
         producer,
-        txn: if h.is_transactional() {
-            TxnRole::Data
-        } else {
-            TxnRole::None
+        txn: match transactional_id {
+            Some(id) if h.is_transactional() => TxnRole::Data {
+                transactional_id: id.clone(),
+            },
+            _ => TxnRole::None,
         },
     }
 }

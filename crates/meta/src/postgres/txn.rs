@@ -89,9 +89,10 @@ pub(super) async fn load_txn_view(tx: &Transaction<'_>, producer_id: i64) -> Ste
     };
     let id: String = r.try_get(0)?;
     Ok(Some(TxnView {
+        partitions: load_partitions(tx, &id).await?,
+        transactional_id: id,
         producer_epoch: r.try_get(1)?,
         state: TxnState::from_code(r.try_get(2)?)?,
-        partitions: load_partitions(tx, &id).await?,
     }))
 }
 

@@ -88,10 +88,10 @@ pub fn txn_keys_of(
         .iter()
         .filter(|b| partitions.contains_key(&(b.topic_id, b.partition)))
         .filter_map(|b| {
-            let producer = match b.txn {
+            let producer = match &b.txn {
                 TxnRole::None => return None,
-                TxnRole::Data => b.producer?.producer_id,
-                TxnRole::Marker { producer_id, .. } => producer_id,
+                TxnRole::Data { .. } => b.producer?.producer_id,
+                TxnRole::Marker { producer_id, .. } => *producer_id,
             };
             Some((b.topic_id, b.partition, producer))
         })
@@ -153,15 +153,15 @@ pub fn plan_commit(
         // refused whatever its sequence.
         let mut opens = None;
         let mut closes = None;
-        match b.txn {
+        match &b.txn {
             TxnRole::None => {}
-            TxnRole::Data => {
+            TxnRole::Data { transactional_id } => {
                 let Some(p) = &b.producer else {
                     outcomes.push(BatchOutcome::Rejected(BatchRejection::InvalidTxnState));
                     continue;
                 };
                 let view = txns.views.get(&p.producer_id);
-                if let Err(why) = txn::check_data(view, key, p.producer_epoch) {
+                if let Err(why) = txn::check_data(view, transactional_id, key, p.producer_epoch) {
                     outcomes.push(BatchOutcome::Rejected(why));
                     continue;
                 }
@@ -170,7 +170,7 @@ pub fn plan_commit(
                     opens = Some(pkey);
                 }
             }
-            TxnRole::Marker {
+            &TxnRole::Marker {
                 producer_id,
                 producer_epoch,
                 commit: is_commit,

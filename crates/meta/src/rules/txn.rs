@@ -27,6 +27,8 @@ use crate::{BatchRejection, TxnOffsetRefusal, TxnRecord, TxnState};
 /// What a commit needs of a producer's transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnView {
+    /// The id holding the producer.
+    pub transactional_id: String,
     pub producer_epoch: i16,
     pub state: TxnState,
     pub partitions: BTreeSet<(Uuid, i32)>,
@@ -56,14 +58,16 @@ pub enum TxnEvent {
     },
 }
 
-/// May transactional data of a producer at `epoch` go to `partition`?
+/// May transactional data of a producer at `epoch`, produced under
+/// `transactional_id`, go to `partition`?
 pub fn check_data(
     view: Option<&TxnView>,
+    transactional_id: &str,
     partition: (Uuid, i32),
     epoch: i16,
 ) -> Result<(), BatchRejection> {
-    let Some(view) = view else {
-        return Err(BatchRejection::InvalidTxnState);
+    let Some(view) = view.filter(|v| v.transactional_id == transactional_id) else {
+        return Err(BatchRejection::InvalidProducerIdMapping);
     };
     if epoch < view.producer_epoch {
         return Err(BatchRejection::InvalidProducerEpoch);
@@ -163,6 +167,7 @@ mod tests {
 
     fn view(state: TxnState) -> TxnView {
         TxnView {
+            transactional_id: "app".to_owned(),
             producer_epoch: 3,
             state,
             partitions: [(Uuid::nil(), 0)].into(),
@@ -172,20 +177,29 @@ mod tests {
     #[test]
     fn data_needs_an_ongoing_transaction_with_the_partition() {
         let p = (Uuid::nil(), 0);
-        assert_eq!(check_data(Some(&view(TxnState::Ongoing)), p, 3), Ok(()));
+        let ongoing = view(TxnState::Ongoing);
+        assert_eq!(check_data(Some(&ongoing), "app", p, 3), Ok(()));
         assert_eq!(
-            check_data(Some(&view(TxnState::Ongoing)), (Uuid::nil(), 1), 3),
+            check_data(Some(&ongoing), "app", (Uuid::nil(), 1), 3),
             Err(BatchRejection::InvalidTxnState)
         );
         assert_eq!(
-            check_data(Some(&view(TxnState::PrepareCommit)), p, 3),
+            check_data(Some(&view(TxnState::PrepareCommit)), "app", p, 3),
             Err(BatchRejection::InvalidTxnState)
         );
         assert_eq!(
-            check_data(Some(&view(TxnState::Ongoing)), p, 2),
+            check_data(Some(&ongoing), "app", p, 2),
             Err(BatchRejection::InvalidProducerEpoch)
         );
-        assert_eq!(check_data(None, p, 0), Err(BatchRejection::InvalidTxnState));
+        assert_eq!(
+            check_data(Some(&ongoing), "other", p, 3),
+            Err(BatchRejection::InvalidProducerIdMapping),
+            "another id's producer"
+        );
+        assert_eq!(
+            check_data(None, "app", p, 0),
+            Err(BatchRejection::InvalidProducerIdMapping)
+        );
     }
 
     #[test]

@@ -85,9 +85,10 @@ pub(super) fn load_txn_view(tx: &Transaction<'_>, producer_id: i64) -> Step<Opti
         return Ok(None);
     };
     Ok(Some(TxnView {
+        partitions: load_partitions(tx, &id)?,
+        transactional_id: id,
         producer_epoch,
         state: TxnState::from_code(state)?,
-        partitions: load_partitions(tx, &id)?,
     }))
 }
 

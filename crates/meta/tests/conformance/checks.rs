@@ -2925,7 +2925,9 @@ fn tbatch(
     count: i32,
 ) -> PendingBatch {
     PendingBatch {
-        txn: TxnRole::Data,
+        txn: TxnRole::Data {
+            transactional_id: "app-1".into(),
+        },
         ..pbatch(
             topic_id,
             partition,
@@ -3058,6 +3060,21 @@ pub(crate) async fn transactions(store: &dyn MetadataStore) {
         "the transactional producer and its open transaction"
     );
     assert_eq!(offsets(store, t.id, 1).await.last_stable_offset, 0);
+
+    // Another id may not write into this id's transaction.
+    let foreign = PendingBatch {
+        txn: TxnRole::Data {
+            transactional_id: "app-2".into(),
+        },
+        ..tbatch(t.id, 0, 0, producer, 5, 1)
+    };
+    let out = commit(store, segment("t3b", vec![foreign])).await;
+    assert_eq!(
+        out,
+        vec![BatchOutcome::Rejected(
+            BatchRejection::InvalidProducerIdMapping
+        )]
+    );
 
     // A marker before the transaction ends is refused.
     let out = commit(
