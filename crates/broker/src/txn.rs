@@ -34,9 +34,8 @@ use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 use tributary_meta::{
     BatchOutcome, BatchRejection, BrokerRegistry, Clock, LogStore, MetaError, TransactionStore,
-    TxnRecord, TxnRole, TxnState,
+    TxnRecord, TxnState,
 };
-use tributary_protocol::batch::{control_batch, ControlType};
 use tributary_runtime::{Background, Chain, Tick};
 use tributary_storage::{AppendBatch, SegmentWriter};
 use uuid::Uuid;
@@ -358,38 +357,24 @@ impl TxnCoordinator {
         partitions: &[(Uuid, i32)],
         verify_only: bool,
     ) -> Result<(), Code> {
-        self.mine(id)?;
-        let _guard = self.lock(id).await;
-        for _ in 0..MAX_RACES {
-            let Some(mut rec) = self.load(id).await? else {
-                return Err(code(ResponseError::InvalidProducerIdMapping));
-            };
+        let has_all = |rec: &TxnRecord| partitions.iter().all(|p| rec.partitions.contains(p));
+        if verify_only {
+            self.mine(id)?;
+            let rec = self
+                .load(id)
+                .await?
+                .ok_or(code(ResponseError::InvalidProducerIdMapping))?;
             check_producer(&rec, producer_id, epoch)?;
-            if verify_only {
-                let added = rec.state == TxnState::Ongoing
-                    && partitions.iter().all(|p| rec.partitions.contains(p));
-                return if added {
-                    Ok(())
-                } else {
-                    Err(code(ResponseError::InvalidTxnState))
-                };
-            }
-            if rec.state.is_preparing() {
-                return Err(code(ResponseError::ConcurrentTransactions));
-            }
-            if rec.state == TxnState::Ongoing
-                && partitions.iter().all(|p| rec.partitions.contains(p))
-            {
-                return Ok(());
-            }
-            let version = rec.version;
-            self.start(&mut rec);
-            rec.partitions.extend(partitions.iter().copied());
-            if self.put(&rec, Some(version)).await?.is_some() {
-                return Ok(());
-            }
+            return if rec.state == TxnState::Ongoing && has_all(&rec) {
+                Ok(())
+            } else {
+                Err(code(ResponseError::InvalidTxnState))
+            };
         }
-        Err(code(ResponseError::ConcurrentTransactions))
+        self.add(id, producer_id, epoch, has_all, |rec| {
+            rec.partitions.extend(partitions.iter().copied());
+        })
+        .await
     }
 
     /// AddOffsetsToTxn: the transaction will commit offsets of `group`.
@@ -399,6 +384,29 @@ impl TxnCoordinator {
         producer_id: i64,
         epoch: i16,
         group: &str,
+    ) -> Result<(), Code> {
+        self.add(
+            id,
+            producer_id,
+            epoch,
+            |rec| rec.groups.contains(group),
+            |rec| {
+                rec.groups.insert(group.to_owned());
+            },
+        )
+        .await
+    }
+
+    /// Add to the producer's transaction, starting it if none is ongoing:
+    /// nothing is written when it is ongoing and `has` says it holds it
+    /// already, else `add` adds it.
+    async fn add(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        has: impl Fn(&TxnRecord) -> bool,
+        add: impl Fn(&mut TxnRecord),
     ) -> Result<(), Code> {
         self.mine(id)?;
         let _guard = self.lock(id).await;
@@ -410,12 +418,12 @@ impl TxnCoordinator {
             if rec.state.is_preparing() {
                 return Err(code(ResponseError::ConcurrentTransactions));
             }
-            if rec.state == TxnState::Ongoing && rec.groups.contains(group) {
+            if rec.state == TxnState::Ongoing && has(&rec) {
                 return Ok(());
             }
             let version = rec.version;
             self.start(&mut rec);
-            rec.groups.insert(group.to_owned());
+            add(&mut rec);
             if self.put(&rec, Some(version)).await?.is_some() {
                 return Ok(());
             }
@@ -495,27 +503,9 @@ impl TxnCoordinator {
             _ => return Ok(rec),
         };
         let now = self.clock.now_ms();
-        let kind = if commit {
-            ControlType::Commit
-        } else {
-            ControlType::Abort
-        };
-        let marker = control_batch(rec.producer_id, rec.producer_epoch, kind, 0, now);
         let mut pending = Vec::with_capacity(rec.partitions.len());
         for &(topic_id, partition) in &rec.partitions {
-            let batch = AppendBatch {
-                bytes: marker.clone(),
-                record_count: 1,
-                offset_count: 1,
-                first_timestamp: now,
-                max_timestamp: now,
-                producer: None,
-                txn: TxnRole::Marker {
-                    producer_id: rec.producer_id,
-                    producer_epoch: rec.producer_epoch,
-                    commit,
-                },
-            };
+            let batch = AppendBatch::marker(rec.producer_id, rec.producer_epoch, commit, now);
             let rx = self
                 .writer
                 .submit(topic_id, partition, vec![batch])

@@ -74,7 +74,9 @@ async fn resolve(
         .collect())
 }
 
-fn topic_result(
+/// One topic of an AddPartitionsToTxn answer, each partition's code from
+/// `code`.
+pub(crate) fn topic_result(
     t: &AddPartitionsToTxnTopic,
     code: impl Fn(i32) -> Code,
 ) -> AddPartitionsToTxnTopicResult {

@@ -797,9 +797,6 @@ fn init_producer_id(who: &Who, r: InitProducerIdRequest) -> Gate {
 /// (all or nothing, as Kafka: with a refused topic the others are not
 /// attempted). The batched form (v4) is for brokers: CLUSTER_ACTION.
 fn add_partitions_to_txn(who: &Who, r: AddPartitionsToTxnRequest, version: i16) -> Gate {
-    use add_partitions_to_txn_response::{
-        AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
-    };
     if version >= 4 {
         if who.may_cluster(op::CLUSTER_ACTION) {
             return Gate::Pass(RequestKind::AddPartitionsToTxn(r), None);
@@ -832,18 +829,7 @@ fn add_partitions_to_txn(who: &Who, r: AddPartitionsToTxnRequest, version: i16) 
                 (true, true) => TOPIC_DENIED,
                 (true, false) => not_attempted,
             };
-            AddPartitionsToTxnTopicResult::default()
-                .with_name(t.name.clone())
-                .with_results_by_partition(
-                    t.partitions
-                        .iter()
-                        .map(|&p| {
-                            AddPartitionsToTxnPartitionResult::default()
-                                .with_partition_index(p)
-                                .with_partition_error_code(code)
-                        })
-                        .collect(),
-                )
+            crate::apis::transactions::topic_result(t, |_| code)
         })
         .collect();
     answer(ResponseKind::AddPartitionsToTxn(

@@ -56,7 +56,109 @@ struct FetchedGroup {
     topics: Vec<(String, Vec<FetchedPartition>)>,
 }
 
+/// The answer's topics of a commit request (OffsetCommit, TxnOffsetCommit):
+/// `$Topic`s of `$Partition`s, each with its code from `$errors[topic][partition]`.
+macro_rules! commit_answer {
+    ($req:expr, $errors:expr, $Topic:ident, $Partition:ident) => {
+        $req.topics
+            .iter()
+            .zip($errors)
+            .map(|(t, errs)| {
+                $Topic::default().with_name(t.name.clone()).with_partitions(
+                    t.partitions
+                        .iter()
+                        .zip(errs)
+                        .map(|(p, e)| {
+                            $Partition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(e)
+                        })
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+}
+
+/// The partitions of a commit request (OffsetCommit and TxnOffsetCommit
+/// name their fields alike) as [`Proposed`], by topic; leader epochs only
+/// where `$epochs` (the version carries them).
+macro_rules! proposed {
+    ($req:expr, $epochs:expr) => {
+        $req.topics
+            .iter()
+            .map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| Proposed {
+                        topic: t.name.0.as_str(),
+                        partition: p.partition_index,
+                        offset: p.committed_offset,
+                        leader_epoch: if $epochs {
+                            p.committed_leader_epoch
+                        } else {
+                            -1
+                        },
+                        metadata: &p.committed_metadata,
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+}
+
+/// One partition's offset in a commit request (OffsetCommit,
+/// TxnOffsetCommit).
+struct Proposed<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    leader_epoch: i32,
+    metadata: &'a Option<StrBytes>,
+}
+
 impl GroupCoordinator {
+    /// The offsets of a commit request that may be written (their topic and
+    /// partition exist, their metadata is not too large), stamped now, with
+    /// where each came from (`[topic][partition]` of the request); the
+    /// others get their error in `errors`.
+    async fn checked_offsets(
+        &self,
+        proposed: Vec<Vec<Proposed<'_>>>,
+        errors: &mut [Vec<i16>],
+    ) -> (Vec<CommittedOffset>, Vec<(usize, usize)>) {
+        let topics = self
+            .topics_of(
+                proposed
+                    .iter()
+                    .filter_map(|t| t.first())
+                    .map(|p| p.topic.to_owned()),
+            )
+            .await;
+        let commit_ts = self.clock.now_ms();
+        let mut batch = Vec::new();
+        let mut slots = Vec::new();
+        for (ti, t) in proposed.iter().enumerate() {
+            for (pi, p) in t.iter().enumerate() {
+                let error = commit_error(&topics, p.topic, p.partition, p.metadata.as_ref());
+                if error != NONE {
+                    errors[ti][pi] = error;
+                    continue;
+                }
+                batch.push(CommittedOffset {
+                    topic: p.topic.to_owned(),
+                    partition: p.partition,
+                    offset: p.offset,
+                    leader_epoch: p.leader_epoch,
+                    metadata: opt_str(p.metadata),
+                    commit_timestamp_ms: commit_ts,
+                });
+                slots.push((ti, pi));
+            }
+        }
+        (batch, slots)
+    }
+
     /// Look up topics once per request; `Err(code)` if the store failed.
     async fn topics_of(
         &self,
@@ -122,40 +224,8 @@ impl GroupCoordinator {
             .map(|t| vec![group_error.unwrap_or(NONE); t.partitions.len()])
             .collect();
         if group_error.is_none() {
-            let topics = self
-                .topics_of(req.topics.iter().map(|t| t.name.0.to_string()))
-                .await;
-            let commit_ts = self.clock.now_ms();
-            let mut batch = Vec::new();
-            let mut slots = Vec::new();
-            for (ti, t) in req.topics.iter().enumerate() {
-                let name = t.name.0.to_string();
-                for (pi, p) in t.partitions.iter().enumerate() {
-                    let error = commit_error(
-                        &topics,
-                        &name,
-                        p.partition_index,
-                        p.committed_metadata.as_ref(),
-                    );
-                    if error == NONE {
-                        batch.push(CommittedOffset {
-                            topic: name.clone(),
-                            partition: p.partition_index,
-                            offset: p.committed_offset,
-                            leader_epoch: if version >= 6 {
-                                p.committed_leader_epoch
-                            } else {
-                                -1
-                            },
-                            metadata: opt_str(&p.committed_metadata),
-                            commit_timestamp_ms: commit_ts,
-                        });
-                        slots.push((ti, pi));
-                    } else {
-                        errors[ti][pi] = error;
-                    }
-                }
-            }
+            let proposed = proposed!(req, version >= 6);
+            let (batch, slots) = self.checked_offsets(proposed, &mut errors).await;
             if !batch.is_empty() {
                 let result = match self.claim(&group_id).await {
                     Ok(claim) => {
@@ -180,26 +250,12 @@ impl GroupCoordinator {
                 }
             }
         }
-        let topics = req
-            .topics
-            .iter()
-            .zip(errors)
-            .map(|(t, errs)| {
-                OffsetCommitResponseTopic::default()
-                    .with_name(t.name.clone())
-                    .with_partitions(
-                        t.partitions
-                            .iter()
-                            .zip(errs)
-                            .map(|(p, e)| {
-                                OffsetCommitResponsePartition::default()
-                                    .with_partition_index(p.partition_index)
-                                    .with_error_code(e)
-                            })
-                            .collect(),
-                    )
-            })
-            .collect();
+        let topics = commit_answer!(
+            req,
+            errors,
+            OffsetCommitResponseTopic,
+            OffsetCommitResponsePartition
+        );
         OffsetCommitResponse::default().with_topics(topics)
     }
 
@@ -238,40 +294,8 @@ impl GroupCoordinator {
             .map(|t| vec![group_error.unwrap_or(NONE); t.partitions.len()])
             .collect();
         if group_error.is_none() {
-            let topics = self
-                .topics_of(req.topics.iter().map(|t| t.name.0.to_string()))
-                .await;
-            let commit_ts = self.clock.now_ms();
-            let mut batch = Vec::new();
-            let mut slots = Vec::new();
-            for (ti, t) in req.topics.iter().enumerate() {
-                let name = t.name.0.to_string();
-                for (pi, p) in t.partitions.iter().enumerate() {
-                    let error = commit_error(
-                        &topics,
-                        &name,
-                        p.partition_index,
-                        p.committed_metadata.as_ref(),
-                    );
-                    if error != NONE {
-                        errors[ti][pi] = error;
-                        continue;
-                    }
-                    batch.push(CommittedOffset {
-                        topic: name.clone(),
-                        partition: p.partition_index,
-                        offset: p.committed_offset,
-                        leader_epoch: if version >= 2 {
-                            p.committed_leader_epoch
-                        } else {
-                            -1
-                        },
-                        metadata: opt_str(&p.committed_metadata),
-                        commit_timestamp_ms: commit_ts,
-                    });
-                    slots.push((ti, pi));
-                }
-            }
+            let proposed = proposed!(req, version >= 2);
+            let (batch, slots) = self.checked_offsets(proposed, &mut errors).await;
             let staged = match self.transactions() {
                 None => Err(code(ResponseError::CoordinatorNotAvailable)),
                 Some(store) if !batch.is_empty() => store
@@ -307,26 +331,12 @@ impl GroupCoordinator {
                 }
             }
         }
-        let topics = req
-            .topics
-            .iter()
-            .zip(errors)
-            .map(|(t, errs)| {
-                TxnOffsetCommitResponseTopic::default()
-                    .with_name(t.name.clone())
-                    .with_partitions(
-                        t.partitions
-                            .iter()
-                            .zip(errs)
-                            .map(|(p, e)| {
-                                TxnOffsetCommitResponsePartition::default()
-                                    .with_partition_index(p.partition_index)
-                                    .with_error_code(e)
-                            })
-                            .collect(),
-                    )
-            })
-            .collect();
+        let topics = commit_answer!(
+            req,
+            errors,
+            TxnOffsetCommitResponseTopic,
+            TxnOffsetCommitResponsePartition
+        );
         TxnOffsetCommitResponse::default().with_topics(topics)
     }
 
