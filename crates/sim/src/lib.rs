@@ -31,66 +31,37 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use object_store::ObjectStore;
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 use tributary_meta::faults::FaultyMeta;
-use tributary_meta::{BatchOutcome, Clock, LogStore, SqliteStore, Stores, TopicMeta, TopicStore};
+use tributary_meta::{BatchOutcome, Clock, LogStore, SqliteStore, Stores, TopicStore};
 use tributary_runtime::chain;
 use tributary_storage::{
-    entropy, AppendBatch, Fetcher, Isolation, Maintenance, MaintenanceConfig, ReadCache, ReadError,
+    entropy, Fetcher, Isolation, Maintenance, MaintenanceConfig, ReadCache, ReadError,
     SegmentWriter, Watermarks, WriterConfig,
 };
 
 pub mod chaos;
 pub mod clock;
 mod meta;
+mod records;
 pub mod rng;
 mod store;
+mod txn;
+mod world;
 
-use chaos::{fenced, Chaos, FaultParams, Trace};
+use records::{decode, encode_records};
+use world::{lock, Attempt, Params, World};
+pub use world::{Options, Stats};
+
+use chaos::{fenced, Chaos, Trace};
 use clock::SimClock;
 use rng::SimRng;
 use store::{Objects, SimStore};
-
-/// How to run a seed.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// The defect-1 fix: per-segment commit deadlines (writer gives up,
-    /// store refuses late commits) and bounded metadata calls. `false`
-    /// turns them off (effectively unlimited), as before the fix, to show
-    /// that the simulation finds the defect.
-    pub commit_deadlines: bool,
-    /// Keep the trace's lines in the report (for replaying one seed).
-    pub keep_trace: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            commit_deadlines: true,
-            keep_trace: false,
-        }
-    }
-}
-
-/// Counts of one run.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Stats {
-    pub appends: u64,
-    pub acked: u64,
-    pub failed: u64,
-    pub crashes: u64,
-    pub records_audited: u64,
-    pub simulated_ms: u128,
-}
 
 /// The outcome of one seed.
 #[derive(Debug, Clone)]
@@ -116,200 +87,6 @@ pub fn run(seed: u64, options: &Options) -> Report {
         .build()
         .expect("a current-thread runtime builds");
     runtime.block_on(simulate(seed, options.clone()))
-}
-
-/// What one seed chose.
-#[derive(Debug, Clone)]
-struct Params {
-    brokers: usize,
-    partitions: i32,
-    clients: usize,
-    deadline_ms: u64,
-    grace_ms: u64,
-    call_timeout_ms: u64,
-    flush_ms: u64,
-    max_segment_bytes: usize,
-    max_inflight: usize,
-    maint_interval_ms: u64,
-    min_age_ms: u64,
-    workload_ms: u64,
-    gap_ms: u64,
-    /// Mean time between crashes of each broker; `None`: no crashes.
-    crash_every_ms: Option<u64>,
-    downtime_ms: u64,
-    broker_skew_ms: Vec<i64>,
-    meta_skew_ms: i64,
-    store_skew_ms: i64,
-    retention_ms: i64,
-    retention_bytes: i64,
-    faults: FaultParams,
-}
-
-impl Params {
-    fn draw(rng: &mut SimRng) -> Self {
-        let brokers = rng.range(1, 3) as usize;
-        let deadline_ms = rng.range(2_000, 8_000);
-        let grace_ms = 2 * deadline_ms;
-        // Clocks disagree by at most half the deadline (DESIGN.md: the
-        // grace allows for disagreement up to the deadline).
-        let max_skew = (deadline_ms / 4) as i64;
-        let skew = |rng: &mut SimRng| rng.range(0, 2 * max_skew as u64) as i64 - max_skew;
-        let broker_skew_ms = (0..brokers).map(|_| skew(rng)).collect();
-        let meta_skew_ms = skew(rng);
-        let store_skew_ms = skew(rng);
-        let faults = match rng.range(0, 3) {
-            0 => FaultParams::default(),
-            level => {
-                let f = if level == 3 { 2.0 } else { 1.0 };
-                FaultParams {
-                    store_latency_ms: rng.range(0, 50),
-                    store_land_ms: rng.range(0, 100),
-                    store_slow: 0.02 * f,
-                    slow_ms: rng.range(500, deadline_ms),
-                    put_fail: 0.05 * f,
-                    put_lost: 0.03 * f,
-                    get_fail: 0.05 * f,
-                    delete_fail: 0.05 * f,
-                    delete_lost: 0.03 * f,
-                    list_fail: 0.05 * f,
-                    meta_fail: 0.03 * f,
-                    meta_lost: 0.03 * f,
-                    meta_stall: 0.05 * f,
-                    stall_ms: deadline_ms / 2,
-                    meta_hang: 0.004 * f,
-                    hang_ms: (deadline_ms, 3 * grace_ms),
-                    in_store_stall: 0.03 * f,
-                    in_store_ms: 2 * deadline_ms,
-                }
-            }
-        };
-        let (retention_ms, retention_bytes) = match rng.range(0, 2) {
-            0 => (-1, -1),
-            1 => (-1, rng.range(4_096, 32_768) as i64),
-            _ => (rng.range(5_000, 20_000) as i64, -1),
-        };
-        Params {
-            brokers,
-            partitions: rng.range(1, 3) as i32,
-            clients: rng.range(1, 3) as usize,
-            deadline_ms,
-            grace_ms,
-            call_timeout_ms: (deadline_ms / 8).max(100),
-            flush_ms: rng.range(10, 200),
-            max_segment_bytes: rng.range(1_024, 32_768) as usize,
-            max_inflight: rng.range(1, 4) as usize,
-            maint_interval_ms: rng.range(500, 3_000),
-            min_age_ms: rng.range(500, 5_000),
-            workload_ms: rng.range(10_000, 25_000),
-            gap_ms: rng.range(20, 400),
-            crash_every_ms: rng.chance(0.6).then(|| rng.range(2_000, 15_000)),
-            downtime_ms: rng.range(0, 3_000),
-            broker_skew_ms,
-            meta_skew_ms,
-            store_skew_ms,
-            retention_ms,
-            retention_bytes,
-            faults,
-        }
-    }
-
-    /// Long enough for every stall, hang, slow call and retry started
-    /// before the faults stopped to be over.
-    fn settle(&self) -> Duration {
-        let f = &self.faults;
-        let longest = [f.hang_ms.1, f.stall_ms, f.in_store_ms, f.slow_ms]
-            .into_iter()
-            .max()
-            .unwrap_or(0);
-        Duration::from_millis(longest + 2 * self.grace_ms + 2 * self.deadline_ms)
-    }
-}
-
-/// One produce attempt (a batch of `count` records `id:0 .. id:count-1`).
-#[derive(Debug, Clone, Copy)]
-struct Attempt {
-    partition: i32,
-    count: u32,
-    /// Base offset the broker acknowledged.
-    acked: Option<i64>,
-}
-
-#[derive(Default)]
-struct Ledger {
-    next_id: u64,
-    attempts: BTreeMap<u64, Attempt>,
-    /// (partition, offset) → record, as any read ever saw it.
-    at_offset: HashMap<(i32, i64), (u64, u32)>,
-    /// Record → where reads saw it.
-    seen_at: HashMap<(u64, u32), (i32, i64)>,
-    stats: Stats,
-}
-
-/// State shared by every task of a run.
-struct World {
-    params: Params,
-    options: Options,
-    topic: TopicMeta,
-    meta: Arc<SqliteStore>,
-    objects: Arc<Objects>,
-    chaos: Arc<Chaos>,
-    trace: Arc<Trace>,
-    start: Instant,
-    rng: Mutex<SimRng>,
-    ledger: Mutex<Ledger>,
-    violations: Mutex<Vec<String>>,
-    /// No new appends or crashes once set.
-    stop: AtomicBool,
-    /// Crash tokens of every broker incarnation.
-    incarnations: Mutex<Vec<CancellationToken>>,
-    broker_clocks: Vec<Arc<SimClock>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl World {
-    fn violation(&self, what: String) {
-        self.trace.event(|| format!("VIOLATION {what}"));
-        lock(&self.violations).push(what);
-    }
-
-    fn rng_range(&self, lo: u64, hi: u64) -> u64 {
-        lock(&self.rng).range(lo, hi)
-    }
-
-    /// A read saw record `id:k` at `partition`@`offset`.
-    fn observe(&self, partition: i32, offset: i64, id: u64, k: u32) {
-        let mut found = Vec::new();
-        {
-            let mut ledger = lock(&self.ledger);
-            if !ledger.attempts.contains_key(&id) {
-                found.push(format!(
-                    "record {id}:{k} at p{partition}@{offset} was never produced"
-                ));
-            }
-            if let Some(prev) = ledger.at_offset.insert((partition, offset), (id, k)) {
-                if prev != (id, k) {
-                    found.push(format!(
-                        "p{partition}@{offset} held {}:{} and later {id}:{k}",
-                        prev.0, prev.1
-                    ));
-                }
-            }
-            if let Some(prev) = ledger.seen_at.insert((id, k), (partition, offset)) {
-                if prev != (partition, offset) {
-                    found.push(format!(
-                        "record {id}:{k} appears twice: p{}@{} and p{partition}@{offset}",
-                        prev.0, prev.1
-                    ));
-                }
-            }
-        }
-        for v in found {
-            self.violation(v);
-        }
-    }
 }
 
 async fn simulate(seed: u64, options: Options) -> Report {
@@ -340,6 +117,11 @@ async fn simulate(seed: u64, options: Options) -> Report {
         .await
         .expect("topic");
     let objects = Objects::new(SimClock::new(start, params.store_skew_ms));
+    let txn_clients = if options.transactions {
+        master.fork(4).range(1, 2) as usize
+    } else {
+        0
+    };
     let broker_clocks = params
         .broker_skew_ms
         .iter()
@@ -356,6 +138,8 @@ async fn simulate(seed: u64, options: Options) -> Report {
         start,
         rng: Mutex::new(master.fork(3)),
         ledger: Mutex::default(),
+        txn_ledger: Mutex::default(),
+        txn_clients,
         violations: Mutex::default(),
         stop: AtomicBool::new(false),
         incarnations: Mutex::default(),
@@ -462,6 +246,21 @@ fn start_broker(world: &Arc<World>, b: usize) -> CancellationToken {
             clock.clone(),
         ));
     }
+    // The same transactional ids in every incarnation: a restarted client
+    // recovers (and fences) what the crashed one left.
+    for c in 0..world.txn_clients {
+        tokio::spawn(txn::client(
+            world.clone(),
+            writer.clone(),
+            txn::TxnStores {
+                txns: meta.transactions.clone(),
+                log: meta.log.clone(),
+            },
+            crashed.clone(),
+            format!("tx-{who}-{c}"),
+            clock.clone(),
+        ));
+    }
     crashed
 }
 
@@ -536,7 +335,7 @@ async fn client(
             ledger.stats.appends += 1;
             id
         };
-        let batch = encode_batch(id, count, clock.now_ms());
+        let batch = encode_records(id, count, clock.now_ms(), None);
         let append = writer.append(world.topic.id, partition, vec![batch]);
         let outcome = tokio::select! {
             biased;
@@ -598,8 +397,10 @@ async fn reader(world: Arc<World>, fetcher: Fetcher, crashed: CancellationToken,
             match read {
                 Ok(fetched) => match decode(&fetched.records) {
                     Ok(records) => {
-                        for (offset, id, k) in records {
-                            world.observe(partition, offset, id, k);
+                        for (offset, record) in records {
+                            if let Some((id, k)) = record {
+                                world.observe(partition, offset, id, k);
+                            }
                             *cursor = (*cursor).max(offset + 1);
                         }
                     }
@@ -621,67 +422,6 @@ async fn reader(world: Arc<World>, fetcher: Fetcher, crashed: CancellationToken,
     }
 }
 
-/// The records of `count` records `id:0 ..`, as one RecordBatch v2.
-fn encode_batch(id: u64, count: u32, timestamp: i64) -> AppendBatch {
-    let records: Vec<Record> = (0..count)
-        .map(|k| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i64::from(k),
-            sequence: -1,
-            timestamp,
-            key: None,
-            value: Some(Bytes::from(format!("{id}:{k}"))),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("a small uncompressed batch encodes");
-    AppendBatch {
-        bytes: buf.freeze(),
-        record_count: i64::from(count),
-        offset_count: i64::from(count),
-        first_timestamp: timestamp,
-        max_timestamp: timestamp,
-        producer: None,
-        txn: Default::default(),
-    }
-}
-
-/// (offset, id, k) of every record in fetched batches (CRC checked).
-fn decode(records: &Bytes) -> Result<Vec<(i64, u64, u32)>, String> {
-    let mut buf = records.clone();
-    let sets = RecordBatchDecoder::decode_all(&mut buf).map_err(|e| format!("{e:#}"))?;
-    let mut out = Vec::new();
-    for set in sets {
-        for r in set.records {
-            let value = r.value.unwrap_or_default();
-            let text = std::str::from_utf8(&value).map_err(|e| e.to_string())?;
-            let parsed = text
-                .split_once(':')
-                .and_then(|(id, k)| Some((id.parse().ok()?, k.parse().ok()?)));
-            let Some((id, k)) = parsed else {
-                return Err(format!("record value {text:?} is not id:k"));
-            };
-            out.push((r.offset, id, k));
-        }
-    }
-    Ok(out)
-}
-
 /// Once everything settled: every invariant; then maintenance passes by a
 /// fault-free broker long after (retention, compaction, the janitor), and
 /// every invariant again.
@@ -690,6 +430,25 @@ async fn audit(world: &Arc<World>) {
     let store: Arc<dyn ObjectStore> = Arc::new(SimStore::clean(world.objects.clone()));
     check(world, &store, "settled").await;
     let clock = SimClock::new(world.start, 0);
+    if world.txn_clients > 0 {
+        // A fault-free writer ends what the crashed coordinators left.
+        let cache = ReadCache::new(store.clone(), 64 << 20, 4096);
+        let writer = SegmentWriter::start(
+            store.clone(),
+            world.meta.clone(),
+            cache,
+            Watermarks::new(),
+            WriterConfig {
+                flush_interval: Duration::from_millis(10),
+                clock: clock.clone(),
+                ..WriterConfig::default()
+            },
+        );
+        let fetcher = txn::auditor_fetcher(world, store.clone());
+        txn::check(world, &writer, &fetcher).await;
+        writer.shutdown().await;
+        check(world, &store, "transactions ended").await;
+    }
     let maintenance = Maintenance::new(
         &Stores::new(world.meta.clone()),
         store.clone(),
@@ -785,7 +544,7 @@ async fn check(world: &Arc<World>, store: &Arc<dyn ObjectStore>, when: &str) {
                     break;
                 }
             };
-            for (offset, id, k) in records {
+            for (offset, record) in records {
                 if offset < expect {
                     if offset >= offsets.log_start_offset {
                         violation(format!(
@@ -801,10 +560,13 @@ async fn check(world: &Arc<World>, store: &Arc<dyn ObjectStore>, when: &str) {
                     ));
                     break 'read;
                 }
+                expect = offset + 1;
+                let Some((id, k)) = record else {
+                    continue; // a transaction marker
+                };
                 world.observe(partition, offset, id, k);
                 lock(&world.ledger).stats.records_audited += 1;
                 read_now.insert((id, k));
-                expect = offset + 1;
             }
         }
         if expect > offsets.next_offset {

@@ -32,7 +32,8 @@ struct Args {
     #[arg(long)]
     check_determinism: bool,
     /// Turn the defect-1 fix off (no commit deadlines, unbounded metadata
-    /// calls), to show the simulation finds that defect.
+    /// calls), to show the simulation finds that defect (with the workload
+    /// it was found with: no transactional producers).
     #[arg(long)]
     no_commit_deadline: bool,
 }
@@ -42,6 +43,9 @@ fn main() -> ExitCode {
     let options = Options {
         commit_deadlines: !args.no_commit_deadline,
         keep_trace: args.seed.is_some(),
+        // The defect-1 demonstration replays the workload it was found
+        // with (before transactional producers joined the runs).
+        transactions: !args.no_commit_deadline,
     };
     let replay_flag = if args.no_commit_deadline {
         " --no-commit-deadline"
