@@ -139,36 +139,47 @@ pub fn decode_records(
             last_offset_delta: header.last_offset_delta,
         });
     }
+    let records = records_section(batch, &header, total, max_decompressed)?;
+    parse_records(&records, header.record_count, header.base_timestamp)
+}
+
+/// The records section of a whole `batch` (header `header`, length
+/// `total`), decompressed into at most `max_decompressed` bytes
+/// ([`BatchError::TooLarge`] beyond). Uncompressed sections are not copied.
+pub(crate) fn records_section(
+    batch: &Bytes,
+    header: &BatchHeader,
+    total: usize,
+    max_decompressed: usize,
+) -> Result<Bytes, BatchError> {
     let section = batch.slice(HEADER_LEN..total);
-    let records = if header.compression() == 0 {
+    if header.compression() == 0 {
         if section.len() > max_decompressed {
             return Err(BatchError::TooLarge {
                 limit: max_decompressed,
             });
         }
-        section
-    } else {
-        let reader = records_reader(&section, header.compression())?;
-        // Room for a typical ratio up front, so the buffer is rarely copied
-        // while it grows (never more than the limit).
-        let mut out = Vec::with_capacity(section.len().saturating_mul(4).min(max_decompressed));
-        let limit = u64::try_from(max_decompressed).unwrap_or(u64::MAX);
-        reader
-            .take(limit.saturating_add(1))
-            .read_to_end(&mut out)
-            .map_err(|e| BatchError::Decode(e.to_string()))?;
-        if out.len() > max_decompressed {
-            return Err(BatchError::TooLarge {
-                limit: max_decompressed,
-            });
-        }
-        Bytes::from(out)
-    };
-    parse_records(&records, header.record_count, header.base_timestamp)
+        return Ok(section);
+    }
+    let reader = records_reader(&section, header.compression())?;
+    // Room for a typical ratio up front, so the buffer is rarely copied
+    // while it grows (never more than the limit).
+    let mut out = Vec::with_capacity(section.len().saturating_mul(4).min(max_decompressed));
+    let limit = u64::try_from(max_decompressed).unwrap_or(u64::MAX);
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| BatchError::Decode(e.to_string()))?;
+    if out.len() > max_decompressed {
+        return Err(BatchError::TooLarge {
+            limit: max_decompressed,
+        });
+    }
+    Ok(Bytes::from(out))
 }
 
 /// The header of a batch `batch` holds whole, and the batch's length.
-fn whole_batch(batch: &[u8]) -> Result<(BatchHeader, usize), BatchError> {
+pub(crate) fn whole_batch(batch: &[u8]) -> Result<(BatchHeader, usize), BatchError> {
     let header = parse_header(batch)?;
     let total = header.total_len();
     if batch.len() < total {
@@ -590,31 +601,73 @@ pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
     }
 }
 
-/// Returns the offset of the first record in `batch` whose timestamp is at
-/// least `timestamp`, or `None` when every record is older.
+/// The offset and timestamp of the first record in `batch`, at or after
+/// `from_offset`, whose timestamp is at least `timestamp`, or `None` when
+/// every such record is older.
 ///
 /// `batch` holds one complete batch (extra trailing bytes are ignored);
 /// `base_offset` is its real base offset (stored batches carry 0 in their
 /// header). Batches whose `maxTimestamp` is below `timestamp` are answered
 /// from the header alone, as Kafka does. For LogAppendTime batches every
-/// record has `maxTimestamp`. Otherwise the records are decompressed as a
-/// stream (gzip/snappy/lz4/zstd) and scanned in order, never held whole:
-/// memory is the decompressor's (a bounded zstd window; snappy, which has no
-/// streaming form, at most [`SNAPPY_MAX_RATIO`] times the batch), whatever
-/// the records add up to.
+/// record has `maxTimestamp`. Otherwise the records are scanned in order
+/// with [`scan_records`] (streaming, bounded memory).
 pub fn first_offset_at_or_after_timestamp(
     batch: &Bytes,
     base_offset: i64,
+    from_offset: i64,
     timestamp: i64,
-) -> Result<Option<i64>, BatchError> {
-    let (header, total) = whole_batch(batch)?;
+) -> Result<Option<(i64, i64)>, BatchError> {
+    let (header, _) = whole_batch(batch)?;
     if header.max_timestamp < timestamp {
         return Ok(None);
     }
-    if header.is_log_append_time() {
-        return Ok(Some(base_offset));
-    }
     if header.record_count < 1 {
+        return Err(BatchError::InvalidRecordCount {
+            record_count: header.record_count,
+            last_offset_delta: header.last_offset_delta,
+        });
+    }
+    if header.is_log_append_time() {
+        let last = header.last_offset(base_offset);
+        return Ok(
+            (last >= from_offset).then(|| (base_offset.max(from_offset), header.max_timestamp))
+        );
+    }
+    let mut found = None;
+    // Every record is read (not only up to the answer), so a batch whose
+    // records do not match its header is an error, as before.
+    scan_records(batch, |r| {
+        let offset = base_offset.saturating_add(r.offset_delta);
+        if found.is_none() && r.timestamp >= timestamp && offset >= from_offset {
+            found = Some((offset, r.timestamp));
+        }
+    })?;
+    Ok(found)
+}
+
+/// What [`scan_records`] reads of each record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordFacts {
+    /// Its position in the batch (0 for the first record).
+    pub index: usize,
+    /// Added to the batch's base offset.
+    pub offset_delta: i64,
+    /// Its own timestamp (base timestamp + delta; the header decides
+    /// whether LogAppendTime replaces it).
+    pub timestamp: i64,
+    /// Whether it has a key (a null key is `false`; an empty key is a key).
+    pub has_key: bool,
+}
+
+/// Visit every record of one complete `batch` in order, without its key,
+/// value or headers. The records are decompressed as a stream
+/// (gzip/snappy/lz4/zstd) and never held whole: memory is the
+/// decompressor's (a bounded zstd window; snappy, which has no streaming
+/// form, at most [`SNAPPY_MAX_RATIO`] times the batch), whatever the records
+/// add up to. A batch whose records do not match its header is an error.
+pub fn scan_records(batch: &Bytes, mut visit: impl FnMut(RecordFacts)) -> Result<(), BatchError> {
+    let (header, total) = whole_batch(batch)?;
+    if header.record_count < 0 {
         return Err(BatchError::InvalidRecordCount {
             record_count: header.record_count,
             last_offset_delta: header.last_offset_delta,
@@ -625,11 +678,7 @@ pub fn first_offset_at_or_after_timestamp(
         &batch[HEADER_LEN..total],
         header.compression(),
     )?);
-    let mut found = None;
-    // Every record is read (not only up to the answer), so a batch whose
-    // records do not match its header is an error, as before; memory stays
-    // that of the decompressor, whatever the records add up to.
-    for _ in 0..header.record_count {
+    for index in 0..usize::try_from(header.record_count).unwrap_or(0) {
         let len = read_varint(&mut records).map_err(decode)?;
         let len = u64::try_from(len)
             .map_err(|_| BatchError::Decode(format!("negative record length len={len}")))?;
@@ -638,10 +687,14 @@ pub fn first_offset_at_or_after_timestamp(
         record.read_exact(&mut attributes).map_err(decode)?;
         let timestamp_delta = read_varint(&mut record).map_err(decode)?;
         let offset_delta = read_varint(&mut record).map_err(decode)?;
-        if found.is_none() && header.base_timestamp.saturating_add(timestamp_delta) >= timestamp {
-            found = Some(base_offset.saturating_add(offset_delta));
-        }
-        // Key, value and headers are not needed: skip them.
+        let key_len = read_varint(&mut record).map_err(decode)?;
+        visit(RecordFacts {
+            index,
+            offset_delta,
+            timestamp: header.base_timestamp.saturating_add(timestamp_delta),
+            has_key: key_len >= 0,
+        });
+        // The key, value and headers are not needed: skip them.
         let skipped = std::io::copy(&mut record, &mut std::io::sink()).map_err(decode)?;
         if record.limit() != 0 {
             return Err(BatchError::Decode(format!(
@@ -649,7 +702,7 @@ pub fn first_offset_at_or_after_timestamp(
             )));
         }
     }
-    Ok(found)
+    Ok(())
 }
 
 /// The zstd window (2^N bytes) a batch may ask its decoder for. A frame
@@ -847,10 +900,7 @@ mod tests {
         assert!(views[0].header.is_log_append_time());
         assert_eq!(views[0].header.max_timestamp, 99_000);
         assert_eq!(views[0].header.base_timestamp, 1000);
-        assert_eq!(
-            first_offset_at_or_after_timestamp(&bytes, 0, 50_000).expect("lookup"),
-            Some(0)
-        );
+        assert_eq!(offset_at(&bytes, 0, 50_000), Some(0));
     }
 
     #[test]
@@ -962,7 +1012,7 @@ mod tests {
                 "stored len {len} accepted"
             );
             // Must not panic either.
-            let _ = first_offset_at_or_after_timestamp(&cut, 0, 0);
+            let _ = first_offset_at_or_after_timestamp(&cut, 0, i64::MIN, 0);
             let _ = parse_header(&cut);
         }
         assert_eq!(split_batches(&all).expect("whole").len(), 2);
@@ -1069,12 +1119,33 @@ mod tests {
         assert_eq!(short, [1u8; 5]);
     }
 
+    /// The offset found for `ts` with no offset bound.
+    fn offset_at(batch: &Bytes, base: i64, ts: i64) -> Option<i64> {
+        first_offset_at_or_after_timestamp(batch, base, i64::MIN, ts)
+            .expect("lookup")
+            .map(|(offset, _)| offset)
+    }
+
+    #[test]
+    fn timestamp_lookup_answers_the_records_own_timestamp_from_an_offset() {
+        let batch = encode(0, &[100, 90, 150, 120, 200], Compression::Lz4);
+        let at =
+            |from, ts| first_offset_at_or_after_timestamp(&batch, 500, from, ts).expect("lookup");
+        assert_eq!(at(i64::MIN, 101), Some((502, 150)), "not the batch's max");
+        assert_eq!(
+            at(503, 101),
+            Some((503, 120)),
+            "records before the log start are skipped"
+        );
+        assert_eq!(at(505, 0), None);
+    }
+
     #[test]
     fn timestamp_lookup_every_codec() {
         for codec in ALL_CODECS {
             // Stored with base offset 0, real base offset 500.
             let batch = encode(0, &[100, 90, 150, 120, 200], codec);
-            let lookup = |ts| first_offset_at_or_after_timestamp(&batch, 500, ts).expect("lookup");
+            let lookup = |ts| offset_at(&batch, 500, ts);
             assert_eq!(lookup(i64::MIN), Some(500), "{codec:?}");
             assert_eq!(lookup(100), Some(500));
             assert_eq!(lookup(101), Some(502));
@@ -1088,10 +1159,7 @@ mod tests {
     #[test]
     fn timestamp_lookup_uses_real_base_offset_when_header_is_nonzero() {
         let batch = encode(40, &[5, 6, 7], Compression::Snappy);
-        assert_eq!(
-            first_offset_at_or_after_timestamp(&batch, 1_000, 7).expect("lookup"),
-            Some(1_002)
-        );
+        assert_eq!(offset_at(&batch, 1_000, 7), Some(1_002));
     }
 
     #[test]
@@ -1102,7 +1170,7 @@ mod tests {
         fix_crc(&mut batch);
         let batch = Bytes::from(batch);
         assert!(split_batches(&batch).is_ok());
-        let lookup = |ts| first_offset_at_or_after_timestamp(&batch, 10, ts).expect("lookup");
+        let lookup = |ts| offset_at(&batch, 10, ts);
         assert_eq!(lookup(100), Some(10));
         assert_eq!(lookup(4_999), Some(10));
         assert_eq!(lookup(5_000), Some(10));
@@ -1115,7 +1183,7 @@ mod tests {
         batch[23..27].copy_from_slice(&i32::to_be_bytes(i32::MAX - 1));
         batch[57..61].copy_from_slice(&i32::to_be_bytes(i32::MAX));
         fix_crc(&mut batch);
-        let result = first_offset_at_or_after_timestamp(&Bytes::from(batch), 0, 0);
+        let result = first_offset_at_or_after_timestamp(&Bytes::from(batch), 0, i64::MIN, 0);
         assert!(matches!(result, Err(BatchError::Decode(_))), "{result:?}");
     }
 
@@ -1127,7 +1195,7 @@ mod tests {
             *b = 0xff;
         }
         fix_crc(&mut batch);
-        let result = first_offset_at_or_after_timestamp(&Bytes::from(batch), 0, 0);
+        let result = first_offset_at_or_after_timestamp(&Bytes::from(batch), 0, i64::MIN, 0);
         assert!(matches!(result, Err(BatchError::Decode(_))), "{result:?}");
     }
 
@@ -1151,7 +1219,7 @@ mod tests {
             .filter_map(|i| u8::from_str_radix(crash.get(i..i + 2)?, 16).ok())
             .collect();
         assert_eq!(batch.len(), 103);
-        let result = first_offset_at_or_after_timestamp(&Bytes::from(batch), 0, i64::MIN);
+        let result = first_offset_at_or_after_timestamp(&Bytes::from(batch), 0, i64::MIN, i64::MIN);
         assert!(
             matches!(&result, Err(BatchError::Decode(m)) if m.contains("snappy")),
             "{result:?}"
@@ -1299,11 +1367,7 @@ mod tests {
                     .iter()
                     .find(|r| r.timestamp >= ts)
                     .map(|r| r.offset + 7);
-                assert_eq!(
-                    first_offset_at_or_after_timestamp(&batch, 7, ts).expect("lookup"),
-                    expected,
-                    "{codec:?} ts={ts}"
-                );
+                assert_eq!(offset_at(&batch, 7, ts), expected, "{codec:?} ts={ts}");
             }
         }
     }

@@ -8,6 +8,8 @@
 //! decoded). No I/O and no async runtime here.
 
 pub mod batch;
+pub mod filter;
+pub mod recompress;
 pub mod request;
 pub mod sequence;
 
