@@ -26,11 +26,12 @@ MAINTENANCE = (
 )
 
 
-def produce(bs, topic, n, partition=0):
+def produce(bs, topic, n, partition=0, keyed=False):
     p = Producer({"bootstrap.servers": bs, "linger.ms": 0})
     errors = []
     for i in range(n):
-        p.produce(topic, value=f"r{i}".encode(), partition=partition,
+        key = f"k{i}".encode() if keyed else None
+        p.produce(topic, key=key, value=f"r{i}".encode(), partition=partition,
                   on_delivery=lambda e, m: errors.append(e) if e else None)
         if i % 10 == 9:
             p.flush(TIMEOUT)  # several segments
@@ -119,6 +120,28 @@ def test_alter_retention_configs_take_effect(broker_with_args):
     bad = ConfigResource(ResourceType.TOPIC, "ret", set_config={"retention.ms": "soon"})
     with pytest.raises(Exception):
         admin.alter_configs([bad])[bad].result(TIMEOUT)
+
+
+def test_retention_only_deletes_under_the_delete_policy(broker_with_args):
+    """A `compact`-only topic (Kafka Connect's config and offset topics,
+    Schema Registry's `_schemas`) is never trimmed by retention, as on
+    Kafka; `compact,delete` is."""
+    b = broker_with_args(*MAINTENANCE)
+    admin = AdminClient({"bootstrap.servers": b.bootstrap})
+    small = {"retention.bytes": "500", "retention.ms": "100"}
+    topics = {
+        "kept": {"cleanup.policy": "compact", **small},
+        "trimmed": {"cleanup.policy": "compact,delete", **small},
+    }
+    futures = admin.create_topics([NewTopic(t, 1, 1, config=c) for t, c in topics.items()])
+    for f in futures.values():
+        f.result(TIMEOUT)
+    for t in topics:
+        produce(b.bootstrap, t, 60, keyed=True)
+    wait_until("retention of compact,delete", lambda: watermarks(b.bootstrap, "trimmed")[0] > 0)
+    # Several more maintenance passes (every 0.3 s) have run since.
+    time.sleep(1.5)
+    assert watermarks(b.bootstrap, "kept") == (0, 60)
 
 
 def test_deleted_topic_objects_are_removed(broker_with_args):

@@ -8,6 +8,8 @@
 //!   object, split into entries of about `compacted_entry_bytes` so reads stay
 //!   small, then swaps the index rows atomically. If the swap loses a race, the
 //!   new object is never referenced and the janitor removes it.
+//! - **Key compaction** keeps the latest record of every key in topics with
+//!   `cleanup.policy=compact` ([`cleaner`]).
 //! - **Producer expiry** forgets the idempotent-producer state of producers
 //!   idle for `producer_id_expiration` (so the state clients create by
 //!   starting producers does not grow forever).
@@ -35,6 +37,9 @@ use tributary_runtime::{Background, Chain, TaskHandle, Tick};
 use tributary_segment::{PushBatch, SegmentBuilder};
 
 use crate::{keys, ReadCache};
+
+mod cleaner;
+pub use cleaner::{CleanReport, MAX_MAP_KEYS};
 
 /// Tuning of background maintenance.
 #[derive(Debug, Clone)]
@@ -85,6 +90,9 @@ impl Default for MaintenanceConfig {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PassReport {
     pub partitions_trimmed: u64,
+    /// Partitions key compaction rewrote, and the records it dropped.
+    pub partitions_cleaned: u64,
+    pub records_cleaned: u64,
     pub entries_dropped: u64,
     pub compactions: u64,
     pub compaction_conflicts: u64,
@@ -218,6 +226,27 @@ impl Maintenance {
             info!(groups = ?expired, "consumer groups expired (offsets retention)");
         }
         report.groups_expired = expired.len() as u64;
+        for topic in &topics {
+            for partition in 0..topic.partitions {
+                match self.clean_partition(topic, partition).await {
+                    Ok(Some(r)) => {
+                        report.partitions_cleaned += 1;
+                        report.records_cleaned += r.records_dropped;
+                        report.compaction_conflicts += r.conflicts;
+                        metrics::counter!("tributary_key_compaction_records_dropped_total")
+                            .increment(r.records_dropped);
+                        metrics::counter!("tributary_key_compaction_bytes_total", "kind" => "before")
+                            .increment(r.bytes_before);
+                        metrics::counter!("tributary_key_compaction_bytes_total", "kind" => "after")
+                            .increment(r.bytes_after);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(topic = %topic.name, partition, error = %Chain(&e), "key compaction failed")
+                    }
+                }
+            }
+        }
         if self.config.compaction {
             for topic in &topics {
                 for partition in 0..topic.partitions {
@@ -499,11 +528,17 @@ impl Maintenance {
 /// Keys checked against the metadata store per call by the janitor.
 const ORPHAN_CHUNK: usize = 500;
 
-/// `retention.ms` and `retention.bytes` of a topic (-1 = unlimited).
+/// `retention.ms` and `retention.bytes` of a topic (-1 = unlimited); a
+/// topic whose `cleanup.policy` lacks `delete` (compact only) keeps
+/// everything, as on Kafka.
 fn retention_of(topic: &TopicMeta) -> (i64, i64) {
     // The broker's max message bytes only matters to produce.
     let config = TopicConfig::resolve(&topic.configs, 0);
-    (config.retention_ms, config.retention_bytes)
+    if config.delete {
+        (config.retention_ms, config.retention_bytes)
+    } else {
+        (-1, -1)
+    }
 }
 
 /// Why a compaction failed (it changed nothing).

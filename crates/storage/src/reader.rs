@@ -194,7 +194,7 @@ impl Fetcher {
     }
 
     /// The first offset whose record timestamp is at or after `timestamp`,
-    /// with that record's batch max timestamp; `None` if every record is older.
+    /// with that record's own timestamp; `None` if every record is older.
     pub async fn offset_for_timestamp(
         &self,
         topic_id: Uuid,
@@ -220,17 +220,19 @@ impl Fetcher {
             for batch in batches {
                 let last = base + batch.header.offset_count() - 1;
                 if batch.header.max_timestamp >= timestamp && last >= offsets.log_start_offset {
-                    let found = first_offset_at_or_after_timestamp(&batch.bytes, base, timestamp)
-                        .map_err(|cause| ReadError::Corrupt {
+                    let found = first_offset_at_or_after_timestamp(
+                        &batch.bytes,
+                        base,
+                        offsets.log_start_offset,
+                        timestamp,
+                    )
+                    .map_err(|cause| ReadError::Corrupt {
                         key: entry.segment_key.clone(),
                         base_offset: Some(base),
                         cause,
                     })?;
-                    if let Some(offset) = found {
-                        return Ok(Some((
-                            offset.max(offsets.log_start_offset),
-                            batch.header.max_timestamp,
-                        )));
+                    if found.is_some() {
+                        return Ok(found);
                     }
                 }
                 base = last + 1;
@@ -245,6 +247,70 @@ impl Fetcher {
                 None => return Ok(None),
             }
         }
+    }
+
+    /// The first offset holding the partition's largest timestamp, with that
+    /// timestamp (ListOffsets' max-timestamp, KIP-734); `None` if the
+    /// partition is empty.
+    ///
+    /// The index answers "is any record at or after T" in one indexed
+    /// lookup, so the largest T is found by galloping up from the newest
+    /// entry's timestamp (one lookup when timestamps grow with offsets, as
+    /// they usually do) and then halving; the records of the entry found are
+    /// then read for the exact offset.
+    pub async fn offset_of_max_timestamp(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+    ) -> Result<Option<(i64, i64)>, ReadError> {
+        let offsets = self.meta.partition_offsets(topic_id, partition).await?;
+        if offsets.next_offset <= offsets.log_start_offset {
+            return Ok(None);
+        }
+        let newest = self
+            .meta
+            .index_entries(topic_id, partition, offsets.next_offset - 1, 1)
+            .await?;
+        let mut low = match newest.first() {
+            Some(e) => e.max_timestamp,
+            None => i64::MIN,
+        };
+        let any_at = |t: i64| async move {
+            let found = self
+                .meta
+                .entry_for_timestamp(topic_id, partition, t)
+                .await?;
+            Ok::<bool, ReadError>(found.is_some())
+        };
+        if !any_at(low).await? {
+            low = i64::MIN;
+        }
+        // `low` has a record at or after it; find `high` that has none.
+        let mut step = 1i64;
+        let mut high = loop {
+            let probe = low.saturating_add(step);
+            if probe == low {
+                // Nothing is after i64::MAX.
+                break i64::MAX;
+            }
+            if !any_at(probe).await? {
+                break probe;
+            }
+            low = probe;
+            step = step.saturating_mul(2);
+        };
+        while i128::from(high) - i128::from(low) > 1 {
+            let mid = i64::try_from((i128::from(high) + i128::from(low)) / 2).unwrap_or(low);
+            if any_at(mid).await? {
+                low = mid;
+            } else {
+                high = mid;
+            }
+        }
+        if low == i64::MIN && !any_at(low).await? {
+            return Ok(None);
+        }
+        self.offset_for_timestamp(topic_id, partition, low).await
     }
 
     /// The partition's offsets, if `offset` lies within them.
