@@ -76,7 +76,9 @@ def produce(bs, start, n):
                         TOPIC,
                         key=f"user-{i % 50}".encode(),
                         value=json.dumps(event(i)).encode(),
-                        headers=[("src", codec.encode()), ("i", str(i).encode())],
+                        # A repeated key: Kafka keeps both, in order.
+                        headers=[("src", codec.encode()), ("i", str(i).encode()),
+                                 ("src", b"again")],
                         on_delivery=on_delivery,
                     )
                     break
@@ -128,10 +130,12 @@ def check_with_duckdb(con, source, acked):
         f'SELECT value.id, partition, "offset" FROM {source}'
     ).fetchall()
     assert {i: (p, o) for i, p, o in placed} == acked
-    src, n = con.execute(
-        f"SELECT headers[1].value, len(headers) FROM {source} WHERE value.id = 7"
+    src, n, k1, k2, k3, again = con.execute(
+        f"SELECT headers[1].value, len(headers), headers[1].key, headers[2].key, "
+        f"headers[3].key, headers[3].value FROM {source} WHERE value.id = 7"
     ).fetchone()
-    assert src in (c.encode() for c in CODECS) and n == 2
+    assert src in (c.encode() for c in CODECS) and n == 3
+    assert (k1, k2, k3) == ("src", "i", "src") and again == b"again"
 
 
 def parquet_files(root: Path):

@@ -47,6 +47,10 @@ pub struct BrokerConfig {
     /// `max_bytes` says (Kafka `fetch.max.bytes`, 55 MiB); the first batch
     /// is still returned whole if it is bigger.
     pub fetch_max_bytes: usize,
+    /// Incremental fetch sessions kept (Kafka
+    /// `max.incremental.fetch.session.cache.slots`, 1000); 0 turns them
+    /// off.
+    pub fetch_session_slots: usize,
     /// Bytes of encoded answers one connection may have waiting to be
     /// written before the broker stops reading its requests (answers also
     /// count against `max_inflight_request_bytes`, and while that is full a
@@ -101,6 +105,7 @@ impl Default for BrokerConfig {
             max_inflight_request_bytes: 64 * 1024 * 1024,
             request_min_bytes_per_sec: 16 * 1024,
             fetch_max_bytes: 55 * 1024 * 1024,
+            fetch_session_slots: 1000,
             max_queued_answer_bytes: 1024 * 1024,
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
@@ -163,6 +168,9 @@ const BROKER_KEYS: &[(&str, ReadSetting)] = &[
     ("max.connections", |c| c.max_connections.to_string()),
     ("max.connections.per.ip", |c| {
         c.max_connections_per_ip.to_string()
+    }),
+    ("max.incremental.fetch.session.cache.slots", |c| {
+        c.fetch_session_slots.to_string()
     }),
     ("num.partitions", |c| c.num_partitions.to_string()),
     ("offsets.topic.replication.factor", |_| "1".to_owned()),

@@ -14,6 +14,7 @@ pub mod config;
 pub mod connection;
 pub mod context;
 mod error;
+pub mod fetch_sessions;
 pub mod groups;
 pub mod listener;
 pub mod memory;
@@ -62,6 +63,8 @@ pub struct Broker {
     /// Cancelled when the broker starts draining: parked fetches answer
     /// with what they have.
     pub draining: tokio_util::sync::CancellationToken,
+    /// Incremental fetch sessions (KIP-227).
+    pub fetch_sessions: fetch_sessions::FetchSessions,
 }
 
 impl Broker {
@@ -112,6 +115,7 @@ impl Broker {
         let authz = authz::Authorizer::new(config.authorizer.clone(), meta.security.clone());
         Arc::new(Self {
             request_memory: memory::RequestMemory::new(config.max_inflight_request_bytes),
+            fetch_sessions: fetch_sessions::FetchSessions::new(config.fetch_session_slots),
             draining,
             config,
             topic_store: meta.topics.clone(),

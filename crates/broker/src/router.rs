@@ -125,9 +125,10 @@ pub fn api_table() -> &'static [Route] {
                     })
                 },
             },
-            route!(Fetch, 4..=12, |b, ctx, r, v| apis::fetch::handle(&b, r, v)
-                .await),
-            route!(ListOffsets, 1..=6, |b, ctx, r, v| {
+            route!(Fetch, 4..=12, |b, ctx, r, v| {
+                apis::fetch::handle(&b, r, v, &ctx).await
+            }),
+            route!(ListOffsets, 1..=7, |b, ctx, r, v| {
                 apis::list_offsets::handle(&b, r, v).await
             }),
             route!(Metadata, 0..=12, |b, ctx, r, v| {

@@ -31,6 +31,22 @@ pub fn invalid_topic_name(name: &str) -> Option<&'static str> {
     None
 }
 
+/// The names Kafka reserves for its own state (`Topic.isInternal`, plus the
+/// KRaft log). Tributary keeps that state in the metadata store, so these are
+/// never topics: they are not created, automatically or on request, and
+/// clients cannot produce to them.
+pub const INTERNAL_TOPICS: &[&str] = &[
+    "__cluster_metadata",
+    "__consumer_offsets",
+    "__share_group_state",
+    "__transaction_state",
+];
+
+/// Whether `name` is one of Kafka's internal topics.
+pub fn is_internal_topic(name: &str) -> bool {
+    INTERNAL_TOPICS.contains(&name)
+}
+
 /// Cache of topic metadata by name. Entries live briefly so that topics
 /// created or deleted elsewhere show up soon.
 #[derive(Debug, Clone)]
@@ -65,14 +81,18 @@ impl TopicCache {
         }
     }
 
-    /// Look a topic up, creating it with `partitions` partitions if missing.
+    /// Look a topic up, creating it with `partitions` partitions if missing
+    /// (never an internal topic: `None` then).
     pub async fn get_or_create(
         &self,
         name: &str,
         partitions: i32,
-    ) -> Result<Arc<TopicMeta>, MetaError> {
+    ) -> Result<Option<Arc<TopicMeta>>, MetaError> {
         if let Some(t) = self.get(name).await? {
-            return Ok(t);
+            return Ok(Some(t));
+        }
+        if is_internal_topic(name) {
+            return Ok(None);
         }
         match self
             .meta
@@ -83,13 +103,14 @@ impl TopicCache {
                 tracing::info!(topic = name, partitions, "auto-created topic");
                 let t = Arc::new(t);
                 self.by_name.insert(name.to_string(), t.clone()).await;
-                Ok(t)
+                Ok(Some(t))
             }
             // Someone else created it first.
             Err(MetaError::TopicExists(_)) => self
                 .get(name)
                 .await?
-                .ok_or_else(|| MetaError::UnknownTopic(name.to_string())),
+                .ok_or_else(|| MetaError::UnknownTopic(name.to_string()))
+                .map(Some),
             Err(e) => Err(e),
         }
     }
@@ -113,5 +134,15 @@ mod tests {
         assert!(invalid_topic_name("a/b").is_some());
         assert!(invalid_topic_name(&"x".repeat(250)).is_some());
         assert_eq!(invalid_topic_name(&"x".repeat(249)), None);
+    }
+
+    #[test]
+    fn internal_names_are_kafkas_own() {
+        assert!(is_internal_topic("__consumer_offsets"));
+        assert!(is_internal_topic("__transaction_state"));
+        // Other double-underscore names are ordinary topics (Debezium's
+        // heartbeat topics, for one).
+        assert!(!is_internal_topic("__debezium-heartbeat.db"));
+        assert!(!is_internal_topic("consumer_offsets"));
     }
 }

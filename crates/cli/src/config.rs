@@ -187,6 +187,10 @@ serve_settings! {
     /// [default: 57671680].
     #[arg(long, env = "TRIBUTARY_FETCH_MAX_BYTES")]
     fetch_max_bytes: usize,
+    /// Incremental fetch sessions (KIP-227) kept; 0 turns them off (Kafka
+    /// `max.incremental.fetch.session.cache.slots`) [default: 1000].
+    #[arg(long, env = "TRIBUTARY_MAX_INCREMENTAL_FETCH_SESSION_CACHE_SLOTS")]
+    max_incremental_fetch_session_cache_slots: usize,
     /// Bytes of answers one connection may have waiting to be written
     /// before its requests stop being read [default: 1048576].
     #[arg(long, env = "TRIBUTARY_MAX_QUEUED_ANSWER_BYTES")]
@@ -387,6 +391,10 @@ impl Settings {
             a.request_min_bytes_per_sec,
         );
         set(&mut broker.fetch_max_bytes, a.fetch_max_bytes);
+        set(
+            &mut broker.fetch_session_slots,
+            a.max_incremental_fetch_session_cache_slots,
+        );
         set(
             &mut broker.max_queued_answer_bytes,
             a.max_queued_answer_bytes,

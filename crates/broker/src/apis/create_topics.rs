@@ -13,7 +13,7 @@ use tributary_meta::topic_config;
 use super::topic_configs::effective_configs;
 use super::{str_bytes, MAX_PARTITIONS};
 use crate::error::meta_error_code;
-use crate::topics::invalid_topic_name;
+use crate::topics::{invalid_topic_name, is_internal_topic};
 use crate::Broker;
 
 pub async fn handle(
@@ -35,6 +35,16 @@ pub async fn handle(
             results.push(fail(
                 ResponseError::InvalidTopicException.code(),
                 why.to_string(),
+            ));
+            continue;
+        }
+        if is_internal_topic(&name) {
+            results.push(fail(
+                ResponseError::InvalidRequest.code(),
+                format!(
+                    "Creation of internal topic {name} is prohibited: Tributary keeps this \
+                     state in its metadata store"
+                ),
             ));
             continue;
         }

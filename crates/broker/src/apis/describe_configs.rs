@@ -2,14 +2,15 @@
 //! the broker's static ones.
 
 use kafka_protocol::messages::describe_configs_response::{
-    DescribeConfigsResourceResult, DescribeConfigsResult,
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::ResponseError;
+use tributary_meta::topic_config;
 
 use super::str_bytes;
 use super::topic_configs::{
-    effective_configs, RESOURCE_BROKER, RESOURCE_TOPIC, SOURCE_STATIC_BROKER,
+    effective_configs, RESOURCE_BROKER, RESOURCE_TOPIC, SOURCE_DEFAULT, SOURCE_STATIC_BROKER,
 };
 use crate::error::meta_error_code;
 use crate::Broker;
@@ -73,18 +74,64 @@ pub async fn handle(
                 continue;
             }
         };
+        let topic = r.resource_type == RESOURCE_TOPIC;
         let configs = entries
             .into_iter()
             .filter(|(k, _, _)| wanted(k))
             .map(|(k, v, source)| {
-                DescribeConfigsResourceResult::default()
+                let key = if topic {
+                    topic_config::find(k)
+                } else {
+                    topic_config::find_by_broker_name(k)
+                };
+                let mut entry = DescribeConfigsResourceResult::default()
                     .with_name(str_bytes(k))
                     .with_value(Some(str_bytes(&v)))
-                    .with_read_only(r.resource_type == RESOURCE_BROKER)
+                    .with_read_only(!topic)
                     .with_config_source(source)
+                    .with_config_type(key.map_or(TYPE_STRING, |k| k.config_type()));
+                if req.include_documentation {
+                    entry.documentation = key.map(|k| str_bytes(k.doc));
+                }
+                if req.include_synonyms {
+                    entry.synonyms = synonyms(broker, k, &v, source, key, topic);
+                }
+                entry
             })
             .collect();
         results.push(result.with_configs(configs));
     }
     DescribeConfigsResponse::default().with_results(results)
+}
+
+/// DescribeConfigs' type for a config without a key (broker settings).
+const TYPE_STRING: i8 = 2;
+
+/// Where a value comes from, most specific first, as Kafka lists synonyms:
+/// the topic's own value, then the broker-wide default it overrides.
+fn synonyms(
+    broker: &Broker,
+    name: &str,
+    value: &str,
+    source: i8,
+    key: Option<&topic_config::Key>,
+    topic: bool,
+) -> Vec<DescribeConfigsSynonym> {
+    let synonym = |name: &str, value: &str, source: i8| {
+        DescribeConfigsSynonym::default()
+            .with_name(str_bytes(name))
+            .with_value(Some(str_bytes(value)))
+            .with_source(source)
+    };
+    let mut out = vec![synonym(name, value, source)];
+    if topic && source != SOURCE_DEFAULT {
+        if let Some(key) = key {
+            let default = key.default_value(broker.config.max_message_bytes);
+            match key.broker_name {
+                Some(b) => out.push(synonym(b, &default, SOURCE_DEFAULT)),
+                None => out.push(synonym(name, &default, SOURCE_DEFAULT)),
+            }
+        }
+    }
+    out
 }

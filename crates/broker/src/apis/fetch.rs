@@ -9,8 +9,11 @@
 //! copying any record, and `min_bytes` is capped at what one answer may
 //! hold (`fetch_max_bytes`), `max_wait_ms` at 30 s.
 //!
-//! Fetch sessions (KIP-227) are not kept: every answer has session id 0, which
-//! tells clients to send full fetch requests.
+//! Incremental fetch sessions (KIP-227) are kept by
+//! [`crate::fetch_sessions`]: an incremental fetch is read as the session's
+//! whole partition set and answered with only the partitions that have
+//! news. The session's partitions are authorized on every fetch, as the
+//! request's are (ACLs may have changed since they were added).
 
 use std::time::Duration;
 use tributary_runtime::Chain;
@@ -22,7 +25,12 @@ use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId
 use tokio::time::{sleep_until, Instant};
 use tributary_storage::{Isolation, PartitionKey, PartitionWatch, ReadError};
 
+use kafka_protocol::ResponseError;
+use tributary_meta::rules::acl::{operation, resource};
+
+use crate::context::RequestContext;
 use crate::error::read_error_code;
+use crate::fetch_sessions::Begin;
 use crate::Broker;
 
 /// Longest a fetch is parked, whatever the client asks.
@@ -31,10 +39,74 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Poll interval of a parked fetch while other brokers' commits are pushed.
 const LISTENING_POLL: Duration = Duration::from_secs(2);
 
-pub async fn handle(broker: &Broker, req: FetchRequest, _version: i16) -> FetchResponse {
-    let resp = park_and_read(broker, &req).await;
+pub async fn handle(
+    broker: &Broker,
+    req: FetchRequest,
+    version: i16,
+    ctx: &RequestContext,
+) -> FetchResponse {
+    let resp = match broker.fetch_sessions.begin(&req, version, &ctx.principal) {
+        Begin::Sessionless => park_and_read(broker, &req).await,
+        Begin::Create => {
+            let resp = park_and_read(broker, &req).await;
+            let id = broker.fetch_sessions.create(&req, &resp, &ctx.principal);
+            resp.with_session_id(id)
+        }
+        Begin::Incremental { id, request } => {
+            let (request, denied) = authorized(broker, *request, ctx);
+            let mut resp = park_and_read(broker, &request).await;
+            resp.responses.extend(denied);
+            broker.fetch_sessions.finish(id, resp)
+        }
+        Begin::Refuse(code) => FetchResponse::default().with_error_code(code),
+    };
+    let (sessions, partitions) = broker.fetch_sessions.sizes();
+    metrics::gauge!("tributary_fetch_sessions").set(sessions as f64);
+    metrics::gauge!("tributary_fetch_session_partitions").set(partitions as f64);
     count_served(&resp);
     resp
+}
+
+/// The session's partitions READ is allowed on, and an error answer for
+/// each of the others (the gate checked only those the request named).
+fn authorized(
+    broker: &Broker,
+    mut req: FetchRequest,
+    ctx: &RequestContext,
+) -> (FetchRequest, Vec<FetchableTopicResponse>) {
+    if !broker.authz.enabled() {
+        return (req, Vec::new());
+    }
+    let host = ctx.peer.ip().to_string();
+    let (allowed, denied): (Vec<_>, Vec<_>) = req.topics.into_iter().partition(|t| {
+        broker.authz.allows(
+            &ctx.principal,
+            &host,
+            operation::READ,
+            resource::TOPIC,
+            &t.topic.0,
+        )
+    });
+    req.topics = allowed;
+    let denied = denied
+        .into_iter()
+        .map(|t| {
+            FetchableTopicResponse::default()
+                .with_topic(t.topic)
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            PartitionData::default()
+                                .with_partition_index(p.partition)
+                                .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                                .with_high_watermark(-1)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    (req, denied)
 }
 
 /// Count the records and bytes of the response actually sent (reads a

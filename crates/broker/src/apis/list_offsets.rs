@@ -1,5 +1,8 @@
-//! ListOffsets: earliest (-2), latest (-1), and the first offset at or after
-//! a timestamp (read from the records themselves, not just the index).
+//! ListOffsets: earliest (-2), latest (-1), max-timestamp (-3, v7+,
+//! KIP-734), and the first offset at or after a timestamp (read from the
+//! records themselves, not just the index), each answered with the found
+//! record's own timestamp. As on Kafka, what a lookup finds must lie below
+//! what the reader may fetch (the last stable offset for read_committed).
 
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -14,6 +17,7 @@ use crate::Broker;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
 
 pub async fn handle(broker: &Broker, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
     let mut topics = Vec::with_capacity(req.topics.len());
@@ -51,17 +55,32 @@ pub async fn handle(broker: &Broker, req: ListOffsetsRequest, version: i16) -> L
                     }),
                     Err(e) => base.with_error_code(meta_error_code(&e)),
                 },
-                ts if ts >= 0 => match broker
-                    .fetcher
-                    .offset_for_timestamp(topic.id, p.partition_index, ts)
-                    .await
-                {
-                    Ok(Some((offset, batch_ts))) => {
-                        base.with_offset(offset).with_timestamp(batch_ts)
+                ts if ts >= 0 || (ts == MAX_TIMESTAMP && version >= 7) => {
+                    let found = if ts == MAX_TIMESTAMP {
+                        broker
+                            .fetcher
+                            .offset_of_max_timestamp(topic.id, p.partition_index)
+                            .await
+                    } else {
+                        broker
+                            .fetcher
+                            .offset_for_timestamp(topic.id, p.partition_index, ts)
+                            .await
+                    };
+                    let end = broker
+                        .log
+                        .partition_offsets(topic.id, p.partition_index)
+                        .await
+                        .map(|o| Isolation::from_level(req.isolation_level).end(&o));
+                    match (found, end) {
+                        (Ok(Some((offset, record_ts))), Ok(end)) if offset < end => {
+                            base.with_offset(offset).with_timestamp(record_ts)
+                        }
+                        (Ok(_), Ok(_)) => base,
+                        (Err(e), _) => base.with_error_code(read_error_code(&e)),
+                        (_, Err(e)) => base.with_error_code(meta_error_code(&e)),
                     }
-                    Ok(None) => base,
-                    Err(e) => base.with_error_code(read_error_code(&e)),
-                },
+                }
                 _ => base.with_error_code(ResponseError::InvalidRequest.code()),
             };
             parts.push(part);

@@ -13,7 +13,7 @@ use super::{str_bytes, topic_name};
 use crate::cluster::{client_zone, leader_among, on_listener};
 use crate::context::RequestContext;
 use crate::error::meta_error_code;
-use crate::topics::invalid_topic_name;
+use crate::topics::{invalid_topic_name, is_internal_topic};
 use crate::Broker;
 use tributary_meta::BrokerInfo;
 
@@ -89,11 +89,7 @@ pub async fn handle(
             continue;
         }
         let found = if auto_create {
-            broker
-                .topics
-                .get_or_create(&name, cfg.num_partitions)
-                .await
-                .map(Some)
+            broker.topics.get_or_create(&name, cfg.num_partitions).await
         } else {
             broker.topics.get(&name).await
         };
@@ -112,6 +108,7 @@ fn topic_entry(live: &[BrokerInfo], topic: &TopicMeta) -> MetadataResponseTopic 
     MetadataResponseTopic::default()
         .with_name(Some(topic_name(&topic.name)))
         .with_topic_id(topic.id)
+        .with_is_internal(is_internal_topic(&topic.name))
         .with_partitions(
             (0..topic.partitions)
                 .map(|p| {

@@ -19,6 +19,7 @@ pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
+pub mod record_rules;
 pub mod sasl_authenticate;
 pub mod sasl_handshake;
 pub mod scram_credentials;

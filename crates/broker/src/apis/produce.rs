@@ -1,5 +1,6 @@
 //! Produce: validate each partition's record batches (RecordBatch v2 only,
-//! CRC32C, record counts, `max.message.bytes`), hand them to the segment
+//! CRC32C, record counts, `max.message.bytes`, the topic's per-record rules
+//! in [`super::record_rules`]), hand them to the segment
 //! writer, and answer with the base offsets once the segment is uploaded and
 //! committed. One bad partition never fails the others. acks=0 gets no answer.
 
@@ -9,19 +10,24 @@ use std::sync::Arc;
 use tributary_runtime::Chain;
 
 use kafka_protocol::messages::produce_request::PartitionProduceData;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use tributary_meta::topic_config::TimestampType;
 use tributary_meta::{BatchOutcome, ProducerBatch, TopicConfig, TopicMeta, TxnRole};
-use tributary_protocol::batch::{set_log_append_time, split_batches, BatchView};
+use tributary_protocol::batch::{
+    parse_header, set_log_append_time, split_batches, BatchError, BatchView,
+};
+use tributary_protocol::recompress::{recompress, Codec};
 use tributary_protocol::sequence;
 use tributary_storage::{AppendBatch, AppendReceiver, WriteError};
 
-use super::str_bytes;
+use super::{record_rules, str_bytes};
 use crate::error::{batch_error_code, meta_error_code, rejection_code, write_error_code};
-use crate::topics::invalid_topic_name;
+use crate::topics::{invalid_topic_name, is_internal_topic};
 use crate::Broker;
 
 /// A produce whose batches are queued; awaiting it yields the response
@@ -67,13 +73,17 @@ pub async fn submit(broker: &Broker, req: ProduceRequest, _version: i16) -> Pend
             )
         } else if let Some(why) = invalid_topic_name(&name) {
             fail_all(ResponseError::InvalidTopicException.code(), why)
+        } else if is_internal_topic(&name) {
+            fail_all(
+                ResponseError::InvalidTopicException.code(),
+                &format!("Cannot append to internal topic {name}"),
+            )
         } else {
             let topic = if broker.config.auto_create_topics {
                 broker
                     .topics
                     .get_or_create(&name, broker.config.num_partitions)
                     .await
-                    .map(Some)
             } else {
                 broker.topics.get(&name).await
             };
@@ -260,6 +270,32 @@ fn validate_partition(
             "a transactional batch needs the request's transactional id and a producer id",
         ));
     }
+    match record_rules::check(&config, broker.config.clock.now_ms(), &batches) {
+        Ok(Ok(())) => {}
+        Ok(Err(refusal)) => {
+            return Err(
+                error_response(index, refusal.code, &refusal.message).with_record_errors(
+                    refusal
+                        .records
+                        .into_iter()
+                        .map(|(i, why)| {
+                            BatchIndexAndErrorMessage::default()
+                                .with_batch_index(i)
+                                .with_batch_index_error_message(Some(str_bytes(&why)))
+                        })
+                        .collect(),
+                ),
+            )
+        }
+        Err(e) => return Err(error_response(index, batch_error_code(&e), &e.to_string())),
+    }
+    let batches = match config.compression {
+        Some(codec) => match recompressed(batches, codec, max_bytes) {
+            Ok(b) => b,
+            Err(e) => return Err(error_response(index, batch_error_code(&e), &e.to_string())),
+        },
+        None => batches,
+    };
     let mut append: Vec<AppendBatch> = batches
         .iter()
         .map(|b| append_batch(b, transactional.as_ref()))
@@ -277,6 +313,36 @@ fn validate_partition(
     }
     Ok((index, append, log_append_time))
 }
+
+/// The batches with their records in the topic's `compression.type`, as
+/// Kafka's broker stores them. A batch may decompress to at most
+/// [`RECOMPRESS_RATIO`] times `max.message.bytes` (at least 1 MiB) here.
+fn recompressed(
+    batches: Vec<BatchView>,
+    codec: Codec,
+    max_message_bytes: i64,
+) -> Result<Vec<BatchView>, BatchError> {
+    let limit = usize::try_from(max_message_bytes.max(1 << 20))
+        .unwrap_or(usize::MAX)
+        .saturating_mul(RECOMPRESS_RATIO);
+    batches
+        .into_iter()
+        .map(|b| {
+            if b.header.compression() == codec.id() {
+                return Ok(b);
+            }
+            let bytes = recompress(&b.bytes, codec, limit)?;
+            Ok(BatchView {
+                header: parse_header(&bytes)?,
+                bytes,
+            })
+        })
+        .collect()
+}
+
+/// How much larger than `max.message.bytes` a batch's records may be when
+/// the broker recompresses them (the bound on a compression bomb).
+const RECOMPRESS_RATIO: usize = 8;
 
 fn outcome_response(index: i32, outcomes: &[BatchOutcome]) -> PartitionProduceResponse {
     let mut base = None;

@@ -25,6 +25,12 @@ use super::saved::{SavedGroup, SavedMember};
 
 pub(super) const NONE: i16 = 0;
 
+/// How long a new group's first rebalance waits after the latest join for
+/// another member (bounded by `group.initial.rebalance.delay.ms`): longer
+/// than the gap between processes started together, short enough that a
+/// lone consumer's first one-second poll still gets records.
+pub(super) const INITIAL_QUIET: Duration = Duration::from_millis(400);
+
 pub(super) fn code(e: ResponseError) -> i16 {
     e.code()
 }
@@ -192,6 +198,8 @@ pub(super) struct Group {
     /// Member ids handed out with MEMBER_ID_REQUIRED, with their expiry.
     pending: HashMap<String, Instant>,
     join_deadline: Option<Instant>,
+    /// During a new group's first rebalance: when it completes at the
+    /// latest (`group.initial.rebalance.delay.ms` after it began).
     initial_delay_until: Option<Instant>,
     initial_delay: Duration,
     /// Grows whenever what [`Group::to_save`] returns changes, so the
@@ -443,10 +451,24 @@ impl Group {
                 p.member_id,
             ));
         }
+        self.extend_initial_quiet(now);
         if p.member_id.is_empty() {
             self.join_unknown(p, now)
         } else {
             self.join_known(p, now)
+        }
+    }
+
+    /// A join during a new group's first rebalance: wait for another quiet
+    /// period ([`INITIAL_QUIET`]), within the initial delay, so that members
+    /// starting together (the processes of one deployment) settle in one
+    /// rebalance while a lone member waits only the quiet period.
+    fn extend_initial_quiet(&mut self, now: Instant) {
+        if self.state != GroupState::PreparingRebalance {
+            return;
+        }
+        if let Some(cap) = self.initial_delay_until {
+            self.join_deadline = Some((now + INITIAL_QUIET).min(cap));
         }
     }
 
@@ -642,9 +664,9 @@ impl Group {
             && self.generation_id == 0
             && !self.initial_delay.is_zero()
         {
-            let until = now + self.initial_delay.min(timeout);
-            self.initial_delay_until = Some(until);
-            self.join_deadline = Some(until);
+            let cap = now + self.initial_delay.min(timeout);
+            self.initial_delay_until = Some(cap);
+            self.join_deadline = Some((now + INITIAL_QUIET).min(cap));
         } else {
             self.join_deadline = Some(now + timeout);
         }
@@ -655,7 +677,7 @@ impl Group {
         if self.state == GroupState::PreparingRebalance
             && self.pending.is_empty()
             && self.members.iter().all(|m| m.awaiting_join.is_some())
-            && self.initial_delay_until.is_none_or(|t| now >= t)
+            && (self.initial_delay_until.is_none() || self.join_deadline.is_some_and(|t| now >= t))
         {
             self.complete_join(now);
         }
@@ -987,7 +1009,14 @@ impl Group {
         if self.state == GroupState::PreparingRebalance
             && self.join_deadline.is_some_and(|d| d <= now)
         {
-            self.complete_join(now);
+            // A first rebalance still has time and a member that was just
+            // given its id: wait for its join rather than rebalance again.
+            match self.initial_delay_until {
+                Some(cap) if now < cap && !self.pending.is_empty() => {
+                    self.join_deadline = Some((now + INITIAL_QUIET).min(cap));
+                }
+                _ => self.complete_join(now),
+            }
         }
     }
 

@@ -78,9 +78,11 @@ pub struct GroupConfig {
     pub min_session_timeout_ms: i32,
     /// Largest accepted session timeout (Kafka `group.max.session.timeout.ms`, default 1800000).
     pub max_session_timeout_ms: i32,
-    /// How long a brand-new group's first rebalance waits for more members
-    /// (Kafka `group.initial.rebalance.delay.ms`). Default 0: the first join
-    /// completes as soon as every known member has joined.
+    /// The longest a brand-new group's first rebalance waits for more
+    /// members (Kafka `group.initial.rebalance.delay.ms`, 3000). Within it,
+    /// the rebalance completes once no member has joined for
+    /// [`group::INITIAL_QUIET`]; 0 completes it as soon as every known
+    /// member has joined.
     pub initial_rebalance_delay_ms: u64,
     /// An Empty group (no members, no join in progress) not used for this
     /// long leaves memory with its timer task and claim: group ids are
@@ -94,7 +96,7 @@ impl Default for GroupConfig {
         GroupConfig {
             min_session_timeout_ms: 6000,
             max_session_timeout_ms: 1_800_000,
-            initial_rebalance_delay_ms: 0,
+            initial_rebalance_delay_ms: 3000,
             empty_group_ttl: Duration::from_secs(300),
         }
     }

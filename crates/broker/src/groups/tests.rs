@@ -308,7 +308,7 @@ async fn single_member_joins_immediately() {
         join(&c, join_req("g", &id, 10_000), 5),
     )
     .await
-    .expect("first join completes without delay");
+    .expect("first join completes after the quiet period");
     assert_eq!(r.error_code, 0);
     assert_eq!(r.generation_id, 1);
     assert_eq!(r.leader.as_str(), id);
@@ -324,6 +324,70 @@ async fn single_member_joins_immediately() {
     let r = join(&c, join_req("old", "", 10_000), 0).await;
     assert_eq!(r.error_code, 0);
     assert_eq!(r.generation_id, 1);
+    c.shutdown();
+}
+
+/// A new group's first rebalance: a lone member waits one quiet period;
+/// members joining a quarter second apart land in one generation; a stream
+/// of joins is cut off by `group.initial.rebalance.delay.ms`.
+#[tokio::test(start_paused = true)]
+async fn first_rebalance_waits_for_a_quiet_period() {
+    let (c, _) = setup().await;
+    let start = tokio::time::Instant::now();
+    let id = member_id(&c, "alone").await;
+    let r = join(&c, join_req("alone", &id, 10_000), 5).await;
+    assert_eq!((r.error_code, r.generation_id), (0, 1));
+    assert_eq!(
+        start.elapsed(),
+        group::INITIAL_QUIET,
+        "a lone member waits one quiet period"
+    );
+
+    // Three members, each a quarter second after the previous.
+    let mut tasks = Vec::new();
+    for i in 0..3u64 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(250 * i)).await;
+            let id = member_id(&c, "together").await;
+            join(&c, join_req("together", &id, 10_000), 5).await
+        }));
+    }
+    let mut generations = Vec::new();
+    for t in tasks {
+        let r = t.await.expect("join task");
+        assert_eq!(r.error_code, 0);
+        generations.push(r.generation_id);
+    }
+    assert_eq!(
+        generations,
+        [1, 1, 1],
+        "one rebalance for members started together"
+    );
+
+    // A member every 300 ms for five seconds: the first rebalance still
+    // completes by the initial delay (3 s).
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..16u64 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300 * i)).await;
+            let id = member_id(&c, "stream").await;
+            let r = join(&c, join_req("stream", &id, 10_000), 5).await;
+            (r.generation_id, tokio::time::Instant::now())
+        }));
+    }
+    let first = tasks.remove(0).await.expect("join task");
+    assert_eq!(first.0, 1);
+    assert_eq!(
+        first.1 - start,
+        Duration::from_millis(3000),
+        "bounded by the initial delay"
+    );
+    for t in tasks {
+        t.await.expect("join task");
+    }
     c.shutdown();
 }
 
@@ -977,6 +1041,9 @@ async fn idle_empty_groups_leave_memory() {
         GroupConfig {
             min_session_timeout_ms: 50,
             empty_group_ttl: Duration::from_millis(200),
+            // First joins complete at once: the groups must all be in
+            // memory before the sweep starts.
+            initial_rebalance_delay_ms: 0,
             ..GroupConfig::default()
         },
     );
