@@ -142,6 +142,7 @@ async fn kafka_semantics_at_the_protocol_level() -> Result<()> {
             list_offsets_by_time(&broker)?;
             topic_compression(&broker)?;
             fetch_sessions(&broker)?;
+            leader_epochs_and_topic_partitions(&broker)?;
             every_topic_config(&broker)
         })
     })
@@ -399,6 +400,98 @@ fn fetch_sessions(broker: &BrokerProcess) -> Result<()> {
         closed.error_code == 0 && closed.session_id == 0,
         "closing: {closed:?}"
     );
+    Ok(())
+}
+
+/// OffsetForLeaderEpoch agrees with the one leader epoch Metadata reports
+/// (the current epoch ends at the log end; a newer one is unknown; a stale
+/// or future current epoch is fenced or unknown), and DescribeTopicPartitions
+/// pages a topic's partitions with a cursor, with Metadata's leaders.
+fn leader_epochs_and_topic_partitions(broker: &BrokerProcess) -> Result<()> {
+    use kafka_protocol::messages::describe_topic_partitions_request::{Cursor, TopicRequest};
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    let mut conn = Raw::connect(broker.addr())?;
+    let topic = "semantics-max-timestamp"; // five records
+    let metadata = conn.call(
+        &MetadataRequest::default().with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(TopicName(s(topic))))
+        ])),
+        12,
+    )?;
+    let epoch = metadata.topics[0].partitions[0].leader_epoch;
+    let leader = metadata.topics[0].partitions[0].leader_id;
+    let ask = |conn: &mut Raw, current: i32, wanted: i32| -> Result<(i16, i32, i64)> {
+        let answer = conn.call(
+            &OffsetForLeaderEpochRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![OffsetForLeaderTopic::default()
+                    .with_topic(TopicName(s(topic)))
+                    .with_partitions(vec![OffsetForLeaderPartition::default()
+                        .with_partition(0)
+                        .with_current_leader_epoch(current)
+                        .with_leader_epoch(wanted)])]),
+            4,
+        )?;
+        let p = &answer.topics[0].partitions[0];
+        Ok((p.error_code, p.leader_epoch, p.end_offset))
+    };
+    let found = ask(&mut conn, epoch, epoch)?;
+    ensure!(
+        found == (0, epoch, 5),
+        "the current epoch ends at the log end: {found:?}"
+    );
+    let found = ask(&mut conn, -1, epoch + 1)?;
+    ensure!(found == (0, -1, -1), "a newer epoch is unknown: {found:?}");
+    let found = ask(&mut conn, epoch + 1, epoch)?;
+    ensure!(
+        found.0 == 75,
+        "a future current epoch: UNKNOWN_LEADER_EPOCH, got {found:?}"
+    );
+
+    // Two topics of one partition and an unknown one, a partition a page.
+    let (code, msg) = create(&mut conn, "semantics-paged", &[])?;
+    ensure!(code == 0, "{code} {msg:?}");
+    let request = |cursor: Option<Cursor>| {
+        DescribeTopicPartitionsRequest::default()
+            .with_topics(vec![
+                TopicRequest::default().with_name(TopicName(s("semantics-paged"))),
+                TopicRequest::default().with_name(TopicName(s(topic))),
+                TopicRequest::default().with_name(TopicName(s("semantics-no-such-topic"))),
+            ])
+            .with_response_partition_limit(1)
+            .with_cursor(cursor)
+    };
+    let mut pages = Vec::new();
+    let mut cursor = None;
+    for _ in 0..5 {
+        let answer = conn.call(&request(cursor), 0)?;
+        for t in &answer.topics {
+            let name = t.name.as_ref().map(|n| n.to_string()).unwrap_or_default();
+            if t.error_code != 0 {
+                pages.push((name.clone(), -1, t.error_code));
+            }
+            for p in &t.partitions {
+                ensure!(p.leader_id == leader && p.leader_epoch == epoch, "{p:?}");
+                pages.push((name.clone(), p.partition_index, 0));
+            }
+        }
+        cursor = answer.next_cursor.map(|c| {
+            Cursor::default()
+                .with_topic_name(c.topic_name)
+                .with_partition_index(c.partition_index)
+        });
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let want: Vec<(String, i32, i16)> = vec![
+        ("semantics-max-timestamp".into(), 0, 0),
+        ("semantics-no-such-topic".into(), -1, 3),
+        ("semantics-paged".into(), 0, 0),
+    ];
+    ensure!(pages == want, "pages {pages:?}");
     Ok(())
 }
 

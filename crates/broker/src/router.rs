@@ -134,6 +134,12 @@ pub fn api_table() -> &'static [Route] {
             route!(Metadata, 0..=12, |b, ctx, r, v| {
                 apis::metadata::handle(&b, r, v, &ctx).await
             }),
+            route!(DescribeTopicPartitions, 0..=0, |b, ctx, r, v| {
+                apis::describe_topic_partitions::handle(&b, r, v, &ctx).await
+            }),
+            route!(OffsetForLeaderEpoch, 2..=4, |b, ctx, r, v| {
+                apis::offset_for_leader_epoch::handle(&b, r, v).await
+            }),
             route!(ApiVersions, 0..=4, |_b, ctx, _r, _v| api_versions()),
             route!(SaslHandshake, 0..=1, |b, ctx, r, v| {
                 apis::sasl_handshake::handle(&b, r, v, &ctx)

@@ -132,6 +132,16 @@ pub fn decode_records(
     batch: &Bytes,
     max_decompressed: usize,
 ) -> Result<Vec<BatchRecord>, BatchError> {
+    let (header, records) = header_and_records(batch, max_decompressed)?;
+    parse_records(&records, header.record_count, header.base_timestamp)
+}
+
+/// The header of one whole `batch` and its records section, decompressed
+/// into at most `max_decompressed` bytes.
+pub(crate) fn header_and_records(
+    batch: &Bytes,
+    max_decompressed: usize,
+) -> Result<(BatchHeader, Bytes), BatchError> {
     let (header, total) = whole_batch(batch)?;
     if header.record_count < 0 {
         return Err(BatchError::InvalidRecordCount {
@@ -140,7 +150,7 @@ pub fn decode_records(
         });
     }
     let records = records_section(batch, &header, total, max_decompressed)?;
-    parse_records(&records, header.record_count, header.base_timestamp)
+    Ok((header, records))
 }
 
 /// The records section of a whole `batch` (header `header`, length
@@ -195,38 +205,64 @@ fn parse_records(
     base_timestamp: i64,
 ) -> Result<Vec<BatchRecord>, BatchError> {
     let bad = |what: &str| BatchError::Decode(what.to_owned());
-    let mut at = 0usize;
-    // One zigzag varint at `at` (at most 10 bytes).
-    let varint = |at: &mut usize| -> Result<i64, BatchError> {
-        let mut value = 0u64;
-        for shift in (0..70).step_by(7) {
-            let byte = *section.get(*at).ok_or(BatchError::Truncated)?;
-            *at += 1;
-            value |= u64::from(byte & 0x7f) << shift.min(63);
-            if byte & 0x80 == 0 {
-                return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
-            }
-        }
-        Err(bad("varint longer than 10 bytes"))
-    };
-    // A length-prefixed byte string at `at` (-1: null).
-    let bytes = |at: &mut usize, len: i64| -> Result<Option<Bytes>, BatchError> {
-        if len < 0 {
-            return Ok(None);
-        }
-        let len = usize::try_from(len).map_err(|_| bad("length"))?;
-        let end = at.checked_add(len).filter(|e| *e <= section.len());
-        let end = end.ok_or_else(|| bad("field past the end of the records"))?;
-        let out = section.slice(*at..end);
-        *at = end;
-        Ok(Some(out))
-    };
     // Every record takes at least 7 bytes: never reserve more than the
     // section can hold.
-    let count = usize::try_from(count).unwrap_or(0);
-    let mut out = Vec::with_capacity(count.min(section.len() / 7));
-    for _ in 0..count {
-        let len = varint(&mut at)?;
+    let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(section.len() / 7));
+    walk_records(section, count, base_timestamp, |r| {
+        let mut at = r.headers_at;
+        let header_count = varint_at(section, &mut at)?;
+        let header_count =
+            usize::try_from(header_count).map_err(|_| bad("negative header count"))?;
+        let mut headers = Vec::with_capacity(header_count.min(r.end.saturating_sub(at) / 2));
+        for _ in 0..header_count {
+            let key_len = varint_at(section, &mut at)?;
+            let key = bytes_at(section, &mut at, key_len)?.ok_or_else(|| bad("null header key"))?;
+            let key =
+                String::from_utf8(key.to_vec()).map_err(|_| bad("header key is not UTF-8"))?;
+            let value_len = varint_at(section, &mut at)?;
+            headers.push((key, bytes_at(section, &mut at, value_len)?));
+        }
+        if at != r.end {
+            return Err(bad("record length does not match its fields"));
+        }
+        out.push(BatchRecord {
+            offset_delta: r.offset_delta,
+            timestamp: r.timestamp,
+            key: r.key,
+            value: r.value,
+            headers,
+        });
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// One record of a decompressed records section, as [`walk_records`] finds
+/// it: where it lies (`start..end`, length prefix included), its offset
+/// delta, timestamp, key and value, and where its headers begin.
+#[derive(Debug)]
+pub(crate) struct RawRecord {
+    pub start: usize,
+    pub end: usize,
+    pub offset_delta: i64,
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers_at: usize,
+}
+
+/// Walk the `count` records of a decompressed records section in order.
+pub(crate) fn walk_records(
+    section: &Bytes,
+    count: i32,
+    base_timestamp: i64,
+    mut each: impl FnMut(RawRecord) -> Result<(), BatchError>,
+) -> Result<(), BatchError> {
+    let bad = |what: &str| BatchError::Decode(what.to_owned());
+    let mut at = 0usize;
+    for _ in 0..count.max(0) {
+        let start = at;
+        let len = varint_at(section, &mut at)?;
         let len = usize::try_from(len).map_err(|_| bad("negative record length"))?;
         let end = at
             .checked_add(len)
@@ -234,36 +270,55 @@ fn parse_records(
             .ok_or(BatchError::Truncated)?;
         // attributes (unused in v2 records)
         at += 1;
-        let timestamp_delta = varint(&mut at)?;
-        let offset_delta = varint(&mut at)?;
-        let key_len = varint(&mut at)?;
-        let key = bytes(&mut at, key_len)?;
-        let value_len = varint(&mut at)?;
-        let value = bytes(&mut at, value_len)?;
-        let header_count = varint(&mut at)?;
-        let header_count =
-            usize::try_from(header_count).map_err(|_| bad("negative header count"))?;
-        let mut headers = Vec::with_capacity(header_count.min(end.saturating_sub(at) / 2));
-        for _ in 0..header_count {
-            let key_len = varint(&mut at)?;
-            let key = bytes(&mut at, key_len)?.ok_or_else(|| bad("null header key"))?;
-            let key =
-                String::from_utf8(key.to_vec()).map_err(|_| bad("header key is not UTF-8"))?;
-            let value_len = varint(&mut at)?;
-            headers.push((key, bytes(&mut at, value_len)?));
+        let timestamp_delta = varint_at(section, &mut at)?;
+        let offset_delta = varint_at(section, &mut at)?;
+        let key_len = varint_at(section, &mut at)?;
+        let key = bytes_at(section, &mut at, key_len)?;
+        let value_len = varint_at(section, &mut at)?;
+        let value = bytes_at(section, &mut at, value_len)?;
+        if at > end {
+            return Err(bad("record fields past its length"));
         }
-        if at != end {
-            return Err(bad("record length does not match its fields"));
-        }
-        out.push(BatchRecord {
+        each(RawRecord {
+            start,
+            end,
             offset_delta,
             timestamp: base_timestamp.saturating_add(timestamp_delta),
             key,
             value,
-            headers,
-        });
+            headers_at: at,
+        })?;
+        at = end;
     }
-    Ok(out)
+    Ok(())
+}
+
+/// A zigzag varint at `at` (at most 10 bytes).
+pub(crate) fn varint_at(section: &[u8], at: &mut usize) -> Result<i64, BatchError> {
+    let mut value = 0u64;
+    for shift in (0..70).step_by(7) {
+        let byte = *section.get(*at).ok_or(BatchError::Truncated)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift.min(63);
+        if byte & 0x80 == 0 {
+            return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
+        }
+    }
+    Err(BatchError::Decode("varint longer than 10 bytes".to_owned()))
+}
+
+/// A byte string of `len` bytes at `at` (-1: null).
+fn bytes_at(section: &Bytes, at: &mut usize, len: i64) -> Result<Option<Bytes>, BatchError> {
+    if len < 0 {
+        return Ok(None);
+    }
+    let bad = |what: &str| BatchError::Decode(what.to_owned());
+    let len = usize::try_from(len).map_err(|_| bad("length"))?;
+    let end = at.checked_add(len).filter(|e| *e <= section.len());
+    let end = end.ok_or_else(|| bad("field past the end of the records"))?;
+    let out = section.slice(*at..end);
+    *at = end;
+    Ok(Some(out))
 }
 
 /// The fixed 61-byte header of a RecordBatch v2.

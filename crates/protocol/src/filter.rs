@@ -10,7 +10,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::batch::{
-    crc32c, records_section, whole_batch, BatchError, CRC_OFFSET, CRC_START, HEADER_LEN,
+    crc32c, header_and_records, walk_records, BatchError, CRC_OFFSET, CRC_START, HEADER_LEN,
 };
 use crate::recompress::{compress, Codec};
 
@@ -54,58 +54,23 @@ fn filter(
     max_decompressed: usize,
     mut keep: impl FnMut(RecordView<'_>) -> bool,
 ) -> Result<Option<Bytes>, BatchError> {
-    let (header, total) = whole_batch(batch)?;
-    if header.record_count < 0 {
-        return Err(BatchError::InvalidRecordCount {
-            record_count: header.record_count,
-            last_offset_delta: header.last_offset_delta,
-        });
-    }
-    let section = records_section(batch, &header, total, max_decompressed)?;
-    let bad = |what: &str| BatchError::Decode(what.to_owned());
-    let mut at = 0usize;
+    let (header, section) = header_and_records(batch, max_decompressed)?;
     let mut kept: Vec<(usize, usize)> = Vec::new();
     let mut dropped = false;
-    for _ in 0..header.record_count {
-        let start = at;
-        let len = varint(&section, &mut at)?;
-        let len = usize::try_from(len).map_err(|_| bad("negative record length"))?;
-        let end = at
-            .checked_add(len)
-            .filter(|e| *e <= section.len())
-            .ok_or(BatchError::Truncated)?;
-        at += 1; // attributes
-        let timestamp_delta = varint(&section, &mut at)?;
-        let offset_delta = varint(&section, &mut at)?;
-        let key_len = varint(&section, &mut at)?;
-        let key = if key_len >= 0 {
-            let key_end = at
-                .checked_add(usize::try_from(key_len).map_err(|_| bad("key length"))?)
-                .filter(|e| *e <= end)
-                .ok_or_else(|| bad("key past the record"))?;
-            let key = &section[at..key_end];
-            at = key_end;
-            Some(key)
-        } else {
-            None
-        };
-        let value_len = varint(&section, &mut at)?;
-        if at > end {
-            return Err(bad("record fields past its length"));
-        }
+    walk_records(&section, header.record_count, header.base_timestamp, |r| {
         let view = RecordView {
-            offset_delta,
-            timestamp: header.base_timestamp.saturating_add(timestamp_delta),
-            key,
-            tombstone: value_len < 0,
+            offset_delta: r.offset_delta,
+            timestamp: r.timestamp,
+            key: r.key.as_deref(),
+            tombstone: r.value.is_none(),
         };
         if keep(view) {
-            kept.push((start, end));
+            kept.push((r.start, r.end));
         } else {
             dropped = true;
         }
-        at = end;
-    }
+        Ok(())
+    })?;
     if !dropped {
         return Ok(None);
     }
@@ -137,25 +102,12 @@ fn filter(
         let attributes = i16::from_be_bytes([out[21], out[22]]) & !0x07;
         out[21..23].copy_from_slice(&attributes.to_be_bytes());
     }
-    let count = i32::try_from(kept.len()).map_err(|_| bad("record count"))?;
+    let count =
+        i32::try_from(kept.len()).map_err(|_| BatchError::Decode("record count".to_owned()))?;
     out[57..61].copy_from_slice(&count.to_be_bytes());
     let crc = crc32c(&out[CRC_START..]);
     out[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
     Ok(Some(out.freeze()))
-}
-
-/// A zigzag varint at `at` of at most 10 bytes.
-fn varint(section: &[u8], at: &mut usize) -> Result<i64, BatchError> {
-    let mut value = 0u64;
-    for shift in (0..70).step_by(7) {
-        let byte = *section.get(*at).ok_or(BatchError::Truncated)?;
-        *at += 1;
-        value |= u64::from(byte & 0x7f) << shift.min(63);
-        if byte & 0x80 == 0 {
-            return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
-        }
-    }
-    Err(BatchError::Decode("varint longer than 10 bytes".into()))
 }
 
 #[cfg(test)]

@@ -32,7 +32,6 @@ use tributary_meta::{
     BrokerRegistry, Clock, CommitDeadline, IndexEntry, LogStore, MaintenanceStore, MetaError,
     Stores, TopicConfig, TopicMeta, TopicStore,
 };
-use tributary_protocol::batch::split_stored_batches;
 use tributary_runtime::{Background, Chain, TaskHandle, Tick};
 use tributary_segment::{PushBatch, SegmentBuilder};
 
@@ -314,108 +313,72 @@ impl Maintenance {
         {
             return Ok(None);
         }
-        let mut builder = SegmentBuilder::new();
-        // (first offset, handles) of each new entry
-        let mut groups: Vec<(i64, Vec<usize>, i64)> = Vec::new();
-        let mut group_bytes = 0u64;
+        let mut batches: Vec<(i64, i64, bytes::Bytes)> = Vec::new();
         for entry in &old {
-            let bytes = self
-                .cache
-                .read(
-                    &entry.segment_key,
-                    entry.byte_start..entry.byte_start + entry.byte_len,
-                )
-                .await
-                .map_err(|cause| CompactionError::Read {
-                    key: entry.segment_key.clone(),
-                    cause,
-                })?;
-            let batches =
-                split_stored_batches(&bytes).map_err(|cause| CompactionError::Corrupt {
-                    key: entry.segment_key.clone(),
-                    cause,
-                })?;
-            let mut base = entry.base_offset;
-            for batch in batches {
-                let count = batch.header.offset_count();
-                if groups.is_empty() || group_bytes >= self.config.compacted_entry_bytes {
-                    groups.push((base, Vec::new(), i64::MIN));
-                    group_bytes = 0;
-                }
-                let handle = builder.push_batch(
-                    topic.id,
-                    partition,
-                    PushBatch {
-                        record_count: i64::from(batch.header.record_count),
-                        offset_count: count,
-                        first_timestamp: batch.header.base_timestamp,
-                        max_timestamp: batch.header.max_timestamp,
-                        bytes: batch.bytes.clone(),
-                    },
-                );
-                group_bytes += batch.bytes.len() as u64;
-                if let Some(g) = groups.last_mut() {
-                    g.1.push(handle.index());
-                    g.2 = g.2.max(batch.header.max_timestamp);
-                }
-                base += count;
-            }
-            if base != entry.last_offset + 1 {
-                return Err(CompactionError::Mismatch {
-                    key: entry.segment_key.clone(),
-                    first: entry.base_offset,
-                    last: entry.last_offset,
-                    found: base - 1,
-                });
-            }
+            self.each_batch(entry, |base, view| {
+                batches.push((base, view.header.offset_count(), view.bytes));
+                Ok(())
+            })
+            .await?;
         }
-        let built = builder.finish();
         let created_ms = self.now_ms();
         let key = keys::new_compacted_segment_key(created_ms);
-        let mut new_entries = Vec::with_capacity(groups.len());
-        for (i, (first, handles, max_ts)) in groups.iter().enumerate() {
-            let start = built.batches[handles[0]].byte_start;
-            let last_handle = handles[handles.len() - 1];
-            let end = built.batches[last_handle].byte_start + built.batches[last_handle].byte_len;
-            let last_offset = match groups.get(i + 1) {
-                Some(next) => next.0 - 1,
-                None => old[old.len() - 1].last_offset,
-            };
-            new_entries.push(IndexEntry {
-                topic_id: topic.id,
-                partition,
-                base_offset: *first,
-                last_offset,
-                segment_key: key.clone(),
-                byte_start: start,
-                byte_len: end - start,
-                max_timestamp: *max_ts,
-            });
+        let (bytes, new_entries) = build_object(
+            topic.id,
+            partition,
+            batches,
+            &key,
+            old[old.len() - 1].last_offset,
+            self.config.compacted_entry_bytes,
+        );
+        let size = bytes.len() as u64;
+        let swapped = self
+            .upload_and_swap(&old, &key, bytes, &new_entries, created_ms)
+            .await?;
+        if swapped {
+            info!(topic = %topic.name, partition, merged = old.len(), entries = new_entries.len(), segment = %key, size, "compacted");
+        } else {
+            debug!(topic = %topic.name, partition, segment = %key, "compaction lost a race; the janitor removes the object");
         }
-        let size = built.bytes.len() as u64;
+        Ok(Some(swapped))
+    }
+
+    /// Upload a compaction's object `bytes` under `key` (create-only) and
+    /// swap its `new` entries in for `old` atomically; false when the index
+    /// changed meanwhile (the object is then unreferenced and the janitor
+    /// removes it).
+    async fn upload_and_swap(
+        &self,
+        old: &[IndexEntry],
+        key: &str,
+        bytes: bytes::Bytes,
+        new: &[IndexEntry],
+        created_ms: i64,
+    ) -> Result<bool, CompactionError> {
+        let size = bytes.len() as u64;
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
         self.store
             .put_opts(
-                &keys::path(&key),
-                PutPayload::from_bytes(built.bytes.clone()),
+                &keys::path(key),
+                PutPayload::from_bytes(bytes.clone()),
                 opts,
             )
             .await
             .map_err(|cause| CompactionError::Upload {
-                key: key.clone(),
+                key: key.to_owned(),
                 cause,
             })?;
-        self.cache.insert_object(&key, &built.bytes).await;
-        let swapped = self
+        self.cache.insert_object(key, &bytes).await;
+        Ok(self
             .maintenance
             .replace_entries(
-                &old,
-                &key,
+                old,
+                key,
                 size,
-                &new_entries,
+                new,
                 self.now_ms(),
                 // The janitor deletes unindexed objects past the grace, so
                 // the swap must land well before (by the store's clock): the
@@ -426,13 +389,7 @@ impl Maintenance {
                         .unwrap_or(i64::MAX),
                 }),
             )
-            .await?;
-        if swapped {
-            info!(topic = %topic.name, partition, merged = old.len(), entries = new_entries.len(), segment = %key, size, "compacted");
-        } else {
-            debug!(topic = %topic.name, partition, segment = %key, "compaction lost a race; the janitor removes the object");
-        }
-        Ok(Some(swapped))
+            .await?)
     }
 
     /// Delete objects of segments dead for longer than the grace period.
@@ -523,6 +480,65 @@ impl Maintenance {
         }
         Ok(deleted)
     }
+}
+
+/// One per-partition object of `batches` ((base offset, offset count,
+/// bytes), in offset order, up to `last_offset`) and its index entries,
+/// one per about `entry_bytes` so reads stay small.
+fn build_object(
+    topic_id: uuid::Uuid,
+    partition: i32,
+    batches: Vec<(i64, i64, bytes::Bytes)>,
+    key: &str,
+    last_offset: i64,
+    entry_bytes: u64,
+) -> (bytes::Bytes, Vec<IndexEntry>) {
+    let mut builder = SegmentBuilder::new();
+    // (first offset, handles, max timestamp) of each new entry
+    let mut groups: Vec<(i64, Vec<usize>, i64)> = Vec::new();
+    let mut group_bytes = 0u64;
+    for (base, count, bytes) in batches {
+        let header = tributary_protocol::parse_header(&bytes).ok();
+        if groups.is_empty() || group_bytes >= entry_bytes {
+            groups.push((base, Vec::new(), i64::MIN));
+            group_bytes = 0;
+        }
+        let max_timestamp = header.map_or(-1, |h| h.max_timestamp);
+        group_bytes += bytes.len() as u64;
+        let handle = builder.push_batch(
+            topic_id,
+            partition,
+            PushBatch {
+                record_count: header.map_or(0, |h| i64::from(h.record_count)),
+                offset_count: count,
+                first_timestamp: header.map_or(-1, |h| h.base_timestamp),
+                max_timestamp,
+                bytes,
+            },
+        );
+        if let Some(g) = groups.last_mut() {
+            g.1.push(handle.index());
+            g.2 = g.2.max(max_timestamp);
+        }
+    }
+    let built = builder.finish();
+    let mut entries = Vec::with_capacity(groups.len());
+    for (i, (first, handles, max_ts)) in groups.iter().enumerate() {
+        let start = built.batches[handles[0]].byte_start;
+        let end_handle = handles[handles.len() - 1];
+        let end = built.batches[end_handle].byte_start + built.batches[end_handle].byte_len;
+        entries.push(IndexEntry {
+            topic_id,
+            partition,
+            base_offset: *first,
+            last_offset: groups.get(i + 1).map_or(last_offset, |next| next.0 - 1),
+            segment_key: key.to_owned(),
+            byte_start: start,
+            byte_len: end - start,
+            max_timestamp: *max_ts,
+        });
+    }
+    (built.bytes, entries)
 }
 
 /// Keys checked against the metadata store per call by the janitor.

@@ -24,13 +24,7 @@ pub async fn handle(
     ctx: &RequestContext,
 ) -> MetadataResponse {
     let cfg = &broker.config;
-    // A client that names its zone sees only that zone's brokers (when the
-    // zone has any), so its traffic stays in the zone; and each broker at
-    // the address of the listener the client came in on.
-    let live = on_listener(
-        broker.cluster.brokers_for_zone(client_zone(&ctx.client_id)),
-        ctx.listener,
-    );
+    let live = live_brokers(broker, ctx);
     let controller = live.first().map_or(cfg.node_id, |b| b.node_id);
     let mut resp = MetadataResponse::default()
         .with_brokers(
@@ -104,6 +98,22 @@ pub async fn handle(
     resp
 }
 
+/// The brokers a client is shown. A client that names its zone sees only
+/// that zone's brokers (when the zone has any), so its traffic stays in the
+/// zone; and each broker at the address of the listener the client came in
+/// on.
+pub(crate) fn live_brokers(broker: &Broker, ctx: &RequestContext) -> Vec<BrokerInfo> {
+    on_listener(
+        broker.cluster.brokers_for_zone(client_zone(&ctx.client_id)),
+        ctx.listener,
+    )
+}
+
+/// The node that leads `partition` of `topic` among `live` (-1: none).
+pub(crate) fn leader_of(live: &[BrokerInfo], topic: &TopicMeta, partition: i32) -> i32 {
+    leader_among(live, topic.id, partition).map_or(-1, |b| b.node_id)
+}
+
 fn topic_entry(live: &[BrokerInfo], topic: &TopicMeta) -> MetadataResponseTopic {
     MetadataResponseTopic::default()
         .with_name(Some(topic_name(&topic.name)))
@@ -112,7 +122,7 @@ fn topic_entry(live: &[BrokerInfo], topic: &TopicMeta) -> MetadataResponseTopic 
         .with_partitions(
             (0..topic.partitions)
                 .map(|p| {
-                    let node = BrokerId(leader_among(live, topic.id, p).map_or(-1, |b| b.node_id));
+                    let node = BrokerId(leader_of(live, topic, p));
                     MetadataResponsePartition::default()
                         .with_partition_index(p)
                         .with_leader_id(node)

@@ -175,7 +175,10 @@ pub async fn gate(
 ) -> Gate {
     let fills_operations = matches!(
         request,
-        RequestKind::Metadata(_) | RequestKind::DescribeCluster(_) | RequestKind::DescribeGroups(_)
+        RequestKind::Metadata(_)
+            | RequestKind::DescribeCluster(_)
+            | RequestKind::DescribeGroups(_)
+            | RequestKind::DescribeTopicPartitions(_)
     );
     // Off: everything is allowed; only the authorized-operations fields
     // are filled (with every operation, as Kafka does).
@@ -196,6 +199,8 @@ pub async fn gate(
         RequestKind::Produce(r) => produce(broker, &who, r).await,
         RequestKind::Fetch(r) => fetch(&who, r),
         RequestKind::ListOffsets(r) => list_offsets(&who, r),
+        RequestKind::OffsetForLeaderEpoch(r) => offset_for_leader_epoch(&who, r),
+        RequestKind::DescribeTopicPartitions(r) => describe_topic_partitions(&who, r),
         RequestKind::Metadata(r) => metadata(broker, &who, r, v).await,
         RequestKind::DescribeCluster(r) => describe_cluster(&who, r),
         RequestKind::FindCoordinator(r) => find_coordinator(&who, r, v),
@@ -410,6 +415,8 @@ pub fn has_rule(key: ApiKey) -> bool {
             | Produce
             | Fetch
             | ListOffsets
+            | OffsetForLeaderEpoch
+            | DescribeTopicPartitions
             | Metadata
             | DescribeCluster
             | FindCoordinator
@@ -617,6 +624,75 @@ fn list_offsets(who: &Who, mut r: ListOffsetsRequest) -> Gate {
                         .collect()
                 )
         )
+    )
+}
+
+/// OffsetForLeaderEpoch: DESCRIBE on each topic (what a consumer
+/// validating its position needs).
+fn offset_for_leader_epoch(who: &Who, mut r: OffsetForLeaderEpochRequest) -> Gate {
+    narrow!(
+        r,
+        OffsetForLeaderEpoch,
+        OffsetForLeaderEpochResponse,
+        topics,
+        |t| who.may(op::DESCRIBE, res::TOPIC, &t.topic.0),
+        |resp, t| resp.topics.push(
+            offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default()
+                .with_topic(t.topic)
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            offset_for_leader_epoch_response::EpochEndOffset::default()
+                                .with_partition(p.partition)
+                                .with_error_code(TOPIC_DENIED)
+                                .with_leader_epoch(-1)
+                                .with_end_offset(-1)
+                        })
+                        .collect()
+                )
+        )
+    )
+}
+
+/// DescribeTopicPartitions: DESCRIBE on each topic; a listing shows only
+/// the topics the principal may DESCRIBE, and every listed topic carries
+/// its authorized operations.
+fn describe_topic_partitions(who: &Who, mut r: DescribeTopicPartitionsRequest) -> Gate {
+    let (kept, denied) = split(std::mem::take(&mut r.topics), |t| {
+        who.may(op::DESCRIBE, res::TOPIC, &t.name.0)
+    });
+    // Every topic named was refused: answer without listing all topics.
+    let emptied = kept.is_empty() && !denied.is_empty();
+    r.topics = kept;
+    let who = who.clone();
+    let patch: Patch = Box::new(move |resp| {
+        let ResponseKind::DescribeTopicPartitions(resp) = resp else {
+            return;
+        };
+        resp.topics.retain(|t| {
+            t.name
+                .as_ref()
+                .is_none_or(|n| t.error_code != 0 || who.quietly(op::DESCRIBE, res::TOPIC, &n.0))
+        });
+        for t in &mut resp.topics {
+            if let (Some(name), 0) = (&t.name, t.error_code) {
+                t.topic_authorized_operations = who.operations(&TOPIC_OPS, res::TOPIC, &name.0);
+            }
+        }
+        for t in denied {
+            resp.topics.push(
+                describe_topic_partitions_response::DescribeTopicPartitionsResponseTopic::default()
+                    .with_name(Some(t.name))
+                    .with_error_code(TOPIC_DENIED),
+            );
+        }
+    });
+    narrowed(
+        RequestKind::DescribeTopicPartitions(r),
+        emptied,
+        ResponseKind::DescribeTopicPartitions(DescribeTopicPartitionsResponse::default()),
+        patch,
     )
 }
 

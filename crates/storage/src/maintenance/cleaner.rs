@@ -34,14 +34,12 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use object_store::{PutMode, PutOptions, PutPayload};
 use tracing::{debug, info};
-use tributary_meta::{AbortedTxn, CommitDeadline, IndexEntry, TopicConfig, TopicMeta};
+use tributary_meta::{AbortedTxn, IndexEntry, TopicConfig, TopicMeta};
 use tributary_protocol::batch::{crc32c, split_stored_batches, CRC_OFFSET, CRC_START, HEADER_LEN};
 use tributary_protocol::filter::{filter_records, visit_records};
-use tributary_segment::{PushBatch, SegmentBuilder};
 
-use super::{CompactionError, Maintenance};
+use super::{build_object, CompactionError, Maintenance};
 use crate::keys;
 
 /// Keys one pass maps (about 40 bytes each in memory).
@@ -243,8 +241,9 @@ impl Maintenance {
         Ok(Some(report))
     }
 
-    /// Every batch of `entry` with its real base offset.
-    async fn each_batch(
+    /// Every batch of `entry` with its real base offset; an entry whose
+    /// batches do not cover its offsets is an error.
+    pub(super) async fn each_batch(
         &self,
         entry: &IndexEntry,
         mut each: impl FnMut(i64, tributary_protocol::BatchView) -> Result<(), CompactionError>,
@@ -301,35 +300,8 @@ impl Maintenance {
             self.config.compacted_entry_bytes,
         );
         let size = bytes.len() as u64;
-        self.store
-            .put_opts(
-                &keys::path(&key),
-                PutPayload::from_bytes(bytes.clone()),
-                PutOptions {
-                    mode: PutMode::Create,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|cause| CompactionError::Upload {
-                key: key.clone(),
-                cause,
-            })?;
-        self.cache.insert_object(&key, &bytes).await;
         let swapped = self
-            .maintenance
-            .replace_entries(
-                replaced,
-                &key,
-                size,
-                &new_entries,
-                self.now_ms(),
-                Some(CommitDeadline {
-                    created_ms,
-                    max_age_ms: i64::try_from(self.config.grace.as_millis() / 2)
-                        .unwrap_or(i64::MAX),
-                }),
-            )
+            .upload_and_swap(replaced, &key, bytes, &new_entries, created_ms)
             .await?;
         let before: u64 = replaced.iter().map(|e| e.byte_len).sum();
         if swapped {
@@ -404,52 +376,14 @@ impl Output {
 
     /// The object and one index entry per about `entry_bytes` of it.
     fn finish(self, key: &str, last_offset: i64, entry_bytes: u64) -> (Bytes, Vec<IndexEntry>) {
-        let mut builder = SegmentBuilder::new();
-        // (first offset, handles, max timestamp) of each new entry
-        let mut groups: Vec<(i64, Vec<usize>, i64)> = Vec::new();
-        let mut group_bytes = 0u64;
-        for (base, count, bytes) in self.batches {
-            let header = tributary_protocol::parse_header(&bytes).ok();
-            if groups.is_empty() || group_bytes >= entry_bytes {
-                groups.push((base, Vec::new(), i64::MIN));
-                group_bytes = 0;
-            }
-            let max_timestamp = header.map_or(-1, |h| h.max_timestamp);
-            group_bytes += bytes.len() as u64;
-            let handle = builder.push_batch(
-                self.topic,
-                self.partition,
-                PushBatch {
-                    record_count: header.map_or(0, |h| i64::from(h.record_count)),
-                    offset_count: count,
-                    first_timestamp: header.map_or(-1, |h| h.base_timestamp),
-                    max_timestamp,
-                    bytes,
-                },
-            );
-            if let Some(g) = groups.last_mut() {
-                g.1.push(handle.index());
-                g.2 = g.2.max(max_timestamp);
-            }
-        }
-        let built = builder.finish();
-        let mut entries = Vec::with_capacity(groups.len());
-        for (i, (first, handles, max_ts)) in groups.iter().enumerate() {
-            let start = built.batches[handles[0]].byte_start;
-            let end_handle = handles[handles.len() - 1];
-            let end = built.batches[end_handle].byte_start + built.batches[end_handle].byte_len;
-            entries.push(IndexEntry {
-                topic_id: self.topic,
-                partition: self.partition,
-                base_offset: *first,
-                last_offset: groups.get(i + 1).map_or(last_offset, |next| next.0 - 1),
-                segment_key: key.to_owned(),
-                byte_start: start,
-                byte_len: end - start,
-                max_timestamp: *max_ts,
-            });
-        }
-        (built.bytes, entries)
+        build_object(
+            self.topic,
+            self.partition,
+            self.batches,
+            key,
+            last_offset,
+            entry_bytes,
+        )
     }
 }
 
