@@ -317,6 +317,26 @@ pub trait LogStore: Send + Sync + std::fmt::Debug {
 
     async fn partition_offsets(&self, topic_id: Uuid, partition: i32) -> Result<PartitionOffsets>;
 
+    /// The offsets of several partitions at once, in order; `None` for a
+    /// partition that does not exist. Backends answer it in one round trip
+    /// where they can (a fetch of many partitions asks for all of them).
+    async fn partition_offsets_many(
+        &self,
+        partitions: &[(Uuid, i32)],
+    ) -> Result<Vec<Option<PartitionOffsets>>> {
+        let mut out = Vec::with_capacity(partitions.len());
+        for &(topic_id, partition) in partitions {
+            match self.partition_offsets(topic_id, partition).await {
+                Ok(o) => out.push(Some(o)),
+                Err(MetaError::UnknownPartition { .. } | MetaError::UnknownTopic(_)) => {
+                    out.push(None)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     /// Index entries with `last_offset >= from_offset`, in offset order, at
     /// most `limit` of them. Entries entirely below the log start offset are
     /// never returned. [`MetaError::UnknownTopic`] /

@@ -334,6 +334,48 @@ impl LogStore for PostgresStore {
         .await
     }
 
+    async fn partition_offsets_many(
+        &self,
+        partitions: &[(Uuid, i32)],
+    ) -> Result<Vec<Option<PartitionOffsets>>> {
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let topics: Vec<Uuid> = partitions.iter().map(|(t, _)| *t).collect();
+        let indexes: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
+        self.run("partition_offsets_many", move || {
+            let (topics, indexes) = (topics.clone(), indexes.clone());
+            async move {
+                let client = self.client().await?;
+                let rows = client
+                    .query(
+                        "SELECT k.i, p.log_start_offset, p.next_offset, \
+                         (SELECT MIN(o.first_offset) FROM open_transactions o \
+                          WHERE o.topic_id = p.topic_id AND o.partition_index = p.partition_index) \
+                         FROM unnest($1::uuid[], $2::int4[]) WITH ORDINALITY AS k(topic_id, partition_index, i) \
+                         JOIN partitions p ON p.topic_id = k.topic_id \
+                          AND p.partition_index = k.partition_index",
+                        &[&topics, &indexes],
+                    )
+                    .await?;
+                let mut out = vec![None; topics.len()];
+                for row in rows {
+                    let i: i64 = row.try_get(0)?;
+                    let next_offset: i64 = row.try_get(2)?;
+                    if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) {
+                        *slot = Some(PartitionOffsets {
+                            log_start_offset: row.try_get(1)?,
+                            next_offset,
+                            last_stable_offset: last_stable_offset(row.try_get(3)?, next_offset),
+                        });
+                    }
+                }
+                Ok(out)
+            }
+        })
+        .await
+    }
+
     async fn index_entries(
         &self,
         topic_id: Uuid,

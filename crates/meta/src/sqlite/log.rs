@@ -269,6 +269,30 @@ impl LogStore for SqliteStore {
         .await
     }
 
+    async fn partition_offsets_many(
+        &self,
+        partitions: &[(Uuid, i32)],
+    ) -> Result<Vec<Option<PartitionOffsets>>> {
+        let partitions = partitions.to_vec();
+        self.read("partition_offsets_many", move |tx| {
+            let mut out = Vec::with_capacity(partitions.len());
+            for &(topic_id, partition) in &partitions {
+                let Some(p) = load_partition(tx, topic_id, partition)? else {
+                    out.push(None);
+                    continue;
+                };
+                let oldest = oldest_open(tx, topic_id, partition)?;
+                out.push(Some(PartitionOffsets {
+                    log_start_offset: p.log_start_offset,
+                    next_offset: p.next_offset,
+                    last_stable_offset: last_stable_offset(oldest, p.next_offset),
+                }));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn index_entries(
         &self,
         topic_id: Uuid,

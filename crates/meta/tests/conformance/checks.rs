@@ -1400,6 +1400,17 @@ pub(crate) async fn unknown_partition_errors(store: &dyn MetadataStore) {
         matches!(r, Err(MetaError::UnknownPartition { .. })),
         "negative partition gave {r:?}"
     );
+    // Many at once: the same answers in order, None for what is unknown.
+    let many = store
+        .partition_offsets_many(&[(t.id, 0), (missing, 0), (t.id, 1), (t.id, 0)])
+        .await
+        .expect("partition_offsets_many");
+    let one = store.partition_offsets(t.id, 0).await.expect("partition 0");
+    assert_eq!(many, vec![Some(one), None, None, Some(one)]);
+    assert_eq!(
+        store.partition_offsets_many(&[]).await.expect("none asked"),
+        vec![]
+    );
 }
 
 // ---------------------------------------------------------------- concurrency
