@@ -62,12 +62,57 @@ struct Cached {
     answered: Option<(i64, i64, i64)>,
 }
 
+/// A session's partitions by topic name (looked up by `&str`, with no
+/// allocation per partition) and index.
+#[derive(Debug, Default)]
+struct Parts {
+    by_topic: BTreeMap<String, BTreeMap<i32, Cached>>,
+    len: usize,
+}
+
+impl Parts {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, topic: &str, partition: i32) -> Option<&Cached> {
+        self.by_topic.get(topic)?.get(&partition)
+    }
+
+    fn get_mut(&mut self, topic: &str, partition: i32) -> Option<&mut Cached> {
+        self.by_topic.get_mut(topic)?.get_mut(&partition)
+    }
+
+    fn insert(&mut self, topic: &str, partition: i32, cached: Cached) {
+        let added = match self.by_topic.get_mut(topic) {
+            Some(parts) => parts.insert(partition, cached).is_none(),
+            None => {
+                self.by_topic
+                    .insert(topic.to_owned(), BTreeMap::from([(partition, cached)]));
+                true
+            }
+        };
+        self.len += usize::from(added);
+    }
+
+    fn remove(&mut self, topic: &str, partition: i32) {
+        if let Some(parts) = self.by_topic.get_mut(topic) {
+            if parts.remove(&partition).is_some() {
+                self.len -= 1;
+            }
+            if parts.is_empty() {
+                self.by_topic.remove(topic);
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Session {
     owner: String,
     /// The epoch the next fetch must carry.
     next_epoch: i32,
-    partitions: BTreeMap<(String, i32), Cached>,
+    partitions: Parts,
     last_used: Instant,
 }
 
@@ -140,15 +185,18 @@ impl FetchSessions {
         let before = session.partitions.len();
         for t in &req.forgotten_topics_data {
             for p in &t.partitions {
-                session.partitions.remove(&(t.topic.0.to_string(), *p));
+                session.partitions.remove(&t.topic.0, *p);
             }
         }
         for t in &req.topics {
             for p in &t.partitions {
-                let key = (t.topic.0.to_string(), p.partition);
-                let answered = session.partitions.get(&key).and_then(|c| c.answered);
+                let answered = session
+                    .partitions
+                    .get(&t.topic.0, p.partition)
+                    .and_then(|c| c.answered);
                 session.partitions.insert(
-                    key,
+                    &t.topic.0,
+                    p.partition,
                     Cached {
                         fetch_offset: p.fetch_offset,
                         max_bytes: p.partition_max_bytes,
@@ -172,11 +220,12 @@ impl FetchSessions {
     /// Open a session for a full fetch `req` answered with `resp`: its id,
     /// or 0 when there is no room (the client goes on with full fetches).
     pub fn create(&self, req: &FetchRequest, resp: &FetchResponse, owner: &str) -> i32 {
-        let mut partitions = BTreeMap::new();
+        let mut partitions = Parts::default();
         for t in &req.topics {
             for p in &t.partitions {
                 partitions.insert(
-                    (t.topic.0.to_string(), p.partition),
+                    &t.topic.0,
+                    p.partition,
                     Cached {
                         fetch_offset: p.fetch_offset,
                         max_bytes: p.partition_max_bytes,
@@ -224,11 +273,10 @@ impl FetchSessions {
             return resp.with_session_id(0);
         };
         for t in &mut resp.responses {
+            let topic = t.topic.0.as_str();
             t.partitions.retain(|p| {
                 let now = (p.high_watermark, p.last_stable_offset, p.log_start_offset);
-                let cached = session
-                    .partitions
-                    .get(&(t.topic.0.to_string(), p.partition_index));
+                let cached = session.partitions.get(topic, p.partition_index);
                 p.error_code != 0
                     || p.records.as_ref().is_some_and(|r| !r.is_empty())
                     || cached.is_none_or(|c| c.answered != Some(now))
@@ -284,13 +332,10 @@ impl Inner {
 }
 
 /// Remember what was answered for each partition in `responses`.
-fn note_answers(
-    partitions: &mut BTreeMap<(String, i32), Cached>,
-    responses: &[FetchableTopicResponse],
-) {
+fn note_answers(partitions: &mut Parts, responses: &[FetchableTopicResponse]) {
     for t in responses {
         for p in &t.partitions {
-            if let Some(c) = partitions.get_mut(&(t.topic.0.to_string(), p.partition_index)) {
+            if let Some(c) = partitions.get_mut(&t.topic.0, p.partition_index) {
                 c.answered = Some((p.high_watermark, p.last_stable_offset, p.log_start_offset));
             }
         }
@@ -298,23 +343,26 @@ fn note_answers(
 }
 
 /// `req` with the session's partitions in place of its own.
-fn full_request(req: &FetchRequest, partitions: &BTreeMap<(String, i32), Cached>) -> FetchRequest {
-    let mut topics: Vec<FetchTopic> = Vec::new();
-    for ((topic, partition), c) in partitions {
-        if topics.last().is_none_or(|t| t.topic.0.as_str() != topic) {
-            topics.push(
-                FetchTopic::default().with_topic(TopicName(StrBytes::from_string(topic.clone()))),
-            );
-        }
-        if let Some(t) = topics.last_mut() {
-            t.partitions.push(
-                FetchPartition::default()
-                    .with_partition(*partition)
-                    .with_fetch_offset(c.fetch_offset)
-                    .with_partition_max_bytes(c.max_bytes),
-            );
-        }
-    }
+fn full_request(req: &FetchRequest, partitions: &Parts) -> FetchRequest {
+    let topics = partitions
+        .by_topic
+        .iter()
+        .map(|(topic, parts)| {
+            FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.clone())))
+                .with_partitions(
+                    parts
+                        .iter()
+                        .map(|(partition, c)| {
+                            FetchPartition::default()
+                                .with_partition(*partition)
+                                .with_fetch_offset(c.fetch_offset)
+                                .with_partition_max_bytes(c.max_bytes)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
     FetchRequest::default()
         .with_replica_id(req.replica_id)
         .with_max_wait_ms(req.max_wait_ms)
@@ -348,23 +396,19 @@ mod tests {
         let mut req = FetchRequest::default()
             .with_session_id(id)
             .with_session_epoch(epoch);
-        req.topics = full_request(
-            &req,
-            &parts
-                .iter()
-                .map(|(t, p, o)| {
-                    (
-                        ((*t).to_owned(), *p),
-                        Cached {
-                            fetch_offset: *o,
-                            max_bytes: 1000,
-                            answered: None,
-                        },
-                    )
-                })
-                .collect(),
-        )
-        .topics;
+        let mut cached = Parts::default();
+        for (t, p, o) in parts {
+            cached.insert(
+                t,
+                *p,
+                Cached {
+                    fetch_offset: *o,
+                    max_bytes: 1000,
+                    answered: None,
+                },
+            );
+        }
+        req.topics = full_request(&req, &cached).topics;
         req
     }
 
