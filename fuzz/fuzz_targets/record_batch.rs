@@ -8,9 +8,11 @@
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tributary_protocol::batch::{
-    count_records, crc32c, first_offset_at_or_after_timestamp, split_batches, split_stored_batches,
-    CRC_OFFSET, CRC_START, HEADER_LEN, LOG_OVERHEAD,
+    count_records, crc32c, first_offset_at_or_after_timestamp, scan_records, split_batches,
+    split_stored_batches, CRC_OFFSET, CRC_START, HEADER_LEN, LOG_OVERHEAD,
 };
+use tributary_protocol::filter::filter_records;
+use tributary_protocol::recompress::{recompress, Codec};
 
 tributary_fuzz::peak_alloc!();
 
@@ -70,8 +72,38 @@ fuzz_target!(|data: &[u8]| {
                 view.bytes.len(),
                 PER_BYTE,
                 DECOMPRESSOR_STATE,
-                || first_offset_at_or_after_timestamp(&view.bytes, 100, timestamp),
+                || first_offset_at_or_after_timestamp(&view.bytes, 100, 100, timestamp),
             );
         }
+        // The produce checks stream the records too.
+        let _ = tributary_fuzz::bounded(
+            "scan_records",
+            view.bytes.len(),
+            PER_BYTE,
+            DECOMPRESSOR_STATE,
+            || scan_records(&view.bytes, |_| {}),
+        );
+        // Key compaction and recompression hold the records whole, within
+        // their limit (here 1 MiB), plus the compressor's state.
+        let _ = tributary_fuzz::bounded(
+            "filter_records",
+            view.bytes.len(),
+            PER_BYTE,
+            REWRITE_STATE,
+            || filter_records(&view.bytes, REWRITE_LIMIT, |r| r.offset_delta % 2 == 0),
+        );
+        let _ = tributary_fuzz::bounded(
+            "recompress",
+            view.bytes.len(),
+            PER_BYTE,
+            REWRITE_STATE,
+            || recompress(&view.bytes, Codec::Zstd(3), REWRITE_LIMIT),
+        );
     }
 });
+
+/// What key compaction and recompression may decompress a batch into here.
+const REWRITE_LIMIT: usize = 1 << 20;
+/// Their memory: the records (at most the limit, and the buffer growing to
+/// it), the output, and a compressor's or decompressor's state.
+const REWRITE_STATE: usize = 4 * REWRITE_LIMIT + DECOMPRESSOR_STATE + (16 << 20);
