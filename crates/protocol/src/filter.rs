@@ -78,13 +78,8 @@ fn filter(
     for (s, e) in &kept {
         records.extend_from_slice(&section[*s..*e]);
     }
-    let codec = match header.compression() {
-        0 => Codec::None,
-        1 => Codec::Gzip(-1),
-        2 => Codec::Snappy,
-        3 => Codec::Lz4(9),
-        _ => Codec::Zstd(3),
-    };
+    let codec = Codec::from_id(header.compression())
+        .ok_or(BatchError::UnsupportedCompression(header.compression()))?;
     let compressed = if kept.is_empty() {
         Vec::new()
     } else {

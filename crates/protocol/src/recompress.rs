@@ -35,6 +35,19 @@ pub enum Codec {
 }
 
 impl Codec {
+    /// The codec of a batch's attribute bits, at its default level (`None`
+    /// for an id Kafka does not define).
+    pub fn from_id(id: u8) -> Option<Codec> {
+        Some(match id {
+            0 => Codec::None,
+            1 => Codec::Gzip(-1),
+            2 => Codec::Snappy,
+            3 => Codec::Lz4(9),
+            4 => Codec::Zstd(3),
+            _ => return None,
+        })
+    }
+
     /// The batch attribute bits of this codec.
     pub fn id(self) -> u8 {
         match self {
