@@ -53,8 +53,10 @@ def module_files(src):
 
 def expand_use(tree):
     """`a::{b, c::{d, e}}` -> ['a::b', 'a::c::d', 'a::c::e']."""
+    # Aliases first (`x as y`), while the spaces still mark the keyword:
+    # a module named `assignors` is not an alias.
+    tree = re.sub(r'\s+as\s+[A-Za-z_0-9]+', '', tree)
     tree = re.sub(r'\s+', '', tree)
-    tree = re.sub(r'\bas[A-Za-z_0-9]+', '', tree)
     depth, i = 0, 0
     for i, ch in enumerate(tree):
         if ch == '{':

@@ -156,6 +156,19 @@ const BROKER_KEYS: &[(&str, ReadSetting)] = &[
     }),
     ("default.replication.factor", |_| "1".to_owned()),
     ("fetch.max.bytes", |c| c.fetch_max_bytes.to_string()),
+    ("group.consumer.assignors", |_| "uniform,range".to_owned()),
+    ("group.consumer.heartbeat.interval.ms", |c| {
+        c.groups.consumer.heartbeat_interval.as_millis().to_string()
+    }),
+    ("group.consumer.max.size", |c| {
+        c.groups.consumer.max_size.to_string()
+    }),
+    ("group.consumer.session.timeout.ms", |c| {
+        c.groups.consumer.session_timeout.as_millis().to_string()
+    }),
+    ("group.coordinator.rebalance.protocols", |_| {
+        "classic,consumer".to_owned()
+    }),
     ("group.initial.rebalance.delay.ms", |c| {
         c.groups.initial_rebalance_delay_ms.to_string()
     }),

@@ -266,6 +266,15 @@ pub fn api_table() -> &'static [Route] {
             route!(DeleteGroups, 0..=2, |b, ctx, r, v| {
                 b.groups.delete_groups(r, v).await
             }),
+            route!(ConsumerGroupHeartbeat, 0..=1, |b, ctx, r, v| {
+                let host = ctx.peer.ip().to_string();
+                b.groups
+                    .consumer_group_heartbeat(r, v, &ctx.client_id, &host)
+                    .await
+            }),
+            route!(ConsumerGroupDescribe, 0..=1, |b, ctx, r, v| {
+                b.groups.consumer_group_describe(r, v).await
+            }),
         ];
         all.sort_by_key(|s| s.key as i16);
         all

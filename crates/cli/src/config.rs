@@ -191,6 +191,14 @@ serve_settings! {
     /// `max.incremental.fetch.session.cache.slots`) [default: 1000].
     #[arg(long, env = "TRIBUTARY_MAX_INCREMENTAL_FETCH_SESSION_CACHE_SLOTS")]
     max_incremental_fetch_session_cache_slots: usize,
+    /// A KIP-848 consumer-group member silent this long is removed (Kafka
+    /// `group.consumer.session.timeout.ms`) [default: 45000].
+    #[arg(long, env = "TRIBUTARY_GROUP_CONSUMER_SESSION_TIMEOUT_MS")]
+    group_consumer_session_timeout_ms: u64,
+    /// How often stable KIP-848 consumer-group members heartbeat (Kafka
+    /// `group.consumer.heartbeat.interval.ms`) [default: 5000].
+    #[arg(long, env = "TRIBUTARY_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS")]
+    group_consumer_heartbeat_interval_ms: u64,
     /// Bytes of answers one connection may have waiting to be written
     /// before its requests stop being read [default: 1048576].
     #[arg(long, env = "TRIBUTARY_MAX_QUEUED_ANSWER_BYTES")]
@@ -395,6 +403,23 @@ impl Settings {
             &mut broker.fetch_session_slots,
             a.max_incremental_fetch_session_cache_slots,
         );
+        set(
+            &mut broker.groups.consumer.session_timeout,
+            a.group_consumer_session_timeout_ms
+                .map(Duration::from_millis),
+        );
+        set(
+            &mut broker.groups.consumer.heartbeat_interval,
+            a.group_consumer_heartbeat_interval_ms
+                .map(Duration::from_millis),
+        );
+        if broker.groups.consumer.heartbeat_interval.is_zero()
+            || broker.groups.consumer.heartbeat_interval >= broker.groups.consumer.session_timeout
+        {
+            bail!(
+                "group_consumer_heartbeat_interval_ms must be positive and below group_consumer_session_timeout_ms"
+            );
+        }
         set(
             &mut broker.max_queued_answer_bytes,
             a.max_queued_answer_bytes,

@@ -178,6 +178,7 @@ pub async fn gate(
         RequestKind::Metadata(_)
             | RequestKind::DescribeCluster(_)
             | RequestKind::DescribeGroups(_)
+            | RequestKind::ConsumerGroupDescribe(_)
             | RequestKind::DescribeTopicPartitions(_)
     );
     // Off: everything is allowed; only the authorized-operations fields
@@ -320,6 +321,8 @@ pub async fn gate(
         RequestKind::OffsetDelete(r) => offset_delete(&who, r),
         RequestKind::ListGroups(r) => list_groups(&who, r),
         RequestKind::DescribeGroups(r) => describe_groups(&who, r),
+        RequestKind::ConsumerGroupHeartbeat(r) => consumer_group_heartbeat(&who, r),
+        RequestKind::ConsumerGroupDescribe(r) => consumer_group_describe(&who, r),
         RequestKind::DeleteGroups(r) => delete_groups(&who, r),
         RequestKind::CreateAcls(r) => {
             on_cluster(&who, op::ALTER, r, RequestKind::CreateAcls, |r| {
@@ -444,6 +447,8 @@ pub fn has_rule(key: ApiKey) -> bool {
             | OffsetDelete
             | ListGroups
             | DescribeGroups
+            | ConsumerGroupHeartbeat
+            | ConsumerGroupDescribe
             | DeleteGroups
             | CreateAcls
             | DeleteAcls
@@ -1376,6 +1381,64 @@ fn describe_groups(who: &Who, mut r: DescribeGroupsRequest) -> Gate {
         RequestKind::DescribeGroups(r),
         emptied,
         ResponseKind::DescribeGroups(DescribeGroupsResponse::default()),
+        patch,
+    )
+}
+
+/// ConsumerGroupHeartbeat: READ on the group, and DESCRIBE on every topic
+/// subscribed by name (as Kafka checks).
+fn consumer_group_heartbeat(who: &Who, r: ConsumerGroupHeartbeatRequest) -> Gate {
+    let denied = |code: i16| {
+        answer(ResponseKind::ConsumerGroupHeartbeat(
+            ConsumerGroupHeartbeatResponse::default().with_error_code(code),
+        ))
+    };
+    if !who.may(op::READ, res::GROUP, &r.group_id.0) {
+        return denied(GROUP_DENIED);
+    }
+    let topics_denied = r
+        .subscribed_topic_names
+        .iter()
+        .flatten()
+        .any(|t| !who.may(op::DESCRIBE, res::TOPIC, &t.0));
+    if topics_denied {
+        return denied(TOPIC_DENIED);
+    }
+    Gate::Pass(RequestKind::ConsumerGroupHeartbeat(r), None)
+}
+
+/// ConsumerGroupDescribe: DESCRIBE on each group; fills the groups'
+/// authorized operations when asked.
+fn consumer_group_describe(who: &Who, mut r: ConsumerGroupDescribeRequest) -> Gate {
+    let (kept, denied) = split(std::mem::take(&mut r.group_ids), |g| {
+        who.may(op::DESCRIBE, res::GROUP, &g.0)
+    });
+    r.group_ids = kept;
+    let fill = r.include_authorized_operations;
+    if denied.is_empty() && !fill {
+        return Gate::Pass(RequestKind::ConsumerGroupDescribe(r), None);
+    }
+    let emptied = r.group_ids.is_empty();
+    let who = who.clone();
+    let patch: Patch = Box::new(move |resp| {
+        let ResponseKind::ConsumerGroupDescribe(resp) = resp else {
+            return;
+        };
+        if fill {
+            for g in &mut resp.groups {
+                g.authorized_operations = who.operations(&GROUP_OPS, res::GROUP, &g.group_id.0);
+            }
+        }
+        resp.groups.extend(denied.into_iter().map(|id| {
+            consumer_group_describe_response::DescribedGroup::default()
+                .with_group_id(id)
+                .with_error_code(GROUP_DENIED)
+        }));
+    });
+    narrowed(
+        RequestKind::ConsumerGroupDescribe(r),
+        emptied,
+        ResponseKind::ConsumerGroupDescribe(ConsumerGroupDescribeResponse::default()),
         patch,
     )
 }

@@ -33,7 +33,11 @@
 //! join phase whose rebalance timeout passed. Timers use `tokio::time`, so
 //! tests can pause time.
 
+mod assignors;
+mod consumer;
+mod consumer_api;
 mod group;
+mod kind;
 mod offsets;
 mod saved;
 #[cfg(test)]
@@ -67,9 +71,11 @@ use tributary_runtime::{Background, Chain, Tick};
 
 use crate::error::group_meta_error_code;
 
+pub use consumer::ConsumerGroupConfig;
 use group::{
     code, Group, GroupState, JoinOutcome, JoinParams, Reply, SyncOutcome, SyncParams, NONE,
 };
+use kind::AnyGroup;
 
 /// Coordinator settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +95,8 @@ pub struct GroupConfig {
     /// chosen by clients, so what they create must go away. Its committed
     /// offsets stay in the store; a later request starts the group afresh.
     pub empty_group_ttl: Duration,
+    /// KIP-848 consumer groups (`group.consumer.*`).
+    pub consumer: ConsumerGroupConfig,
 }
 
 impl Default for GroupConfig {
@@ -98,13 +106,14 @@ impl Default for GroupConfig {
             max_session_timeout_ms: 1_800_000,
             initial_rebalance_delay_ms: 3000,
             empty_group_ttl: Duration::from_secs(300),
+            consumer: ConsumerGroupConfig::default(),
         }
     }
 }
 
 /// One group, the wake-up of its timer task, and when a request last used it.
 struct Slot {
-    group: Mutex<Group>,
+    group: Mutex<AnyGroup>,
     wake: Notify,
     last_used: Mutex<Instant>,
     /// Held by an OffsetCommit from its generation check until its store
@@ -146,6 +155,8 @@ pub struct GroupCoordinator {
     claims: Mutex<HashMap<String, GroupClaim>>,
     /// Offsets staged by transactions (TxnOffsetCommit, `require_stable`).
     transactions: std::sync::OnceLock<Arc<dyn TransactionStore>>,
+    /// The topic list consumer groups subscribe from.
+    topics_cache: Mutex<consumer::TopicsCache>,
 }
 
 impl std::fmt::Debug for GroupCoordinator {
@@ -194,6 +205,7 @@ impl GroupCoordinator {
             node_id: Mutex::new(0),
             claims: Mutex::new(HashMap::new()),
             transactions: std::sync::OnceLock::new(),
+            topics_cache: Mutex::new(consumer::TopicsCache::default()),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
             let sweep = IdleSweep {
@@ -268,7 +280,7 @@ impl GroupCoordinator {
     }
 
     /// The group's slot; `make` builds the group if it is not in memory.
-    fn get_or_insert(&self, group_id: &str, make: impl FnOnce() -> Group) -> Arc<Slot> {
+    fn get_or_insert(&self, group_id: &str, make: impl FnOnce() -> AnyGroup) -> Arc<Slot> {
         let mut groups = lock(&self.groups);
         if let Some(slot) = groups.get(group_id) {
             slot.touch();
@@ -314,7 +326,7 @@ impl GroupCoordinator {
             tracing::warn!(group = %group_id, error = %Chain(&e), "loading group failed");
             group_meta_error_code(&e)
         })?;
-        let saved = saved.and_then(|bytes| match saved::SavedGroup::decode(&bytes) {
+        let saved = saved.and_then(|bytes| match saved::Saved::decode(&bytes) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(group = %group_id, error = %Chain(&e), "starting the group afresh");
@@ -323,23 +335,19 @@ impl GroupCoordinator {
         });
         let slot = match saved {
             Some(saved) => {
-                tracing::info!(
-                    group = %group_id,
-                    generation = saved.generation_id,
-                    members = saved.members.len(),
-                    "carrying on the group as saved"
-                );
+                tracing::info!(group = %group_id, "carrying on the group as saved");
                 self.get_or_insert(group_id, || {
-                    Group::restore(
+                    AnyGroup::restore(
                         group_id.to_string(),
-                        self.initial_delay(),
                         saved,
+                        self.initial_delay(),
+                        &self.config.consumer,
                         Instant::now(),
                     )
                 })
             }
             None if create => self.get_or_insert(group_id, || {
-                Group::new(group_id.to_string(), self.initial_delay())
+                AnyGroup::Classic(Group::new(group_id.to_string(), self.initial_delay()))
             }),
             None => return Ok(None),
         };
@@ -357,34 +365,33 @@ impl GroupCoordinator {
             return;
         };
         let (id, slot) = (group_id.to_string(), slot.clone());
-        tokio::spawn(async move { me.save(&id, &slot).await });
+        tokio::spawn(async move {
+            // A failed save is logged by `save` and retried with the next change.
+            let _ = me.save(&id, &slot).await;
+        });
     }
 
     /// Save the group's current membership under this broker's claim and
     /// finish a SyncGroup phase waiting for it. A save fenced by another
     /// broker's claim drops the group here.
-    async fn save(&self, group_id: &str, slot: &Slot) {
+    async fn save(&self, group_id: &str, slot: &Slot) -> Result<(), i16> {
         let _one_at_a_time = slot.saves.lock().await;
         let (changes, to_save) = {
             let g = lock(&slot.group);
             (g.changes(), g.to_save())
         };
         if changes == slot.saved_changes.load(Ordering::Acquire) {
-            return;
+            return Ok(());
         }
         let Some((saved, completes)) = to_save else {
-            return;
+            return Ok(());
         };
         // Only under the claim this broker already holds: a save still
         // queued when the group moved away must not claim it back.
         let held = lock(&self.claims).get(group_id).copied();
         let claim = held.ok_or(code(ResponseError::NotCoordinator));
         let result = match claim {
-            Ok(claim) => match self
-                .store
-                .save_group(group_id, claim, &saved.encode())
-                .await
-            {
+            Ok(claim) => match self.store.save_group(group_id, claim, &saved).await {
                 Ok(()) => Ok(()),
                 Err(e) => {
                     tracing::warn!(group = %group_id, error = %Chain(&e), "saving group failed");
@@ -400,16 +407,15 @@ impl GroupCoordinator {
             slot.saved_changes.store(changes, Ordering::Release);
         }
         if let Some(generation) = completes {
-            lock(&slot.group).assignment_saved(
-                generation,
-                result.map_err(|(c, _)| c),
-                Instant::now(),
-            );
+            if let AnyGroup::Classic(g) = &mut *lock(&slot.group) {
+                g.assignment_saved(generation, result.map_err(|(c, _)| c), Instant::now());
+            }
             slot.wake.notify_one();
         }
         if let (Err((_, true)), Ok(claim)) = (result, claim) {
             self.forget(group_id, Some(claim));
         }
+        result.map_err(|(c, _)| c)
     }
 
     /// Make this coordinator, on broker `node_id`, answer NOT_COORDINATOR
@@ -565,7 +571,22 @@ impl GroupCoordinator {
             }
             Err(c) => return join_response(version, JoinOutcome::error(c, member_id)),
         };
-        let reply = lock(&slot.group).join(params, Instant::now());
+        let reply = {
+            let mut any = lock(&slot.group);
+            // An empty consumer group becomes a classic one when a classic
+            // member joins it.
+            if matches!(&*any, AnyGroup::Consumer(_)) && any.is_idle() {
+                *any = AnyGroup::Classic(Group::new(group_id.clone(), self.initial_delay()));
+                slot.saved_changes.store(u64::MAX, Ordering::Release);
+            }
+            match any.classic() {
+                Some(g) => g.join(params, Instant::now()),
+                None => Reply::Now(JoinOutcome::error(
+                    code(ResponseError::InconsistentGroupProtocol),
+                    member_id.clone(),
+                )),
+            }
+        };
         slot.wake.notify_one();
         self.save_soon(&group_id, &slot);
         let outcome = match reply {
@@ -626,7 +647,10 @@ impl GroupCoordinator {
                 .map(|a| (a.member_id.to_string(), a.assignment.clone()))
                 .collect(),
         };
-        let reply = lock(&slot.group).sync(params, Instant::now());
+        let reply = match lock(&slot.group).classic() {
+            Some(g) => g.sync(params, Instant::now()),
+            None => Reply::Now(SyncOutcome::error(code(ResponseError::UnknownMemberId))),
+        };
         slot.wake.notify_one();
         self.save_soon(&group_id, &slot);
         let outcome = match reply {
@@ -656,12 +680,15 @@ impl GroupCoordinator {
             } else {
                 None
             };
-            let e = lock(&slot.group).heartbeat(
-                req.member_id.as_str(),
-                instance.as_deref(),
-                req.generation_id,
-                Instant::now(),
-            );
+            let e = match lock(&slot.group).classic() {
+                Some(g) => g.heartbeat(
+                    req.member_id.as_str(),
+                    instance.as_deref(),
+                    req.generation_id,
+                    Instant::now(),
+                ),
+                None => code(ResponseError::UnknownMemberId),
+            };
             slot.wake.notify_one();
             e
         } else {
@@ -691,16 +718,19 @@ impl GroupCoordinator {
         let (top, errors): (i16, Vec<i16>) = if let Err(c) = loaded {
             (c, Vec::new())
         } else if let Ok(Some(slot)) = loaded {
-            let mut g = lock(&slot.group);
-            if g.state == GroupState::Dead {
+            let mut any = lock(&slot.group);
+            if any.is_dead() {
                 (code(ResponseError::CoordinatorNotAvailable), Vec::new())
             } else {
                 let now = Instant::now();
-                let errs = leaving
-                    .iter()
-                    .map(|(m, i)| g.leave(m, i.as_deref(), now))
-                    .collect();
-                drop(g);
+                let errs = match any.classic() {
+                    Some(g) => leaving
+                        .iter()
+                        .map(|(m, i)| g.leave(m, i.as_deref(), now))
+                        .collect(),
+                    None => vec![code(ResponseError::UnknownMemberId); leaving.len()],
+                };
+                drop(any);
                 slot.wake.notify_one();
                 self.save_soon(&group_id, &slot);
                 (NONE, errs)
@@ -737,28 +767,37 @@ impl GroupCoordinator {
     /// ListGroups (v0-5): in-memory groups plus groups that only have
     /// committed offsets (listed as Empty "consumer" groups).
     pub async fn list_groups(&self, req: ListGroupsRequest, version: i16) -> ListGroupsResponse {
-        let mut listed: Vec<(String, String, &'static str)> = Vec::new();
+        // (id, protocol type, state, group type)
+        let mut listed: Vec<(String, String, &'static str, &'static str)> = Vec::new();
         let mut seen = BTreeSet::new();
-        for slot in self.slots() {
-            let g = lock(&slot.group);
-            if g.state == GroupState::Dead
-                || (g.state == GroupState::Empty && g.protocol_type.is_none())
-            {
-                continue;
-            }
-            seen.insert(g.id.clone());
-            listed.push((
-                g.id.clone(),
-                g.protocol_type.clone().unwrap_or_default(),
-                g.state.as_str(),
-            ));
+        for (id, slot) in self.named_slots() {
+            let any = lock(&slot.group);
+            let protocol_type = match &*any {
+                AnyGroup::Classic(g) => {
+                    if g.state == GroupState::Dead
+                        || (g.state == GroupState::Empty && g.protocol_type.is_none())
+                    {
+                        continue;
+                    }
+                    g.protocol_type.clone().unwrap_or_default()
+                }
+                AnyGroup::Consumer(g) if g.is_dead() => continue,
+                AnyGroup::Consumer(_) => "consumer".to_string(),
+            };
+            seen.insert(id.clone());
+            listed.push((id, protocol_type, any.state_name(), any.type_name()));
         }
         let mut error = NONE;
         match self.store.list_groups().await {
             Ok(stored) => {
                 for id in stored {
                     if !seen.contains(&id) {
-                        listed.push((id, "consumer".to_string(), GroupState::Empty.as_str()));
+                        listed.push((
+                            id,
+                            "consumer".to_string(),
+                            GroupState::Empty.as_str(),
+                            "classic",
+                        ));
                     }
                 }
             }
@@ -781,14 +820,13 @@ impl GroupCoordinator {
         } else {
             Vec::new()
         };
-        let classic_ok = types.is_empty() || types.iter().any(|t| t == "classic");
         let groups = listed
             .into_iter()
-            .filter(|_| classic_ok)
-            .filter(|(_, _, state)| {
+            .filter(|(_, _, _, kind)| types.is_empty() || types.iter().any(|t| t == kind))
+            .filter(|(_, _, state, _)| {
                 states.is_empty() || states.contains(&state.to_ascii_lowercase())
             })
-            .map(|(id, ptype, state)| {
+            .map(|(id, ptype, state, kind)| {
                 let mut g = ListedGroup::default()
                     .with_group_id(GroupId(str_bytes(id)))
                     .with_protocol_type(str_bytes(ptype));
@@ -796,7 +834,7 @@ impl GroupCoordinator {
                     g.group_state = StrBytes::from_static_str(state);
                 }
                 if version >= 5 {
-                    g.group_type = StrBytes::from_static_str("classic");
+                    g.group_type = StrBytes::from_static_str(kind);
                 }
                 g
             })
@@ -818,7 +856,14 @@ impl GroupCoordinator {
             let id = gid.0.to_string();
             let mut d = DescribedGroup::default().with_group_id(gid.clone());
             if let Some(slot) = self.get(&id) {
-                let g = lock(&slot.group);
+                let any = lock(&slot.group);
+                let AnyGroup::Classic(g) = &*any else {
+                    // Kafka describes only classic groups here; consumer
+                    // groups answer ConsumerGroupDescribe.
+                    d.group_state = StrBytes::from_static_str(GroupState::Dead.as_str());
+                    out.push(d);
+                    continue;
+                };
                 d.group_state = StrBytes::from_static_str(g.state.as_str());
                 d.protocol_type = str_bytes(g.protocol_type.clone().unwrap_or_default());
                 let stable = g.state == GroupState::Stable;
@@ -895,7 +940,7 @@ impl GroupCoordinator {
             match groups.get(id).cloned() {
                 Some(slot) => {
                     let mut g = lock(&slot.group);
-                    if g.state == GroupState::Dead {
+                    if g.is_dead() {
                         Some(code(ResponseError::GroupIdNotFound))
                     } else if g.is_empty() {
                         g.mark_dead();
@@ -925,8 +970,11 @@ impl GroupCoordinator {
         }
     }
 
-    fn slots(&self) -> Vec<Arc<Slot>> {
-        lock(&self.groups).values().cloned().collect()
+    fn named_slots(&self) -> Vec<(String, Arc<Slot>)> {
+        lock(&self.groups)
+            .iter()
+            .map(|(id, slot)| (id.clone(), slot.clone()))
+            .collect()
     }
 }
 
@@ -987,7 +1035,7 @@ impl Background for GroupTimers {
     async fn tick(&mut self) -> Tick {
         let next = {
             let mut g = lock(&self.slot.group);
-            if g.state == GroupState::Dead {
+            if g.is_dead() {
                 return Tick::Done;
             }
             g.tick(Instant::now());

@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use tributary_meta::{CommittedOffset, MetaError, TopicMeta, TxnOffsetRefusal};
 
 use super::group::{code, Group, GroupState, NONE};
+use super::kind::AnyGroup;
 use super::{lock, opt_str, str_bytes, GroupCoordinator};
 use crate::error::group_meta_error_code;
 
@@ -205,12 +206,17 @@ impl GroupCoordinator {
         let group_error = match slot {
             Err(c) => Some(c),
             Ok(Some(slot)) => {
-                let r = lock(&slot.group).validate_commit(
-                    req.member_id.as_str(),
-                    instance.as_deref(),
-                    generation,
-                    Instant::now(),
-                );
+                let r = match &mut *lock(&slot.group) {
+                    AnyGroup::Classic(g) => g.validate_commit(
+                        req.member_id.as_str(),
+                        instance.as_deref(),
+                        generation,
+                        Instant::now(),
+                    ),
+                    AnyGroup::Consumer(g) => {
+                        g.validate_commit(req.member_id.as_str(), generation, Some(version))
+                    }
+                };
                 r.err()
             }
             Ok(None) if generation < 0 => None,
@@ -274,14 +280,18 @@ impl GroupCoordinator {
         } else if version >= 3 && (req.generation_id >= 0 || !req.member_id.is_empty()) {
             match self.load(&group_id, false).await {
                 Err(c) => Some(c),
-                Ok(Some(slot)) => lock(&slot.group)
-                    .validate_commit(
+                Ok(Some(slot)) => match &mut *lock(&slot.group) {
+                    AnyGroup::Classic(g) => g.validate_commit(
                         req.member_id.as_str(),
                         opt_str(&req.group_instance_id).as_deref(),
                         req.generation_id,
                         Instant::now(),
-                    )
-                    .err(),
+                    ),
+                    AnyGroup::Consumer(g) => {
+                        g.validate_commit(req.member_id.as_str(), req.generation_id, None)
+                    }
+                }
+                .err(),
                 Ok(None) if req.generation_id < 0 => None,
                 Ok(None) => Some(code(ResponseError::IllegalGeneration)),
             }
@@ -477,9 +487,27 @@ impl GroupCoordinator {
                         .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
                         .collect()
                 });
-                let fetched = self
-                    .fetch_group(g.group_id.0.as_str(), topics, req.require_stable)
-                    .await;
+                // v9: a consumer-group member fetches under its epoch.
+                let member = g.member_id.as_ref().filter(|_| g.member_epoch >= 0);
+                let refused = member.and_then(|m| {
+                    self.get(g.group_id.0.as_str())
+                        .and_then(|slot| match &*lock(&slot.group) {
+                            AnyGroup::Consumer(cg) => {
+                                cg.validate_commit(m.as_str(), g.member_epoch, None).err()
+                            }
+                            AnyGroup::Classic(_) => None,
+                        })
+                });
+                let fetched = match refused {
+                    Some(error) => FetchedGroup {
+                        error,
+                        topics: Vec::new(),
+                    },
+                    None => {
+                        self.fetch_group(g.group_id.0.as_str(), topics, req.require_stable)
+                            .await
+                    }
+                };
                 let topics = fetched
                     .topics
                     .into_iter()
@@ -569,18 +597,24 @@ impl GroupCoordinator {
         };
         let subscribed: HashSet<String> = match slot {
             Some(slot) => {
-                let g = lock(&slot.group);
-                match g.state {
-                    GroupState::Dead => return fail(code(ResponseError::GroupIdNotFound)),
-                    GroupState::Empty => HashSet::new(),
-                    GroupState::PreparingRebalance
-                    | GroupState::CompletingRebalance
-                    | GroupState::Stable => {
-                        if g.protocol_type.as_deref() != Some("consumer") {
-                            return fail(code(ResponseError::NonEmptyGroup));
-                        }
-                        subscribed_topics(&g)
+                let any = lock(&slot.group);
+                match &*any {
+                    AnyGroup::Consumer(g) if g.is_dead() => {
+                        return fail(code(ResponseError::GroupIdNotFound))
                     }
+                    AnyGroup::Consumer(g) => g.subscribed_names().into_iter().collect(),
+                    AnyGroup::Classic(g) => match g.state {
+                        GroupState::Dead => return fail(code(ResponseError::GroupIdNotFound)),
+                        GroupState::Empty => HashSet::new(),
+                        GroupState::PreparingRebalance
+                        | GroupState::CompletingRebalance
+                        | GroupState::Stable => {
+                            if g.protocol_type.as_deref() != Some("consumer") {
+                                return fail(code(ResponseError::NonEmptyGroup));
+                            }
+                            subscribed_topics(g)
+                        }
+                    },
                 }
             }
             None => match self.store.list_groups().await {

@@ -16,12 +16,51 @@
 //! and byte strings are a `u32` length and the bytes; an absent optional is
 //! length `u32::MAX`. Decoding checks every length against the bytes left,
 //! so a damaged value is refused, never trusted.
+//!
+//! A KIP-848 consumer group (see [`super::consumer`]) is saved whenever its
+//! group epoch, target assignment or a member's epoch, state or partitions
+//! change, as Kafka writes those records: version byte 2, then the
+//! [`SavedConsumerGroup`] as JSON (group and target epochs, subscribed
+//! topics, target assignment, members with their epochs and partitions).
 
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::consumer::SavedConsumerGroup;
+
 const VERSION: u8 = 1;
+const CONSUMER_VERSION: u8 = 2;
+
+/// A saved group of either type.
+#[derive(Debug)]
+pub(super) enum Saved {
+    Classic(SavedGroup),
+    Consumer(SavedConsumerGroup),
+}
+
+impl Saved {
+    pub(super) fn decode(b: &[u8]) -> Result<Saved, Damaged> {
+        match b.first() {
+            Some(&CONSUMER_VERSION) => serde_json::from_slice(&b[1..])
+                .map(Saved::Consumer)
+                .map_err(|_| Damaged("consumer group record")),
+            _ => SavedGroup::decode(b).map(Saved::Classic),
+        }
+    }
+}
+
+impl SavedConsumerGroup {
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut out = vec![CONSUMER_VERSION];
+        // Serializing plain data to a Vec cannot fail; an empty record is
+        // refused when read back, starting the group afresh.
+        if let Ok(json) = serde_json::to_vec(self) {
+            out.extend_from_slice(&json);
+        }
+        out
+    }
+}
 const ABSENT: u32 = u32::MAX;
 
 /// One member as saved.
@@ -211,6 +250,44 @@ mod tests {
             members: Vec::new(),
         };
         assert_eq!(SavedGroup::decode(&empty.encode()).expect("decode"), empty);
+    }
+
+    #[test]
+    fn consumer_groups_round_trip() {
+        use super::super::consumer::{MemberRecord, MemberState};
+        let t = uuid::Uuid::from_u128(7);
+        let g = SavedConsumerGroup {
+            epoch: 4,
+            target_epoch: 4,
+            members: vec![MemberRecord {
+                id: "m".into(),
+                instance_id: Some("i".into()),
+                rack_id: None,
+                client_id: "c".into(),
+                client_host: "/127.0.0.1".into(),
+                rebalance_timeout_ms: 300_000,
+                topic_names: vec!["t".into()],
+                topic_regex: Some("t.*".into()),
+                assignor: Some("range".into()),
+                epoch: 4,
+                previous_epoch: 3,
+                state: MemberState::UnrevokedPartitions,
+                assigned: [(t, [0, 1].into())].into(),
+                revoking: [(t, [2].into())].into(),
+            }],
+            target: [("m".to_string(), [(t, [0, 1].into())].into())].into(),
+            topics: [("t".to_string(), (t, 3))].into(),
+        };
+        match Saved::decode(&g.encode()).expect("decode") {
+            Saved::Consumer(back) => assert_eq!(back, g),
+            Saved::Classic(_) => panic!("decoded as classic"),
+        }
+        let bytes = g.encode();
+        assert!(Saved::decode(&bytes[..bytes.len() - 1]).is_err());
+        match Saved::decode(&sample().encode()).expect("decode") {
+            Saved::Classic(back) => assert_eq!(back, sample()),
+            Saved::Consumer(_) => panic!("decoded as consumer"),
+        }
     }
 
     #[test]
