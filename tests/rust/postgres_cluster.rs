@@ -29,20 +29,53 @@ use tributary_testkit::PgServer;
 
 const TOPIC: &str = "cluster";
 const PARTITIONS: i32 = 6;
-const RECORDS: usize = 200_000;
+
+/// The group protocol the members use and how many records go through.
+#[derive(Clone, Copy)]
+struct Run {
+    /// librdkafka `group.protocol`: `classic` or `consumer` (KIP-848).
+    protocol: &'static str,
+    records: usize,
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_brokers_200k_records_through_a_kill_and_rejoin() -> Result<()> {
+    cluster_run(
+        "cluster",
+        Run {
+            protocol: "classic",
+            records: 200_000,
+        },
+    )
+    .await
+}
+
+/// Issue #16, acceptance 2: the same with a KIP-848 consumer group; its
+/// coordinator's broker is SIGKILLed and the group carries on from what the
+/// coordinator saved, under another broker.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_brokers_consumer_protocol_group_through_a_coordinator_kill() -> Result<()> {
+    cluster_run(
+        "cluster_kip848",
+        Run {
+            protocol: "consumer",
+            records: 60_000,
+        },
+    )
+    .await
+}
+
+async fn cluster_run(schema: &str, run: Run) -> Result<()> {
     let pg = PgServer::start()?;
     let objects = tempfile::tempdir()?;
-    let mut brokers = start_brokers(&pg, "cluster", objects.path(), 3)?;
+    let mut brokers = start_brokers(&pg, schema, objects.path(), 3)?;
     let bootstrap = brokers
         .iter()
         .map(|b| b.bootstrap())
         .collect::<Vec<_>>()
         .join(",");
     let first = brokers.remove(0);
-    let result = body(&bootstrap, &mut brokers).await;
+    let result = body(&bootstrap, &mut brokers, run).await;
     run_test(&first, async { result }).await
 }
 
@@ -117,19 +150,18 @@ struct Consumed {
 fn spawn_group(
     bootstrap: &str,
     group: &str,
+    protocol: &str,
     out: Arc<Mutex<Consumed>>,
     stop: Arc<AtomicBool>,
 ) -> Result<tokio::task::JoinHandle<()>> {
+    let commits = [
+        ("enable.auto.commit", "true"),
+        ("auto.commit.interval.ms", "200"),
+    ];
     let members: Vec<StreamConsumer> = (0..3)
-        .map(|_| {
-            consumer(
-                bootstrap,
-                group,
-                &[
-                    ("enable.auto.commit", "true"),
-                    ("auto.commit.interval.ms", "200"),
-                ],
-            )
+        .map(|_| match protocol {
+            "consumer" => consumer_protocol_member(bootstrap, group, &commits),
+            _ => consumer(bootstrap, group, &commits),
         })
         .collect::<Result<_>>()?;
     for m in &members {
@@ -188,7 +220,7 @@ fn spawn_group(
     }))
 }
 
-async fn body(bootstrap: &str, others: &mut [BrokerProcess]) -> Result<()> {
+async fn body(bootstrap: &str, others: &mut [BrokerProcess], run: Run) -> Result<()> {
     create_topic(bootstrap, TOPIC, PARTITIONS).await?;
     let probe = consumer(bootstrap, "probe", &[])?;
     // Brokers learn about each other through heartbeats (every 2 s); any
@@ -210,9 +242,15 @@ async fn body(bootstrap: &str, others: &mut [BrokerProcess]) -> Result<()> {
     let group = group_coordinated_by(3, 3, "cluster-group");
     let consumed = Arc::new(Mutex::new(Consumed::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let readers = spawn_group(bootstrap, &group, consumed.clone(), stop.clone())?;
+    let readers = spawn_group(
+        bootstrap,
+        &group,
+        run.protocol,
+        consumed.clone(),
+        stop.clone(),
+    )?;
     let progress = || consumed.lock().map(|c| c.seen.len()).unwrap_or(0);
-    let result = stream(bootstrap, others, &probe, &group, &consumed, progress).await;
+    let result = stream(bootstrap, others, &probe, &group, &consumed, progress, run).await;
     if result.is_err() {
         {
             let c = consumed.lock().unwrap_or_else(|e| e.into_inner());
@@ -252,7 +290,9 @@ async fn stream(
     group: &str,
     consumed: &Mutex<Consumed>,
     progress: impl Fn() -> usize,
+    run: Run,
 ) -> Result<()> {
+    let records = run.records;
     let producer = producer(
         bootstrap,
         &[
@@ -265,16 +305,16 @@ async fn stream(
     let acked_so_far = Arc::new(AtomicUsize::new(0));
     let counter = acked_so_far.clone();
     let writing = tokio::spawn(async move {
-        let mut deliveries = Vec::with_capacity(RECORDS);
-        for start in (0..RECORDS).step_by(5_000) {
-            let records: Vec<Out> = (start..(start + 5_000).min(RECORDS))
+        let mut deliveries = Vec::with_capacity(records);
+        for start in (0..records).step_by(5_000) {
+            let chunk: Vec<Out> = (start..(start + 5_000).min(records))
                 .map(|i| Out {
                     key: format!("k{}", i % 60),
                     value: format!("r{i}"),
                     ..Out::default()
                 })
                 .collect();
-            deliveries.extend(produce_all(&producer, TOPIC, records).await?);
+            deliveries.extend(produce_all(&producer, TOPIC, chunk).await?);
             counter.store(deliveries.len(), Ordering::Relaxed);
         }
         Ok::<_, anyhow::Error>(deliveries)
@@ -282,11 +322,11 @@ async fn stream(
 
     // Mid-stream: kill the group's coordinator.
     wait_for(
-        "40k records acknowledged and 20k read",
+        "a fifth of the records acknowledged and a tenth read",
         Duration::from_secs(120),
         || {
             let (w, r) = (acked_so_far.load(Ordering::Relaxed), progress());
-            Ok(if w >= 40_000 && r >= 20_000 {
+            Ok(if w >= records / 5 && r >= records / 10 {
                 Ok(())
             } else {
                 Err((w, r))
@@ -317,7 +357,7 @@ async fn stream(
         Duration::from_secs(120),
         || {
             let n = progress();
-            Ok(if n >= at_drop + 10_000 || n == RECORDS {
+            Ok(if n >= at_drop + records / 20 || n == records {
                 Ok(())
             } else {
                 Err(n)
@@ -349,7 +389,7 @@ async fn stream(
         .enumerate()
         .map(|(i, d)| (format!("r{i}"), (d.partition, d.offset)))
         .collect();
-    ensure!(acked.len() == RECORDS);
+    ensure!(acked.len() == records);
     let mut want = vec![0usize; PARTITIONS as usize];
     for (p, _) in acked.values() {
         want[*p as usize] += 1;
@@ -363,7 +403,7 @@ async fn stream(
             for (p, _) in &c.seen {
                 per[*p as usize] += 1;
             }
-            Ok(if c.seen.len() >= RECORDS {
+            Ok(if c.seen.len() >= records {
                 Ok(())
             } else {
                 Err((per, want.clone()))
@@ -382,7 +422,7 @@ async fn stream(
     );
     c.records.sort_by_key(|r| (r.partition, r.offset));
     check_dense(&c.records, |_| 0)?;
-    ensure!(c.records.len() == RECORDS, "read {}", c.records.len());
+    ensure!(c.records.len() == records, "read {}", c.records.len());
     for r in &c.records {
         ensure!(
             acked.get(&r.value) == Some(&(r.partition, r.offset)),

@@ -130,6 +130,22 @@ pub(crate) fn consumer(
     config.create().context("create consumer")
 }
 
+/// A member of a KIP-848 consumer group (`group.protocol=consumer`): the
+/// session and heartbeat settings are the broker's then, and librdkafka
+/// refuses them.
+pub(crate) fn consumer_protocol_member(
+    bootstrap: &str,
+    group: &str,
+    extra: &[(&str, &str)],
+) -> Result<StreamConsumer> {
+    let mut config = group_config(bootstrap, group);
+    config.remove("session.timeout.ms");
+    config.remove("heartbeat.interval.ms");
+    config.set("group.protocol", "consumer");
+    apply(&mut config, extra);
+    config.create().context("create consumer")
+}
+
 /// What every test consumer of `group` starts from: earliest, no automatic
 /// commits, a 10 s session with 1 s heartbeats.
 fn group_config(bootstrap: &str, group: &str) -> ClientConfig {
