@@ -54,7 +54,7 @@ class Member:
     """One `group.protocol=consumer` consumer polling on its own thread,
     recording what it is assigned and revoked and the values it reads."""
 
-    def __init__(self, broker, group, topics, name, log, extra=None):
+    def __init__(self, broker, group, topics, name, log, extra=None, ownership=None):
         self.name = name
         self.log = log  # shared list of (name, "assign" | "revoke", [(topic, partition)])
         self.values = []
@@ -72,6 +72,9 @@ class Member:
         conf.update(extra or {})
         self.consumer = Consumer(conf)
         self.topics = topics
+        self.callbacks = (self._note("assign"), self._note("revoke"))
+        if ownership is not None:
+            ownership.attach(self)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -90,7 +93,8 @@ class Member:
 
     def _run(self):
         c = self.consumer
-        c.subscribe(self.topics, on_assign=self._note("assign"), on_revoke=self._note("revoke"))
+        on_assign, on_revoke = self.callbacks
+        c.subscribe(self.topics, on_assign=on_assign, on_revoke=on_revoke)
         while not self.stop.is_set():
             m = c.poll(0.1)
             if m is None:
@@ -308,8 +312,8 @@ def test_regex_subscription_picks_up_new_topics(broker_with_args):
 
 
 def test_an_empty_classic_group_becomes_a_consumer_group(broker_with_args):
-    """The upgrade path for a group whose members restart with
-    `group.protocol=consumer`: committed offsets carry over."""
+    """A group whose members all stopped and start again with
+    `group.protocol=consumer`: committed offsets carry over, and back."""
     broker = broker_with_args("--group-consumer-heartbeat-interval-ms", HEARTBEAT_MS)
     topic, group = uniq("kip848-upgrade"), uniq("kip848-upgrade-group")
     create_topic(broker, topic, 2)
@@ -331,19 +335,6 @@ def test_an_empty_classic_group_becomes_a_consumer_group(broker_with_args):
             read += 1
             classic.commit(message=m, asynchronous=False)
     assert read == 20
-    # While the classic member is in, a consumer-protocol member is refused
-    # (Kafka answers GROUP_ID_NOT_FOUND: "not a consumer group").
-    refused = Consumer(
-        {
-            "bootstrap.servers": broker.bootstrap,
-            "group.id": group,
-            "group.protocol": "consumer",
-        }
-    )
-    refused.subscribe([topic])
-    m = refused.poll(3.0)
-    refused.close()
-    assert m is None or m.error() is not None
     classic.close()
 
     produce(broker, topic, 2, 10, "new")
@@ -399,3 +390,96 @@ def test_unknown_assignor_is_refused(broker):
     c.close()
     assert errors and errors[0].code() == KafkaError._FATAL, errors
     assert "assignor" in errors[0].str(), errors
+
+
+class Ownership:
+    """Who owns each partition, from the members' callbacks: an assignment
+    of a partition another member still owns is recorded as a violation."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.owner = {}
+        self.violations = []
+
+    def attach(self, member):
+        assign, revoke = member._note("assign"), member._note("revoke")
+
+        def on_assign(consumer, parts):
+            with self.lock:
+                for p in parts:
+                    tp = (p.topic, p.partition)
+                    if self.owner.get(tp, member.name) != member.name:
+                        self.violations.append((tp, self.owner[tp], member.name))
+                    self.owner[tp] = member.name
+            assign(consumer, parts)
+
+        def on_revoke(consumer, parts):
+            with self.lock:
+                for p in parts:
+                    if self.owner.get((p.topic, p.partition)) == member.name:
+                        del self.owner[(p.topic, p.partition)]
+            revoke(consumer, parts)
+
+        member.callbacks = (on_assign, on_revoke)
+
+
+@pytest.mark.parametrize("strategy", ["cooperative-sticky", "range"])
+def test_rolling_upgrade_from_classic_members(broker_with_args, strategy):
+    """A deployment of three classic consumers restarts them one by one with
+    `group.protocol=consumer`: the first upgraded member turns the group
+    into a consumer group, the classic members follow the coordinator's
+    assignment through JoinGroup/SyncGroup, every partition keeps one owner
+    at a time, and records produced at each step are read."""
+    broker = broker_with_args("--group-consumer-heartbeat-interval-ms", HEARTBEAT_MS)
+    topic, group = uniq("kip848-rolling"), uniq("kip848-rolling-group")
+    create_topic(broker, topic, 6)
+    owners = Ownership()
+    log = []
+    classic = {
+        "group.protocol": "classic",
+        "partition.assignment.strategy": strategy,
+        "session.timeout.ms": 10000,
+        "heartbeat.interval.ms": 500,
+    }
+    members = [
+        Member(broker, group, [topic], f"classic{n}", log, classic, ownership=owners)
+        for n in range(3)
+    ]
+    try:
+        wait_until(
+            "the classic group to settle",
+            lambda: all(len(m.partitions()) == 2 for m in members),
+        )
+        everyone = list(members)
+
+        def read(prefix):
+            return sum(1 for m in everyone for v in list(m.values) if v.startswith(prefix))
+
+        for step in range(3):
+            produce(broker, topic, 6, 60, f"before{step}")
+            members[step].close()
+            members[step] = Member(
+                broker, group, [topic], f"upgraded{step}", log, ownership=owners
+            )
+            everyone.append(members[step])
+            wait_until(
+                f"step {step}: every partition owned once",
+                lambda: len(no_partition_twice(members)) == 6
+                and all(m.partitions() for m in members),
+                timeout=60,
+            )
+            produce(broker, topic, 6, 60, f"after{step}")
+            wait_until(
+                f"step {step}: its records read",
+                lambda: read(f"before{step}-") >= 60 and read(f"after{step}-") >= 60,
+                timeout=60,
+            )
+        assert not owners.violations, owners.violations
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        d = admin.describe_consumer_groups([group])[group].result(timeout=TIMEOUT_S)
+        from confluent_kafka import ConsumerGroupType
+
+        assert d.type == ConsumerGroupType.CONSUMER
+    finally:
+        for m in members:
+            m.close()

@@ -113,18 +113,45 @@ pub(super) struct MemberRecord {
     pub state: MemberState,
     pub assigned: Assignment,
     pub revoking: Assignment,
+    /// A member using the classic protocol (JoinGroup/SyncGroup/Heartbeat)
+    /// in a consumer group: see [`super::migration`].
+    #[serde(default)]
+    pub classic: Option<ClassicMember>,
+}
+
+/// What a classic member in a consumer group brought with its JoinGroup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct ClassicMember {
+    pub session_timeout_ms: u64,
+    /// The protocol (client-side assignor name) it is answered under.
+    pub protocol: String,
+    /// The version of its subscription, used for its assignment too.
+    pub version: i16,
 }
 
 /// One member: its record plus the timers that are not saved.
 #[derive(Debug)]
 pub(super) struct Member {
     pub r: MemberRecord,
-    deadline: Instant,
-    revoke_deadline: Option<Instant>,
+    pub(super) deadline: Instant,
+    pub(super) revoke_deadline: Option<Instant>,
     /// A static member that left with epoch -2 and may come back.
     left: bool,
     /// The assignment last sent to the member.
-    sent: Option<Assignment>,
+    pub(super) sent: Option<Assignment>,
+}
+
+impl Member {
+    /// A member with a fresh session.
+    pub(super) fn new(r: MemberRecord, session: Duration, now: Instant) -> Self {
+        Member {
+            r,
+            deadline: now + session,
+            revoke_deadline: None,
+            left: false,
+            sent: None,
+        }
+    }
 }
 
 /// The group as a coordinator saves it (see [`super::saved`]).
@@ -181,7 +208,7 @@ pub(super) struct ConsumerGroup {
     pub epoch: i32,
     pub target_epoch: i32,
     pub members: BTreeMap<String, Member>,
-    static_members: HashMap<String, String>,
+    pub(super) static_members: HashMap<String, String>,
     pub target: BTreeMap<String, Assignment>,
     /// The subscribed topics as of the last refresh: a change bumps the
     /// group epoch.
@@ -190,8 +217,8 @@ pub(super) struct ConsumerGroup {
     topics_version: u64,
     /// Compiled subscriptions by expression; `None`: invalid.
     regexes: HashMap<String, Option<regex::Regex>>,
-    config: ConsumerGroupConfig,
-    changes: u64,
+    pub(super) config: ConsumerGroupConfig,
+    pub(super) changes: u64,
     dead: bool,
 }
 
@@ -232,16 +259,10 @@ impl ConsumerGroup {
             }
             let revoke_deadline = (r.state == MemberState::UnrevokedPartitions)
                 .then(|| now + Duration::from_millis(r.rebalance_timeout_ms));
-            g.members.insert(
-                r.id.clone(),
-                Member {
-                    r,
-                    deadline: now + g.config.session_timeout,
-                    revoke_deadline,
-                    left: false,
-                    sent: None,
-                },
-            );
+            let session = g.session_of(&r);
+            let mut m = Member::new(r, session, now);
+            m.revoke_deadline = revoke_deadline;
+            g.members.insert(m.r.id.clone(), m);
         }
         g
     }
@@ -254,6 +275,14 @@ impl ConsumerGroup {
             target: self.target.clone(),
             topics: self.topics.clone(),
         }
+    }
+
+    /// A member's session timeout: the group's, or what a classic member
+    /// asked for in its JoinGroup.
+    pub(super) fn session_of(&self, r: &MemberRecord) -> Duration {
+        r.classic.as_ref().map_or(self.config.session_timeout, |c| {
+            Duration::from_millis(c.session_timeout_ms)
+        })
     }
 
     pub(super) fn changes(&self) -> u64 {
@@ -417,7 +446,7 @@ impl ConsumerGroup {
         })
     }
 
-    fn bump(&mut self) {
+    pub(super) fn bump(&mut self) {
         self.epoch = self.epoch.saturating_add(1);
         self.changes += 1;
     }
@@ -467,7 +496,7 @@ impl ConsumerGroup {
 
     /// Recompute the subscribed topics if the topics changed since the
     /// last time (or `force`); true if they differ now.
-    fn refresh_topics(&mut self, topics: &TopicsView, force: bool) -> bool {
+    pub(super) fn refresh_topics(&mut self, topics: &TopicsView, force: bool) -> bool {
         if !force && topics.version == self.topics_version {
             return false;
         }
@@ -489,7 +518,7 @@ impl ConsumerGroup {
     }
 
     /// A new target assignment at the group epoch.
-    fn compute_target(&mut self) {
+    pub(super) fn compute_target(&mut self) {
         let by_name: BTreeMap<String, (Uuid, i32)> = self.topics.clone();
         let mut subscriptions: BTreeMap<String, BTreeSet<Uuid>> = BTreeMap::new();
         let view = TopicsView {
@@ -596,16 +625,11 @@ impl ConsumerGroup {
             state: MemberState::Stable,
             assigned: Assignment::new(),
             revoking: Assignment::new(),
+            classic: None,
         };
         self.members.insert(
             b.member_id.clone(),
-            Member {
-                r,
-                deadline: now + self.config.session_timeout,
-                revoke_deadline: None,
-                left: false,
-                sent: None,
-            },
+            Member::new(r, self.config.session_timeout, now),
         );
         Ok(true)
     }
@@ -618,6 +642,12 @@ impl ConsumerGroup {
                 format!("member {} is not in the group", b.member_id),
             ));
         };
+        if m.r.classic.is_some() {
+            return Err(refuse(
+                ResponseError::UnknownMemberId,
+                format!("member {} uses the classic protocol", b.member_id),
+            ));
+        }
         if let Some(i) = &b.instance_id {
             if self.static_members.get(i) != Some(&b.member_id) {
                 return Err(refuse(
@@ -700,7 +730,7 @@ impl ConsumerGroup {
 
     /// Partitions owned (assigned or being revoked) by members other than
     /// `except`.
-    fn owned_elsewhere(&self, except: &str) -> BTreeSet<(Uuid, i32)> {
+    pub(super) fn owned_elsewhere(&self, except: &str) -> BTreeSet<(Uuid, i32)> {
         self.members
             .values()
             .filter(|m| m.r.id != except)
@@ -715,7 +745,7 @@ impl ConsumerGroup {
 
     /// Move `member` toward its target assignment as far as it can go now
     /// (Kafka's `CurrentAssignmentBuilder`).
-    fn reconcile(&mut self, member: &str, owned: Option<&Assignment>, now: Instant) {
+    pub(super) fn reconcile(&mut self, member: &str, owned: Option<&Assignment>, now: Instant) {
         let Some(m) = self.members.get(member) else {
             return;
         };
@@ -838,6 +868,14 @@ impl ConsumerGroup {
         let Some(m) = self.members.get(member_id) else {
             return Err(code(ResponseError::UnknownMemberId));
         };
+        if m.r.classic.is_some() {
+            // A classic member commits under its generation (its epoch).
+            return if epoch == m.r.epoch {
+                Ok(())
+            } else {
+                Err(code(ResponseError::IllegalGeneration))
+            };
+        }
         if version.is_some_and(|v| v < 9) {
             return Err(code(ResponseError::UnsupportedVersion));
         }

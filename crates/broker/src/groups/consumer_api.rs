@@ -28,8 +28,9 @@ use tributary_runtime::Chain;
 
 use super::assignors::Assignment;
 use super::consumer::{Beat, ConsumerGroup, TopicsView};
-use super::group::{code, NONE};
+use super::group::{code, GroupState, JoinOutcome, JoinParams, NONE};
 use super::kind::AnyGroup;
+use super::migration::{ClassicJoin, ClassicJoined};
 use super::{lock, str_bytes, GroupCoordinator, Slot};
 use crate::error::group_meta_error_code;
 
@@ -90,10 +91,13 @@ impl GroupCoordinator {
     /// The consumer group's slot: loaded as saved, or new when `create`; an
     /// empty classic group becomes a consumer group. `Err`: the code and
     /// message to answer.
+    /// `topics` allows a Stable classic group to become a consumer group
+    /// with its members ([`ConsumerGroup::from_classic`]).
     async fn consumer_slot(
         &self,
         group_id: &str,
         create: bool,
+        topics: Option<&TopicsView>,
     ) -> Result<Arc<Slot>, (i16, String)> {
         let slot = match self.load(group_id, false).await {
             Ok(Some(slot)) => slot,
@@ -114,20 +118,133 @@ impl GroupCoordinator {
         {
             let mut any = lock(&slot.group);
             if let AnyGroup::Classic(g) = &*any {
-                if !g.is_idle() || !create {
-                    return Err((
-                        code(ResponseError::GroupIdNotFound),
-                        format!("group {group_id} is not a consumer group"),
-                    ));
+                let converted = if !create {
+                    None
+                } else if g.is_idle() {
+                    Some(ConsumerGroup::new(
+                        group_id.to_string(),
+                        self.config.consumer.clone(),
+                    ))
+                } else {
+                    topics.and_then(|t| {
+                        ConsumerGroup::from_classic(
+                            g,
+                            t,
+                            self.config.consumer.clone(),
+                            Instant::now(),
+                        )
+                    })
+                };
+                let Some(converted) = converted else {
+                    // A classic group of consumers in the middle of a
+                    // rebalance changes once it is stable: the member
+                    // retries (librdkafka retries this code, while
+                    // GROUP_ID_NOT_FOUND would end the consumer).
+                    let later = create
+                        && g.protocol_type.as_deref() == Some("consumer")
+                        && g.state != GroupState::Dead;
+                    return Err(if later {
+                        (
+                            code(ResponseError::CoordinatorLoadInProgress),
+                            format!("classic group {group_id} is rebalancing; it becomes a consumer group once stable"),
+                        )
+                    } else {
+                        (
+                            code(ResponseError::GroupIdNotFound),
+                            format!("group {group_id} is not a consumer group"),
+                        )
+                    });
+                };
+                if !g.is_idle() {
+                    tracing::info!(group = %group_id, members = g.members.len(), "classic group becomes a consumer group");
                 }
-                *any = AnyGroup::Consumer(ConsumerGroup::new(
-                    group_id.to_string(),
-                    self.config.consumer.clone(),
-                ));
+                *any = AnyGroup::Consumer(converted);
                 slot.saved_changes.store(u64::MAX, Ordering::Release);
             }
         }
         Ok(slot)
+    }
+
+    /// JoinGroup of a classic member in a consumer group (see
+    /// [`super::migration`]): answered at once, as a follower.
+    pub(super) async fn join_consumer_group(
+        &self,
+        group_id: &str,
+        slot: &Arc<Slot>,
+        p: JoinParams,
+    ) -> JoinOutcome {
+        let member_id = p.member_id.clone();
+        if p.protocol_type != "consumer" {
+            return JoinOutcome::error(code(ResponseError::InconsistentGroupProtocol), member_id);
+        }
+        let topics = match self.topics_view().await {
+            Ok(t) => t,
+            Err(c) => return JoinOutcome::error(c, member_id),
+        };
+        let join = ClassicJoin {
+            member_id: p.member_id,
+            require_known_member_id: p.require_known_member_id,
+            client_id: p.client_id,
+            client_host: p.client_host,
+            session_timeout: p.session_timeout,
+            rebalance_timeout: p.rebalance_timeout,
+            protocols: p.protocols,
+        };
+        let joined = match &mut *lock(&slot.group) {
+            AnyGroup::Consumer(g) => g.join_classic(join, &topics, Instant::now()),
+            AnyGroup::Classic(_) => Err(code(ResponseError::RebalanceInProgress)),
+        };
+        slot.wake.notify_one();
+        match joined {
+            Err(c) => JoinOutcome::error(c, member_id),
+            Ok(ClassicJoined::MemberIdRequired(id)) => {
+                JoinOutcome::error(code(ResponseError::MemberIdRequired), id)
+            }
+            Ok(ClassicJoined::Joined {
+                member_id,
+                generation,
+                protocol,
+            }) => {
+                if let Err(c) = self.save(group_id, slot).await {
+                    return JoinOutcome::error(c, member_id);
+                }
+                JoinOutcome {
+                    error: NONE,
+                    generation_id: generation,
+                    protocol_type: Some("consumer".into()),
+                    protocol_name: Some(protocol),
+                    // Nobody leads: the coordinator assigns.
+                    leader: String::new(),
+                    member_id,
+                    members: Vec::new(),
+                }
+            }
+        }
+    }
+
+    /// Heartbeat of a classic member in a consumer group.
+    pub(super) async fn heartbeat_consumer_group(
+        &self,
+        group_id: &str,
+        slot: &Arc<Slot>,
+        member_id: &str,
+        generation: i32,
+    ) -> i16 {
+        let topics = match self.topics_view().await {
+            Ok(t) => t,
+            Err(c) => return c,
+        };
+        let error = match &mut *lock(&slot.group) {
+            AnyGroup::Consumer(g) => {
+                g.heartbeat_classic(member_id, generation, &topics, Instant::now())
+            }
+            AnyGroup::Classic(_) => code(ResponseError::RebalanceInProgress),
+        };
+        slot.wake.notify_one();
+        if let Err(c) = self.save(group_id, slot).await {
+            return c;
+        }
+        error
     }
 
     /// ConsumerGroupHeartbeat (v0-1).
@@ -170,7 +287,10 @@ impl GroupCoordinator {
             Ok(v) => v,
             Err(c) => return heartbeat_error(c, String::new()),
         };
-        let slot = match self.consumer_slot(&group_id, req.member_epoch == 0).await {
+        let slot = match self
+            .consumer_slot(&group_id, req.member_epoch == 0, Some(&topics))
+            .await
+        {
             Ok(slot) => slot,
             Err((c, m)) => return heartbeat_error(c, m),
         };
@@ -253,7 +373,7 @@ impl GroupCoordinator {
                 out.push(d);
                 continue;
             }
-            let slot = match self.consumer_slot(&id, false).await {
+            let slot = match self.consumer_slot(&id, false, None).await {
                 Ok(slot) => slot,
                 Err((c, m)) => {
                     d.error_code = if c == code(ResponseError::UnknownMemberId) {

@@ -38,6 +38,7 @@ mod consumer;
 mod consumer_api;
 mod group;
 mod kind;
+mod migration;
 mod offsets;
 mod saved;
 #[cfg(test)]
@@ -579,13 +580,13 @@ impl GroupCoordinator {
                 *any = AnyGroup::Classic(Group::new(group_id.clone(), self.initial_delay()));
                 slot.saved_changes.store(u64::MAX, Ordering::Release);
             }
-            match any.classic() {
-                Some(g) => g.join(params, Instant::now()),
-                None => Reply::Now(JoinOutcome::error(
-                    code(ResponseError::InconsistentGroupProtocol),
-                    member_id.clone(),
-                )),
-            }
+            any.classic()
+                .map(|g| g.join(params.clone(), Instant::now()))
+        };
+        let Some(reply) = reply else {
+            // A classic member of a consumer group (an upgrade under way).
+            let o = self.join_consumer_group(&group_id, &slot, params).await;
+            return join_response(version, o);
         };
         slot.wake.notify_one();
         self.save_soon(&group_id, &slot);
@@ -647,9 +648,19 @@ impl GroupCoordinator {
                 .map(|a| (a.member_id.to_string(), a.assignment.clone()))
                 .collect(),
         };
-        let reply = match lock(&slot.group).classic() {
-            Some(g) => g.sync(params, Instant::now()),
-            None => Reply::Now(SyncOutcome::error(code(ResponseError::UnknownMemberId))),
+        let reply = match &mut *lock(&slot.group) {
+            AnyGroup::Classic(g) => g.sync(params, Instant::now()),
+            AnyGroup::Consumer(g) => Reply::Now(
+                match g.sync_classic(&params.member_id, params.generation_id, Instant::now()) {
+                    Ok((assignment, protocol)) => SyncOutcome {
+                        error: NONE,
+                        assignment,
+                        protocol_type: Some("consumer".into()),
+                        protocol_name: Some(protocol),
+                    },
+                    Err(c) => SyncOutcome::error(c),
+                },
+            ),
         };
         slot.wake.notify_one();
         self.save_soon(&group_id, &slot);
@@ -681,13 +692,25 @@ impl GroupCoordinator {
                 None
             };
             let e = match lock(&slot.group).classic() {
-                Some(g) => g.heartbeat(
+                Some(g) => Some(g.heartbeat(
                     req.member_id.as_str(),
                     instance.as_deref(),
                     req.generation_id,
                     Instant::now(),
-                ),
-                None => code(ResponseError::UnknownMemberId),
+                )),
+                None => None,
+            };
+            let e = match e {
+                Some(e) => e,
+                None => {
+                    self.heartbeat_consumer_group(
+                        &group_id,
+                        &slot,
+                        req.member_id.as_str(),
+                        req.generation_id,
+                    )
+                    .await
+                }
             };
             slot.wake.notify_one();
             e
@@ -723,12 +746,14 @@ impl GroupCoordinator {
                 (code(ResponseError::CoordinatorNotAvailable), Vec::new())
             } else {
                 let now = Instant::now();
-                let errs = match any.classic() {
-                    Some(g) => leaving
+                let errs = match &mut *any {
+                    AnyGroup::Classic(g) => leaving
                         .iter()
                         .map(|(m, i)| g.leave(m, i.as_deref(), now))
                         .collect(),
-                    None => vec![code(ResponseError::UnknownMemberId); leaving.len()],
+                    AnyGroup::Consumer(g) => {
+                        leaving.iter().map(|(m, _)| g.leave_classic(m)).collect()
+                    }
                 };
                 drop(any);
                 slot.wake.notify_one();

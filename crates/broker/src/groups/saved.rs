@@ -274,6 +274,7 @@ mod tests {
                 state: MemberState::UnrevokedPartitions,
                 assigned: [(t, [0, 1].into())].into(),
                 revoking: [(t, [2].into())].into(),
+                classic: None,
             }],
             target: [("m".to_string(), [(t, [0, 1].into())].into())].into(),
             topics: [("t".to_string(), (t, 3))].into(),
