@@ -219,9 +219,18 @@ def test_committed_offsets_and_assignments_survive_a_broker_sigkill(broker_with_
 def test_admin_lists_and_describes_consumer_groups(broker_with_args):
     from confluent_kafka import ConsumerGroupState, ConsumerGroupType
 
-    broker = broker_with_args("--group-consumer-heartbeat-interval-ms", HEARTBEAT_MS)
+    from conftest import free_port
+
+    metrics_port = free_port()
+    broker = broker_with_args(
+        "--group-consumer-heartbeat-interval-ms",
+        HEARTBEAT_MS,
+        "--metrics-listen",
+        f"127.0.0.1:{metrics_port}",
+    )
     topic, group = uniq("kip848-admin"), uniq("kip848-admin-group")
     create_topic(broker, topic, 3)
+    produce(broker, topic, 3, 30, "x")
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     log = []
     members = [Member(broker, group, [topic], f"m{n}", log) for n in range(2)]
@@ -253,6 +262,27 @@ def test_admin_lists_and_describes_consumer_groups(broker_with_args):
             timeout=TIMEOUT_S
         )
         assert group not in [g.group_id for g in classic.valid]
+
+        # Lag is measured for consumer groups as for classic ones (from
+        # their committed offsets, every 10 s).
+        import urllib.request
+
+        def lag_lines():
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as r:
+                text = r.read().decode()
+            return [
+                line
+                for line in text.splitlines()
+                if line.startswith("tributary_consumer_group_lag{") and f'group="{group}"' in line
+            ]
+
+        wait_until("every record read", lambda: sum(len(m.values) for m in members) >= 30)
+        lines = wait_until(
+            "lag of the consumer group on /metrics",
+            lambda: (lambda found: found if len(found) == 3 else None)(lag_lines()),
+        )
+        assert all(line.endswith(" 0") for line in lines), lines
     finally:
         for m in members:
             m.close()
