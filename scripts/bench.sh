@@ -8,6 +8,8 @@
 #
 # Options (they combine):
 #   --s3            a local S3 server (moto) instead of a local directory
+#   --memory        everything in memory (memory:// + sqlite::memory:):
+#                   what the broker does without storage costs
 #   --postgres      PostgreSQL (a throwaway cluster, fsync on) instead of SQLite
 #   --brokers N     N brokers sharing the store and a throwaway PostgreSQL
 #   --tls           clients connect over SASL_SSL (TLS 1.3, SCRAM-SHA-512,
@@ -32,6 +34,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tributary/target}"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/tributary"
 s3=0
+memory=0
 brokers=1
 pg=0
 runs=1
@@ -42,6 +45,7 @@ loadgen_args=()
 while [ $# -gt 0 ]; do
     case "$1" in
     --s3) s3=1; shift ;;
+    --memory) memory=1; shift ;;
     --postgres) pg=1; shift ;;
     --brokers) brokers="$2"; pg=1; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
@@ -92,6 +96,7 @@ if [ "$s3" -eq 1 ]; then
     store_name="S3 (moto $("$venv/bin/python" -c 'import moto; print(moto.__version__)'), local)"
 fi
 meta_name="SQLite"
+if [ "$memory" -eq 1 ]; then store_name="memory://"; meta_name="SQLite in memory"; fi
 pg_url=""
 if [ "$pg" -eq 1 ]; then
     pgbin=$(dirname "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
@@ -143,6 +148,11 @@ for run in $(seq "$runs"); do
     fi
     meta_args=()
     if [ "$pg" -eq 1 ]; then meta_args=(--metadata "$pg_url?schema=run$run"); fi
+    if [ "$memory" -eq 1 ]; then
+        store_args=(--object-store memory://)
+        objects_arg=()
+        meta_args=(--metadata sqlite::memory:)
+    fi
     bootstrap=()
     metrics=()
     if [ "$tls" -eq 1 ]; then

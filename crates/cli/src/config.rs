@@ -169,6 +169,10 @@ serve_settings! {
     /// Seal a segment once it is this big [default: 8388608].
     #[arg(long, env = "TRIBUTARY_MAX_SEGMENT_BYTES")]
     max_segment_bytes: usize,
+    /// Most segments sealed per second before they are full; 0 for no
+    /// ceiling [default: 20 for s3://, none for file:// and memory://].
+    #[arg(long, env = "TRIBUTARY_MAX_PUTS_PER_SECOND")]
+    max_puts_per_second: f64,
     /// Largest record batch accepted [default: 1048588].
     #[arg(long, env = "TRIBUTARY_MAX_MESSAGE_BYTES")]
     max_message_bytes: i64,
@@ -362,6 +366,13 @@ impl Settings {
         // Each PUT of a priced store is billed: the store picks the default.
         if let Ok(url) = ObjectStoreUrl::parse(&object_store) {
             writer.flush_interval = url.default_flush_interval();
+            writer.max_puts_per_second = url.default_max_puts_per_second();
+        }
+        if let Some(rate) = a.max_puts_per_second {
+            if !rate.is_finite() || rate < 0.0 {
+                bail!("max_puts_per_second must be 0 (no ceiling) or positive, got {rate}");
+            }
+            writer.max_puts_per_second = (rate > 0.0).then_some(rate);
         }
         set(
             &mut writer.flush_interval,

@@ -375,6 +375,14 @@ pub const KEYS: &[Key] = &[
         doc: "time after which a log segment file is rolled",
     },
     Key {
+        name: "tributary.flush.max.ms",
+        broker_name: None,
+        default: DefaultValue::Number(-1),
+        check: Check::Long(-1, 3_600_000),
+        effect: Effect::Applied,
+        doc: "Tributary's own: the longest a produced batch waits before its segment is sealed (-1: the broker's --flush-interval-ms; lower is faster and costs more PUTs)",
+    },
+    Key {
         name: "unclean.leader.election.enable",
         broker_name: Some("unclean.leader.election.enable"),
         default: DefaultValue::Text("false"),
@@ -581,6 +589,9 @@ pub struct TopicConfig {
     /// How far ahead of the broker's clock a CreateTime timestamp may be
     /// (`message.timestamp.after.max.ms`, or the difference when smaller).
     pub timestamp_after_max_ms: i64,
+    /// `tributary.flush.max.ms`: the longest a produced batch waits for its
+    /// segment to be sealed; `None`: the broker's flush interval.
+    pub flush_max_ms: Option<u64>,
 }
 
 impl TopicConfig {
@@ -636,6 +647,7 @@ impl TopicConfig {
                 .trim()
                 .parse()
                 .unwrap_or(0.5),
+            flush_max_ms: u64::try_from(number("tributary.flush.max.ms")).ok(),
             retention_ms: number("retention.ms"),
             retention_bytes: number("retention.bytes"),
             max_message_bytes: number("max.message.bytes"),

@@ -218,6 +218,7 @@ fn start_broker(world: &Arc<World>, b: usize) -> CancellationToken {
             max_segment_bytes: p.max_segment_bytes,
             flush_interval: Duration::from_millis(p.flush_ms),
             max_inflight_uploads: p.max_inflight,
+            max_puts_per_second: p.max_puts_per_second,
             commit_deadline,
             metadata_call_timeout,
             clock: clock.clone(),

@@ -80,6 +80,8 @@ pub(crate) struct Params {
     pub(crate) retention_ms: i64,
     pub(crate) retention_bytes: i64,
     pub(crate) faults: FaultParams,
+    /// The writer's ceiling on seals of segments that are not full.
+    pub(crate) max_puts_per_second: Option<f64>,
 }
 
 impl Params {
@@ -147,6 +149,8 @@ impl Params {
             retention_ms,
             retention_bytes,
             faults,
+            // Drawn last, so the draws before it stay what they were.
+            max_puts_per_second: rng.chance(0.5).then(|| rng.range(5, 100) as f64),
         }
     }
 

@@ -1,8 +1,20 @@
 //! The segment writer: batches from every partition and connection go into one
-//! open segment; it is sealed when it reaches `max_segment_bytes` or its oldest
-//! batch is `flush_interval` old, uploaded with a create-only PUT, committed to
-//! the metadata store (which assigns offsets), and only then are the parked
+//! open segment, which is uploaded with a create-only PUT, committed to the
+//! metadata store (which assigns offsets), and only then are the parked
 //! appends answered.
+//!
+//! When to seal is group commit ([`Pace`]): the open segment is sealed
+//! - at once when nothing is uploading or committing (so at low load an
+//!   append waits for one PUT and one commit, not for a timer), unless data
+//!   arrives fast enough to fill a large segment within the flush interval
+//!   (then waiting costs little latency and saves PUTs);
+//! - when it reaches `max_segment_bytes`;
+//! - when its oldest batch has waited its latency target (`flush_interval`,
+//!   or a shorter one its topic asks for).
+//!
+//! Seals other than full segments are spaced to stay under
+//! `max_puts_per_second`, so a trickle of appends never becomes a storm of
+//! PUTs on a priced store.
 //!
 //! Uploads of several sealed segments run concurrently (up to
 //! `max_inflight_uploads`), but commits happen strictly in seal order, so the
@@ -40,8 +52,12 @@ use crate::{keys, ReadCache, Watermarks, WriteError, WriteHealth};
 pub struct WriterConfig {
     /// Seal the open segment once it is this big.
     pub max_segment_bytes: usize,
-    /// Seal the open segment once its oldest batch has waited this long.
+    /// Seal the open segment once its oldest batch has waited this long
+    /// (the default latency target; topics may ask for less).
     pub flush_interval: Duration,
+    /// Most segments sealed per second before they are full (`None`: no
+    /// ceiling). Full segments are never held back, but count.
+    pub max_puts_per_second: Option<f64>,
     /// Sealed segments uploading at once before appends wait.
     pub max_inflight_uploads: usize,
     /// A sealed segment is uploaded and committed within this time, or its
@@ -63,6 +79,7 @@ impl Default for WriterConfig {
         Self {
             max_segment_bytes: 8 << 20,
             flush_interval: Duration::from_millis(50),
+            max_puts_per_second: None,
             max_inflight_uploads: 4,
             commit_deadline: DEFAULT_COMMIT_DEADLINE,
             metadata_call_timeout: Duration::from_secs(15),
@@ -139,6 +156,9 @@ struct Append {
     partition: i32,
     batches: Vec<AppendBatch>,
     reply: Option<Reply>,
+    /// The longest these batches may wait before their segment is sealed
+    /// (`None`: the writer's `flush_interval`).
+    flush_max: Option<Duration>,
 }
 
 struct Waiter {
@@ -189,14 +209,22 @@ impl SegmentWriter {
     ) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let (sealed_tx, sealed_rx) = mpsc::channel(config.max_inflight_uploads.max(1));
+        let (settled_tx, settled_rx) = mpsc::unbounded_channel();
         let health = WriteHealth::new();
         let batcher = supervise(
             "segment-batcher",
-            batcher(rx, sealed_tx, store, cache, config.clone()),
+            batcher(rx, settled_rx, sealed_tx, store, cache, config.clone()),
         );
         let committer = supervise(
             "segment-committer",
-            committer(sealed_rx, meta, watermarks, config, health.clone()),
+            committer(
+                sealed_rx,
+                settled_tx,
+                meta,
+                watermarks,
+                config,
+                health.clone(),
+            ),
         );
         Self {
             tx,
@@ -234,6 +262,19 @@ impl SegmentWriter {
         partition: i32,
         batches: Vec<AppendBatch>,
     ) -> Result<AppendReceiver, WriteError> {
+        self.submit_within(topic_id, partition, batches, None).await
+    }
+
+    /// [`SegmentWriter::submit`] with a latency target: the batches wait at
+    /// most `flush_max` (if shorter than the writer's flush interval)
+    /// before their segment is sealed.
+    pub async fn submit_within(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        batches: Vec<AppendBatch>,
+        flush_max: Option<Duration>,
+    ) -> Result<AppendReceiver, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Append(Append {
@@ -241,6 +282,7 @@ impl SegmentWriter {
                 partition,
                 batches,
                 reply: Some(reply),
+                flush_max,
             }))
             .await
             .map_err(|_| WriteError::ShuttingDown)?;
@@ -260,6 +302,7 @@ impl SegmentWriter {
                 partition,
                 batches,
                 reply: None,
+                flush_max: None,
             }))
             .await
             .map_err(|_| WriteError::ShuttingDown)
@@ -285,14 +328,85 @@ struct Open {
     deadline: Instant,
 }
 
+/// When to seal (group commit): how many sealed segments are still
+/// uploading or committing, how fast data arrives, and when the PUT
+/// ceiling next allows a seal of a segment that is not full.
+struct Pace {
+    in_flight: usize,
+    /// Recent append rate in bytes per second, over 100 ms windows.
+    rate: f64,
+    window_start: Instant,
+    window_bytes: u64,
+    /// A seal that is not for size waits until then.
+    next_early: Instant,
+    /// Time between seals under `max_puts_per_second`.
+    spacing: Option<Duration>,
+    /// Above this rate, data fills half a segment within the flush
+    /// interval: wait for size (or the interval) rather than seal early.
+    fast: f64,
+}
+
+const RATE_WINDOW: Duration = Duration::from_millis(100);
+
+impl Pace {
+    fn new(config: &WriterConfig, now: Instant) -> Self {
+        let interval = config.flush_interval.as_secs_f64().max(1e-3);
+        Pace {
+            in_flight: 0,
+            rate: 0.0,
+            window_start: now,
+            window_bytes: 0,
+            next_early: now,
+            spacing: config
+                .max_puts_per_second
+                .filter(|r| *r > 0.0)
+                .map(|r| Duration::from_secs_f64(1.0 / r)),
+            fast: (config.max_segment_bytes as f64 / 2.0) / interval,
+        }
+    }
+
+    fn appended(&mut self, bytes: u64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= RATE_WINDOW {
+            // Each window that passed weighs in; empty ones pull the rate down.
+            let windows = (elapsed.as_secs_f64() / RATE_WINDOW.as_secs_f64()).floor();
+            let last = self.window_bytes as f64 / RATE_WINDOW.as_secs_f64();
+            let keep = 0.7f64.powf(windows);
+            self.rate = self.rate * keep + last * 0.3 * 0.7f64.powf(windows - 1.0);
+            self.window_start = now;
+            self.window_bytes = 0;
+        }
+        self.window_bytes += bytes;
+    }
+
+    /// Whether data arrives fast enough to fill segments by size.
+    fn filling(&self) -> bool {
+        self.rate >= self.fast
+    }
+
+    /// Whether an idle pipeline should take the open segment now.
+    fn seal_early(&self, now: Instant) -> bool {
+        self.in_flight == 0 && !self.filling() && now >= self.next_early
+    }
+
+    fn sealed(&mut self, now: Instant) {
+        self.in_flight += 1;
+        if let Some(spacing) = self.spacing {
+            self.next_early = self.next_early.max(now) + spacing;
+        }
+    }
+}
+
 async fn batcher(
     mut rx: mpsc::Receiver<Msg>,
+    mut settled_rx: mpsc::UnboundedReceiver<()>,
     sealed_tx: mpsc::Sender<Sealed>,
     store: Arc<dyn ObjectStore>,
     cache: ReadCache,
     config: WriterConfig,
 ) {
     let mut open: Option<Open> = None;
+    let mut pace = Pace::new(&config, Instant::now());
     let mut sealer = Sealer {
         sealed_tx,
         store,
@@ -300,68 +414,124 @@ async fn batcher(
         config: config.clone(),
         last_seal: None,
     };
+    let mut closing = false;
     loop {
-        let deadline = open.as_ref().map(|o| o.deadline);
+        let now = Instant::now();
+        if open.is_some() && pace.seal_early(now) {
+            if let Some(o) = open.take() {
+                pace.sealed(now);
+                sealer.seal(o, "idle").await;
+            }
+            continue;
+        }
+        if closing {
+            break;
+        }
+        // The latency target, within the PUT ceiling.
+        let deadline = open.as_ref().map(|o| o.deadline.max(pace.next_early));
+        // An idle pipeline waiting only for the PUT ceiling.
+        let ceiling = open
+            .as_ref()
+            .filter(|_| pace.in_flight == 0 && !pace.filling())
+            .map(|_| pace.next_early);
         let msg = tokio::select! {
-            // The flush interval first: a steady stream of appends never
-            // holds a segment back, and the choice is the same on every
-            // run (a deterministic simulation replays it).
+            // Timers first: a steady stream of appends never holds a
+            // segment back, and the choice is the same on every run (a
+            // deterministic simulation replays it).
             biased;
-            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+            _ = sleep_until(deadline.unwrap_or(now)), if deadline.is_some() => {
                 if let Some(o) = open.take() {
+                    pace.sealed(Instant::now());
                     sealer.seal(o, "interval").await;
                 }
+                continue;
+            }
+            _ = sleep_until(ceiling.unwrap_or(now)), if ceiling.is_some() => continue,
+            Some(()) = settled_rx.recv() => {
+                pace.in_flight = pace.in_flight.saturating_sub(1);
                 continue;
             }
             msg = rx.recv() => msg,
         };
         let Some(Msg::Append(append)) = msg else {
-            break;
+            closing = true;
+            continue;
         };
-        let o = open.get_or_insert_with(|| Open {
-            builder: SegmentBuilder::new(),
-            metas: Vec::new(),
-            waiters: Vec::new(),
-            deadline: Instant::now() + config.flush_interval,
-        });
-        let first = o.metas.len();
-        let count = append.batches.len();
-        for b in append.batches {
-            o.metas.push(BatchMeta {
-                topic_id: append.topic_id,
-                partition: append.partition,
-                offset_count: b.offset_count,
-                max_timestamp: b.max_timestamp,
-                producer: b.producer,
-                txn: b.txn.clone(),
-            });
-            o.builder.push_batch(
-                append.topic_id,
-                append.partition,
-                PushBatch {
-                    bytes: b.bytes,
-                    record_count: b.record_count,
-                    offset_count: b.offset_count,
-                    first_timestamp: b.first_timestamp,
-                    max_timestamp: b.max_timestamp,
-                },
-            );
-        }
-        if let Some(reply) = append.reply {
-            o.waiters.push(Waiter {
-                first,
-                count,
-                reply,
-            });
-        }
-        if o.builder.estimated_size() >= config.max_segment_bytes {
-            if let Some(o) = open.take() {
-                sealer.seal(o, "size").await;
+        // Take what else is already queued, so that appends arriving
+        // together share a segment.
+        let mut next = Some(append);
+        let mut taken = 0;
+        while let Some(append) = next.take() {
+            taken += 1;
+            add(&mut open, append, &config, &mut pace);
+            if open
+                .as_ref()
+                .is_some_and(|o| o.builder.estimated_size() >= config.max_segment_bytes)
+            {
+                if let Some(o) = open.take() {
+                    pace.sealed(Instant::now());
+                    sealer.seal(o, "size").await;
+                }
+            }
+            if taken < 1024 {
+                match rx.try_recv() {
+                    Ok(Msg::Append(a)) => next = Some(a),
+                    Ok(Msg::Close) => closing = true,
+                    Err(_) => {}
+                }
             }
         }
     }
     if let Some(o) = open.take() {
         sealer.seal(o, "shutdown").await;
+    }
+}
+
+/// Put one append's batches into the open segment (opening one if needed).
+fn add(open: &mut Option<Open>, append: Append, config: &WriterConfig, pace: &mut Pace) {
+    let now = Instant::now();
+    let wait = append
+        .flush_max
+        .map_or(config.flush_interval, |m| m.min(config.flush_interval));
+    let o = open.get_or_insert_with(|| Open {
+        builder: SegmentBuilder::new(),
+        metas: Vec::new(),
+        waiters: Vec::new(),
+        deadline: now + wait,
+    });
+    o.deadline = o.deadline.min(now + wait);
+    let first = o.metas.len();
+    let count = append.batches.len();
+    let mut bytes = 0u64;
+    for b in append.batches {
+        bytes += b.bytes.len() as u64;
+        o.metas.push(BatchMeta {
+            topic_id: append.topic_id,
+            partition: append.partition,
+            offset_count: b.offset_count,
+            max_timestamp: b.max_timestamp,
+            producer: b.producer,
+            txn: b.txn.clone(),
+        });
+        o.builder.push_batch(
+            append.topic_id,
+            append.partition,
+            PushBatch {
+                bytes: b.bytes,
+                record_count: b.record_count,
+                offset_count: b.offset_count,
+                first_timestamp: b.first_timestamp,
+                max_timestamp: b.max_timestamp,
+            },
+        );
+    }
+    pace.appended(bytes, now);
+    if let Some(reply) = append.reply {
+        o.waiters.push(Waiter {
+            first,
+            count,
+            reply,
+        });
     }
 }
 
@@ -482,13 +652,31 @@ async fn upload(
 
 async fn committer(
     mut rx: mpsc::Receiver<Sealed>,
+    settled_tx: mpsc::UnboundedSender<()>,
     meta: Arc<dyn LogStore>,
     watermarks: Watermarks,
     config: WriterConfig,
     health: WriteHealth,
 ) {
     let mut gaps = ProducerGaps::default();
-    while let Some(mut sealed) = rx.recv().await {
+    while let Some(sealed) = rx.recv().await {
+        settle(sealed, &meta, &watermarks, &config, &health, &mut gaps).await;
+        // The batcher may seal the next segment now. It may have stopped
+        // (shutdown): nothing to tell then.
+        let _ = settled_tx.send(());
+    }
+}
+
+/// Upload and commit one sealed segment and answer its appends.
+async fn settle(
+    mut sealed: Sealed,
+    meta: &Arc<dyn LogStore>,
+    watermarks: &Watermarks,
+    config: &WriterConfig,
+    health: &WriteHealth,
+    gaps: &mut ProducerGaps,
+) {
+    {
         let uploaded = match tokio::time::timeout_at(sealed.give_up, &mut sealed.upload).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => Err(UploadFailure::Task(e)),
@@ -510,7 +698,7 @@ async fn committer(
                     cause: Arc::new(cause),
                 },
             );
-            continue;
+            return;
         }
         // Batches of producers with an earlier batch still to be retried
         // stay out of the index (their bytes are dead weight in the object).
@@ -548,7 +736,7 @@ async fn committer(
                 max_age_ms: i64::try_from(config.commit_deadline.as_millis()).unwrap_or(i64::MAX),
             }),
         };
-        match commit_until_settled(meta.as_ref(), &commit, sealed.give_up, &config).await {
+        match commit_until_settled(meta.as_ref(), &commit, sealed.give_up, config).await {
             Ok(committed) => {
                 health.recovered();
                 let mut committed = committed.into_iter();
@@ -892,6 +1080,115 @@ mod tests {
     /// Defect 11: the last commit attempt landed but its answer was lost;
     /// the writer failed the produce without asking, so a non-idempotent
     /// retry duplicated the records. Now the outcome is settled first.
+    fn writer_with(rig: &Rig, config: WriterConfig) -> SegmentWriter {
+        SegmentWriter::start(
+            rig.store.clone(),
+            rig.faulty.clone(),
+            rig.cache.clone(),
+            Watermarks::new(),
+            config,
+        )
+    }
+
+    /// Group commit: with nothing in flight, an append is sealed at once,
+    /// not when the (here very long) flush interval runs out.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_writer_seals_at_once() {
+        let rig = new_rig(Box::new(|_, _| Fault::None)).await;
+        let w = writer_with(
+            &rig,
+            WriterConfig {
+                flush_interval: Duration::from_secs(3600),
+                ..WriterConfig::default()
+            },
+        );
+        let started = Instant::now();
+        for round in 0..3 {
+            let outcome = w.append(rig.topic, 0, vec![batch(2)]).await;
+            assert_eq!(
+                outcome.expect("appended"),
+                vec![BatchOutcome::Appended {
+                    base_offset: 2 * round
+                }]
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "waited {:?} for three appends",
+            started.elapsed()
+        );
+        w.shutdown().await;
+    }
+
+    /// The PUT ceiling spaces seals of segments that are not full: ten
+    /// appends one after the other at 2 seals per second take about 4.5 s
+    /// (the first is free), and every append still succeeds in order.
+    #[tokio::test(start_paused = true)]
+    async fn the_put_ceiling_spaces_early_seals() {
+        let rig = new_rig(Box::new(|_, _| Fault::None)).await;
+        let w = writer_with(
+            &rig,
+            WriterConfig {
+                flush_interval: Duration::from_millis(100),
+                max_puts_per_second: Some(2.0),
+                ..WriterConfig::default()
+            },
+        );
+        let started = Instant::now();
+        for round in 0..10 {
+            let outcome = w.append(rig.topic, 0, vec![batch(1)]).await;
+            assert_eq!(
+                outcome.expect("appended"),
+                vec![BatchOutcome::Appended { base_offset: round }]
+            );
+        }
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(4400) && took < Duration::from_secs(6),
+            "ten seals at 2/s took {took:?}"
+        );
+        w.shutdown().await;
+    }
+
+    /// Appends that arrive together share one segment.
+    #[tokio::test(start_paused = true)]
+    async fn appends_arriving_together_share_a_segment() {
+        let rig = new_rig(Box::new(|_, _| Fault::None)).await;
+        let w = writer_with(
+            &rig,
+            WriterConfig {
+                flush_interval: Duration::from_secs(3600),
+                max_puts_per_second: Some(1.0),
+                ..WriterConfig::default()
+            },
+        );
+        // The first seal is free; the next ones wait for the ceiling, so
+        // everything queued meanwhile goes into one segment.
+        let first = w
+            .submit(rig.topic, 0, vec![batch(1)])
+            .await
+            .expect("queued");
+        let mut rest = Vec::new();
+        for _ in 0..20 {
+            rest.push(
+                w.submit(rig.topic, 0, vec![batch(1)])
+                    .await
+                    .expect("queued"),
+            );
+        }
+        first.await.expect("answer").expect("appended");
+        for r in rest {
+            r.await.expect("answer").expect("appended");
+        }
+        let segments = rig.meta.list_segments().await.expect("segments");
+        assert!(
+            segments.len() <= 3,
+            "21 appends in {} segments",
+            segments.len()
+        );
+        w.shutdown().await;
+    }
+
     #[tokio::test]
     async fn lost_answer_on_the_last_attempt_is_settled_not_failed() {
         let rig = new_rig(Box::new(|op, n| match (op, n) {

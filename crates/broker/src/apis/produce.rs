@@ -194,7 +194,14 @@ async fn submit_partition(
                     )
                 })
                 .collect();
-            match broker.writer.submit(topic.id, index, append).await {
+            let flush_max = TopicConfig::resolve(&topic.configs, broker.config.max_message_bytes)
+                .flush_max_ms
+                .map(std::time::Duration::from_millis);
+            match broker
+                .writer
+                .submit_within(topic.id, index, append, flush_max)
+                .await
+            {
                 Ok(rx) => Slot::Waiting {
                     index,
                     rx,
