@@ -418,8 +418,13 @@ async fn batcher(
     loop {
         let now = Instant::now();
         if open.is_some() && pace.seal_early(now) {
+            // Let the tasks that are queueing appends right now (the other
+            // partitions of the same produce request, other connections)
+            // run first, and take what they queued: one PUT for them all.
+            tokio::task::yield_now().await;
+            closing |= take_queued(&mut rx, &mut open, &config, &mut pace, &mut sealer).await;
             if let Some(o) = open.take() {
-                pace.sealed(now);
+                pace.sealed(Instant::now());
                 sealer.seal(o, "idle").await;
             }
             continue;
@@ -457,33 +462,52 @@ async fn batcher(
             closing = true;
             continue;
         };
+        add_sealing_full(&mut open, append, &config, &mut pace, &mut sealer).await;
         // Take what else is already queued, so that appends arriving
         // together share a segment.
-        let mut next = Some(append);
-        let mut taken = 0;
-        while let Some(append) = next.take() {
-            taken += 1;
-            add(&mut open, append, &config, &mut pace);
-            if open
-                .as_ref()
-                .is_some_and(|o| o.builder.estimated_size() >= config.max_segment_bytes)
-            {
-                if let Some(o) = open.take() {
-                    pace.sealed(Instant::now());
-                    sealer.seal(o, "size").await;
-                }
-            }
-            if taken < 1024 {
-                match rx.try_recv() {
-                    Ok(Msg::Append(a)) => next = Some(a),
-                    Ok(Msg::Close) => closing = true,
-                    Err(_) => {}
-                }
-            }
-        }
+        closing |= take_queued(&mut rx, &mut open, &config, &mut pace, &mut sealer).await;
     }
     if let Some(o) = open.take() {
         sealer.seal(o, "shutdown").await;
+    }
+}
+
+/// Add the appends already queued (at most 1,024); true if a close was
+/// among them.
+async fn take_queued(
+    rx: &mut mpsc::Receiver<Msg>,
+    open: &mut Option<Open>,
+    config: &WriterConfig,
+    pace: &mut Pace,
+    sealer: &mut Sealer,
+) -> bool {
+    for _ in 0..1024 {
+        match rx.try_recv() {
+            Ok(Msg::Append(a)) => add_sealing_full(open, a, config, pace, sealer).await,
+            Ok(Msg::Close) => return true,
+            Err(_) => break,
+        }
+    }
+    false
+}
+
+/// [`add`], then seal the segment if that filled it.
+async fn add_sealing_full(
+    open: &mut Option<Open>,
+    append: Append,
+    config: &WriterConfig,
+    pace: &mut Pace,
+    sealer: &mut Sealer,
+) {
+    add(open, append, config, pace);
+    if open
+        .as_ref()
+        .is_some_and(|o| o.builder.estimated_size() >= config.max_segment_bytes)
+    {
+        if let Some(o) = open.take() {
+            pace.sealed(Instant::now());
+            sealer.seal(o, "size").await;
+        }
     }
 }
 
