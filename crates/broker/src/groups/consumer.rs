@@ -413,15 +413,7 @@ impl ConsumerGroup {
                 bump = true;
             }
         }
-        if self.refresh_topics(topics, bump) {
-            bump = true;
-        }
-        if bump {
-            self.bump();
-        }
-        if self.epoch > self.target_epoch {
-            self.compute_target();
-        }
+        self.advance(topics, bump);
         self.reconcile(&b.member_id, b.owned.as_ref(), now);
         let Some(m) = self.members.get_mut(&b.member_id) else {
             return Err(refuse(ResponseError::UnknownMemberId, ""));
@@ -444,6 +436,18 @@ impl ConsumerGroup {
             interval,
             assignment,
         })
+    }
+
+    /// Bring the group to its newest epoch: the subscribed topics as
+    /// `topics` has them, a new group epoch if they or the membership
+    /// changed (`changed`), and the target assignment of that epoch.
+    pub(super) fn advance(&mut self, topics: &TopicsView, changed: bool) {
+        if self.refresh_topics(topics, changed) || changed {
+            self.bump();
+        }
+        if self.epoch > self.target_epoch {
+            self.compute_target();
+        }
     }
 
     pub(super) fn bump(&mut self) {

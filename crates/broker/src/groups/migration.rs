@@ -281,15 +281,7 @@ impl ConsumerGroup {
                 self.changes += 1;
             }
         }
-        if self.refresh_topics(topics, bump) {
-            bump = true;
-        }
-        if bump {
-            self.bump();
-        }
-        if self.epoch > self.target_epoch {
-            self.compute_target();
-        }
+        self.advance(topics, bump);
         // Revocations are done once it no longer reports them owned.
         self.reconcile(&member_id, Some(&sub.owned), now);
         let generation = self.members.get(&member_id).map_or(0, |m| m.r.epoch);
@@ -353,12 +345,7 @@ impl ConsumerGroup {
             return ResponseError::IllegalGeneration.code();
         }
         let session = self.session_of(&m.r);
-        if self.refresh_topics(topics, false) {
-            self.bump();
-        }
-        if self.epoch > self.target_epoch {
-            self.compute_target();
-        }
+        self.advance(topics, false);
         let elsewhere = self.owned_elsewhere(member_id);
         let target = self.target.get(member_id).cloned().unwrap_or_default();
         let Some(m) = self.members.get_mut(member_id) else {
