@@ -170,7 +170,7 @@ serve_settings! {
     #[arg(long, env = "TRIBUTARY_MAX_SEGMENT_BYTES")]
     max_segment_bytes: usize,
     /// Most segments sealed per second before they are full; 0 for no
-    /// ceiling [default: 20 for s3://, none for file:// and memory://].
+    /// ceiling [default: 50 for s3://, none for file:// and memory://].
     #[arg(long, env = "TRIBUTARY_MAX_PUTS_PER_SECOND")]
     max_puts_per_second: f64,
     /// Largest record batch accepted [default: 1048588].
