@@ -121,7 +121,9 @@ async fn metrics_move_with_traffic() -> Result<()> {
             r#"tributary_requests_total{api="Produce"}"#,
             r#"tributary_produce_bytes_total{topic="metered"}"#,
             "tributary_connections",
-            r#"tributary_segment_flushes_total{reason="interval"}"#,
+            // Group commit: at this load segments are sealed as soon as
+            // the previous one is committed.
+            r#"tributary_segment_flushes_total{reason="idle"}"#,
             "tributary_segment_flush_bytes_count",
             "tributary_metadata_commit_duration_seconds_count",
             r#"tributary_request_duration_seconds_count{api="Produce"}"#,

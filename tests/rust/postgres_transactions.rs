@@ -1,7 +1,8 @@
 //! Issue #15, acceptance 3: three brokers on one PostgreSQL; the broker
 //! coordinating a transactional id is SIGKILLed while it ends a
 //! transaction (the transaction is `PrepareCommit` in the metadata store,
-//! its markers not yet written: a long flush interval holds them). The
+//! its markers not yet written: a PUT ceiling of one seal every 2 s holds
+//! them, since group commit would otherwise seal them at once). The
 //! producer's commit carries on against the broker that takes the id over
 //! (or that broker's reaper finishes it): the transaction ends committed —
 //! on every partition — exactly once. A new producer instance with the same
@@ -42,10 +43,13 @@ async fn coordinator_killed_during_end_txn() -> Result<()> {
                     &objects_url,
                     "--node-id",
                     &id.to_string(),
-                    // Markers wait this long for their segment: EndTxn is
-                    // slow enough to be interrupted.
+                    // Markers wait for their segment (one seal every 2 s
+                    // after the data's): EndTxn is slow enough to be
+                    // interrupted.
                     "--flush-interval-ms",
                     "1500",
+                    "--max-puts-per-second",
+                    "0.5",
                     "--transaction-abort-interval-ms",
                     "500",
                 ])
@@ -203,7 +207,7 @@ async fn body(
     let state = wait_for_state(&store, &id, "ending", |s| s != TxnState::Ongoing).await?;
     ensure!(
         state == TxnState::PrepareCommit,
-        "the commit finished before the coordinator could be killed ({state:?}); the flush interval is too short"
+        "the commit finished before the coordinator could be killed ({state:?}); the PUT ceiling did not hold the markers"
     );
     brokers[1].kill_9()?;
 
