@@ -7,6 +7,7 @@
 //! so tail consumers on the same broker never wait on a GET and their reads
 //! are slices of the uploaded buffer.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -64,6 +65,9 @@ pub enum Origin {
 /// [`ReadCache::insert_object`]).
 const WHOLE_OBJECT: u64 = u64::MAX;
 
+/// Whose turn it is to read a missing block of one object.
+type Turn = Arc<tokio::sync::Mutex<()>>;
+
 /// Byte-weighted cache of aligned segment blocks, and of whole objects this
 /// broker wrote.
 #[derive(Debug, Clone)]
@@ -72,13 +76,29 @@ pub struct ReadCache {
     blocks: Cache<(Arc<str>, u64), Bytes>,
     block_size: u64,
     counters: Arc<Counters>,
+    /// Blocks one GET reads on a miss: the missed block and those after it
+    /// (a consumer catching up reads on through the object).
+    read_ahead_blocks: u64,
+    /// Read-ahead GETs in flight at once; past it a miss reads one block,
+    /// so catching up never holds more than this many windows of memory.
+    read_ahead: Arc<tokio::sync::Semaphore>,
+    /// One miss at a time per object: the partitions of one fetch often
+    /// miss different blocks of the same object at once, and one window
+    /// serves them all.
+    misses: Arc<std::sync::Mutex<HashMap<Arc<str>, Turn>>>,
 }
 
 impl ReadCache {
     /// The broker's default cache size (`--cache-bytes`): 256 MiB.
     pub const DEFAULT_BYTES: u64 = 256 << 20;
-    /// The broker's cache block: one ranged GET reads this much.
+    /// The broker's cache block: the unit of caching.
     pub const DEFAULT_BLOCK_BYTES: u64 = 1 << 20;
+    /// Bytes one GET reads on a miss (read-ahead), at most: a whole
+    /// segment of the default size (8 MiB, which the last batch may
+    /// overshoot) in one GET.
+    pub const READ_AHEAD_BYTES: u64 = 16 << 20;
+    /// Read-ahead GETs in flight at once (so at most 64 MiB held by them).
+    pub const READ_AHEAD_WINDOWS: usize = 4;
 
     /// A cache of at most `capacity_bytes`, reading `block_size`-aligned blocks.
     pub fn new(store: Arc<dyn ObjectStore>, capacity_bytes: u64, block_size: u64) -> Self {
@@ -87,12 +107,20 @@ impl ReadCache {
                 u32::try_from(v.len().max(1)).unwrap_or(u32::MAX)
             })
             .max_capacity(capacity_bytes)
+            // LRU, not TinyLFU: TinyLFU refuses new entries that were never
+            // asked for while the cache is full, which drops the blocks a
+            // read-ahead GET brought before the consumer reaches them.
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .build();
+        let block_size = block_size.max(4096);
         Self {
             store,
             blocks,
-            block_size: block_size.max(4096),
+            block_size,
             counters: Arc::new(Counters::default()),
+            read_ahead_blocks: (Self::READ_AHEAD_BYTES / block_size).max(1),
+            read_ahead: Arc::new(tokio::sync::Semaphore::new(Self::READ_AHEAD_WINDOWS)),
+            misses: Arc::default(),
         }
     }
 
@@ -194,18 +222,72 @@ impl ReadCache {
             self.counters.hit(1);
             return Ok(block);
         }
+        let turn = {
+            let mut misses = self.misses.lock().unwrap_or_else(|e| e.into_inner());
+            misses.entry(key.clone()).or_default().clone()
+        };
+        let result = {
+            let _mine = turn.lock().await;
+            // The window another miss just read may hold this block.
+            match self.blocks.get(&cache_key).await {
+                Some(block) => {
+                    self.counters.hit(1);
+                    Ok(block)
+                }
+                None => self.miss(key, index).await,
+            }
+        };
+        {
+            let mut misses = self.misses.lock().unwrap_or_else(|e| e.into_inner());
+            // Only the map and this call hold it: nobody waits.
+            if misses.get(key).is_some_and(|t| Arc::strong_count(t) <= 2) {
+                misses.remove(key);
+            }
+        }
+        result
+    }
+
+    /// Read block `index` of `key` (and the blocks after it, when a
+    /// read-ahead window is free) with one GET.
+    async fn miss(&self, key: &Arc<str>, index: u64) -> Result<Bytes, Arc<object_store::Error>> {
         self.counters.miss();
-        let store = self.store.clone();
-        let counters = self.counters.clone();
-        let start = index * self.block_size;
-        let end = start + self.block_size;
-        let path = keys::path(key);
-        self.blocks
-            .try_get_with(cache_key, async move {
-                counters.get();
-                store.get_range(&path, start..end).await
-            })
+        let block_size = self.block_size;
+        // Read ahead when a window is free; else just this block. Windows
+        // are aligned, so an object up to the window's size is read whole,
+        // once, whichever of its blocks is missed first.
+        let permit = self.read_ahead.clone().try_acquire_owned().ok();
+        let blocks = if permit.is_some() {
+            self.read_ahead_blocks
+        } else {
+            1
+        };
+        let first = index - index % blocks;
+        let start = first * block_size;
+        let end = start + blocks * block_size;
+        self.counters.get();
+        // A range past the object's end reads up to its end.
+        let bytes = self
+            .store
+            .get_range(&keys::path(key), start..end)
             .await
+            .map_err(Arc::new)?;
+        drop(permit);
+        let mut wanted = None;
+        for (i, chunk) in bytes.chunks(block_size as usize).enumerate() {
+            let at = first + i as u64;
+            // Each block its own buffer: a cached block never keeps a
+            // whole window alive (the cache weighs what it holds).
+            let block = Bytes::copy_from_slice(chunk);
+            if at == index {
+                wanted = Some(block.clone());
+            }
+            if at == index || !self.blocks.contains_key(&(key.clone(), at)) {
+                self.blocks.insert((key.clone(), at), block).await;
+            }
+        }
+        // A block past the object's end reads as empty, as a ranged GET
+        // of it would.
+        Ok(wanted.unwrap_or_default())
     }
 }
 
@@ -254,14 +336,47 @@ mod tests {
         assert_eq!(&got[..], &data[19_000..20_000]);
         assert!(cache.read("segments/a", 19_000..20_001).await.is_err());
         let stats = cache.stats();
-        assert_eq!(stats.gets, 4, "blocks 0,1,2 then 4: {stats:?}");
+        // The first miss read ahead through the whole (small) object.
+        assert_eq!(stats.gets, 1, "one read-ahead GET: {stats:?}");
         // concurrent misses for one block make one GET
+        store_more(&cache, "segments/c", &data).await;
         let before = cache.stats().gets;
-        let reads = (0..8).map(|_| cache.read("segments/a", 12_300..12_400));
+        let reads = (0..8).map(|_| cache.read("segments/c", 12_300..12_400));
         for r in futures::future::join_all(reads).await {
             r.expect("read");
         }
         assert_eq!(cache.stats().gets - before, 1);
+    }
+
+    async fn store_more(cache: &ReadCache, key: &str, data: &[u8]) {
+        cache
+            .store()
+            .put(&keys::path(key), PutPayload::from(data.to_vec()))
+            .await
+            .expect("put");
+    }
+
+    /// A consumer catching up through a large object: one GET per read-ahead
+    /// window, not one per block, and every byte as stored.
+    #[tokio::test]
+    async fn catching_up_reads_ahead() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let size = 3 * ReadCache::READ_AHEAD_BYTES as usize + 12_345;
+        let data: Vec<u8> = (0..size).map(|i| (i % 241) as u8).collect();
+        let cache = ReadCache::new(store, 64 << 20, ReadCache::DEFAULT_BLOCK_BYTES);
+        store_more(&cache, "segments/big", &data).await;
+        let step = 300_000;
+        let mut at = 0;
+        while at < size {
+            let end = (at + step).min(size);
+            let got = cache
+                .read("segments/big", at as u64..end as u64)
+                .await
+                .expect("read");
+            assert_eq!(&got[..], &data[at..end]);
+            at = end;
+        }
+        assert_eq!(cache.stats().gets, 4, "{:?}", cache.stats());
     }
 
     #[tokio::test]
