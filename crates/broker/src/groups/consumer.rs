@@ -119,6 +119,29 @@ pub(super) struct MemberRecord {
     pub classic: Option<ClassicMember>,
 }
 
+impl MemberRecord {
+    /// A member joining: epoch 0, no partitions, no subscription yet.
+    pub(super) fn joining(id: &str, client_id: &str, client_host: &str) -> Self {
+        MemberRecord {
+            id: id.to_string(),
+            instance_id: None,
+            rack_id: None,
+            client_id: client_id.to_string(),
+            client_host: client_host.to_string(),
+            rebalance_timeout_ms: 0,
+            topic_names: Vec::new(),
+            topic_regex: None,
+            assignor: None,
+            epoch: 0,
+            previous_epoch: -1,
+            state: MemberState::Stable,
+            assigned: Assignment::new(),
+            revoking: Assignment::new(),
+            classic: None,
+        }
+    }
+}
+
 /// What a classic member in a consumer group brought with its JoinGroup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct ClassicMember {
@@ -615,21 +638,10 @@ impl ConsumerGroup {
                 .insert(instance.clone(), b.member_id.clone());
         }
         let r = MemberRecord {
-            id: b.member_id.clone(),
             instance_id: b.instance_id.clone(),
             rack_id: b.rack_id.clone(),
-            client_id: b.client_id.clone(),
-            client_host: b.client_host.clone(),
             rebalance_timeout_ms: u64::try_from(b.rebalance_timeout_ms).unwrap_or(0),
-            topic_names: Vec::new(),
-            topic_regex: None,
-            assignor: None,
-            epoch: 0,
-            previous_epoch: -1,
-            state: MemberState::Stable,
-            assigned: Assignment::new(),
-            revoking: Assignment::new(),
-            classic: None,
+            ..MemberRecord::joining(&b.member_id, &b.client_id, &b.client_host)
         };
         self.members.insert(
             b.member_id.clone(),

@@ -245,21 +245,9 @@ impl ConsumerGroup {
                     return Err(ResponseError::GroupMaxSizeReached.code());
                 }
                 let r = MemberRecord {
-                    id: member_id.clone(),
-                    instance_id: None,
-                    rack_id: None,
-                    client_id: j.client_id.clone(),
-                    client_host: j.client_host.clone(),
-                    rebalance_timeout_ms: 0,
                     topic_names: sub.topics.clone(),
-                    topic_regex: None,
-                    assignor: None,
-                    epoch: 0,
-                    previous_epoch: -1,
-                    state: MemberState::Stable,
-                    assigned: Assignment::new(),
-                    revoking: Assignment::new(),
                     classic: Some(classic),
+                    ..MemberRecord::joining(&member_id, &j.client_id, &j.client_host)
                 };
                 self.members
                     .insert(member_id.clone(), Member::new(r, j.session_timeout, now));
