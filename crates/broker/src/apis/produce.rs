@@ -180,7 +180,12 @@ async fn submit_partition(
 ) -> Slot {
     match validate_partition(broker, topic, data, transactional) {
         Err(resp) => Slot::Ready(resp),
-        Ok((index, append, log_append_time)) => {
+        Ok(Validated {
+            index,
+            append,
+            log_append_time,
+            flush_max,
+        }) => {
             // acks=0 is queued and awaited like any produce (only the answer
             // is left out), so the request's memory reservation is held
             // until its batches are sealed and committed, not released
@@ -194,9 +199,6 @@ async fn submit_partition(
                     )
                 })
                 .collect();
-            let flush_max = TopicConfig::resolve(&topic.configs, broker.config.max_message_bytes)
-                .flush_max_ms
-                .map(std::time::Duration::from_millis);
             match broker
                 .writer
                 .submit_within(topic.id, index, append, flush_max)
@@ -214,6 +216,16 @@ async fn submit_partition(
     }
 }
 
+/// A partition's batches that passed [`validate_partition`].
+struct Validated {
+    index: i32,
+    append: Vec<AppendBatch>,
+    /// The broker time stamped into LogAppendTime batches.
+    log_append_time: Option<i64>,
+    /// The topic's latency target for the writer (`tributary.flush.max.ms`).
+    flush_max: Option<std::time::Duration>,
+}
+
 /// Check one partition's batches; `Err` is the error answer.
 #[allow(clippy::result_large_err)]
 fn validate_partition(
@@ -221,7 +233,7 @@ fn validate_partition(
     topic: &TopicMeta,
     data: PartitionProduceData,
     transactional: Option<Arc<str>>,
-) -> Result<(i32, Vec<AppendBatch>, Option<i64>), PartitionProduceResponse> {
+) -> Result<Validated, PartitionProduceResponse> {
     let index = data.index;
     if index < 0 || index >= topic.partitions {
         return Err(error_response(
@@ -318,7 +330,14 @@ fn validate_partition(
             a.first_timestamp = now;
         }
     }
-    Ok((index, append, log_append_time))
+    // The topic's latency target for the writer (`tributary.flush.max.ms`).
+    let flush_max = config.flush_max_ms.map(std::time::Duration::from_millis);
+    Ok(Validated {
+        index,
+        append,
+        log_append_time,
+        flush_max,
+    })
 }
 
 /// The batches with their records in the topic's `compression.type`, as
