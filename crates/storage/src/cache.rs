@@ -65,6 +65,10 @@ pub enum Origin {
 /// [`ReadCache::insert_object`]).
 const WHOLE_OBJECT: u64 = u64::MAX;
 
+/// Block index under which a whole object read back from the store by one
+/// read-ahead GET is cached (not copied into blocks; verified before use).
+const STORED_OBJECT: u64 = u64::MAX - 1;
+
 /// Whose turn it is to read a missing block of one object.
 type Turn = Arc<tokio::sync::Mutex<()>>;
 
@@ -153,17 +157,24 @@ impl ReadCache {
         self.blocks
             .insert((Arc::from(key), WHOLE_OBJECT), bytes.clone())
             .await;
+        // moka applies inserts and evictions lazily (after 64 writes or
+        // 300 ms, and only when the cache is used): with multi-megabyte
+        // entries the pending ones alone held ~100 MiB beyond the capacity.
+        self.blocks.run_pending_tasks().await;
     }
 
     /// Forget every block of an object (after it is deleted).
     pub async fn invalidate_object(&self, key: &str, size: u64) {
         let key: Arc<str> = Arc::from(key);
         self.blocks.invalidate(&(key.clone(), WHOLE_OBJECT)).await;
+        self.blocks.invalidate(&(key.clone(), STORED_OBJECT)).await;
         let mut block = 0;
         while block * self.block_size < size.max(1) {
             self.blocks.invalidate(&(key.clone(), block)).await;
             block += 1;
         }
+        // Drop the buffers now, not at moka's next housekeeping.
+        self.blocks.run_pending_tasks().await;
     }
 
     /// Read `range` of the object `key`.
@@ -189,13 +200,10 @@ impl ReadCache {
         let key: Arc<str> = Arc::from(key);
         let first = range.start / self.block_size;
         let last = (range.end - 1) / self.block_size;
-        if let Some(object) = self.blocks.get(&(key.clone(), WHOLE_OBJECT)).await {
+        if let Some((object, origin)) = self.whole(&key).await {
             // Counted in blocks, like reads served block by block.
             self.counters.hit(last - first + 1);
-            return Ok((
-                slice_block(&object, range.start, range.end, &key)?,
-                Origin::Written,
-            ));
+            return Ok((slice_block(&object, range.start, range.end, &key)?, origin));
         }
         if first == last {
             let block = self.block(&key, first).await?;
@@ -234,7 +242,13 @@ impl ReadCache {
                     self.counters.hit(1);
                     Ok(block)
                 }
-                None => self.miss(key, index).await,
+                None => match self.blocks.get(&(key.clone(), STORED_OBJECT)).await {
+                    Some(object) => {
+                        self.counters.hit(1);
+                        Ok(self.block_of(&object, index))
+                    }
+                    None => self.miss(key, index).await,
+                },
             }
         };
         {
@@ -272,6 +286,17 @@ impl ReadCache {
             .await
             .map_err(Arc::new)?;
         drop(permit);
+        if first == 0 && (bytes.len() as u64) < end - start {
+            // The whole object came in this GET: cache it as it is (no
+            // copy; the buffer is exactly the object, so its weight is what
+            // it holds).
+            let wanted = self.block_of(&bytes, index);
+            self.blocks
+                .insert((key.clone(), STORED_OBJECT), bytes)
+                .await;
+            self.blocks.run_pending_tasks().await;
+            return Ok(wanted);
+        }
         let mut wanted = None;
         for (i, chunk) in bytes.chunks(block_size as usize).enumerate() {
             let at = first + i as u64;
@@ -285,9 +310,30 @@ impl ReadCache {
                 self.blocks.insert((key.clone(), at), block).await;
             }
         }
+        // Evict now what the window displaced (see `insert_object`).
+        self.blocks.run_pending_tasks().await;
         // A block past the object's end reads as empty, as a ranged GET
         // of it would.
         Ok(wanted.unwrap_or_default())
+    }
+
+    /// A whole object cached by this broker's upload or by one read-ahead
+    /// GET, with where it came from.
+    async fn whole(&self, key: &Arc<str>) -> Option<(Bytes, Origin)> {
+        if let Some(object) = self.blocks.get(&(key.clone(), WHOLE_OBJECT)).await {
+            return Some((object, Origin::Written));
+        }
+        let object = self.blocks.get(&(key.clone(), STORED_OBJECT)).await?;
+        Some((object, Origin::Stored))
+    }
+
+    /// Block `index` of a whole object (empty past its end, as a ranged GET
+    /// of it would read).
+    fn block_of(&self, object: &Bytes, index: u64) -> Bytes {
+        let len = object.len() as u64;
+        let from = (index * self.block_size).min(len);
+        let to = (from + self.block_size).min(len);
+        object.slice(from as usize..to as usize)
     }
 }
 
@@ -377,6 +423,37 @@ mod tests {
             at = end;
         }
         assert_eq!(cache.stats().gets, 4, "{:?}", cache.stats());
+    }
+
+    #[tokio::test]
+    async fn objects_read_whole_are_kept_whole_and_marked_stored() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let size = 5 * ReadCache::DEFAULT_BLOCK_BYTES as usize + 777;
+        let data: Vec<u8> = (0..size).map(|i| (i % 239) as u8).collect();
+        let cache = ReadCache::new(store, 64 << 20, ReadCache::DEFAULT_BLOCK_BYTES);
+        store_more(&cache, "segments/s", &data).await;
+        let (got, origin) = cache
+            .read_with_origin("segments/s", 3_000_000..3_000_100)
+            .await
+            .expect("read");
+        assert_eq!(&got[..], &data[3_000_000..3_000_100]);
+        assert_eq!(origin, Origin::Stored, "read back, so verified before use");
+        // One entry holding exactly the object, no block copies.
+        assert_eq!(cache.weighted_size(), size as u64);
+        let (got, origin) = cache
+            .read_with_origin("segments/s", 100..(size as u64))
+            .await
+            .expect("read");
+        assert_eq!(&got[..], &data[100..]);
+        assert_eq!(origin, Origin::Stored);
+        assert_eq!(cache.stats().gets, 1, "{:?}", cache.stats());
+        assert!(cache
+            .read("segments/s", 0..(size as u64 + 1))
+            .await
+            .is_err());
+        cache.invalidate_object("segments/s", size as u64).await;
+        cache.read("segments/s", 0..10).await.expect("read");
+        assert_eq!(cache.stats().gets, 2);
     }
 
     #[tokio::test]

@@ -213,7 +213,14 @@ impl SegmentWriter {
         let health = WriteHealth::new();
         let batcher = supervise(
             "segment-batcher",
-            batcher(rx, settled_rx, sealed_tx, store, cache, config.clone()),
+            batcher(
+                rx,
+                settled_rx,
+                sealed_tx,
+                store,
+                cache.clone(),
+                config.clone(),
+            ),
         );
         let committer = supervise(
             "segment-committer",
@@ -221,6 +228,7 @@ impl SegmentWriter {
                 sealed_rx,
                 settled_tx,
                 meta,
+                cache,
                 watermarks,
                 config,
                 health.clone(),
@@ -593,12 +601,11 @@ impl Sealer {
             .map(|l| (l.byte_start, l.byte_len))
             .collect();
         debug!(segment = %key, size, batches = open.metas.len(), "sealing segment");
-        let upload = tokio::spawn(upload(
-            store.clone(),
-            cache.clone(),
-            key.clone(),
-            built.bytes,
-        ));
+        // Cached now, not after the PUT: the segments being uploaded count
+        // against the cache's capacity instead of coming on top of it. No
+        // read can ask for the key before it is committed.
+        cache.insert_object(&key, &built.bytes).await;
+        let upload = tokio::spawn(upload(store.clone(), key.clone(), built.bytes));
         let sealed = Sealed {
             key,
             size,
@@ -620,7 +627,6 @@ impl Sealer {
 /// the object already there checks it is ours (same size).
 async fn upload(
     store: Arc<dyn ObjectStore>,
-    cache: ReadCache,
     key: String,
     bytes: Bytes,
 ) -> Result<(), UploadFailure> {
@@ -670,7 +676,6 @@ async fn upload(
             }
         }
     }
-    cache.insert_object(&key, &bytes).await;
     Ok(())
 }
 
@@ -678,13 +683,23 @@ async fn committer(
     mut rx: mpsc::Receiver<Sealed>,
     settled_tx: mpsc::UnboundedSender<()>,
     meta: Arc<dyn LogStore>,
+    cache: ReadCache,
     watermarks: Watermarks,
     config: WriterConfig,
     health: WriteHealth,
 ) {
     let mut gaps = ProducerGaps::default();
     while let Some(sealed) = rx.recv().await {
-        settle(sealed, &meta, &watermarks, &config, &health, &mut gaps).await;
+        settle(
+            sealed,
+            &meta,
+            &cache,
+            &watermarks,
+            &config,
+            &health,
+            &mut gaps,
+        )
+        .await;
         // The batcher may seal the next segment now. It may have stopped
         // (shutdown): nothing to tell then.
         let _ = settled_tx.send(());
@@ -695,6 +710,7 @@ async fn committer(
 async fn settle(
     mut sealed: Sealed,
     meta: &Arc<dyn LogStore>,
+    cache: &ReadCache,
     watermarks: &Watermarks,
     config: &WriterConfig,
     health: &WriteHealth,
@@ -713,6 +729,8 @@ async fn settle(
         };
         if let Err(cause) = uploaded {
             warn!(segment = %sealed.key, reason = %Chain(&cause), "segment upload failed");
+            // Cached when sealed; never to be committed, so out again.
+            cache.invalidate_object(&sealed.key, sealed.size).await;
             health.failed("upload", &tributary_runtime::chain(&cause));
             gaps.failed(producer_batches(&sealed.metas, None), Instant::now());
             fail(
@@ -1112,6 +1130,35 @@ mod tests {
             Watermarks::new(),
             config,
         )
+    }
+
+    /// A segment is cached when sealed (its upload counts against the
+    /// cache's capacity); one whose upload fails leaves the cache again.
+    #[tokio::test]
+    async fn a_segment_that_never_lands_leaves_the_cache() {
+        use crate::wrappers::faults::{FaultConfig, FaultyStore};
+        let mut rig = new_rig(Box::new(|_, _| Fault::None)).await;
+        let failing: Arc<dyn ObjectStore> = Arc::new(FaultyStore::new(
+            rig.store.clone(),
+            FaultConfig {
+                fail_put_ratio: 1.0,
+                ..FaultConfig::default()
+            },
+        ));
+        rig.cache = ReadCache::new(failing.clone(), 1 << 20, 4096);
+        rig.store = failing;
+        let w = writer(&rig, Duration::from_millis(300));
+        let err = w
+            .append(rig.topic, 0, vec![batch(3)])
+            .await
+            .expect_err("the upload never lands");
+        assert!(err.is_retryable(), "{err}");
+        assert_eq!(
+            rig.cache.weighted_size(),
+            0,
+            "the failed segment is still cached"
+        );
+        w.shutdown().await;
     }
 
     /// Group commit: with nothing in flight, an append is sealed at once,
