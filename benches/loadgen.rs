@@ -259,14 +259,16 @@ struct DeliveryContext(Arc<PhaseStats>);
 impl ClientContext for DeliveryContext {}
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = Box<Instant>;
+    /// The send time (`now_nanos`), as stamped into the value: no
+    /// allocation per record.
+    type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
         let stats = &self.0;
         match result {
             Ok(m) => {
                 let now = Instant::now();
-                let us = u64::try_from(now.duration_since(*sent).as_micros()).unwrap_or(u64::MAX);
+                let us = now_nanos().saturating_sub(sent as u64) / 1000;
                 let bytes = m.payload().map_or(0, |p| p.len() as u64);
                 stats.acked.fetch_add(1, Ordering::Relaxed);
                 stats.acked_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -338,8 +340,9 @@ fn send(
     key: &str,
     payload: &mut [u8],
 ) -> Result<()> {
-    payload[..8].copy_from_slice(&now_nanos().to_be_bytes());
-    let mut record = BaseRecord::with_opaque_to(topic, Box::new(Instant::now()))
+    let sent = now_nanos();
+    payload[..8].copy_from_slice(&sent.to_be_bytes());
+    let mut record = BaseRecord::with_opaque_to(topic, sent as usize)
         .key(key)
         .payload(&*payload);
     loop {
@@ -550,6 +553,8 @@ struct Scrape {
     misses: f64,
     peak_rss: f64,
     rss: f64,
+    /// CPU seconds the brokers used (summed).
+    cpu: f64,
 }
 
 impl Scrape {
@@ -562,12 +567,24 @@ impl Scrape {
             misses: self.misses - o.misses,
             peak_rss: self.peak_rss,
             rss: self.rss,
+            cpu: self.cpu - o.cpu,
         }
     }
 
     fn hit_ratio(&self) -> f64 {
         self.hits / (self.hits + self.misses).max(1.0)
     }
+}
+
+/// The brokers' CPU time per GiB moved in a phase: what the broker costs,
+/// whatever the client sharing the machine takes.
+fn cpu_row(phase: &mut Value, table: &mut Vec<(String, String)>, cpu: f64, bytes: f64, what: &str) {
+    let per_gib = cpu / (bytes / GIB).max(1e-9);
+    phase["broker_cpu_secs_per_gib"] = json!((per_gib * 100.0).round() / 100.0);
+    table.push((
+        format!("broker CPU per GiB {what}"),
+        format!("{per_gib:.2} s"),
+    ));
 }
 
 /// The counters of every broker; `None` without endpoints.
@@ -587,6 +604,7 @@ fn scrape_all(urls: &[String]) -> Result<Option<Scrape>> {
         sum.misses += s.misses;
         sum.peak_rss = sum.peak_rss.max(s.peak_rss);
         sum.rss = sum.rss.max(s.rss);
+        sum.cpu += s.cpu;
     }
     Ok(Some(sum))
 }
@@ -623,6 +641,7 @@ fn scrape(url: &str) -> Result<Scrape> {
             "tributary_read_cache_misses_total" => s.misses = v,
             "tributary_process_peak_resident_memory_bytes" => s.peak_rss = v,
             "process_resident_memory_bytes" => s.rss = v,
+            "process_cpu_seconds_total" => s.cpu = v,
             _ => {}
         }
     }
@@ -782,6 +801,7 @@ fn main() -> Result<()> {
                 "object-store PUTs per GiB produced".into(),
                 format!("{}", phase["puts_per_gib"]),
             ));
+            cpu_row(&mut phase, &mut table, d.cpu, bytes as f64, "produced");
         }
         if let (Some((n0, b0)), Some((n1, b1))) =
             (objects0, args.objects_dir.as_deref().map(count_objects))
@@ -844,6 +864,7 @@ fn main() -> Result<()> {
             let gib = stats.consumed_bytes.load(Ordering::Relaxed) as f64 / GIB;
             phase["gets_per_gib"] = json!((d.gets / gib.max(1e-9)).round() as u64);
             phase["cache_hit_ratio"] = json!((d.hit_ratio() * 1000.0).round() / 1000.0);
+            cpu_row(&mut phase, &mut table, d.cpu, gib * GIB, "consumed");
             table.push((
                 "object-store GETs per GiB consumed (catch-up)".into(),
                 format!(

@@ -196,6 +196,7 @@ async fn metrics_move_with_traffic() -> Result<()> {
                     "tributary_segment_flush_interval_seconds_count",
                     "process_resident_memory_bytes",
                     "tributary_process_peak_resident_memory_bytes",
+                    "process_cpu_seconds_total",
                     "tributary_read_cache_size_bytes",
                 ]
                 .into_iter()

@@ -326,6 +326,22 @@ fn sample_gauges(cache: &ReadCache) {
         gauge!("process_resident_memory_bytes").set(rss as f64);
         gauge!("tributary_process_peak_resident_memory_bytes").set(peak as f64);
     }
+    if let Some(secs) = cpu_seconds() {
+        gauge!("process_cpu_seconds_total").set(secs);
+    }
+}
+
+/// User plus system CPU time of this process in seconds (the standard
+/// Prometheus process metric), on Linux: `/proc/self/stat` counts in
+/// USER_HZ, 100 per second on every Linux architecture.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces and parentheses: fields are counted
+    // after its closing one (state is field 3, utime 14, stime 15).
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }
 
 /// Resident set size and its peak (VmRSS, VmHWM) in bytes, on Linux.
