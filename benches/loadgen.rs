@@ -397,6 +397,8 @@ fn produce(args: &Args, stats: &Arc<PhaseStats>, pace: Pace) -> Result<f64> {
                     Ok(())
                 };
                 let mut payload = vec![b'x'; args.record_size.max(8)];
+                // Keys made once: no allocation per record on the client.
+                let keys: Vec<String> = (0..1024).map(|k: u64| k.to_string()).collect();
                 let mut sent = 0u64;
                 let interval = match pace {
                     Pace::Rate { rate, .. } => {
@@ -416,8 +418,8 @@ fn produce(args: &Args, stats: &Arc<PhaseStats>, pace: Pace) -> Result<f64> {
                     if !more {
                         break;
                     }
-                    let key = ((sent * n + i) % 1024).to_string();
-                    send(&p, &args.topic, &key, &mut payload)?;
+                    let key = &keys[((sent * n + i) % 1024) as usize];
+                    send(&p, &args.topic, key, &mut payload)?;
                     sent += 1;
                     if per_txn > 0 && sent.is_multiple_of(per_txn) {
                         commit(&p)?;
