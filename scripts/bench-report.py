@@ -19,9 +19,11 @@ ROWS = [
     ("produce at saturation", ("produce", "records_per_s"), "records/s"),
     ("produce errors", ("produce", "errors"), ""),
     ("PUTs per GiB at saturation", ("produce", "puts_per_gib"), ""),
+    ("broker CPU per GiB produced", ("produce", "broker_cpu_secs_per_gib"), "s"),
     ("consume from the beginning", ("consume", "mb_per_s"), "MB/s"),
     ("consume from the beginning", ("consume", "records_per_s"), "records/s"),
     ("GETs per GiB, catch-up read", ("consume", "gets_per_gib"), ""),
+    ("broker CPU per GiB consumed", ("consume", "broker_cpu_secs_per_gib"), "s"),
     ("produce-ack latency p50", ("latency", "ack_latency_ms", "p50"), "ms"),
     ("produce-ack latency p90", ("latency", "ack_latency_ms", "p90"), "ms"),
     ("produce-ack latency p99", ("latency", "ack_latency_ms", "p99"), "ms"),
@@ -46,7 +48,9 @@ def dig(run, path):
     return value
 
 
-def fmt(v):
+def fmt(v, unit=""):
+    if unit == "s":
+        return f"{v:.2f}"
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}"
 
 
@@ -70,7 +74,10 @@ def table(runs):
             values = [v / (1 << 20) for v in values]
         med = statistics.median(values)
         unit_s = f" {unit}" if unit else ""
-        print(f"| {label} | {fmt(med)}{unit_s} | {fmt(min(values))} - {fmt(max(values))} |")
+        print(
+            f"| {label} | {fmt(med, unit)}{unit_s} | "
+            f"{fmt(min(values), unit)} - {fmt(max(values), unit)} |"
+        )
 
 
 def chart(run, out):
