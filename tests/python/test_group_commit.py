@@ -29,6 +29,12 @@ def puts(port):
     return value(scrape(port), "tributary_object_store_requests_total", op="put") or 0.0
 
 
+def metered_broker(broker_with_args, *args):
+    """A broker with these flags and its /metrics port."""
+    port = free_port()
+    return broker_with_args(*args, "--metrics-listen", f"127.0.0.1:{port}"), port
+
+
 def produce_one_at_a_time(broker, topic, count):
     p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
     for i in range(count):
@@ -37,11 +43,8 @@ def produce_one_at_a_time(broker, topic, count):
 
 
 def test_an_idle_broker_seals_without_waiting_for_the_timer(broker_with_args):
-    port = free_port()
     # A flush interval of ten minutes: only group commit can answer these.
-    broker = broker_with_args(
-        "--flush-interval-ms", "600000", "--metrics-listen", f"127.0.0.1:{port}"
-    )
+    broker, port = metered_broker(broker_with_args, "--flush-interval-ms", "600000")
     topic = uniq("gc-idle")
     produce_one_at_a_time(broker, topic, 20)
     assert flushes(port, "idle") >= 20
@@ -49,10 +52,7 @@ def test_an_idle_broker_seals_without_waiting_for_the_timer(broker_with_args):
 
 
 def test_the_put_ceiling_spaces_seals(broker_with_args):
-    port = free_port()
-    broker = broker_with_args(
-        "--max-puts-per-second", "4", "--metrics-listen", f"127.0.0.1:{port}"
-    )
+    broker, port = metered_broker(broker_with_args, "--max-puts-per-second", "4")
     topic = uniq("gc-ceiling")
     # The topic exists (and its first PUTs are done) before counting.
     produce_one_at_a_time(broker, topic, 1)
@@ -67,8 +67,7 @@ def test_the_put_ceiling_spaces_seals(broker_with_args):
 
 
 def test_a_topic_sets_its_own_latency_target(broker_with_args):
-    port = free_port()
-    broker = broker_with_args("--metrics-listen", f"127.0.0.1:{port}")
+    broker, port = metered_broker(broker_with_args)
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     topic = uniq("gc-topic")
     admin.create_topics(
